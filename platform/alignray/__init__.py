@@ -1,0 +1,1 @@
+"""alignray: align language models to written principles without human labels, on Ray."""

@@ -1,0 +1,30 @@
+"""Connect to Ray, and the runtime environment of the actors that host vLLM."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def connect(address: str | None = None) -> None:
+    """Join `address` (or RAY_ADDRESS); with neither, start an embedded local cluster."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address, log_to_driver=True, configure_logging=False)
+
+
+def sampler_runtime_env(kvcache_gib: int) -> dict:
+    """vLLM's settings for one sampler actor: an in-process engine (starts in seconds on CPU)
+    and the CPU KV-cache size; a few vLLM variables set on the driver pass through."""
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(kvcache_gib),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL", "HF_HUB_OFFLINE"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return {"env_vars": env}

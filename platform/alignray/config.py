@@ -1,0 +1,175 @@
+"""Typed configuration of every alignray stage.
+
+A config is a YAML file validated against :class:`SimulateConfig` (and, as stages are added,
+their own schemas), plus dotted overrides from the command line such as
+``sampler.temperature=0.7``. Unknown or mistyped fields are errors that name the file (or the
+override) and the field and say what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says where and what to fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="A known model name (see `alignray models list`) or a local HF model folder.",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Weights dtype in the samplers (float32 is exact on every CPU)."
+    )
+
+
+class SamplerConfig(Strict):
+    num_samplers: int = Field(1, ge=1, description="vLLM sampler actors in the pool.")
+    cpus_per_sampler: float = Field(1.0, gt=0, description="Ray CPUs reserved by each actor.")
+    kvcache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of each actor, GiB.")
+    enforce_eager: bool = Field(
+        False, description="Skip vLLM's compilation: starts faster, samples slower."
+    )
+    max_model_len: int = Field(1024, ge=16, description="Longest prompt + completion, tokens.")
+    prompts_per_request: int = Field(
+        16, ge=1, description="Prompts sent to one actor at a time; a lost actor re-runs one."
+    )
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(128, ge=1, description="Longest completion, tokens.")
+    request_timeout_s: float = Field(900, gt=0, description="Deadline of one request to one actor.")
+    weight_sync_timeout_s: float = Field(300, gt=0, description="Deadline of one weight update.")
+    max_restarts: int = Field(3, ge=0, description="Replacements of lost actors per pool call.")
+
+
+class DataConfig(Strict):
+    source: str = Field(
+        "sample",
+        description="A built-in prompt set (sample, donotanswer, harmbench, advbench, mtbench)"
+        " or a .jsonl / .parquet file of `prompt` transcripts or `messages` lists.",
+    )
+    format: Literal["transcript", "chat"] = Field(
+        "transcript",
+        description="How plain questions are framed: a `Human: ... Assistant:` transcript, or a"
+        " chat-message list rendered with the model's chat template.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N conversations.")
+
+
+class SimulationConfig(Strict):
+    method: Literal["rlcd"] = "rlcd"
+    principles: str = Field(
+        "harmlessness", description="A built-in principle set name or a path to a YAML file."
+    )
+    seed: int = Field(0, description="Seeds the choice of contrast pair and every sample.")
+    max_retries: int = Field(
+        2, ge=0, description="Re-samples of an empty output before the prompt is dropped."
+    )
+
+
+class TrackingConfig(Strict):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db."
+    )
+    experiment: str = "alignray"
+    run_name: str | None = None
+
+
+class SimulateConfig(Strict):
+    """`alignray simulate`: preference-data simulation."""
+
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    data: DataConfig = DataConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: Path = Field(
+        Path("alignray-runs"), description="Where datasets and the default MLflow store go."
+    )
+    address: str | None = Field(
+        None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one."
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected dotted.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_path(tree: dict, path: list[str], value: Any, origin: str) -> None:
+    node = tree
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: '{'.'.join(path[: depth + 1])}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _allowed_fields(schema: type[BaseModel], loc: tuple) -> list[str]:
+    model = schema
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _explain(err: ValidationError, schema: type[BaseModel], source: str, overrides: dict) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        where = f"override '{overrides[field]}'" if field in overrides else source
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_fields(schema, e["loc"]))
+            lines.append(f"{where}: unknown field '{field}' (allowed here: {allowed})")
+        else:
+            lines.append(f"{where}: field '{field}': {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), schema: type[BaseModel] = SimulateConfig
+):
+    """Load a YAML config (or defaults when `path` is None) and apply dotted overrides."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"{file}: config file not found")
+        try:
+            tree = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{file}: top level must be a mapping of sections")
+    applied = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(tree, keys, value, f"override {text!r}")
+        applied[".".join(keys)] = text
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, schema, source, applied)) from None

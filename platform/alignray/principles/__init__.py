@@ -1,0 +1,72 @@
+"""Principle sets as data files, and their loader.
+
+A principle set is a YAML file (see README "Principle sets"):
+
+    name: harmlessness                 # required
+    description: one line              # optional
+    response_prefix: "..."             # optional; every answer starts with it (default "")
+    pairs:                             # required, at least one
+      - {positive: "harmless response", negative: "harmful response"}
+
+`positive` / `negative` are the RLCD contrast affixes, written without parentheses; they are
+rendered as ``Assistant (positive):``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+BUILTIN_DIR = Path(__file__).parent
+
+
+class ContrastPair(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    positive: str = Field(min_length=1)
+    negative: str = Field(min_length=1)
+
+    @field_validator("positive", "negative")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if value != value.strip() or "\n" in value or ":" in value:
+            raise ValueError("must be one line, without a colon or surrounding spaces")
+        return value
+
+
+class PrincipleSet(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    description: str = ""
+    response_prefix: str = ""
+    pairs: tuple[ContrastPair, ...] = Field(min_length=1)
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+
+
+def load_principles(name_or_path: str | Path) -> PrincipleSet:
+    """Load a built-in set by name, or a user's YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = BUILTIN_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ValueError(
+                f"unknown principle set {str(name_or_path)!r}: built-in sets are "
+                f"{', '.join(builtin_names())}; or give the path of a .yaml file"
+            )
+    if not path.is_file():
+        raise ValueError(f"{path}: principle file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return PrincipleSet.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"{path}: invalid principle set: {problems}") from None

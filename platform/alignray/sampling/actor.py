@@ -1,0 +1,131 @@
+"""A Ray actor that owns one vLLM engine.
+
+Created by :class:`alignray.sampling.pool.SamplerPool`; vLLM's environment (KV-cache size,
+in-process engine) comes from the actor's runtime_env (see :mod:`alignray.cluster`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from alignray.sampling.types import Completion, SamplingSpec, Score
+
+
+def _expected_shapes(model_path: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """(every state-dict name the model accepts -> shape, the names its checkpoint holds)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = set()
+    for file in sorted(os.listdir(model_path)):
+        if file.endswith(".safetensors"):
+            with safe_open(os.path.join(model_path, file), framework="pt") as fh:
+                stored.update(fh.keys())
+    return shapes, stored
+
+
+class SamplerActor:
+    def __init__(
+        self, model_path: str, dtype: str, max_model_len: int, enforce_eager: bool, seed: int
+    ):
+        from vllm import LLM
+
+        self.model_path = model_path
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            distributed_executor_backend="uni",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.shapes, self.stored = _expected_shapes(model_path)
+        self.weights_version = 0
+
+    def generate(
+        self, prompts: Sequence[str], specs: Sequence[SamplingSpec]
+    ) -> list[list[Completion]]:
+        outs = self.llm.generate(list(prompts), [s.to_vllm() for s in specs], use_tqdm=False)
+        return [
+            [
+                Completion(
+                    text=c.text,
+                    token_ids=tuple(c.token_ids),
+                    cumulative_logprob=c.cumulative_logprob,
+                    logprobs=None
+                    if c.logprobs is None
+                    else tuple(step[t].logprob for step, t in zip(c.logprobs, c.token_ids)),
+                    finish_reason=c.finish_reason,
+                )
+                for c in out.outputs
+            ]
+            for out in outs
+        ]
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[Score]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        requests, splits = [], []
+        for prompt, cont in zip(prompts, continuations, strict=True):
+            p_ids = self.tokenizer(prompt).input_ids
+            c_ids = self.tokenizer(cont, add_special_tokens=False).input_ids
+            if not p_ids:
+                raise ValueError("score() needs a non-empty prompt")
+            requests.append(TokensPrompt(prompt_token_ids=p_ids + c_ids))
+            splits.append((len(p_ids), c_ids))
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self.llm.generate(requests, params, use_tqdm=False)
+        scores = []
+        for out, (start, c_ids) in zip(outs, splits):
+            lps = tuple(out.prompt_logprobs[start + j][t].logprob for j, t in enumerate(c_ids))
+            scores.append(Score(token_ids=tuple(c_ids), token_logprobs=lps))
+        return scores
+
+    def _check(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        unknown = sorted(set(state_dict) - set(self.shapes))
+        missing = sorted(self.stored - set(state_dict))
+        wrong = [
+            f"{k}: {tuple(v.shape)} (expected {self.shapes[k]})"
+            for k, v in state_dict.items()
+            if k in self.shapes and tuple(v.shape) != self.shapes[k]
+        ]
+        problems = []
+        if unknown:
+            problems.append(f"unknown tensors {unknown[:5]}")
+        if missing:
+            problems.append(f"missing tensors {missing[:5]}")
+        if wrong:
+            problems.append(f"wrong shapes {wrong[:5]}")
+        if problems:
+            raise ValueError(
+                f"weights do not fit {self.model_path}: " + "; ".join(problems)
+            )
+
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> int:
+        """Load a full HF-format state dict in place; return the new weights version."""
+        self._check(state_dict)
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": iter(state_dict.items()), "is_checkpoint_format": True},
+        )
+        self.llm.reset_prefix_cache()
+        self.weights_version = version
+        return version
+
+    def health(self) -> dict:
+        return {
+            "model": self.model_path,
+            "weights_version": self.weights_version,
+            "pid": os.getpid(),
+            "node": socket.gethostname(),
+        }

@@ -1,0 +1,196 @@
+"""A pool of vLLM sampler actors that balances batches and survives the loss of an actor.
+
+A batch is cut into requests of `prompts_per_request` prompts; each idle actor takes the next
+request. When an actor dies (or misses the request deadline and is killed), a replacement is
+started with the pool's current weights and only that actor's unfinished request runs again:
+results come back in input order, each prompt exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError
+from tqdm import tqdm
+
+from alignray.cluster import sampler_runtime_env
+from alignray.config import SamplerConfig
+from alignray.sampling.actor import SamplerActor
+from alignray.sampling.types import Completion, SamplingSpec, Score
+
+
+class SamplerPoolError(RuntimeError):
+    """The pool lost more actors than allowed, or one could not start."""
+
+
+class WeightSyncError(RuntimeError):
+    """A weight update failed or missed its deadline on some sampler."""
+
+
+class SamplerPool:
+    def __init__(
+        self,
+        model_path: str,
+        cfg: SamplerConfig,
+        *,
+        dtype: str = "float32",
+        seed: int = 0,
+        startup_timeout_s: float = 600,
+    ):
+        self.cfg = cfg
+        self.restarts = 0  # actors replaced so far
+        self.requests_done = 0  # requests answered so far
+        self._args = (str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed)
+        self._startup_timeout_s = startup_timeout_s
+        self._remote = ray.remote(SamplerActor).options(
+            num_cpus=cfg.cpus_per_sampler,
+            max_restarts=0,
+            runtime_env=sampler_runtime_env(cfg.kvcache_gib),
+        )
+        self._weights: tuple[ray.ObjectRef, int] | None = None
+        self.actors = [self._remote.remote(*self._args) for _ in range(cfg.num_samplers)]
+        self._wait_ready(self.actors)
+
+    def _wait_ready(self, actors: list) -> None:
+        try:
+            ray.get([a.health.remote() for a in actors], timeout=self._startup_timeout_s)
+        except GetTimeoutError:
+            raise SamplerPoolError(
+                f"samplers did not start within {self._startup_timeout_s:.0f} s; check that"
+                f" the cluster has {self.cfg.cpus_per_sampler} free CPUs per sampler"
+            ) from None
+
+    def _replace(self, slot: int, cause: BaseException) -> None:
+        self.restarts += 1
+        if self.restarts > self.cfg.max_restarts:
+            raise SamplerPoolError(
+                f"lost sampler {slot} and the pool already replaced {self.cfg.max_restarts}"
+                f" (sampler.max_restarts): {cause}"
+            ) from cause
+        ray.kill(self.actors[slot], no_restart=True)
+        actor = self._remote.remote(*self._args)
+        self._wait_ready([actor])
+        if self._weights is not None:
+            ref, version = self._weights
+            ray.get(actor.update_weights.remote(ref, version), timeout=self.cfg.weight_sync_timeout_s)
+        self.actors[slot] = actor
+
+    def _run(self, method: str, columns: Sequence[Sequence], desc: str | None) -> list:
+        """Call `method` over row-aligned `columns`, spread over the actors, in input order."""
+        n = len(columns[0])
+        k = self.cfg.prompts_per_request
+        chunks = [range(i, min(i + k, n)) for i in range(0, n, k)]
+        todo = deque(range(len(chunks)))
+        idle = deque(range(len(self.actors)))
+        inflight: dict[ray.ObjectRef, tuple[int, int, float]] = {}
+        results: list = [None] * n
+        bar = tqdm(total=n, desc=desc, unit="prompt", disable=desc is None)
+        try:
+            while todo or inflight:
+                while todo and idle:
+                    cid, slot = todo.popleft(), idle.popleft()
+                    args = [[col[i] for i in chunks[cid]] for col in columns]
+                    ref = getattr(self.actors[slot], method).remote(*args)
+                    deadline = time.monotonic() + self.cfg.request_timeout_s
+                    inflight[ref] = (cid, slot, deadline)
+                wait_s = max(0.0, min(d for _, _, d in inflight.values()) - time.monotonic())
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+                if not ready:  # the earliest request is late: its actor is lost
+                    late = min(inflight, key=lambda r: inflight[r][2])
+                    ray.kill(self.actors[inflight[late][1]], no_restart=True)
+                    continue
+                ref = ready[0]
+                cid, slot, _ = inflight.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except RayActorError as exc:
+                    self._replace(slot, exc)
+                    todo.appendleft(cid)
+                    idle.append(slot)
+                    continue
+                for i, value in zip(chunks[cid], out, strict=True):
+                    results[i] = value
+                bar.update(len(chunks[cid]))
+                self.requests_done += 1
+                idle.append(slot)
+        finally:
+            bar.close()
+        return results
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        spec: SamplingSpec | Sequence[SamplingSpec],
+        *,
+        desc: str | None = None,
+    ) -> list[list[Completion]]:
+        """`spec.n` completions of each prompt; one spec for all (its seed becomes seed + the
+        prompt's index) or one spec per prompt. `desc` shows a progress bar."""
+        specs = [spec.for_prompt(i) for i in range(len(prompts))] if isinstance(
+            spec, SamplingSpec
+        ) else list(spec)
+        if len(specs) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(specs)} sampling specs")
+        return self._run("generate", [list(prompts), specs], desc) if prompts else []
+
+    def score(
+        self, prompts: Sequence[str], continuations: Sequence[str], *, desc: str | None = None
+    ) -> list[Score]:
+        """Log-probs of each continuation's tokens after its prompt."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        return self._run("score", [list(prompts), list(continuations)], desc) if prompts else []
+
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> int:
+        """Push a full HF-format state dict to every sampler; return the weights version.
+
+        Raises WeightSyncError if any sampler rejects the weights or misses
+        `weight_sync_timeout_s`; late samplers are killed and replaced (with these weights) on
+        the next call, so the pool never mixes versions silently."""
+        previous = self._weights
+        version = (previous[1] if previous else 0) + 1
+        ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
+        self._weights = (ref, version)
+        calls = [a.update_weights.remote(ref, version) for a in self.actors]
+        ready, late = ray.wait(calls, num_returns=len(calls), timeout=self.cfg.weight_sync_timeout_s)
+        for slot, call in enumerate(calls):
+            if call in late:
+                ray.kill(self.actors[slot], no_restart=True)
+        if late:
+            raise WeightSyncError(
+                f"{len(late)} of {len(calls)} samplers did not load weights v{version} within"
+                f" {self.cfg.weight_sync_timeout_s:.0f} s (sampler.weight_sync_timeout_s);"
+                " they were stopped and will restart with these weights"
+            )
+        try:
+            ray.get(ready)
+        except RayActorError as exc:
+            raise WeightSyncError(f"a sampler died while loading weights v{version}: {exc}") from exc
+        except ValueError as exc:  # rejected before loading, by every sampler alike
+            self._weights = previous
+            raise WeightSyncError(str(exc)) from exc
+        return version
+
+    def health(self) -> list[dict]:
+        out = []
+        for slot, actor in enumerate(self.actors):
+            try:
+                out.append({"slot": slot, "alive": True, **ray.get(actor.health.remote(), timeout=30)})
+            except (RayActorError, GetTimeoutError) as exc:
+                out.append({"slot": slot, "alive": False, "error": str(exc)})
+        return out
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+    def __enter__(self) -> SamplerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,101 @@
+"""The vLLM sampler actor and pool on a real local Ray, against transformers on the same weights."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignray.sampling.pool import SamplerPool, WeightSyncError
+from alignray.sampling.types import SamplingSpec
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+PROMPTS = ["Human: How do I bake bread?\n\nAssistant:", "Human: Tell me a story.\n\nAssistant:"]
+CONTINUATIONS = [" Mix flour, water and yeast.", " Once upon a time there was a fox."]
+
+
+def hf_token_logprobs(model, tokenizer, prompt: str, continuation: str) -> list[float]:
+    p_ids = tokenizer(prompt).input_ids
+    c_ids = tokenizer(continuation, add_special_tokens=False).input_ids
+    ids = torch.tensor([p_ids + c_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    return [logp[len(p_ids) + j - 1, t].item() for j, t in enumerate(c_ids)]
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_model, sampler_cfg):
+    with SamplerPool(tiny_model, sampler_cfg) as p:
+        yield p
+
+
+def test_generate_respects_spec(pool):
+    spec = SamplingSpec(n=3, temperature=1.0, max_tokens=8, seed=7, logprobs=0)
+    out = pool.generate(PROMPTS, spec)
+    assert [len(c) for c in out] == [3, 3]
+    for completions in out:
+        for c in completions:
+            assert 1 <= len(c.token_ids) <= 8
+            assert len(c.logprobs) == len(c.token_ids)
+            assert c.cumulative_logprob == pytest.approx(sum(c.logprobs), abs=1e-3)
+    assert pool.generate(PROMPTS, spec) == out  # seeded: the same samples again
+    greedy = pool.generate(PROMPTS, SamplingSpec(temperature=0.0, max_tokens=8))
+    assert greedy == pool.generate(PROMPTS, SamplingSpec(temperature=0.0, max_tokens=8))
+
+
+def test_score_matches_transformers_then_follows_new_weights(pool, tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def check():
+        scores = pool.score(PROMPTS, CONTINUATIONS)
+        for score, prompt, cont in zip(scores, PROMPTS, CONTINUATIONS):
+            ref = hf_token_logprobs(model, tokenizer, prompt, cont)
+            assert len(score.token_logprobs) == len(ref) > 3
+            assert max(abs(a - b) for a, b in zip(score.token_logprobs, ref)) < 1e-4
+            assert score.total == pytest.approx(sum(ref), abs=1e-3)
+        return scores
+
+    before = check()
+    torch.manual_seed(1)
+    perturbed = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    model.load_state_dict(perturbed)
+    assert pool.update_weights(perturbed) == 1
+    after = check()
+    assert abs(after[0].total - before[0].total) > 1e-2  # the weights really changed
+    assert pool.health()[0]["weights_version"] == 1
+
+
+def test_update_weights_rejects_wrong_tensors_and_keeps_serving(pool):
+    bad = {"model.embed_tokens.weight": torch.zeros(3, 3)}
+    with pytest.raises(WeightSyncError, match="missing tensors|wrong shapes"):
+        pool.update_weights(bad)
+    assert len(pool.generate(PROMPTS[:1], SamplingSpec(max_tokens=4))) == 1
+
+
+def test_pool_survives_an_actor_killed_mid_batch(tiny_model, sampler_cfg):
+    prompts = [f"Human: Question number {i}?\n\nAssistant:" for i in range(120)]
+    spec = SamplingSpec(n=2, temperature=1.0, max_tokens=32, seed=11)
+    cfg = sampler_cfg.model_copy(update={"num_samplers": 2, "prompts_per_request": 2})
+    with SamplerPool(tiny_model, cfg) as pool:
+        expected = pool.generate(prompts, spec)
+        victim = pool.actors[0]
+        started = pool.requests_done
+
+        def kill_soon():  # once the second batch is under way
+            while pool.requests_done < started + 2:
+                time.sleep(0.01)
+            ray.kill(victim, no_restart=True)
+
+        killer = threading.Thread(target=kill_soon)
+        killer.start()
+        got = pool.generate(prompts, spec)
+        killer.join()
+        assert pool.restarts == 1
+        assert pool.actors[0] != victim
+    assert got == expected  # every prompt answered once, in order, none lost or duplicated
