@@ -22,9 +22,10 @@ def sampler_runtime_env(kvcache_gib: int) -> dict:
         "VLLM_CPU_KVCACHE_SPACE": str(kvcache_gib),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",
     }
     for key in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL", "HF_HUB_OFFLINE"):
         if key in os.environ:
             env[key] = os.environ[key]
-    env.setdefault("HF_HUB_OFFLINE", "1")
     return {"env_vars": env}

@@ -22,6 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 BUILTIN_DIR = Path(__file__).parent
 
 
+class PrincipleError(ValueError):
+    """A principle set is unknown or malformed; the message names the file and field."""
+
+
 class ContrastPair(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     positive: str = Field(min_length=1)
@@ -31,7 +35,7 @@ class ContrastPair(BaseModel):
     @classmethod
     def _one_line(cls, value: str) -> str:
         if value != value.strip() or "\n" in value or ":" in value:
-            raise ValueError("must be one line, without a colon or surrounding spaces")
+            raise PrincipleError("must be one line, without a colon or surrounding spaces")
         return value
 
 
@@ -53,20 +57,20 @@ def load_principles(name_or_path: str | Path) -> PrincipleSet:
     if not path.suffix:
         path = BUILTIN_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
-            raise ValueError(
+            raise PrincipleError(
                 f"unknown principle set {str(name_or_path)!r}: built-in sets are "
                 f"{', '.join(builtin_names())}; or give the path of a .yaml file"
             )
     if not path.is_file():
-        raise ValueError(f"{path}: principle file not found")
+        raise PrincipleError(f"{path}: principle file not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        raise PrincipleError(f"{path}: not valid YAML: {exc}") from None
     try:
         return PrincipleSet.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors()
         )
-        raise ValueError(f"{path}: invalid principle set: {problems}") from None
+        raise PrincipleError(f"{path}: invalid principle set: {problems}") from None

@@ -1,0 +1,106 @@
+"""The `alignray` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from alignray.config import ConfigError, SimulateConfig, load_config
+from alignray.data.conversation import PromptError
+from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
+from alignray.principles import PrincipleError, builtin_names, load_principles
+
+USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError)
+
+
+def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [key=value ...]`: the first item is the config file unless it is an override."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def simulate(items: list[str], address: str | None = None) -> int:
+    from alignray.feedback.simulate import run
+
+    path, overrides = _split_config(items)
+    if address:
+        overrides = [*overrides, f"address={address}"]
+    cfg = load_config(path, overrides, SimulateConfig)
+    result = run(cfg)
+    print(f"\n{result.pairs} preference pairs ({result.dropped} prompts dropped for empty outputs)")
+    print(f"dataset:     {result.dataset}")
+    print(f"MLflow run:  {result.run_id} in experiment {result.experiment!r}")
+    print(f"             {result.tracking_uri}")
+    print(f"             view with: mlflow ui --backend-store-uri {result.tracking_uri}")
+    for k, row in enumerate(result.examples, 1):
+        print(f"\n--- example {k} ({row['positive_affix']} / {row['negative_affix']}) ---")
+        print("prompt:  ", textwrap.shorten(row["prompt"], 300))
+        print("chosen:  ", textwrap.shorten(row["chosen"], 300))
+        print("rejected:", textwrap.shorten(row["rejected"], 300))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.models_cmd == "prepare":
+        print(prepare(args.name))
+    else:
+        for name, spec in KNOWN.items():
+            ready = "prepared" if (cache_dir() / "models" / name / "config.json").is_file() else "not prepared"
+            print(f"{name:24s} {ready:13s} {spec.description}")
+    return 0
+
+
+def _principles(args: argparse.Namespace) -> int:
+    for name in [args.name] if args.name else builtin_names():
+        ps = load_principles(name)
+        print(f"{ps.name}: {ps.description} ({len(ps.pairs)} pairs)")
+        if args.name:
+            for k, pair in enumerate(ps.pairs):
+                print(f"  {k:2d}. ({pair.positive}) / ({pair.negative})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignray",
+        description="Align language models to written principles without human labels, on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate preference data (RLCD) with vLLM samplers on Ray, tracked in MLflow",
+        description="Simulate a preference dataset. CONFIG is a YAML file (see jobs/configs/);"
+        " KEY=VALUE items override its fields, e.g. sampler.temperature=0.7 data.limit=8.",
+    )
+    sim.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
+    sim.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
+
+    models = sub.add_parser("models", help="list or prepare known models")
+    msub = models.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("list", help="known model names and whether they are prepared")
+    prep = msub.add_parser("prepare", help="convert a known model into a safetensors folder")
+    prep.add_argument("name", choices=sorted(KNOWN))
+
+    princ = sub.add_parser("principles", help="list the built-in principle sets, or show one")
+    princ.add_argument("name", nargs="?", help="a built-in set to show in full")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "simulate":
+            return simulate(args.items, args.address)
+        if args.command == "models":
+            return _models(args)
+        return _principles(args)
+    except USER_ERRORS as exc:
+        print(f"alignray: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

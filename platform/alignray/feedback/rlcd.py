@@ -1,0 +1,131 @@
+"""RLCD preference-data simulation (Yang et al. 2023, arXiv 2307.12950).
+
+For each conversation one contrast pair is drawn (seeded). The positive prompt p+ puts the
+positive affix before the colon of the final ``Assistant:`` turn and the negative affix on every
+earlier ``Assistant:`` turn; p- is the mirror image, so p+ and p- differ only in the affixes.
+The output o+ of p+ is `chosen` and o- of p- is `rejected`; nothing is scored.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from alignray.data.conversation import ASSISTANT_TURN, Conversation
+from alignray.principles import ContrastPair, PrincipleSet
+from alignray.sampling.types import SamplingSpec
+
+NEXT_HUMAN_TURN = re.compile(r"(^|\n)\s*Human:")
+
+RenderChat = Callable[[list[dict[str, str]]], str]  # messages -> text ending in the open turn
+
+
+def _transcript(text: str, final: str, earlier: str) -> str:
+    turns = list(ASSISTANT_TURN.finditer(text))
+    pieces, pos = [], 0
+    for k, m in enumerate(turns):
+        affix = final if k == len(turns) - 1 else earlier
+        pieces += [text[pos : m.start()], f"Assistant ({affix}):"]
+        pos = m.end()
+    return "".join(pieces) + text[pos:]
+
+
+def _chat(conv: Conversation, render: RenderChat, final: str | None, earlier: str | None) -> str:
+    messages = [
+        {"role": r, "content": f"({earlier}) {c}" if r == "assistant" and earlier else c}
+        for r, c in conv.messages
+    ]
+    return render(messages) + (f"({final}) " if final else "")
+
+
+@dataclass(frozen=True)
+class ContrastPrompts:
+    neutral: str  # without affixes or response prefix: the prompt the preference model sees
+    positive: str  # p+, ending with the response prefix
+    negative: str  # p-, ending with the response prefix
+
+
+def contrast_prompts(
+    conv: Conversation, pair: ContrastPair, response_prefix: str = "", render: RenderChat | None = None
+) -> ContrastPrompts:
+    """Build (neutral, p+, p-) for one conversation; chat conversations need `render`."""
+    if conv.transcript is not None:
+        text = conv.transcript
+        lead = f" {response_prefix}" if response_prefix else ""
+        made = ContrastPrompts(
+            text, _transcript(text, pair.positive, pair.negative), _transcript(text, pair.negative, pair.positive)
+        )
+    else:
+        if render is None:
+            raise ValueError(f"{conv.origin}: chat conversations need the model's chat template")
+        lead = response_prefix
+        made = ContrastPrompts(
+            _chat(conv, render, None, None),
+            _chat(conv, render, pair.positive, pair.negative),
+            _chat(conv, render, pair.negative, pair.positive),
+        )
+    return ContrastPrompts(made.neutral, made.positive + lead, made.negative + lead)
+
+
+def clean_output(text: str) -> str:
+    """Cut an output at the next ``Human:`` turn and strip it ("" means: sample again)."""
+    m = NEXT_HUMAN_TURN.search(text)
+    return (text[: m.start()] if m else text).strip()
+
+
+def request_seed(seed: int, index: int, side: int, attempt: int) -> int:
+    """The sampling seed of one output: fixed by (run seed, conversation, side, attempt)."""
+    return random.Random(f"rlcd:{seed}:{index}:{side}:{attempt}").randrange(2**31)
+
+
+@dataclass(frozen=True)
+class Plan:
+    conv: Conversation
+    pair_index: int
+    prompts: ContrastPrompts
+
+
+def plan(
+    convs: Sequence[Conversation], principles: PrincipleSet, seed: int, render: RenderChat | None
+) -> list[Plan]:
+    rng = random.Random(seed)
+    plans = []
+    for conv in convs:
+        k = rng.randrange(len(principles.pairs))
+        prompts = contrast_prompts(conv, principles.pairs[k], principles.response_prefix, render)
+        plans.append(Plan(conv, k, prompts))
+    return plans
+
+
+def sample_pairs(
+    generate: Callable[[list[str], list[SamplingSpec], str], list],
+    plans: Sequence[Plan],
+    base: SamplingSpec,
+    seed: int,
+    max_retries: int,
+) -> tuple[dict[tuple[int, int], tuple[str, int, int]], set[int]]:
+    """Sample o+ (side 0) and o- (side 1) of every plan, re-sampling empty outputs.
+
+    Returns ({(plan index, side): (cleaned output, seed, attempts)}, indices of dropped plans).
+    """
+    done: dict[tuple[int, int], tuple[str, int, int]] = {}
+    pending = [(i, side) for i in range(len(plans)) for side in (0, 1)]
+    for attempt in range(max_retries + 1):
+        if not pending:
+            break
+        prompts = [(plans[i].prompts.positive, plans[i].prompts.negative)[s] for i, s in pending]
+        seeds = [request_seed(seed, i, s, attempt) for i, s in pending]
+        specs = [replace(base, seed=sd) for sd in seeds]
+        label = "sampling o+ / o-" if attempt == 0 else f"re-sampling empty outputs ({attempt})"
+        outs = generate(prompts, specs, label)
+        still = []
+        for (i, s), sd, out in zip(pending, seeds, outs, strict=True):
+            text = clean_output(out[0].text)
+            if text:
+                done[(i, s)] = (text, sd, attempt + 1)
+            else:
+                still.append((i, s))
+        pending = still
+    return done, {i for i, _ in pending}
