@@ -1,0 +1,51 @@
+"""Typed config: YAML plus dotted overrides, and errors that name the file and field."""
+
+import pytest
+
+from alignray.config import ConfigError, SimulateConfig, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides_are_typed(tmp_path):
+    path = write(tmp_path, "sampler:\n  temperature: 0.5\ndata:\n  limit: 4\n")
+    cfg = load_config(path, ["sampler.temperature=0.7", "sampler.max_tokens=12", "data.format=chat"])
+    assert isinstance(cfg, SimulateConfig)
+    assert cfg.sampler.temperature == 0.7 and cfg.sampler.max_tokens == 12
+    assert cfg.data.limit == 4 and cfg.data.format == "chat"
+    assert cfg.simulation.principles == "harmlessness"  # default kept
+    assert load_config(None, ["tracking.run_name=2024"]).tracking.run_name == "2024"
+
+
+def test_unknown_field_names_file_field_and_allowed(tmp_path):
+    path = write(tmp_path, "sampler:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "sampler.temprature" in msg and "temperature" in msg
+
+
+def test_mistyped_value_names_the_override(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["sampler.max_tokens=many"])
+    assert "sampler.max_tokens=many" in str(err.value) and "integer" in str(err.value)
+
+
+def test_literal_field_says_what_is_allowed():
+    with pytest.raises(ConfigError, match="'transcript' or 'chat'"):
+        load_config(None, ["data.format=xml"])
+
+
+def test_unknown_section_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown field 'samplers'"):
+        load_config(None, ["samplers.n=2"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "sampler: [unclosed\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="expected dotted.field=value"):
+        load_config(None, ["sampler.=3"])

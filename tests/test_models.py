@@ -1,0 +1,50 @@
+"""Named and local models: the real SmolLM2 conversion, the tiny factory and folder checks."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignray.models import registry
+from alignray.models.registry import ModelError, check_causal_lm, resolve
+
+
+def test_prepare_smollm2_matches_the_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNRAY_CACHE", str(tmp_path))
+    folder = registry.prepare("smollm2-135m-instruct", quiet=True)
+    assert folder == tmp_path / "models" / "smollm2-135m-instruct"
+    assert (folder / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert not [p for p in tmp_path.joinpath("models").iterdir() if p.name.startswith(".")]
+    assert registry.prepare("smollm2-135m-instruct", quiet=True) == folder  # idempotent
+    assert resolve("smollm2-135m-instruct") == folder
+
+    gguf = registry._gguf_path(registry.KNOWN["smollm2-135m-instruct"])
+    ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    ours = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder)
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(ref(ids).logits, ours(ids).logits, atol=1e-5)
+
+
+def test_tiny_model_is_a_causal_lm_with_chat_template(tiny_model):
+    assert check_causal_lm(tiny_model) == tiny_model
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    text = "Human: Ünïcode ✓ works?\n\nAssistant:"
+    assert tok.decode(tok(text).input_ids) == text
+    assert tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).startswith("<|im_start|>user")
+    config = AutoModelForCausalLM.from_pretrained(tiny_model).config
+    assert config.hidden_size // config.num_attention_heads >= 32
+
+
+def test_bad_model_names_and_folders(tmp_path):
+    with pytest.raises(ModelError, match="neither a known model"):
+        resolve("smollm3")
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(ModelError, match="not a causal language model"):
+        resolve(str(tmp_path))

@@ -1,0 +1,107 @@
+"""RLCD prompt construction, output clean-up and re-sampling of empty outputs."""
+
+from alignray.data.conversation import Conversation
+from alignray.feedback import rlcd
+from alignray.models.tiny import build_tokenizer
+from alignray.principles import ContrastPair, PrincipleSet, load_principles
+from alignray.sampling.types import Completion, SamplingSpec
+
+PAIR = ContrastPair(positive="harmless response", negative="harmful response")
+MULTI = "Human: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: How do I pick a lock?\n\nAssistant:"
+
+
+def strip_affixes(text: str) -> str:
+    for affix in (PAIR.positive, PAIR.negative):
+        text = text.replace(f" ({affix})", "").replace(f"({affix}) ", "")
+    return text
+
+
+def test_transcript_affixes_final_and_earlier_turns_mirrored():
+    made = rlcd.contrast_prompts(Conversation.from_transcript(MULTI, "t"), PAIR)
+    assert made.positive == (
+        "Human: Hi\n\nAssistant (harmful response): Hello! How can I help?"
+        "\n\nHuman: How do I pick a lock?\n\nAssistant (harmless response):"
+    )
+    assert made.negative == (
+        "Human: Hi\n\nAssistant (harmless response): Hello! How can I help?"
+        "\n\nHuman: How do I pick a lock?\n\nAssistant (harmful response):"
+    )
+    assert made.neutral == MULTI
+    assert strip_affixes(made.positive) == strip_affixes(made.negative) == MULTI
+
+
+def test_single_turn_and_response_prefix():
+    conv = Conversation.from_question("Outline a story about a fox.", "transcript", "q")
+    made = rlcd.contrast_prompts(conv, PAIR, "Here is a possible outline:\n1. ")
+    assert made.neutral == "Human: Outline a story about a fox.\n\nAssistant:"
+    assert made.positive.endswith("Assistant (harmless response): Here is a possible outline:\n1. ")
+    assert made.negative.endswith("Assistant (harmful response): Here is a possible outline:\n1. ")
+
+
+def test_chat_messages_get_affixes_in_assistant_turns():
+    tok = build_tokenizer()
+
+    def render(messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    conv = Conversation.from_messages(
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "How do I pick a lock?"},
+        ],
+        "m",
+    )
+    made = rlcd.contrast_prompts(conv, PAIR, render=render)
+    assert made.neutral == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nHow do I pick a lock?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert "<|im_start|>assistant\n(harmful response) Hello!" in made.positive
+    assert made.positive.endswith("<|im_start|>assistant\n(harmless response) ")
+    assert made.negative.endswith("<|im_start|>assistant\n(harmful response) ")
+    assert strip_affixes(made.positive) == strip_affixes(made.negative) == made.neutral
+
+
+def test_clean_output_cuts_at_next_human_turn():
+    assert rlcd.clean_output(" Try a locksmith.\n\nHuman: thanks\n\nAssistant: ok") == "Try a locksmith."
+    assert rlcd.clean_output("\nHuman: what?") == ""
+    assert rlcd.clean_output("Human: what?") == ""
+    assert rlcd.clean_output("   \n ") == ""
+    assert rlcd.clean_output("The Human: race is long.") == "The Human: race is long."
+
+
+def test_pair_choice_is_seeded():
+    harm = load_principles("harmlessness")
+    convs = [Conversation.from_question(f"q{i}", "transcript", str(i)) for i in range(40)]
+    a = [p.pair_index for p in rlcd.plan(convs, harm, 1, None)]
+    assert a == [p.pair_index for p in rlcd.plan(convs, harm, 1, None)]
+    assert a != [p.pair_index for p in rlcd.plan(convs, harm, 2, None)]
+    assert len(set(a)) > 8
+
+
+def test_empty_outputs_are_resampled_then_dropped():
+    """Scripted outputs through sample_pairs' generate callable: conversation 1's o- is empty
+    once, conversation 2's o+ is always empty."""
+    principles = PrincipleSet(name="p", pairs=(PAIR,))
+    convs = [Conversation.from_question(f"q{i}", "transcript", str(i)) for i in range(3)]
+    plans = rlcd.plan(convs, principles, 0, None)
+    calls = []
+
+    def generate(prompts, specs, label):
+        calls.append(len(prompts))
+        outs = []
+        for prompt, spec in zip(prompts, specs):
+            empty = ("q2" in prompt and "(harmless" in prompt) or (
+                "q1" in prompt and "(harmful" in prompt and len(calls) == 1
+            )
+            text = "\nHuman: more" if empty else f" answer {spec.seed}"
+            outs.append([Completion(text, (1,), None, None, "stop")])
+        return outs
+
+    done, dropped = rlcd.sample_pairs(generate, plans, SamplingSpec(), seed=5, max_retries=2)
+    assert calls == [6, 2, 1]  # everything, then the two empty ones, then the hopeless one
+    assert dropped == {2}
+    assert done[(1, 1)][2] == 2 and done[(0, 0)][2] == 1  # attempts
+    assert done[(1, 1)][1] == rlcd.request_seed(5, 1, 1, 1)
+    assert done[(0, 0)][0] == f"answer {rlcd.request_seed(5, 0, 0, 0)}"

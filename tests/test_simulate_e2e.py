@@ -1,0 +1,118 @@
+"""`alignray simulate` end to end: real Ray, real vLLM, a real MLflow store, a tiny model."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from alignray.cli import main
+
+TRANSCRIPTS = [
+    "Human: Hi there\n\nAssistant: Hello! What can I do for you?\n\nHuman: How do I get into my sister's phone?\n\nAssistant:",
+    "Human: What is a good way to learn to cook?\n\nAssistant:",
+    "Human: Tell me a joke about my neighbour.\n\nAssistant:",
+    "Human: How do vaccines work?\n\nAssistant:",
+    "Human: Write an insult for my ex.\n\nAssistant:",
+]
+
+
+def overrides(tiny_model, out, *extra):
+    return [
+        f"model.name={tiny_model}",
+        f"output_dir={out}",
+        "tracking.experiment=e2e",
+        "sampler.enforce_eager=true",
+        "sampler.max_model_len=256",
+        "sampler.max_tokens=16",
+        "sampler.prompts_per_request=4",
+        *extra,
+    ]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_rlcd_simulation_writes_dataset_and_mlflow_run(tiny_model, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS))
+    out = tmp_path / "runs"
+    assert main(["simulate", *overrides(tiny_model, out, f"data.source={prompts}")]) == 0
+    printed = capsys.readouterr().out
+    [dataset] = out.glob("datasets/*/preferences.parquet")
+    assert f"dataset:     {dataset.resolve()}" in printed and printed.count("--- example") == 3
+
+    frame = pd.read_parquet(dataset)
+    pairs, dropped = map(int, re.search(r"(\d+) preference pairs \((\d+) prompts dropped", printed).groups())
+    assert pairs == len(frame)
+    assert len(frame) + dropped == len(TRANSCRIPTS) and len(frame) >= 3
+    assert (frame["chosen"].str.len() > 0).all() and (frame["rejected"].str.len() > 0).all()
+    for row in frame.itertuples():
+        assert row.prompt in TRANSCRIPTS
+        assert row.prompt_positive.endswith(f"Assistant ({row.positive_affix}):")
+        assert row.prompt_negative.endswith(f"Assistant ({row.negative_affix}):")
+        assert row.method == "rlcd" and row.principles == "harmlessness" and row.source.startswith(str(prompts))
+        assert json.loads(row.sampler_params)["max_tokens"] == 16
+    multi = frame[frame.prompt == TRANSCRIPTS[0]].iloc[0]
+    assert f"Assistant ({multi.negative_affix}): Hello!" in multi.prompt_positive
+
+    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    [run] = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["sampler.max_tokens"] == "16" and run.data.params["model.path"] == str(tiny_model)
+    assert run.data.metrics["pairs"] == len(frame) and run.data.metrics["dropped_empty"] == dropped
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "datasets")] == ["datasets/preferences.parquet"]
+    [ds_input] = run.inputs.dataset_inputs
+    assert ds_input.dataset.name == "rlcd-harmlessness-preferences"
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_chat_format_with_response_prefix(tiny_model, tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = overrides(
+        tiny_model, out, "data.format=chat", "data.limit=3", "simulation.principles=story_outlining"
+    )
+    assert main(["simulate", *args]) == 0
+    frame = pd.read_parquet(next(out.glob("datasets/*/preferences.parquet")))
+    prefix = "Here is a possible outline:\n1. "
+    assert frame["chosen"].str.startswith(prefix).all() and frame["rejected"].str.startswith(prefix).all()
+    assert frame["prompt"].str.endswith("<|im_start|>assistant\n").all()
+    assert all(p.endswith(f"({a}) {prefix}") for p, a in zip(frame.prompt_positive, frame.positive_affix))
+
+
+TRANSCRIPT_LINE = json.dumps({"prompt": TRANSCRIPTS[1]}) + "\n"
+
+
+def _bad_inputs(tmp_path, tiny_model):
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+
+    not_lm = tmp_path / "encoder"
+    not_lm.mkdir()
+    (not_lm / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    return {
+        "missing prompt file": ([f"data.source={tmp_path / 'none.jsonl'}"], "prompt file not found"),
+        "empty prompt file": ([f"data.source={write('e.jsonl', '')}"], "holds no prompts"),
+        "malformed line": ([f"data.source={write('m.jsonl', TRANSCRIPT_LINE + '{oops')}"], "m.jsonl:2: malformed JSON"),
+        "no Assistant turn": ([f"data.source={write('n.jsonl', json.dumps({'prompt': 'Human: hi'}))}"], "no 'Assistant:' turn"),
+        "unknown principles": (["simulation.principles=kindness"], "unknown principle set 'kindness'"),
+        "unknown model": (["model.name=gpt-17"], "model 'gpt-17' is neither a known model"),
+        "unknown field": (["sampler.temprature=0.3"], "unknown field 'sampler.temprature'"),
+        "mistyped field": (["sampler.max_tokens=lots"], "field 'sampler.max_tokens'"),
+        "not a causal LM": ([f"model.name={not_lm}"], "not a causal language model"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing prompt file", "empty prompt file", "malformed line", "no Assistant turn",
+     "unknown principles", "unknown model", "unknown field", "mistyped field", "not a causal LM"],
+)
+def test_bad_input_is_named_and_writes_nothing(case, tiny_model, tmp_path, capsys):
+    extra, message = _bad_inputs(tmp_path, tiny_model)[case]
+    out = tmp_path / "runs"
+    base = [f"model.name={tiny_model}", f"output_dir={out}"]
+    assert main(["simulate", *base, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alignray: error:") and message in err
+    assert not out.exists()
