@@ -38,7 +38,9 @@ class SamplerConfig(Strict):
     cpus_per_sampler: float = Field(1.0, gt=0, description="Ray CPUs reserved by each actor.")
     kvcache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of each actor, GiB.")
     enforce_eager: bool = Field(
-        False, description="Skip vLLM's compilation: starts faster, samples slower."
+        True,
+        description="Skip vLLM's torch.compile warm-up: on CPU it costs over a minute per"
+        " actor start and gained nothing measurable (benchmarks/sampling.py); on GPU set false.",
     )
     max_model_len: int = Field(1024, ge=16, description="Longest prompt + completion, tokens.")
     prompts_per_request: int = Field(

@@ -13,6 +13,7 @@ class SamplingSpec:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 128
+    min_tokens: int = 0  # generate at least this many tokens (EOS and stop ignored before)
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int | None = None  # None: none; 0: the sampled token's; k: and the top k
@@ -30,6 +31,7 @@ class SamplingSpec:
             temperature=self.temperature,
             top_p=self.top_p,
             max_tokens=self.max_tokens,
+            min_tokens=self.min_tokens,
             stop=list(self.stop) or None,
             seed=self.seed,
             logprobs=self.logprobs,
