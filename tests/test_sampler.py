@@ -99,3 +99,15 @@ def test_pool_survives_an_actor_killed_mid_batch(tiny_model, sampler_cfg):
         assert pool.restarts == 1
         assert pool.actors[0] != victim
     assert got == expected  # every prompt answered once, in order, none lost or duplicated
+
+
+def test_weight_sync_deadline_raises_then_pool_recovers(tiny_model, sampler_cfg):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with SamplerPool(tiny_model, sampler_cfg.model_copy()) as pool:
+        pool.cfg.weight_sync_timeout_s = 0.001  # no sampler can load weights that fast
+        with pytest.raises(WeightSyncError, match="did not load weights v1 within"):
+            pool.update_weights(model.state_dict())
+        pool.cfg.weight_sync_timeout_s = 120
+        out = pool.generate(PROMPTS, SamplingSpec(max_tokens=4, seed=0))
+        assert len(out) == 2 and pool.restarts == 1
+        assert pool.health()[0]["weights_version"] == 1  # the replacement got the new weights
