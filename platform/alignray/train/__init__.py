@@ -1,0 +1,1 @@
+"""Training: preference losses and the trainers built on them."""

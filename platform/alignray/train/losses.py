@@ -1,0 +1,155 @@
+"""Preference-learning losses as pure functions: tensors in, per-example losses out.
+
+Nothing is reduced over the batch unless a docstring says so; the caller picks the mean, sum
+or weighting. Every argument is checked, and a bad one raises ValueError naming it and why.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check_same_1d(**tensors: Tensor) -> None:
+    """Each tensor is 1-D, and all share the shape of the first one given."""
+    (first_name, first), *_ = tensors.items()
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D (one value per example), got shape {tuple(t.shape)}")
+        if t.shape != first.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but {first_name} has shape "
+                f"{tuple(first.shape)}; they must match"
+            )
+
+
+def _dpo_logits(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+) -> Tensor:
+    """h = beta * ((pc - rc) - (pr - rr)): how much more the policy prefers chosen than the reference does."""
+    _check_same_1d(
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        ref_chosen_logps=ref_chosen_logps,
+        ref_rejected_logps=ref_rejected_logps,
+    )
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    return beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))
+
+
+def bradley_terry_loss(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, margin: float | Tensor | None = None
+) -> Tensor:
+    """Reward-model loss per pair: -logsigmoid(chosen - rejected - margin); margin 0 when None."""
+    _check_same_1d(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
+    if isinstance(margin, Tensor):
+        _check_same_1d(chosen_rewards=chosen_rewards, margin=margin)
+    elif margin is None:
+        margin = 0.0
+    return -F.logsigmoid(chosen_rewards - rejected_rewards - margin)
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """DPO sigmoid loss per pair: -(1-ε)·logsigmoid(h) - ε·logsigmoid(-h), ε = label_smoothing.
+
+    The log-probs are summed over each response's tokens; ε = 0 is standard DPO.
+    """
+    if not 0.0 <= label_smoothing <= 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5], got {label_smoothing}")
+    h = _dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    return -(1 - label_smoothing) * F.logsigmoid(h) - label_smoothing * F.logsigmoid(-h)
+
+
+def rdpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+    preference_prob: Tensor,
+) -> Tensor:
+    """DPO with a soft label per pair: -(p·logsigmoid(h) + (1-p)·logsigmoid(-h)).
+
+    p = preference_prob is a judge's probability that chosen beats rejected; p ≡ 1 is DPO.
+    """
+    h = _dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    _check_same_1d(policy_chosen_logps=policy_chosen_logps, preference_prob=preference_prob)
+    if torch.isnan(preference_prob).any():
+        raise ValueError("preference_prob contains NaN; every pair needs a probability in [0, 1]")
+    if ((preference_prob < 0) | (preference_prob > 1)).any():
+        raise ValueError(
+            f"preference_prob must be in [0, 1], got values from {float(preference_prob.min()):g} "
+            f"to {float(preference_prob.max()):g}"
+        )
+    p = preference_prob
+    return -(p * F.logsigmoid(h) + (1 - p) * F.logsigmoid(-h))
+
+
+def rrhf_loss(
+    logps: Tensor,
+    lengths: Tensor,
+    rewards: Tensor,
+    length_penalty: float = 1.0,
+    rank_weight: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """RRHF loss for one prompt's k candidates; returns 0-dim (total, rank, sft).
+
+    Scores are s_i = logps_i / lengths_i ** length_penalty (logps summed over response tokens).
+    rank = Σ over pairs with r_i < r_j of max(0, s_i - s_j); sft = -logps_best / lengths_best,
+    the mean token NLL of the highest-reward candidate (the first one if tied);
+    total = rank_weight · rank + sft.
+    """
+    _check_same_1d(logps=logps, lengths=lengths, rewards=rewards)
+    if logps.numel() < 2:
+        raise ValueError(f"logps must hold k >= 2 candidates to rank, got k = {logps.numel()}")
+    if (lengths <= 0).any():
+        raise ValueError(f"lengths must all be > 0 (response token counts), got {lengths.tolist()}")
+    if (rewards == rewards[0]).all():
+        raise ValueError("rewards are all equal, so there is nothing to rank")
+    lengths = lengths.to(logps.dtype)
+    scores = logps / lengths**length_penalty
+    worse_than = rewards[:, None] < rewards[None, :]  # [i, j]: r_i < r_j
+    rank = (scores[:, None] - scores[None, :]).clamp(min=0)[worse_than].sum()
+    best = torch.argmax(rewards)  # first index among ties
+    sft = -logps[best] / lengths[best]
+    return rank_weight * rank + sft, rank, sft
+
+
+def sequence_logps(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """Summed log-prob of the label tokens per sequence, and how many label tokens each has.
+
+    logits (batch, seq, vocab) at position t predict labels (batch, seq) at t + 1; labels equal
+    to ignore_index are left out. Computed in float32.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be 3-D (batch, seq, vocab), got shape {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"labels must have shape (batch, seq) = {tuple(logits.shape[:2])} to match logits, "
+            f"got {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer token ids, got dtype {labels.dtype}")
+    targets = labels[:, 1:]
+    mask = targets != ignore_index
+    vocab = logits.shape[-1]
+    if ((targets[mask] < 0) | (targets[mask] >= vocab)).any():
+        raise ValueError(f"labels must be token ids in [0, {vocab}) or ignore_index={ignore_index}")
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = log_probs.gather(-1, targets.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, token_logps, 0.0).sum(-1), mask.sum(-1)
