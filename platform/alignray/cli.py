@@ -6,12 +6,14 @@ import argparse
 import sys
 import textwrap
 
-from alignray.config import ConfigError, SimulateConfig, load_config
+from alignray.config import ConfigError, SimulateConfig, TrainConfig, load_config
 from alignray.data.conversation import PromptError
 from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
 from alignray.principles import PrincipleError, builtin_names, load_principles
+from alignray.train.data import DatasetError
 
-USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError)
+USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError)
+KINDS = ("preference", "sft", "dpo", "rrhf")
 
 
 def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
@@ -39,6 +41,29 @@ def simulate(items: list[str], address: str | None = None) -> int:
         print("prompt:  ", textwrap.shorten(row["prompt"], 300))
         print("chosen:  ", textwrap.shorten(row["chosen"], 300))
         print("rejected:", textwrap.shorten(row["rejected"], 300))
+    return 0
+
+
+def train(kind: str, items: list[str], address: str | None = None) -> int:
+    from alignray.train.runner import TrainingError, fit
+
+    path, overrides = _split_config(items)
+    if address:
+        overrides = [*overrides, f"address={address}"]
+    cfg = load_config(path, overrides, TrainConfig)
+    try:
+        result = fit(cfg, kind)
+    except TrainingError as exc:
+        print(f"alignray: training failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nMLflow run:  {result.run_id}")
+    print(f"checkpoint:  {result.checkpoint}")
+    if result.model_uri is None:
+        print("stopped before the last step (trainer.stop_after_steps); run again to resume")
+    else:
+        print(f"model:       {result.model_uri}{' (new champion)' if result.champion else ''}")
+    for key in sorted(k for k in result.metrics if k.startswith("eval_")):
+        print(f"{key + ':':12s} {result.metrics[key]:.4f}")
     return 0
 
 
@@ -78,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     sim.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
 
+    tr = sub.add_parser(
+        "train",
+        help="train on Ray Train + DeepSpeed: preference model, sft, dpo (rDPO) or rrhf",
+        description="Train one model. CONFIG is a YAML file (see jobs/configs/); KEY=VALUE items"
+        " override it, e.g. dataset=prefs.parquet trainer.zero_stage=3. Running again with the"
+        " same run_name resumes from the last checkpoint.",
+    )
+    tr.add_argument("kind", choices=KINDS)
+    tr.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
+    tr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
+
     models = sub.add_parser("models", help="list or prepare known models")
     msub = models.add_subparsers(dest="models_cmd", required=True)
     msub.add_parser("list", help="known model names and whether they are prepared")
@@ -94,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return simulate(args.items, args.address)
+        if args.command == "train":
+            return train(args.kind, args.items, args.address)
         if args.command == "models":
             return _models(args)
         return _principles(args)

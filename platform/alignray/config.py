@@ -103,6 +103,83 @@ class SimulateConfig(Strict):
     )
 
 
+class TrainerConfig(Strict):
+    """The shared Ray Train + DeepSpeed runner. One step = one optimizer update over
+    micro_batch_per_worker x num_workers x gradient_accumulation_steps examples."""
+
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DeepSpeed ranks).")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    micro_batch_per_worker: int = Field(
+        4, ge=1, description="Examples (pairs, sequences or prompts) per worker per forward."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-5, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
+    stop_after_steps: int | None = Field(
+        None, ge=1, description="Stop (checkpointed) after this many steps; run again to resume."
+    )
+    log_every_steps: int = Field(10, ge=1)
+    eval_every_steps: int | None = Field(None, ge=1, description="Default: at the end only.")
+    checkpoint_every_steps: int = Field(50, ge=1)
+    max_length: int = Field(512, ge=8, description="Longest prompt + response, tokens.")
+    truncation_side: Literal["left", "right"] = Field(
+        "left", description="Which end of the prompt to cut when an example is too long."
+    )
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share of the dataset.")
+    seed: int = 0
+
+
+class PreferenceConfig(Strict):
+    principles: list[str] | None = Field(
+        None,
+        description="MORLAIF mode: one reward head per principle, each pair trained on the head"
+        " named in its `principle` column.",
+    )
+    margin_column: str | None = Field(None, description="Per-pair Bradley-Terry margin column.")
+
+
+class DPOConfig(Strict):
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, le=0.5)
+    soft_labels: bool = Field(False, description="rDPO: weight each pair by `preference_prob`.")
+    judge_agreement_filter: bool = Field(
+        False, description="Keep only pairs whose preference_prob is above 0.5."
+    )
+
+
+class RRHFConfig(Strict):
+    length_penalty: float = Field(1.0, ge=0)
+    rank_weight: float = Field(1.0, ge=0)
+
+
+class TrainConfig(Strict):
+    """`alignray train KIND`: one training stage on Ray Train + DeepSpeed."""
+
+    model: ModelConfig = ModelConfig()
+    dataset: Path = Field(description="Parquet file written by a feedback stage.")
+    trainer: TrainerConfig = TrainerConfig()
+    preference: PreferenceConfig = PreferenceConfig()
+    dpo: DPOConfig = DPOConfig()
+    rrhf: RRHFConfig = RRHFConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registered_model: str | None = Field(
+        None, description="MLflow registry name of the result; default alignray-<kind>."
+    )
+    run_name: str | None = Field(
+        None, description="Ray Train run name; running again with the same name resumes it."
+    )
+    output_dir: Path = Path("alignray-runs")
+    address: str | None = None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar)."""
     key, sep, raw = text.partition("=")

@@ -1,0 +1,190 @@
+"""Training datasets: validated on the driver, tokenized once, split into train and eval.
+
+Each kind reads its columns from a Parquet file (the output of a feedback stage):
+
+| kind | columns |
+|---|---|
+| preference | prompt, chosen, rejected [, principle] [, margin column] |
+| sft | prompt, chosen |
+| dpo | prompt, chosen, rejected [, preference_prob] |
+| rrhf | prompt, candidates (list of str), rewards (list of float) |
+
+A response follows its prompt directly, after one space when neither side has whitespace at
+the join, and ends with the tokenizer's EOS token. Examples longer than `max_length` are cut:
+the prompt from `truncation_side` first, then the response's tail; they are counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from alignray.config import TrainConfig
+
+
+class DatasetError(ValueError):
+    """A training dataset is unusable; the message names the file, row and column."""
+
+
+COLUMNS = {
+    "preference": ("prompt", "chosen", "rejected"),
+    "sft": ("prompt", "chosen"),
+    "dpo": ("prompt", "chosen", "rejected"),
+    "rrhf": ("prompt", "candidates", "rewards"),
+}
+
+
+@dataclass
+class Seq:
+    """One prompt + response, as token ids; the loss covers the response only."""
+
+    prompt: list[int]
+    response: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt + self.response
+
+
+@dataclass
+class Example:
+    seqs: list[Seq]  # sft: [chosen]; preference/dpo: [chosen, rejected]; rrhf: k candidates
+    values: dict[str, float | list[float]] = field(default_factory=dict)  # labels per kind
+
+
+def joined(prompt: str, response: str) -> str:
+    """The response text as it follows the prompt."""
+    if prompt and response and not prompt[-1].isspace() and not response[0].isspace():
+        return " " + response
+    return response
+
+
+class Tokenize:
+    def __init__(self, tokenizer, max_length: int, side: str):
+        self.tok, self.max_length, self.side = tokenizer, max_length, side
+        self.truncated = 0
+
+    def __call__(self, prompt: str, response: str) -> Seq:
+        p = self.tok(prompt).input_ids
+        r = self.tok(joined(prompt, response), add_special_tokens=False).input_ids
+        r.append(self.tok.eos_token_id)
+        if len(p) + len(r) <= self.max_length:
+            return Seq(p, r)
+        self.truncated += 1
+        keep = max(1, self.max_length - len(r))
+        p = p[-keep:] if self.side == "left" else p[:keep]
+        return Seq(p, r[: self.max_length - len(p)])
+
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetError(f"{where}: must be a non-empty string")
+    return value
+
+
+def _row_example(kind: str, row: dict, where: str, cfg: TrainConfig, tokenize: Tokenize) -> Example | None:
+    prompt = _text(row["prompt"], f"{where} column 'prompt'")
+    if kind == "sft":
+        return Example([tokenize(prompt, _text(row["chosen"], f"{where} column 'chosen'"))])
+    if kind == "rrhf":
+        cands, rewards = row["candidates"], row["rewards"]
+        if not isinstance(cands, list) or len(cands) < 2:
+            raise DatasetError(f"{where} column 'candidates': RRHF needs at least 2 candidates per prompt")
+        if not isinstance(rewards, list) or len(rewards) != len(cands):
+            raise DatasetError(f"{where} column 'rewards': needs one reward per candidate ({len(cands)})")
+        if any(r is None or not math.isfinite(r) for r in rewards):
+            raise DatasetError(f"{where} column 'rewards': rewards must be finite numbers")
+        if len(set(rewards)) == 1:
+            raise DatasetError(
+                f"{where} column 'rewards': all {len(rewards)} candidates have the same reward"
+                f" ({rewards[0]}), so there is nothing to rank"
+            )
+        seqs = [tokenize(prompt, _text(c, f"{where} candidate {i}")) for i, c in enumerate(cands)]
+        return Example(seqs, {"rewards": [float(r) for r in rewards]})
+    seqs = [
+        tokenize(prompt, _text(row["chosen"], f"{where} column 'chosen'")),
+        tokenize(prompt, _text(row["rejected"], f"{where} column 'rejected'")),
+    ]
+    values: dict = {}
+    if kind == "preference":
+        names = cfg.preference.principles
+        if names:
+            principle = row.get("principle")
+            if principle not in names:
+                raise DatasetError(f"{where} column 'principle': {principle!r} is not one of {names}")
+            values["head"] = float(names.index(principle))
+        if cfg.preference.margin_column:
+            values["margin"] = float(row[cfg.preference.margin_column])
+    elif kind == "dpo" and (cfg.dpo.soft_labels or cfg.dpo.judge_agreement_filter):
+        p = row.get("preference_prob")
+        if p is None or not isinstance(p, (int, float)) or math.isnan(p) or not 0 <= p <= 1:
+            raise DatasetError(f"{where} column 'preference_prob': {p!r} is not a probability in [0, 1]")
+        if cfg.dpo.judge_agreement_filter and p <= 0.5:
+            return None
+        values["preference_prob"] = float(p)
+    return Example(seqs, values)
+
+
+@dataclass
+class Prepared:
+    train: list[Example]
+    eval: list[Example]
+    truncated: int
+    filtered: int
+
+
+def load(kind: str, cfg: TrainConfig, tokenizer) -> Prepared:
+    """Read, validate and tokenize `cfg.dataset` for `kind`, then split off the eval share."""
+    path = Path(cfg.dataset)
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from None
+    needed = list(COLUMNS[kind])
+    if kind == "preference" and cfg.preference.principles:
+        needed.append("principle")
+    if kind == "preference" and cfg.preference.margin_column:
+        needed.append(cfg.preference.margin_column)
+    if kind == "dpo" and (cfg.dpo.soft_labels or cfg.dpo.judge_agreement_filter):
+        needed.append("preference_prob")
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {missing} needed for {kind} training"
+            f" (has: {', '.join(table.column_names)})"
+        )
+    if table.num_rows == 0:
+        raise DatasetError(f"{path}: the dataset is empty")
+    tokenize = Tokenize(tokenizer, cfg.trainer.max_length, cfg.trainer.truncation_side)
+    examples, filtered = [], 0
+    for i, row in enumerate(table.select(needed).to_pylist()):
+        ex = _row_example(kind, row, f"{path}: row {i}", cfg, tokenize)
+        if ex is None:
+            filtered += 1
+        else:
+            examples.append(ex)
+    order = np.random.default_rng(cfg.trainer.seed).permutation(len(examples))
+    n_eval = int(len(examples) * cfg.trainer.eval_fraction)
+    if len(examples) - n_eval < 1:
+        raise DatasetError(f"{path}: no training examples left after filtering and the eval split")
+    eval_ = [examples[i] for i in order[:n_eval]]
+    train = [examples[i] for i in order[n_eval:]]
+    return Prepared(train, eval_, tokenize.truncated, filtered)
+
+
+def load_tokenizer(model_path: Path):
+    """The model's tokenizer, with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.eos_token_id is None:
+        raise DatasetError(f"{model_path}: the tokenizer has no EOS token to end responses with")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

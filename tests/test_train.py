@@ -1,0 +1,147 @@
+"""Training on real Ray Train + DeepSpeed (2 workers, CPU/gloo), tracked in a real MLflow store."""
+
+import random
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from alignray.config import TrainConfig, load_config
+from alignray.tracking import download_model
+from alignray.train.runner import TrainingError, fit
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+GOOD = ["Sure, I am happy to help with that.", "Here is a kind and careful answer.", "Thank you for asking, let me explain gently."]
+BAD = ["Go away, nobody cares.", "That is a stupid question, fool.", "I hate you and your question."]
+
+
+def prompts(n):
+    return [f"Human: Question number {i}, please?\n\nAssistant:" for i in range(n)]
+
+
+def write(tmp_path, rows, name="data.parquet"):
+    path = tmp_path / name
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def train(kind, tiny_model, tmp_path, dataset, *extra):
+    cfg = load_config(None, [
+        f"dataset={dataset}", f"model.name={tiny_model}", f"output_dir={tmp_path / 'runs'}",
+        "tracking.experiment=train", "trainer.num_workers=2", "trainer.micro_batch_per_worker=4",
+        "trainer.learning_rate=1e-3", "trainer.log_every_steps=1", "trainer.eval_fraction=0.25",
+        "trainer.max_steps=10", "trainer.checkpoint_every_steps=5", "trainer.lr_schedule=constant",
+        *extra,
+    ], TrainConfig)
+    return fit(cfg, kind), MlflowClient(f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}")
+
+
+def losses(client, run_id, key="train_loss"):
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def pref_rows(n=48, seed=0):
+    rng = random.Random(seed)
+    return [{"prompt": p, "chosen": rng.choice(GOOD), "rejected": rng.choice(BAD)} for p in prompts(n)]
+
+
+def test_preference_model_learns_and_loads_from_registry(tiny_model, tmp_path):
+    result, client = train("preference", tiny_model, tmp_path, write(tmp_path, pref_rows()), "trainer.zero_stage=2")
+    curve = losses(client, result.run_id)
+    assert len(curve) == 10 and curve[-1] < curve[0] * 0.5
+    assert result.metrics["eval_accuracy"] >= 0.9  # held-out pairs, chance is 0.5
+    assert result.model_uri == "models:/alignray-preference/1" and result.champion
+
+    folder = download_model("models:/alignray-preference@champion")
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    prompt = "Human: A new question?\n\nAssistant: "
+    with torch.no_grad():
+        good = model(**tok(prompt + GOOD[0], return_tensors="pt")).logits.item()
+        bad = model(**tok(prompt + BAD[0], return_tensors="pt")).logits.item()
+    assert good > bad
+
+
+def test_multi_principle_heads(tiny_model, tmp_path):
+    rng = random.Random(1)
+    rows = []
+    for i, p in enumerate(prompts(48)):
+        if i % 2:
+            rows.append({"prompt": p, "chosen": rng.choice(GOOD), "rejected": rng.choice(BAD), "principle": "kindness"})
+        else:
+            rows.append({"prompt": p, "chosen": "Yes.", "rejected": "Well, " * 12 + "yes.", "principle": "brevity"})
+    result, _ = train(
+        "preference", tiny_model, tmp_path, write(tmp_path, rows),
+        "preference.principles=[kindness, brevity]", "trainer.zero_stage=1", "registered_model=morlaif-pm",
+    )
+    assert result.metrics["eval_accuracy"] >= 0.9
+    model = AutoModelForSequenceClassification.from_pretrained(download_model("models:/morlaif-pm/latest"))
+    assert model.config.num_labels == 2 and model.config.id2label == {0: "kindness", 1: "brevity"}
+
+
+def test_context_distillation_sft_zero3(tiny_model, tmp_path):
+    rows = [{"prompt": p, "chosen": "I am glad to help you with care."} for p in prompts(48)]
+    result, client = train("sft", tiny_model, tmp_path, write(tmp_path, rows), "trainer.zero_stage=3")
+    curve = losses(client, result.run_id)
+    assert curve[-1] < curve[0] * 0.5
+    folder = download_model(result.model_uri)
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok("Human: Anything?\n\nAssistant: I am glad to help you with care.", return_tensors="pt").input_ids
+
+    def target_logp(path):  # log-prob of the distilled answer on an unseen prompt
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])
+        return logp[-9:].sum().item(), model
+
+    trained, model = target_logp(folder)
+    assert trained > target_logp(tiny_model)[0] + 10  # the consolidated ZeRO-3 weights were saved
+    assert model.generate(ids[:, :8], max_new_tokens=4, do_sample=False).shape[1] == 12
+
+
+def test_rdpo_soft_labels(tiny_model, tmp_path):
+    rows = [dict(r, preference_prob=0.9) for r in pref_rows()]
+    result, client = train(
+        "dpo", tiny_model, tmp_path, write(tmp_path, rows), "dpo.soft_labels=true", "dpo.beta=0.5",
+    )
+    curve = losses(client, result.run_id)
+    assert curve[-1] < curve[0]
+    assert result.metrics["eval_reward_accuracy"] >= 0.9
+    assert AutoModelForCausalLM.from_pretrained(download_model("models:/alignray-dpo@champion"))
+
+
+def test_rrhf(tiny_model, tmp_path):
+    rng = random.Random(2)
+    rows = [
+        {"prompt": p, "candidates": [rng.choice(GOOD), "Maybe.", rng.choice(BAD)], "rewards": [1.0, 0.0, -1.0]}
+        for p in prompts(48)
+    ]
+    result, client = train("rrhf", tiny_model, tmp_path, write(tmp_path, rows), "rrhf.length_penalty=1.0")
+    assert losses(client, result.run_id)[-1] < losses(client, result.run_id)[0]
+    assert losses(client, result.run_id, "train_rank_loss")[-1] < losses(client, result.run_id, "train_rank_loss")[0]
+
+
+def test_exact_resume_matches_uninterrupted_run(tiny_model, tmp_path):
+    data = write(tmp_path, pref_rows(seed=3))
+    straight, client = train("preference", tiny_model, tmp_path / "a", data, "run_name=straight")
+    first, _ = train("preference", tiny_model, tmp_path / "b", data, "run_name=resumed", "trainer.stop_after_steps=4")
+    assert first.model_uri is None  # stopped, not finished: nothing registered
+    resumed, client_b = train("preference", tiny_model, tmp_path / "b", data, "run_name=resumed")
+    assert resumed.run_id == first.run_id  # the same MLflow run continues
+    a, b = losses(client, straight.run_id), losses(client_b, resumed.run_id)
+    assert len(a) == len(b) == 10
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_model, tmp_path):
+    rows = [dict(r, overflow=1e39) for r in pref_rows()]  # 1e39 is inf in float32
+    data = write(tmp_path, rows)
+    train("preference", tiny_model, tmp_path, data, "run_name=nan", "trainer.stop_after_steps=5")
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 6.*last good checkpoint: .*checkpoint_"):
+        train("preference", tiny_model, tmp_path, data, "run_name=nan", "preference.margin_column=overflow")
+    mlflow.set_tracking_uri(f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}")
+    assert not MlflowClient().search_registered_models()  # nothing registered from a broken run
