@@ -133,8 +133,8 @@ def _row_example(kind: str, row: dict, where: str, cfg: TrainConfig, tokenize: T
 class Prepared:
     train: list[Example]
     eval: list[Example]
-    truncated: int
-    filtered: int
+    truncated: int  # sequences cut to max_length
+    filtered: int  # pairs dropped by the judge-agreement filter
 
 
 def load(kind: str, cfg: TrainConfig, tokenizer) -> Prepared:

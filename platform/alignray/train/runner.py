@@ -113,7 +113,7 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
         mlflow.log_metrics(
             {"train_examples": len(prepared.train), "eval_examples": len(prepared.eval),
-             "truncated_examples": prepared.truncated, "filtered_examples": prepared.filtered,
+             "truncated_sequences": prepared.truncated, "filtered_examples": prepared.filtered,
              "total_steps": total}
         )
         progress = Progress.remote()

@@ -160,7 +160,7 @@ def train_loop(lc: dict) -> None:
     client = mlflow.MlflowClient(lc["tracking_uri"]) if rank == 0 else None
     progress = lc["progress"]
     window: dict[str, float] = {}  # sums of per-step means since the last log
-    window_steps, tokens, started = 0, 0, time.monotonic()
+    window_steps, tokens, samples, started = 0, 0, 0, time.monotonic()
     while step < stop:
         epoch, within = divmod(step, per_epoch)
         order = np.random.default_rng([t.seed, epoch]).permutation(len(train))
@@ -177,6 +177,7 @@ def train_loop(lc: dict) -> None:
             engine.backward(loss)
             engine.step()
             tokens += sum(len(s.ids) for ex in batch for s in ex.seqs)
+            samples += len(batch)
             for k, v in {"loss": loss.item(), **metrics}.items():
                 window[k] = window.get(k, 0.0) + v / t.gradient_accumulation_steps
         step += 1
@@ -187,8 +188,10 @@ def train_loop(lc: dict) -> None:
             logged = _mean_over_ranks({f"train_{k}": v / window_steps for k, v in window.items()})
             logged["lr"] = scheduler.get_last_lr()[0]
             logged["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
-            logged["tokens_per_s"] = tokens * world / (time.monotonic() - started)
-            window, window_steps, tokens, started = {}, 0, 0, time.monotonic()
+            elapsed = time.monotonic() - started
+            logged["tokens_per_s"] = tokens * world / elapsed
+            logged["samples_per_s"] = samples * world / elapsed
+            window, window_steps, tokens, samples, started = {}, 0, 0, 0, time.monotonic()
         if (t.eval_every_steps and step % t.eval_every_steps == 0) or (at_end and evals):
             logged.update(_evaluate(method, engine, evals, rank, world))
         if rank == 0:

@@ -1,0 +1,97 @@
+"""Training datasets: validation that names file, row and column; pad tokens; truncation."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from transformers import AutoTokenizer
+
+from alignray.cli import main
+from alignray.config import TrainConfig, load_config
+from alignray.train.data import DatasetError, load, load_tokenizer
+
+P = "Human: Hi?\n\nAssistant:"
+
+
+def cfg_for(path, *extra):
+    return load_config(None, [f"dataset={path}", "trainer.eval_fraction=0.25", *extra], TrainConfig)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return load_tokenizer(tiny_model)
+
+
+def write(tmp_path, rows):
+    path = tmp_path / "d.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind,rows,extra,message",
+    [
+        ("preference", [{"prompt": P, "chosen": "a"}], [], "missing column(s) ['rejected']"),
+        ("dpo", [{"prompt": P, "chosen": "a", "rejected": "b", "preference_prob": 1.5}], ["dpo.soft_labels=true"],
+         "row 0 column 'preference_prob': 1.5 is not a probability"),
+        ("dpo", [{"prompt": P, "chosen": "a", "rejected": "b", "preference_prob": math.nan}], ["dpo.soft_labels=true"],
+         "row 0 column 'preference_prob': None is not a probability"),  # NaN is stored as null
+        ("dpo", [{"prompt": P, "chosen": "a", "rejected": "b"}], ["dpo.judge_agreement_filter=true"],
+         "missing column(s) ['preference_prob']"),
+        ("rrhf", [{"prompt": P, "candidates": ["only one"], "rewards": [1.0]}], [], "at least 2 candidates"),
+        ("rrhf", [{"prompt": P, "candidates": ["a", "b"], "rewards": [0.5, 0.5]}], [],
+         "all 2 candidates have the same reward (0.5), so there is nothing to rank"),
+        ("sft", [{"prompt": P, "chosen": "  "}], [], "row 0 column 'chosen': must be a non-empty string"),
+        ("preference", [{"prompt": P, "chosen": "a", "rejected": "b", "principle": "x"}],
+         ["preference.principles=[kind]"], "row 0 column 'principle': 'x' is not one of ['kind']"),
+    ],
+)
+def test_bad_datasets_are_named(tmp_path, tokenizer, kind, rows, extra, message):
+    path = write(tmp_path, rows)
+    with pytest.raises(DatasetError) as err:
+        load(kind, cfg_for(path, *extra), tokenizer)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_empty_and_missing_dataset(tmp_path, tokenizer):
+    path = tmp_path / "e.parquet"
+    pd.DataFrame({"prompt": [], "chosen": []}).astype(str).to_parquet(path)
+    with pytest.raises(DatasetError, match="the dataset is empty"):
+        load("sft", cfg_for(path), tokenizer)
+    with pytest.raises(DatasetError, match="dataset not found"):
+        load("sft", cfg_for(tmp_path / "none.parquet"), tokenizer)
+
+
+def test_judge_filter_truncation_and_split(tmp_path, tokenizer):
+    rows = [{"prompt": P, "chosen": "yes", "rejected": "no", "preference_prob": p} for p in (0.9, 0.2, 0.7, 0.5, 1.0)]
+    rows.append({"prompt": "Human: " + "very long question " * 80 + "\n\nAssistant:", "chosen": "ok", "rejected": "no",
+                 "preference_prob": 0.8})
+    prepared = load("dpo", cfg_for(write(tmp_path, rows), "dpo.judge_agreement_filter=true", "trainer.max_length=64"), tokenizer)
+    assert prepared.filtered == 2 and len(prepared.train) + len(prepared.eval) == 4
+    assert prepared.truncated == 2  # the long example's chosen and rejected sequences
+    for ex in prepared.train + prepared.eval:
+        for seq in ex.seqs:
+            assert len(seq.ids) <= 64 and seq.response[-1] == tokenizer.eos_token_id
+    long = [ex for ex in prepared.train + prepared.eval if len(ex.seqs[0].ids) == 64]
+    assert len(long) == 1 and tokenizer.decode(long[0].seqs[0].prompt).endswith("\n\nAssistant:")  # left cut
+
+
+def test_tokenizer_without_pad_token_gets_eos(tiny_model, tmp_path):
+    folder = tmp_path / "nopad"
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = None
+    tok.save_pretrained(folder)
+    (folder / "config.json").write_text((tiny_model / "config.json").read_text())
+    assert AutoTokenizer.from_pretrained(folder).pad_token is None
+    fixed = load_tokenizer(folder)
+    assert fixed.pad_token == fixed.eos_token
+
+
+def test_cli_train_bad_input_writes_nothing(tmp_path, tiny_model, capsys):
+    path = write(tmp_path, [{"prompt": P, "chosen": "a"}])
+    out = tmp_path / "runs"
+    assert main(["train", "preference", f"dataset={path}", f"model.name={tiny_model}", f"output_dir={out}"]) == 2
+    assert "missing column(s) ['rejected']" in capsys.readouterr().err and not out.exists()
+    assert main(["train", "dpo", f"model.name={tiny_model}"]) == 2
+    assert "field 'dataset': Field required" in capsys.readouterr().err
