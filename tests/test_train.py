@@ -9,6 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from alignray.cli import main
 from alignray.config import TrainConfig, load_config
 from alignray.tracking import download_model
 from alignray.train.runner import TrainingError, fit
@@ -103,6 +104,13 @@ def test_context_distillation_sft_zero3(tiny_model, tmp_path):
     assert model.generate(ids[:, :8], max_new_tokens=4, do_sample=False).shape[1] == 12
 
 
+def generates(uri: str) -> bool:
+    folder = download_model(uri)
+    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    ids = tok("Human: Hello?\n\nAssistant:", return_tensors="pt").input_ids
+    return model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
+
+
 def test_rdpo_soft_labels(tiny_model, tmp_path):
     rows = [dict(r, preference_prob=0.9) for r in pref_rows()]
     result, client = train(
@@ -111,18 +119,28 @@ def test_rdpo_soft_labels(tiny_model, tmp_path):
     curve = losses(client, result.run_id)
     assert curve[-1] < curve[0]
     assert result.metrics["eval_reward_accuracy"] >= 0.9
-    assert AutoModelForCausalLM.from_pretrained(download_model("models:/alignray-dpo@champion"))
+    assert generates("models:/alignray-dpo@champion")
 
 
-def test_rrhf(tiny_model, tmp_path):
+def test_rrhf_from_the_command_line(tiny_model, tmp_path, capsys):
     rng = random.Random(2)
     rows = [
         {"prompt": p, "candidates": [rng.choice(GOOD), "Maybe.", rng.choice(BAD)], "rewards": [1.0, 0.0, -1.0]}
         for p in prompts(48)
     ]
-    result, client = train("rrhf", tiny_model, tmp_path, write(tmp_path, rows), "rrhf.length_penalty=1.0")
-    assert losses(client, result.run_id)[-1] < losses(client, result.run_id)[0]
-    assert losses(client, result.run_id, "train_rank_loss")[-1] < losses(client, result.run_id, "train_rank_loss")[0]
+    out = tmp_path / "runs"
+    args = [f"dataset={write(tmp_path, rows)}", f"model.name={tiny_model}", f"output_dir={out}",
+            "trainer.max_steps=10", "trainer.log_every_steps=1", "trainer.learning_rate=1e-3",
+            "trainer.eval_fraction=0.25", "rrhf.length_penalty=1.0"]
+    assert main(["train", "rrhf", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "model:       models:/alignray-rrhf/1 (new champion)" in printed and "eval_loss:" in printed
+    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    [run] = client.search_runs([client.get_experiment_by_name("alignray").experiment_id])
+    for key in ("train_loss", "train_rank_loss"):
+        curve = losses(client, run.info.run_id, key)
+        assert curve[-1] < curve[0]
+    assert generates("models:/alignray-rrhf/latest")
 
 
 def test_exact_resume_matches_uninterrupted_run(tiny_model, tmp_path):

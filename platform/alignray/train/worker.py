@@ -192,7 +192,7 @@ def train_loop(lc: dict) -> None:
             logged["tokens_per_s"] = tokens * world / elapsed
             logged["samples_per_s"] = samples * world / elapsed
             window, window_steps, tokens, samples, started = {}, 0, 0, 0, time.monotonic()
-        if (t.eval_every_steps and step % t.eval_every_steps == 0) or (at_end and evals):
+        if evals and (at_end or (t.eval_every_steps and step % t.eval_every_steps == 0)):
             logged.update(_evaluate(method, engine, evals, rank, world))
         if rank == 0:
             if logged:
