@@ -153,3 +153,135 @@ def sequence_logps(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> 
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     token_logps = log_probs.gather(-1, targets.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, token_logps, 0.0).sum(-1), mask.sum(-1)
+
+
+# PPO pieces. Tensors are per token, (batch, T), with a mask that is 1 (or True) on response
+# tokens and 0 elsewhere; the losses below reduce to a masked mean over the whole batch.
+
+KL_KINDS = ("k1", "k2", "k3")
+
+
+def _check_same_shape(**tensors: Tensor) -> None:
+    """Each argument is a tensor with the shape of the first one given."""
+    (first_name, first), *_ = tensors.items()
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.shape != first.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but {first_name} has shape "
+                f"{tuple(first.shape)}; they must match"
+            )
+
+
+def _check_mask(mask: Tensor, like: Tensor, like_name: str) -> Tensor:
+    """The mask as bool, after checking it matches `like` and holds only 0 and 1."""
+    _check_same_shape(**{like_name: like, "mask": mask})
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError("mask must hold only 0 and 1 (or False and True)")
+    return mask.bool()
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """0-dim mean of x over the entries where mask is 1; the mask must select at least one."""
+    keep = _check_mask(mask, x, "x")
+    if not keep.any():
+        raise ValueError("mask must select at least one entry, got all zeros")
+    return torch.where(keep, x, 0.0).sum() / keep.sum()
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """x shifted and scaled to mean 0 and std 1 over the masked entries; 0 where mask is 0.
+
+    The std is the population one (divides by the count); eps is added to the variance.
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return torch.where(mask.bool(), (x - mean) * torch.rsqrt(var + eps), 0.0)
+
+
+def kl_penalty(logps: Tensor, ref_logps: Tensor, kind: str) -> Tensor:
+    """Per-token estimate of KL(policy ‖ reference) from the sampled tokens' log-probs.
+
+    With d = logps - ref_logps: "k1" is d, "k2" is d²/2 and "k3" is exp(-d) - 1 + d, which is
+    never negative. The output has the shape of the inputs.
+    """
+    _check_same_shape(logps=logps, ref_logps=ref_logps)
+    d = logps - ref_logps
+    if kind == "k1":
+        return d
+    if kind == "k2":
+        return 0.5 * d**2
+    if kind == "k3":
+        return torch.exp(-d) - 1 + d
+    raise ValueError(f"kind must be one of {KL_KINDS}, got {kind!r}")
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimates and returns, each (batch, T) and 0 where mask is 0.
+
+    Going backwards over t: δ_t = r_t + γ·V_{t+1}·m_{t+1} - V_t and
+    A_t = δ_t + γλ·m_{t+1}·A_{t+1}, with m_T = 0, so the value after a row's last response
+    token is 0. returns = advantages + values. Computed under torch.no_grad(): both outputs are
+    constants with no graph back to rewards or values.
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be 2-D (batch, T), got shape {tuple(rewards.shape)}")
+    _check_same_shape(rewards=rewards, values=values)
+    keep = _check_mask(mask, rewards, "rewards")
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if not 0 <= lam <= 1:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    with torch.no_grad():
+        m = keep.to(values.dtype)
+        advantages = torch.zeros_like(values)
+        next_value = next_adv = next_m = torch.zeros_like(values[:, 0])
+        for t in reversed(range(rewards.shape[1])):
+            delta = rewards[:, t] + gamma * next_value * next_m - values[:, t]
+            advantages[:, t] = delta + gamma * lam * next_m * next_adv
+            next_value, next_adv, next_m = values[:, t], advantages[:, t], m[:, t]
+        advantages = torch.where(keep, advantages, 0.0)
+        returns = torch.where(keep, advantages + values, 0.0)
+    return advantages, returns
+
+
+def ppo_policy_loss(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float
+) -> tuple[Tensor, Tensor]:
+    """PPO clipped surrogate, reduced to a 0-dim masked mean over every token of the batch.
+
+    Per token, with ratio = exp(logps - old_logps):
+    max(-A·ratio, -A·clip(ratio, 1 - ε, 1 + ε)). old_logps and advantages are constants (they
+    are detached). Also returns clip_fraction, the detached 0-dim share of masked tokens where
+    the clipped term is strictly the larger, i.e. where clipping was active.
+    """
+    _check_same_shape(logps=logps, old_logps=old_logps, advantages=advantages, mask=mask)
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    advantages = advantages.detach()
+    ratio = torch.exp(logps - old_logps.detach())
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_fraction = masked_mean((clipped > unclipped).to(ratio.dtype), mask).detach()
+    return loss, clip_fraction
+
+
+def ppo_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float
+) -> Tensor:
+    """Clipped value loss, reduced to a 0-dim masked mean over every token of the batch.
+
+    Per token: ½·max((v - R)², (v_old + clip(v - v_old, -ε, ε) - R)²). old_values and returns
+    are constants (they are detached).
+    """
+    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    old_values, returns = old_values.detach(), returns.detach()
+    clipped_values = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
+    return masked_mean(per_token, mask)
