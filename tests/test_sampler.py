@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignray.sampling.pool import SamplerPool, WeightSyncError
-from alignray.sampling.types import SamplingSpec
+from alignray.sampling.types import Probe, SamplingSpec
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -64,11 +64,15 @@ def test_score_matches_transformers_then_follows_new_weights(pool, tiny_model):
     before = check()
     torch.manual_seed(1)
     perturbed = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    stale = Probe(PROMPTS[0], CONTINUATIONS[0], tuple(hf_token_logprobs(model, tokenizer, PROMPTS[0], CONTINUATIONS[0])))
     model.load_state_dict(perturbed)
-    assert pool.update_weights(perturbed) == 1
+    fresh = Probe(PROMPTS[0], CONTINUATIONS[0], tuple(hf_token_logprobs(model, tokenizer, PROMPTS[0], CONTINUATIONS[0])))
+    assert pool.update_weights(perturbed, probe=fresh) == 1
     after = check()
+    with pytest.raises(WeightSyncError, match="does not reproduce the trainer's log-probs"):
+        pool.update_weights(perturbed, probe=stale)  # a probe made with other weights fails
     assert abs(after[0].total - before[0].total) > 1e-2  # the weights really changed
-    assert pool.health()[0]["weights_version"] == 1
+    assert pool.health()[0]["weights_version"] == 2
 
 
 def test_update_weights_rejects_wrong_tensors_and_keeps_serving(pool):

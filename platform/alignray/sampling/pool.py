@@ -20,7 +20,7 @@ from tqdm import tqdm
 from alignray.cluster import sampler_runtime_env
 from alignray.config import SamplerConfig
 from alignray.sampling.actor import SamplerActor
-from alignray.sampling.types import Completion, SamplingSpec, Score
+from alignray.sampling.types import Completion, Probe, SamplingSpec, Score
 
 
 class SamplerPoolError(RuntimeError):
@@ -145,12 +145,13 @@ class SamplerPool:
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
         return self._run("score", [list(prompts), list(continuations)], desc) if prompts else []
 
-    def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> int:
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor], probe: Probe | None = None) -> int:
         """Push a full HF-format state dict to every sampler; return the weights version.
 
-        Raises WeightSyncError if any sampler rejects the weights or misses
-        `weight_sync_timeout_s`; late samplers are killed and replaced (with these weights) on
-        the next call, so the pool never mixes versions silently."""
+        Raises WeightSyncError if any sampler rejects the weights, misses
+        `weight_sync_timeout_s`, or (given a `probe`) scores the probe differently from the
+        trainer; late samplers are killed and replaced (with these weights) on the next call,
+        so the pool never mixes versions silently."""
         previous = self._weights
         version = (previous[1] if previous else 0) + 1
         ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
@@ -173,7 +174,20 @@ class SamplerPool:
         except ValueError as exc:  # rejected before loading, by every sampler alike
             self._weights = previous
             raise WeightSyncError(str(exc)) from exc
+        if probe is not None:
+            self._verify(probe, version)
         return version
+
+    def _verify(self, probe: Probe, version: int) -> None:
+        calls = [a.score.remote([probe.prompt], [probe.continuation]) for a in self.actors]
+        for slot, [score] in enumerate(ray.get(calls, timeout=self.cfg.weight_sync_timeout_s)):
+            got, want = score.token_logprobs, probe.token_logprobs
+            diff = max((abs(a - b) for a, b in zip(got, want)), default=0.0) if len(got) == len(want) else float("inf")
+            if diff > probe.tolerance:
+                raise WeightSyncError(
+                    f"sampler {slot} does not reproduce the trainer's log-probs of the probe after"
+                    f" loading weights v{version}: max difference {diff:.2e} > {probe.tolerance:g}"
+                )
 
     def health(self) -> list[dict]:
         out = []

@@ -57,3 +57,14 @@ class Score:
     @property
     def total(self) -> float:
         return float(sum(self.token_logprobs))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A sequence whose token log-probs the trainer computed with the weights being pushed;
+    every sampler must reproduce them after loading those weights."""
+
+    prompt: str
+    continuation: str
+    token_logprobs: tuple[float, ...]
+    tolerance: float = 1e-3
