@@ -163,3 +163,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_model, tmp_path):
         train("preference", tiny_model, tmp_path, data, "run_name=nan", "preference.margin_column=overflow")
     mlflow.set_tracking_uri(f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}")
     assert not MlflowClient().search_registered_models()  # nothing registered from a broken run
+
+
+def test_more_workers_than_cpus_is_an_error_not_a_hang(tiny_model, tmp_path):
+    with pytest.raises(TrainingError, match="= 16 CPUs, but the Ray cluster has 4"):
+        train("preference", tiny_model, tmp_path, write(tmp_path, pref_rows()), "trainer.num_workers=16")
+    assert not (tmp_path / "runs").exists()

@@ -102,13 +102,20 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
     model_path = resolve(cfg.model.name)
     tokenizer = data.load_tokenizer(model_path)
     prepared = data.load(kind, cfg, tokenizer)
-    per_epoch, total = plan_steps(cfg, len(prepared.train))
+    _, total = plan_steps(cfg, len(prepared.train))
     method = METHODS[kind]
     run_name = cfg.run_name or f"{kind}-{Path(cfg.dataset).stem}"
     storage = (cfg.output_dir / "train").resolve()
     start = _checkpoint_state(storage / run_name).get("step", 0)
 
     cluster.connect(cfg.address)
+    t = cfg.trainer
+    wanted, has = t.num_workers * t.cpus_per_worker, ray.cluster_resources().get("CPU", 0)
+    if wanted > has:  # Ray would wait for the workers forever
+        raise TrainingError(
+            f"trainer.num_workers x trainer.cpus_per_worker = {wanted:g} CPUs, but the Ray cluster"
+            f" has {has:g}; lower one of them"
+        )
     params = {**tracking.flatten(cfg), "kind": kind, "model.path": str(model_path)}
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
         mlflow.log_metrics(
@@ -117,7 +124,6 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
              "total_steps": total}
         )
         progress = Progress.remote()
-        t = cfg.trainer
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={
