@@ -167,5 +167,6 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_model, tmp_path):
 
 def test_more_workers_than_cpus_is_an_error_not_a_hang(tiny_model, tmp_path):
     with pytest.raises(TrainingError, match="= 16 CPUs, but the Ray cluster has 4"):
-        train("preference", tiny_model, tmp_path, write(tmp_path, pref_rows()), "trainer.num_workers=16")
+        train("preference", tiny_model, tmp_path, write(tmp_path, pref_rows()), "trainer.num_workers=16",
+              "trainer.micro_batch_per_worker=1")
     assert not (tmp_path / "runs").exists()

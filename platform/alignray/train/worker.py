@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from alignray.config import TrainConfig
-from alignray.train.data import Example
+from alignray.train.data import DatasetError, Example
 from alignray.train.methods import METHODS
 
 STATE_FILE = "trainer_state.json"
@@ -60,7 +60,7 @@ def plan_steps(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
     t = cfg.trainer
     per_step = t.micro_batch_per_worker * t.num_workers * t.gradient_accumulation_steps
     if n_train < per_step:
-        raise ValueError(
+        raise DatasetError(
             f"{n_train} training examples are fewer than one step's {per_step}"
             " (micro_batch_per_worker x num_workers x gradient_accumulation_steps)"
         )
