@@ -1,6 +1,5 @@
 """Training datasets: validation that names file, row and column; pad tokens; truncation."""
 
-import json
 import math
 
 import pandas as pd
