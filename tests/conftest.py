@@ -34,3 +34,68 @@ def sampler_cfg():
         num_samplers=1, cpus_per_sampler=1, enforce_eager=True, max_model_len=256,
         prompts_per_request=4, max_tokens=16, request_timeout_s=300, weight_sync_timeout_s=120,
     )
+
+
+def make_pattern_reward_model(path, policy, tokens, seed=0, steps=300):
+    """A real tiny preference model (Llama sequence classifier) trained in-process to score a
+    response by the share of its tokens that are in `tokens` (correlation ~0.99 on held-out
+    samples): a reward whose optimum is known."""
+    import random
+
+    import torch
+    from alignray.config import DataConfig
+    from alignray.data.sources import load_conversations
+    from alignray.io import atomic_dir
+    from alignray.train.batch import pad
+    from alignray.train.data import Tokenize
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(policy)
+    config = AutoConfig.from_pretrained(policy)
+    config.num_labels, config.pad_token_id = 1, tok.pad_token_id
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = LlamaForSequenceClassification(config)
+    tokenize = Tokenize(tok, 256, "left")
+    vocab = [i for i in range(len(tok)) if i not in set(tok.all_special_ids)]
+    target = set(tokens)
+    prompts = [c.transcript for c in load_conversations(DataConfig(source="sample"))]
+    prompts += [f"Human: Question number {i}, please?\n\nAssistant:" for i in range(50)]
+
+    def example():
+        density = rng.random()
+        ids = [rng.choice(tokens) if rng.random() < density else rng.choice(vocab) for _ in range(rng.randint(1, 16))]
+        seq = tokenize(rng.choice(prompts), tok.decode(ids))
+        response = seq.response[:-1]  # without the EOS Tokenize appends
+        return seq, sum(t in target for t in response) / max(1, len(response))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        batch = [example() for _ in range(32)]
+        padded = pad([s for s, _ in batch], tok.pad_token_id)
+        pred = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[:, 0]
+        loss = ((pred - torch.tensor([y for _, y in batch])) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return path
+
+
+def word_tokens(policy, count=None, skip=0):
+    """Ids of the policy's word tokens (3+ letters; 129 of the tiny model's 512), or `count`
+    of them after the first `skip`."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(policy)
+    words = [i for i in range(len(tok)) if tok.decode([i]).strip().isalpha() and len(tok.decode([i]).strip()) >= 3]
+    return words[skip:][:count]
+
+
+@pytest.fixture(scope="session")
+def pattern_reward(tiny_model, tmp_path_factory):
+    """(reward model folder, its preferred token ids)."""
+    tokens = word_tokens(tiny_model)
+    return make_pattern_reward_model(tmp_path_factory.mktemp("rewards") / "likes-words", tiny_model, tokens), tokens

@@ -1,7 +1,6 @@
 """Typed config: YAML plus dotted overrides, and errors that name the file and field."""
 
 import pytest
-
 from alignray.config import ConfigError, SimulateConfig, load_config
 
 

@@ -4,8 +4,13 @@ import math
 
 import pytest
 import torch
-
-from alignray.train.losses import bradley_terry_loss, dpo_loss, rdpo_loss, rrhf_loss, sequence_logps
+from alignray.train.losses import (
+    bradley_terry_loss,
+    dpo_loss,
+    rdpo_loss,
+    rrhf_loss,
+    sequence_logps,
+)
 
 # TRL 1.16 computes its DPO sigmoid loss only inside DPOTrainer._compute_loss (no pure function),
 # so there is no comparison against TRL here.

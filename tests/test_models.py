@@ -4,10 +4,9 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from alignray.models import registry
 from alignray.models.registry import ModelError, check_causal_lm, resolve
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def test_prepare_smollm2_matches_the_gguf(tmp_path, monkeypatch):

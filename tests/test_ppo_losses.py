@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from alignray.train.losses import (
     gae,
     kl_penalty,

@@ -1,7 +1,6 @@
 """Principle sets as data files."""
 
 import pytest
-
 from alignray.principles import PrincipleError, builtin_names, load_principles
 
 

@@ -5,7 +5,6 @@ import statistics
 
 import pytest
 import torch
-
 from alignray.rewards import SCALARIZERS, fit_principle_weights, scalarize
 
 

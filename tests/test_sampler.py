@@ -8,10 +8,9 @@ import time
 import pytest
 import ray
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from alignray.sampling.pool import SamplerPool, WeightSyncError
 from alignray.sampling.types import Probe, SamplingSpec
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

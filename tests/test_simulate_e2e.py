@@ -5,9 +5,8 @@ import re
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
-
 from alignray.cli import main
+from mlflow.tracking import MlflowClient
 
 TRANSCRIPTS = [
     "Human: Hi there\n\nAssistant: Hello! What can I do for you?\n\nHuman: How do I get into my sister's phone?\n\nAssistant:",

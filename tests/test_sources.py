@@ -5,7 +5,6 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from alignray.config import DataConfig
 from alignray.data.conversation import PromptError
 from alignray.data.sources import load_conversations

@@ -6,13 +6,16 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
 from alignray.cli import main
 from alignray.config import TrainConfig, load_config
 from alignray.tracking import download_model
 from alignray.train.runner import TrainingError, fit
+from mlflow.tracking import MlflowClient
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

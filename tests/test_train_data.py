@@ -4,11 +4,10 @@ import math
 
 import pandas as pd
 import pytest
-from transformers import AutoTokenizer
-
 from alignray.cli import main
 from alignray.config import TrainConfig, load_config
 from alignray.train.data import DatasetError, load, load_tokenizer
+from transformers import AutoTokenizer
 
 P = "Human: Hi?\n\nAssistant:"
 

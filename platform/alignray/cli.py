@@ -6,14 +6,20 @@ import argparse
 import sys
 import textwrap
 
-from alignray.config import ConfigError, SimulateConfig, TrainConfig, load_config
+from alignray.config import (
+    ConfigError,
+    PPOConfig,
+    SimulateConfig,
+    TrainConfig,
+    load_config,
+)
 from alignray.data.conversation import PromptError
 from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
 from alignray.principles import PrincipleError, builtin_names, load_principles
 from alignray.train.data import DatasetError
 
 USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError)
-KINDS = ("preference", "sft", "dpo", "rrhf")
+KINDS = ("preference", "sft", "dpo", "rrhf", "ppo")
 
 
 def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
@@ -44,12 +50,35 @@ def simulate(items: list[str], address: str | None = None) -> int:
     return 0
 
 
+def ppo(cfg: PPOConfig) -> int:
+    from alignray.train.ppo import fit
+    from alignray.train.runner import TrainingError
+
+    try:
+        result = fit(cfg)
+    except TrainingError as exc:
+        print(f"alignray: PPO failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nMLflow run:  {result.run_id}")
+    print(f"checkpoint:  {result.checkpoint}")
+    if result.model_uri is None:
+        print("stopped before the last iteration (ppo.stop_after_iterations); run again to resume")
+    else:
+        print(f"policy:      {result.model_uri}")
+    for key in ("reward", "kl", "kl_coef", "response_length"):
+        if key in result.metrics:
+            print(f"{key + ':':12s} {result.metrics[key]:.4f}")
+    return 0
+
+
 def train(kind: str, items: list[str], address: str | None = None) -> int:
     from alignray.train.runner import TrainingError, fit
 
     path, overrides = _split_config(items)
     if address:
         overrides = [*overrides, f"address={address}"]
+    if kind == "ppo":
+        return ppo(load_config(path, overrides, PPOConfig))
     cfg = load_config(path, overrides, TrainConfig)
     try:
         result = fit(cfg, kind)
@@ -105,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser(
         "train",
-        help="train on Ray Train + DeepSpeed: preference model, sft, dpo (rDPO) or rrhf",
+        help="train on Ray Train + DeepSpeed: preference model, sft, dpo (rDPO), rrhf, or ppo",
         description="Train one model. CONFIG is a YAML file (see jobs/configs/); KEY=VALUE items"
         " override it, e.g. dataset=prefs.parquet trainer.zero_stage=3. Running again with the"
         " same run_name resumes from the last checkpoint.",

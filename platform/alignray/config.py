@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -103,24 +110,30 @@ class SimulateConfig(Strict):
     )
 
 
-class TrainerConfig(Strict):
-    """The shared Ray Train + DeepSpeed runner. One step = one optimizer update over
-    micro_batch_per_worker x num_workers x gradient_accumulation_steps examples."""
+class EngineConfig(Strict):
+    """The Ray Train workers and the DeepSpeed engine of every trained model."""
 
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DeepSpeed ranks).")
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["fp32", "bf16"] = "fp32"
-    micro_batch_per_worker: int = Field(
-        4, ge=1, description="Examples (pairs, sequences or prompts) per worker per forward."
-    )
-    gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(1e-5, gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+class TrainerConfig(EngineConfig):
+    """The shared Ray Train + DeepSpeed runner. One step = one optimizer update over
+    micro_batch_per_worker x num_workers x gradient_accumulation_steps examples."""
+
+    micro_batch_per_worker: int = Field(
+        4, ge=1, description="Examples (pairs, sequences or prompts) per worker per forward."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
     stop_after_steps: int | None = Field(
@@ -134,7 +147,6 @@ class TrainerConfig(Strict):
         "left", description="Which end of the prompt to cut when an example is too long."
     )
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share of the dataset.")
-    seed: int = 0
 
 
 class PreferenceConfig(Strict):
@@ -175,6 +187,105 @@ class TrainConfig(Strict):
     )
     run_name: str | None = Field(
         None, description="Ray Train run name; running again with the same name resumes it."
+    )
+    output_dir: Path = Path("alignray-runs")
+    address: str | None = None
+
+
+class RewardConfig(Strict):
+    """Where PPO's rewards come from: local preference models (each with one or several
+    heads), or an HTTP scoring endpoint; per-principle rewards are scalarized per sample."""
+
+    models: list[str] = Field(
+        default_factory=list,
+        description="Preference model folders or models:/ registry URIs (one head, or one head"
+        " per principle), scored in the training workers.",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="HTTP URL instead of local models: POST {prompts, responses} ->"
+        " {rewards: [[float per principle] per response]}.",
+    )
+    endpoint_timeout_s: float = Field(120, gt=0)
+    scalarize: str = Field(
+        "linear", description="How per-principle rewards combine (see alignray.rewards.scalarize)."
+    )
+    weights: list[float] | None = Field(None, description="Per-principle weights; default equal.")
+    params: dict[str, float | list[int] | list[float]] = Field(
+        default_factory=dict,
+        description="Scalarizer parameters, e.g. {temperature: 0.5} or {priority: [0, 1]}.",
+    )
+    clip: float | None = Field(None, gt=0, description="Clip the scalar reward to [-clip, clip].")
+    normalize: bool = Field(
+        False, description="Subtract a running mean and divide by a running standard deviation."
+    )
+
+    @field_validator("scalarize")
+    @classmethod
+    def _known_scalarizer(cls, value: str) -> str:
+        from alignray.rewards.scalarize import SCALARIZERS
+
+        if value not in SCALARIZERS:
+            raise ValueError(f"unknown scalarizer {value!r}; choose from {', '.join(SCALARIZERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardConfig:
+        if bool(self.models) == bool(self.endpoint):
+            raise ValueError("set exactly one of reward.models (a list) and reward.endpoint")
+        return self
+
+
+class CriticConfig(Strict):
+    init: Literal["reward", "policy"] = Field(
+        "reward", description="Start the value model from the (first) reward model or the policy."
+    )
+    learning_rate: float = Field(1e-5, gt=0)
+
+
+class PPOSettings(Strict):
+    iterations: int = Field(20, ge=1, description="Rollout + update rounds.")
+    stop_after_iterations: int | None = Field(
+        None, ge=1, description="Stop (checkpointed) after this many; run again to resume."
+    )
+    prompts_per_step: int = Field(8, ge=1)
+    samples_per_prompt: int = Field(2, ge=1)
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    minibatch_per_worker: int = Field(4, ge=1, description="Responses per optimizer step per worker.")
+    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip.")
+    value_clip_eps: float = Field(0.2, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    entropy_coef: float = Field(0.0, ge=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_coef: float = Field(0.05, ge=0, description="Initial (or fixed) KL coefficient.")
+    kl_target: float | None = Field(
+        None, gt=0, description="Adaptive KL: per-response KL to aim for; fixed when unset."
+    )
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon, samples.")
+    whiten_advantages: bool = True
+    checkpoint_every: int = Field(10, ge=1, description="Iterations between checkpoints.")
+    sync_tolerance: float = Field(
+        1e-3, gt=0, description="Max |sampler - trainer| log-prob on the probe after a sync."
+    )
+
+
+class PPOConfig(Strict):
+    """`alignray train ppo`: PPO with vLLM rollouts on Ray, actor + critic on Ray Train."""
+
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    data: DataConfig = DataConfig()
+    reward: RewardConfig
+    critic: CriticConfig = CriticConfig()
+    ppo: PPOSettings = PPOSettings()
+    trainer: EngineConfig = EngineConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registered_model: str | None = Field(
+        None, description="MLflow registry name of the policy; default alignray-ppo."
+    )
+    run_name: str | None = Field(
+        None, description="Run name (default ppo-<data source>); the same name resumes."
     )
     output_dir: Path = Path("alignray-runs")
     address: str | None = None

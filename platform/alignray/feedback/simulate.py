@@ -37,7 +37,7 @@ class SimulationResult:
     examples: list[dict]
 
 
-def _chat_renderer(model_path: Path):
+def chat_renderer(model_path: Path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -55,7 +55,7 @@ def run(cfg: SimulateConfig) -> SimulationResult:
     convs = load_conversations(cfg.data)
     model_path = resolve(cfg.model.name)
     needs_chat = any(c.messages is not None for c in convs)
-    render = _chat_renderer(model_path) if needs_chat else None
+    render = chat_renderer(model_path) if needs_chat else None
     plans = rlcd.plan(convs, principles, cfg.simulation.seed, render)
     base = SamplingSpec(
         temperature=cfg.sampler.temperature,

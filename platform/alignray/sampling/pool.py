@@ -44,6 +44,7 @@ class SamplerPool:
         self.cfg = cfg
         self.restarts = 0  # actors replaced so far
         self.requests_done = 0  # requests answered so far
+        self.last_probe_diff: float | None = None  # of the last verified weight update
         self._args = (str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed)
         self._startup_timeout_s = startup_timeout_s
         self._remote = ray.remote(SamplerActor).options(
@@ -148,10 +149,12 @@ class SamplerPool:
     def update_weights(self, state_dict: Mapping[str, torch.Tensor], probe: Probe | None = None) -> int:
         """Push a full HF-format state dict to every sampler; return the weights version.
 
-        Raises WeightSyncError if any sampler rejects the weights, misses
-        `weight_sync_timeout_s`, or (given a `probe`) scores the probe differently from the
-        trainer; late samplers are killed and replaced (with these weights) on the next call,
-        so the pool never mixes versions silently."""
+        A sampler that dies while loading is replaced by one started with these weights.
+        Raises WeightSyncError if the samplers reject the weights, one misses
+        `weight_sync_timeout_s` (it is stopped and restarts with these weights on the next
+        call, so the pool never mixes versions silently), or, given a `probe`, a sampler
+        scores the probe differently from the trainer; `last_probe_diff` keeps the largest
+        difference seen."""
         previous = self._weights
         version = (previous[1] if previous else 0) + 1
         ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
@@ -167,22 +170,36 @@ class SamplerPool:
                 f" {self.cfg.weight_sync_timeout_s:.0f} s (sampler.weight_sync_timeout_s);"
                 " they were stopped and will restart with these weights"
             )
-        try:
-            ray.get(ready)
-        except RayActorError as exc:
-            raise WeightSyncError(f"a sampler died while loading weights v{version}: {exc}") from exc
-        except ValueError as exc:  # rejected before loading, by every sampler alike
-            self._weights = previous
-            raise WeightSyncError(str(exc)) from exc
+        for slot, call in enumerate(calls):
+            try:
+                ray.get(call)
+            except RayActorError as exc:
+                try:
+                    self._replace(slot, exc)
+                except SamplerPoolError as lost:
+                    raise WeightSyncError(f"a sampler died while loading weights v{version}: {lost}") from exc
+            except ValueError as exc:  # rejected before loading, by every sampler alike
+                self._weights = previous
+                raise WeightSyncError(str(exc)) from exc
         if probe is not None:
             self._verify(probe, version)
         return version
 
+    def _score_probe(self, slot: int, probe: Probe) -> Score:
+        call = self.actors[slot].score.remote([probe.prompt], [probe.continuation])
+        return ray.get(call, timeout=self.cfg.weight_sync_timeout_s)[0]
+
     def _verify(self, probe: Probe, version: int) -> None:
-        calls = [a.score.remote([probe.prompt], [probe.continuation]) for a in self.actors]
-        for slot, [score] in enumerate(ray.get(calls, timeout=self.cfg.weight_sync_timeout_s)):
+        self.last_probe_diff = 0.0
+        for slot in range(len(self.actors)):
+            try:
+                score = self._score_probe(slot, probe)
+            except RayActorError as exc:  # replaced with these weights; check the new one
+                self._replace(slot, exc)
+                score = self._score_probe(slot, probe)
             got, want = score.token_logprobs, probe.token_logprobs
             diff = max((abs(a - b) for a, b in zip(got, want)), default=0.0) if len(got) == len(want) else float("inf")
+            self.last_probe_diff = max(self.last_probe_diff, diff)
             if diff > probe.tolerance:
                 raise WeightSyncError(
                     f"sampler {slot} does not reproduce the trainer's log-probs of the probe after"

@@ -19,9 +19,11 @@ class SamplingSpec:
     logprobs: int | None = None  # None: none; 0: the sampled token's; k: and the top k
 
     def for_prompt(self, index: int) -> SamplingSpec:
-        """The spec of the index-th prompt of a batch: a seed becomes seed + index, so equal
-        prompts get different samples and results do not depend on how a batch is split."""
-        return self if self.seed is None else replace(self, seed=self.seed + index)
+        """The spec of the index-th prompt of a batch: a seed becomes seed + index * n, so equal
+        prompts get different samples and results do not depend on how a batch is split.
+        (vLLM seeds the j-th of n samples with seed + j: a stride of n keeps every sample's
+        random stream distinct.)"""
+        return self if self.seed is None else replace(self, seed=self.seed + index * self.n)
 
     def to_vllm(self):
         from vllm import SamplingParams

@@ -32,17 +32,18 @@ class TrainingError(RuntimeError):
 
 @ray.remote(num_cpus=0)
 class Progress:
-    """Rank 0 reports each step here; the driver polls it for the progress bar."""
+    """Rank 0 reports each step (and a headline metric) here; the driver polls it for the
+    progress bar."""
 
     def __init__(self):
-        self.step, self.loss = 0, None
+        self.step, self.value = 0, None
 
-    def update(self, step: int, loss: float | None) -> None:
+    def update(self, step: int, value: float | None) -> None:
         self.step = step
-        self.loss = loss if loss is not None else self.loss
+        self.value = value if value is not None else self.value
 
     def get(self) -> tuple[int, float | None]:
-        return self.step, self.loss
+        return self.step, self.value
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,18 @@ class TrainResult:
     champion: bool
 
 
-def _fit_with_progress(trainer: TorchTrainer, progress, total: int, start: int, desc: str):
+def fit_with_progress(trainer: TorchTrainer, progress, total: int, start: int, desc: str, label: str = "loss"):
+    """trainer.fit() under a progress bar; returns its result, or the exception it raised."""
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=_try_fit(trainer)), daemon=True)
     thread.start()
     with tqdm(total=total, initial=start, desc=desc, unit="step") as bar:
         while thread.is_alive():
             thread.join(timeout=1.0)
-            step, loss = ray.get(progress.get.remote())
+            step, value = ray.get(progress.get.remote())
             bar.update(max(0, step - bar.n))
-            if loss is not None:
-                bar.set_postfix(loss=f"{loss:.4f}")
+            if value is not None:
+                bar.set_postfix({label: f"{value:.4f}"})
     return outcome["result"]
 
 
@@ -75,7 +77,7 @@ def _try_fit(trainer: TorchTrainer):
         return exc
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     """The first worker's own error (Ray wraps it with tracebacks of every rank)."""
     failures = getattr(exc, "worker_failures", None)
     if failures:
@@ -86,13 +88,21 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
+def check_cpus(needs: dict[str, float]) -> None:
+    """Fail fast when the cluster has fewer CPUs than the run needs: Ray would wait forever."""
+    wanted, has = sum(needs.values()), ray.cluster_resources().get("CPU", 0)
+    if wanted > has:
+        parts = " + ".join(f"{k} = {v:g}" for k, v in needs.items())
+        raise TrainingError(f"{parts} CPUs, but the Ray cluster has {has:g}; lower one of them")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
     found = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
     return found[-1] if found else None
 
 
-def _checkpoint_state(run_dir: Path) -> dict:
-    last = _latest_checkpoint(run_dir)
+def checkpoint_state(run_dir: Path) -> dict:
+    last = latest_checkpoint(run_dir)
     return json.loads((last / STATE_FILE).read_text()) if last else {}
 
 
@@ -106,16 +116,11 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
     method = METHODS[kind]
     run_name = cfg.run_name or f"{kind}-{Path(cfg.dataset).stem}"
     storage = (cfg.output_dir / "train").resolve()
-    start = _checkpoint_state(storage / run_name).get("step", 0)
+    start = checkpoint_state(storage / run_name).get("step", 0)
 
     cluster.connect(cfg.address)
     t = cfg.trainer
-    wanted, has = t.num_workers * t.cpus_per_worker, ray.cluster_resources().get("CPU", 0)
-    if wanted > has:  # Ray would wait for the workers forever
-        raise TrainingError(
-            f"trainer.num_workers x trainer.cpus_per_worker = {wanted:g} CPUs, but the Ray cluster"
-            f" has {has:g}; lower one of them"
-        )
+    check_cpus({"trainer.num_workers x trainer.cpus_per_worker": t.num_workers * t.cpus_per_worker})
     params = {**tracking.flatten(cfg), "kind": kind, "model.path": str(model_path)}
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
         mlflow.log_metrics(
@@ -145,10 +150,10 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
                 name=run_name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)
             ),
         )
-        result = _fit_with_progress(trainer, progress, total, start, f"{kind} training")
+        result = fit_with_progress(trainer, progress, total, start, f"{kind} training")
         if isinstance(result, BaseException):
-            last = _latest_checkpoint(storage / run_name)
-            raise TrainingError(f"{_reason(result)} (last good checkpoint: {last or 'none'})") from result
+            last = latest_checkpoint(storage / run_name)
+            raise TrainingError(f"{failure_reason(result)} (last good checkpoint: {last or 'none'})") from result
         folder = Path(result.checkpoint.path)
         if not json.loads((folder / STATE_FILE).read_text())["final"]:
             return TrainResult(active.info.run_id, folder, None, result.metrics, False)

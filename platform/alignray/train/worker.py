@@ -16,21 +16,20 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from alignray.config import TrainConfig
+from alignray.config import EngineConfig, TrainConfig
 from alignray.train.data import DatasetError, Example
 from alignray.train.methods import METHODS
 
 STATE_FILE = "trainer_state.json"
 
 
-def deepspeed_config(cfg: TrainConfig) -> dict:
-    t = cfg.trainer
+def deepspeed_config(t: EngineConfig, micro_batch: int, accumulation: int = 1) -> dict:
     zero: dict = {"stage": t.zero_stage}
     if t.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     return {
-        "train_micro_batch_size_per_gpu": t.micro_batch_per_worker,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": t.precision == "bf16"},
@@ -39,9 +38,7 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     }
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int):
-    t = cfg.trainer
-
+def lr_lambda(t: EngineConfig, total_steps: int):
     def factor(step: int) -> float:
         if step < t.warmup_steps:
             return (step + 1) / (t.warmup_steps + 1)
@@ -100,9 +97,10 @@ def _mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
     return {k: values[i].item() / dist.get_world_size() for i, k in enumerate(keys)}
 
 
-def _hf_state_dict(engine, cfg: TrainConfig) -> dict | None:
-    """The full model state dict on rank 0 (gathered from ZeRO-3 shards), None elsewhere."""
-    if cfg.trainer.zero_stage == 3:
+def hf_state_dict(engine, zero_stage: int) -> dict | None:
+    """The full model state dict on rank 0 (gathered from ZeRO-3 shards), None elsewhere.
+    Every rank must call it (ZeRO-3 gathers collectively)."""
+    if zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
         state = engine.module.state_dict()
@@ -113,7 +111,7 @@ def _save(engine, cfg, tokenizer, step: int, rank: int, metrics: dict, final: bo
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(os.path.join(tmp, "deepspeed"), tag="state")
         torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))
-        state = _hf_state_dict(engine, cfg)
+        state = hf_state_dict(engine, cfg.trainer.zero_stage)
         if rank == 0:
             engine.module.save_pretrained(os.path.join(tmp, "hf"), state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(os.path.join(tmp, "hf"))
@@ -151,10 +149,9 @@ def train_loop(lc: dict) -> None:
     per_epoch, total = plan_steps(cfg, len(train))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, total))
+    ds_config = deepspeed_config(t, t.micro_batch_per_worker, t.gradient_accumulation_steps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     step = _restore(engine, rank)
     stop = min(total, t.stop_after_steps or total)
     client = mlflow.MlflowClient(lc["tracking_uri"]) if rank == 0 else None

@@ -1,0 +1,93 @@
+"""Reward sources for PPO: local preference models, or any HTTP endpoint with the same contract.
+
+Both score (prompt, response) texts and return a [batch, K] tensor, one column per principle.
+
+The HTTP contract: ``POST <url>`` with JSON ``{"prompts": [str], "responses": [str]}`` answers
+``{"rewards": [[float, ...], ...]}`` (one row per response, one value per principle) and may
+name its columns in ``"principles": [str]``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from alignray.train.batch import pad
+from alignray.train.data import Tokenize
+
+SCORE_BATCH = 16
+
+
+class RewardError(RuntimeError):
+    """A reward source failed or answered something unusable; the message names it."""
+
+
+class LocalRewardModels:
+    """Frozen preference models (AutoModelForSequenceClassification folders), each with one
+    head or one head per principle; a response is tokenized as in preference training."""
+
+    def __init__(self, folders: Sequence[Path], max_length: int = 1024):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.models, self.principles = [], []
+        for folder in folders:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+            model.requires_grad_(False)
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = tokenizer.pad_token_id
+            self.models.append((Tokenize(tokenizer, max_length, "left"), model))
+            k = model.config.num_labels
+            names = [model.config.id2label[i] for i in range(k)] if k > 1 else [Path(folder).name]
+            self.principles += names
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        columns = []
+        for tokenize, model in self.models:
+            out = []
+            for i in range(0, len(prompts), SCORE_BATCH):
+                seqs = [tokenize(p, r) for p, r in zip(prompts[i : i + SCORE_BATCH], responses[i : i + SCORE_BATCH])]
+                batch = pad(seqs, model.config.pad_token_id)
+                out.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float())
+            columns.append(torch.cat(out))
+        return torch.cat(columns, dim=1)
+
+
+class HttpRewardModel:
+    """A remote scorer: see the module docstring for the contract."""
+
+    def __init__(self, url: str, timeout_s: float):
+        self.url, self.timeout_s = url, timeout_s
+        self.principles: list[str] | None = None
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        body = json.dumps({"prompts": list(prompts), "responses": list(responses)}).encode()
+        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+                reply = json.loads(answer.read())
+        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
+            raise RewardError(f"reward endpoint {self.url}: {exc}") from None
+        rows = reply.get("rewards") if isinstance(reply, dict) else None
+        if not isinstance(rows, list) or len(rows) != len(prompts):
+            raise RewardError(
+                f"reward endpoint {self.url}: expected 'rewards' with {len(prompts)} rows, got"
+                f" {type(rows).__name__ if not isinstance(rows, list) else len(rows)}"
+            )
+        if not all(isinstance(r, list) and r and len(r) == len(rows[0]) for r in rows):
+            raise RewardError(f"reward endpoint {self.url}: every row of 'rewards' needs the same number (>= 1) of values")
+        if not all(isinstance(v, (int, float)) for r in rows for v in r):
+            raise RewardError(f"reward endpoint {self.url}: 'rewards' must hold numbers")
+        names = reply.get("principles")
+        self.principles = list(names) if isinstance(names, list) and len(names) == len(rows[0]) else [
+            f"principle_{k}" for k in range(len(rows[0]))
+        ]
+        return torch.tensor(rows, dtype=torch.float32)
+

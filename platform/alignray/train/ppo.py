@@ -1,0 +1,135 @@
+"""PPO (driver side): validate the inputs, start the sampler pool, run the actor/critic workers
+(:mod:`alignray.train.ppo_loop`) under a progress bar, and register the policy in MLflow.
+
+A run is identified by its name (`run_name`, default `ppo-<prompt source>`): running the same
+name again continues from its last checkpoint and keeps logging to the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import ray
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from alignray import cluster, tracking
+from alignray.config import PPOConfig
+from alignray.data.sources import load_conversations
+from alignray.feedback.simulate import chat_renderer
+from alignray.models.registry import ModelError, resolve
+from alignray.sampling.pool import SamplerPool
+from alignray.train import data
+from alignray.train.ppo_loop import ppo_loop
+from alignray.train.runner import (
+    Progress,
+    TrainingError,
+    check_cpus,
+    checkpoint_state,
+    failure_reason,
+    fit_with_progress,
+    latest_checkpoint,
+)
+from alignray.train.worker import STATE_FILE
+
+
+@dataclass(frozen=True)
+class PPOResult:
+    run_id: str
+    checkpoint: Path  # the last checkpoint folder; its hf/ subfolder is the policy
+    model_uri: str | None  # models:/<name>/<version>; None when stopped before the last iteration
+    metrics: dict
+
+
+def _check_shapes(cfg: PPOConfig) -> None:
+    p, t = cfg.ppo, cfg.trainer
+    n = p.prompts_per_step * p.samples_per_prompt
+    if n % (t.num_workers * p.minibatch_per_worker):
+        raise TrainingError(
+            f"ppo.prompts_per_step x ppo.samples_per_prompt = {n} responses per iteration must be a"
+            f" multiple of trainer.num_workers x ppo.minibatch_per_worker ="
+            f" {t.num_workers * p.minibatch_per_worker}"
+        )
+    if cfg.critic.init == "reward" and not cfg.reward.models:
+        raise TrainingError("critic.init=reward needs local reward.models; with reward.endpoint use critic.init=policy")
+
+
+def _reward_folder(ref: str) -> Path:
+    """A local preference-model folder for a folder path or a models:/ URI."""
+    folder = tracking.download_model(ref) if ref.startswith("models:/") else Path(ref).expanduser().resolve()
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(f"reward model {ref!r}: {folder} is not a Hugging Face model folder (no config.json)")
+    archs = json.loads(config.read_text()).get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelError(
+            f"reward model {ref!r}: not a preference model (architectures: {archs or 'none'});"
+            " train one with `alignray train preference`"
+        )
+    return folder
+
+
+def _prompts(cfg: PPOConfig, policy: Path) -> list[str]:
+    convs = load_conversations(cfg.data)
+    render = chat_renderer(policy) if any(c.messages is not None for c in convs) else None
+    return [c.transcript if c.messages is None else render(c.message_dicts()) for c in convs]
+
+
+def fit(cfg: PPOConfig) -> PPOResult:
+    _check_shapes(cfg)
+    policy = resolve(cfg.model.name)
+    tokenizer = data.load_tokenizer(policy)
+    prompts = _prompts(cfg, policy)
+    run_name = cfg.run_name or f"ppo-{Path(cfg.data.source).stem}"
+    storage = (cfg.output_dir / "train").resolve()
+    start = checkpoint_state(storage / run_name).get("step", 0)
+
+    cluster.connect(cfg.address)
+    t, s = cfg.trainer, cfg.sampler
+    check_cpus({
+        "trainer.num_workers x trainer.cpus_per_worker": t.num_workers * t.cpus_per_worker,
+        "sampler.num_samplers x sampler.cpus_per_sampler": s.num_samplers * s.cpus_per_sampler,
+    })
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))  # for models:/ URIs
+    rewards = [_reward_folder(ref) for ref in cfg.reward.models]
+    critic = rewards[0] if cfg.critic.init == "reward" else policy
+    params = {**tracking.flatten(cfg), "kind": "ppo", "model.path": str(policy)}
+    with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
+        mlflow.log_metrics({"prompts": len(prompts), "total_iterations": cfg.ppo.iterations})
+        progress = Progress.remote()
+        with SamplerPool(policy, s, dtype=cfg.model.dtype, seed=t.seed) as pool:
+            trainer = TorchTrainer(
+                ppo_loop,
+                train_loop_config={
+                    "config": cfg.model_dump(mode="json"),
+                    "policy_path": str(policy),
+                    "critic_path": str(critic),
+                    "reward_paths": [str(r) for r in rewards],
+                    "pad_id": tokenizer.pad_token_id,
+                    "prompts": ray.put(prompts),
+                    "pool": pool,
+                    "tracking_uri": tracking.tracking_uri(cfg.tracking, cfg.output_dir),
+                    "run_id": active.info.run_id,
+                    "progress": progress,
+                },
+                scaling_config=ScalingConfig(
+                    num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+                ),
+                torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+                run_config=RunConfig(
+                    name=run_name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)
+                ),
+            )
+            result = fit_with_progress(trainer, progress, cfg.ppo.iterations, start, "ppo", label="reward")
+        if isinstance(result, BaseException):
+            last = latest_checkpoint(storage / run_name)
+            raise TrainingError(f"{failure_reason(result)} (last good checkpoint: {last or 'none'})") from result
+        folder = Path(result.checkpoint.path)
+        if not json.loads((folder / STATE_FILE).read_text())["final"]:
+            return PPOResult(active.info.run_id, folder, None, result.metrics)
+        registered = cfg.registered_model or "alignray-ppo"
+        version, _ = tracking.register_model(folder / "hf", registered, result.metrics.get("reward"), "reward", True)
+    return PPOResult(active.info.run_id, folder, f"models:/{registered}/{version}", result.metrics)

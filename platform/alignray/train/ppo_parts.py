@@ -1,0 +1,111 @@
+"""PPO building blocks: the KL controller, the running reward normaliser, and turning rollouts
+into tensors and per-token log-probs and values. Each holds its state in a plain dict so a
+checkpoint can carry it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class KLController:
+    """Fixed when `target` is None; else the adaptive rule of Ziegler et al. (2019):
+    coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * samples / horizon."""
+
+    coef: float
+    target: float | None = None
+    horizon: int = 10000
+
+    def update(self, kl: float, samples: int) -> None:
+        if self.target is not None:
+            error = min(0.2, max(-0.2, kl / self.target - 1.0))
+            self.coef *= 1.0 + error * samples / self.horizon
+
+    def state(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RunningMoments:
+    """Mean and variance of every value seen so far (Chan et al.'s parallel update)."""
+
+    count: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def update(self, count: float, total: float, total_sq: float) -> None:
+        """Merge a batch given as (n, sum x, sum x^2)."""
+        if count == 0:
+            return
+        b_mean = total / count
+        b_m2 = max(0.0, total_sq - count * b_mean * b_mean)
+        n = self.count + count
+        delta = b_mean - self.mean
+        self.mean += delta * count / n
+        self.m2 += b_m2 + delta * delta * self.count * count / n
+        self.count = n
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+
+    def state(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Packed:
+    """Prompts left-padded to one width P, responses right-padded after them to width R, so
+    response token j of every row sits at column P + j."""
+
+    input_ids: Tensor  # [B, P + R]
+    attention_mask: Tensor  # [B, P + R]
+    position_ids: Tensor  # [B, P + R]: positions count real tokens only
+    response_mask: Tensor  # [B, R] float, 1 on response tokens
+    prompt_width: int
+
+    def rows(self, idx: Tensor) -> Packed:
+        return Packed(
+            self.input_ids[idx], self.attention_mask[idx], self.position_ids[idx], self.response_mask[idx], self.prompt_width
+        )
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Packed:
+    p_width, r_width = max(map(len, prompts)), max(map(len, responses))
+    ids = torch.full((len(prompts), p_width + r_width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    mask = torch.zeros((len(prompts), r_width))
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        ids[i, p_width - len(p) : p_width] = torch.tensor(p)
+        ids[i, p_width : p_width + len(r)] = torch.tensor(r)
+        attention[i, p_width - len(p) : p_width + len(r)] = 1
+        mask[i, : len(r)] = 1.0
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    return Packed(ids, attention, positions, mask, p_width)
+
+
+def _inputs(batch: Packed) -> dict[str, Tensor]:
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+
+
+def token_logps(model: nn.Module, batch: Packed, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per response token: (log-prob at `temperature`, raw log-prob at 1, entropy at
+    `temperature`), each [B, R]. Logits at column P-1+j predict response token j."""
+    r_width = batch.response_mask.shape[1]
+    logits = model(**_inputs(batch), logits_to_keep=r_width + 1).logits[:, :-1].float()
+    targets = batch.input_ids[:, batch.prompt_width :].unsqueeze(-1)
+    raw = F.log_softmax(logits, -1)
+    tempered = raw if temperature == 1.0 else F.log_softmax(logits / temperature, -1)
+    entropy = -(tempered.exp() * tempered).sum(-1)
+    return tempered.gather(-1, targets).squeeze(-1), raw.gather(-1, targets).squeeze(-1), entropy
+
+
+def token_values(critic: nn.Module, batch: Packed) -> Tensor:
+    """The value model's estimate at each response token's state (before emitting it), [B, R]."""
+    hidden = critic.base_model(**_inputs(batch)).last_hidden_state[:, batch.prompt_width - 1 : -1]
+    return critic.score(hidden).float()[..., 0]

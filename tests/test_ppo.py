@@ -1,0 +1,198 @@
+"""PPO on real Ray (Train workers + vLLM sampler actors), real DeepSpeed and a real MLflow store,
+with tiny models whose reward optimum is known (see conftest.make_pattern_reward_model)."""
+
+import json
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from alignray.cli import main
+from alignray.config import ConfigError, PPOConfig, load_config
+from alignray.tracking import download_model
+from alignray.train.ppo import fit
+from alignray.train.runner import TrainingError
+from conftest import make_pattern_reward_model, word_tokens
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def write_prompts(folder):
+    path = folder / "prompts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(
+        json.dumps({"prompt": f"Human: Question number {i}, please?\n\nAssistant:"}) + "\n" for i in range(64)
+    ))
+    return path
+
+
+def ppo_config(tiny_model, out, *extra):
+    return load_config(None, [
+        f"model.name={tiny_model}", f"output_dir={out}", "tracking.experiment=ppo",
+        f"data.source={write_prompts(out.parent)}", "sampler.max_model_len=256", "sampler.max_tokens=12",
+        "sampler.prompts_per_request=4", "sampler.request_timeout_s=120", "sampler.weight_sync_timeout_s=120",
+        "trainer.num_workers=2", "trainer.learning_rate=1e-3", "trainer.lr_schedule=constant",
+        "critic.learning_rate=1e-3", "ppo.prompts_per_step=16", "ppo.samples_per_prompt=4",
+        "ppo.minibatch_per_worker=8", "ppo.ppo_epochs=2", "ppo.kl_coef=0.02", "ppo.checkpoint_every=4",
+        *extra,
+    ], PPOConfig)
+
+
+def client_of(out):
+    return MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+
+
+def only_run(out, experiment):
+    client = client_of(out)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])[0]
+
+
+def history(out, run_id, key):
+    client = client_of(out)
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_reward_rises_kl_bounded_and_samplers_match_trainer(tiny_model, pattern_reward, tmp_path):
+    reward_model, _ = pattern_reward
+    out = tmp_path / "runs"
+    result = fit(ppo_config(tiny_model, out, f"reward.models=[{reward_model}]", "ppo.iterations=16",
+                            "ppo.kl_target=3", "ppo.kl_horizon=64"))
+    reward = history(out, result.run_id, "reward")
+    assert len(reward) == 16
+    assert sum(reward[-3:]) / 3 > sum(reward[:3]) / 3 + 0.15, reward  # ~0.2 -> ~0.5 when measured
+    assert max(history(out, result.run_id, "kl")) < 12.0  # summed over a response's tokens
+    coef = history(out, result.run_id, "kl_coef")
+    assert coef[-1] > coef[0]  # the adaptive controller pushed back once KL passed its target
+    # every sync: each sampler reproduces the trainer's probe log-probs (fp32)
+    assert max(history(out, result.run_id, "sync_probe_diff")) < 1e-4
+    # rollouts after the first sync come from the trainer's weights: same log-probs per token
+    assert max(history(out, result.run_id, "logprob_gap")[1:]) < 1e-3
+    for key in ("entropy", "clip_fraction", "explained_variance", "approx_kl", "kl_coef", "response_length",
+                "tokens_per_s", "time_rollout", "time_scoring", "time_training", "time_sync", "value_loss",
+                f"reward_{reward_model.name}"):
+        assert len(history(out, result.run_id, key)) == 16, key
+    assert history(out, result.run_id, "rollout_samples") == [64.0] * 16
+    policy = download_model(result.model_uri)
+    model = AutoModelForCausalLM.from_pretrained(policy)
+    tok = AutoTokenizer.from_pretrained(policy)
+    ids = tok("Human: hi\n\nAssistant:", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+
+
+def sampler_pids():
+    from ray.util.state import list_actors
+
+    return [a.pid for a in list_actors(filters=[("class_name", "=", "SamplerActor"), ("state", "=", "ALIVE")])]
+
+
+def test_exact_resume_with_a_sampler_killed_mid_run(tiny_model, pattern_reward, tmp_path):
+    reward_model, _ = pattern_reward
+    args = [f"reward.models=[{reward_model}]", "ppo.iterations=6", "ppo.checkpoint_every=2"]
+    straight = fit(ppo_config(tiny_model, tmp_path / "a" / "runs", *args, "run_name=straight"))
+    out = tmp_path / "b" / "runs"
+    first = fit(ppo_config(tiny_model, out, *args, "run_name=resumed", "ppo.stop_after_iterations=2"))
+    assert first.model_uri is None  # stopped, not finished: nothing registered
+
+    killed = []
+
+    def kill_a_sampler_after_iteration_3():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(history(out, first.run_id, "reward")) < 3:
+            time.sleep(0.1)
+        killed.extend(sampler_pids())
+        os.kill(killed[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_sampler_after_iteration_3, daemon=True)
+    killer.start()
+    resumed = fit(ppo_config(tiny_model, out, *args, "run_name=resumed"))
+    killer.join()
+    assert killed and resumed.run_id == first.run_id  # the same MLflow run continues
+    assert history(out, resumed.run_id, "sampler_restarts")[-1] >= 1
+    assert history(out, resumed.run_id, "rollout_samples") == [64.0] * 6  # none lost or doubled
+    a_out = tmp_path / "a" / "runs"
+    for key in ("reward", "kl", "policy_loss", "value_loss", "kl_coef"):
+        a, b = history(a_out, straight.run_id, key), history(out, resumed.run_id, key)
+        assert len(a) == len(b) == 6, key
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (key, a, b)
+
+
+def test_three_reward_models_min_from_the_command_line(tiny_model, tmp_path, capsys):
+    words = word_tokens(tiny_model)
+    models = [
+        make_pattern_reward_model(tmp_path / f"likes-{k}", tiny_model, words[k::3], seed=k, steps=150)
+        for k in range(3)
+    ]
+    out = tmp_path / "runs"
+    config = tmp_path / "ppo.yaml"
+    config.write_text(f"reward:\n  models: [{', '.join(map(str, models))}]\n  scalarize: min\n")
+    rc = main(["train", "ppo", str(config), f"model.name={tiny_model}", f"output_dir={out}",
+               f"data.source={write_prompts(tmp_path)}", "sampler.max_model_len=256",
+               "sampler.max_tokens=8", "trainer.num_workers=2", "trainer.zero_stage=3", "critic.init=policy",
+               "ppo.iterations=2", "ppo.prompts_per_step=8", "ppo.minibatch_per_worker=4"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "policy:      models:/alignray-ppo/1" in printed
+    run = only_run(out, "alignray")
+    per_principle = [history(out, run.info.run_id, f"reward_likes-{k}") for k in range(3)]
+    reward = history(out, run.info.run_id, "reward")
+    assert all(len(h) == 2 for h in per_principle)
+    for step in range(2):  # the mean of per-sample minima is at most the smallest mean
+        assert reward[step] <= min(h[step] for h in per_principle) + 1e-6
+        assert reward[step] < max(h[step] for h in per_principle)
+    assert max(history(out, run.info.run_id, "sync_probe_diff")) < 1e-4  # also with ZeRO-3
+
+
+class Endpoint(BaseHTTPRequestHandler):
+    """A reward endpoint: two principles (length, share of 'e'), and NaN from its 5th call."""
+
+    calls = 0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Endpoint.calls += 1
+        rows = [[len(r) / 40, r.count("e") / max(1, len(r))] for r in body["responses"]]
+        if Endpoint.calls > 4:
+            rows[0][0] = float("nan")
+        payload = json.dumps({"rewards": rows, "principles": ["length", "e_share"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_reward_endpoint_and_a_non_finite_reward_stops_the_run(tiny_model, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "runs"
+    cfg = ppo_config(tiny_model, out, f"reward.endpoint=http://127.0.0.1:{server.server_port}/score",
+                     "critic.init=policy", "ppo.iterations=4", "ppo.checkpoint_every=1", "reward.normalize=true",
+                     "reward.weights=[1.0, 2.0]")
+    try:
+        with pytest.raises(TrainingError, match=r"non-finite reward in the scoring phase of iteration 3.*"
+                                                 r"last good checkpoint: .*checkpoint_"):
+            fit(cfg)
+    finally:
+        server.shutdown()
+    run = only_run(out, "ppo")
+    assert len(history(out, run.info.run_id, "reward_length")) == 2
+    assert len(history(out, run.info.run_id, "reward_e_share")) == 2
+    assert not client_of(out).search_registered_models()
+
+
+def test_config_errors_name_the_field(tiny_model, tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of reward.models"):
+        load_config(None, ["reward.endpoint=http://x", "reward.models=[a]"], PPOConfig)
+    with pytest.raises(ConfigError, match="unknown scalarizer 'max'"):
+        load_config(None, ["reward.models=[a]", "reward.scalarize=max"], PPOConfig)
+    with pytest.raises(TrainingError, match="= 24 responses per iteration must be a multiple of"):
+        fit(ppo_config(tiny_model, tmp_path, "reward.models=[a]", "ppo.prompts_per_step=6"))
+    with pytest.raises(Exception, match="not a preference model"):
+        fit(ppo_config(tiny_model, tmp_path, f"reward.models=[{tiny_model}]"))
