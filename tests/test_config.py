@@ -48,3 +48,17 @@ def test_unknown_section_and_bad_yaml(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="expected dotted.field=value"):
         load_config(None, ["sampler.=3"])
+
+
+def test_shipped_job_configs_validate():
+    from pathlib import Path
+
+    from alignray.config import PPOConfig, TrainConfig
+
+    configs = sorted(Path(__file__).parents[1].glob("jobs/configs/*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        ppo = path.name.startswith(("ppo_", "morlaif_"))
+        overrides = [] if ppo or path.name.startswith("rlcd") else ["dataset=x.parquet"]
+        schema = PPOConfig if ppo else TrainConfig if overrides else SimulateConfig
+        load_config(path, overrides, schema)

@@ -65,8 +65,9 @@ def test_reward_rises_kl_bounded_and_samplers_match_trainer(tiny_model, pattern_
     assert len(reward) == 16
     assert sum(reward[-3:]) / 3 > sum(reward[:3]) / 3 + 0.15, reward  # ~0.2 -> ~0.5 when measured
     assert max(history(out, result.run_id, "kl")) < 12.0  # summed over a response's tokens
-    coef = history(out, result.run_id, "kl_coef")
-    assert coef[-1] > coef[0]  # the adaptive controller pushed back once KL passed its target
+    kl, coef = history(out, result.run_id, "kl"), history(out, result.run_id, "kl_coef")
+    for i in range(15):  # the adaptive controller: up above the target KL (3), down below
+        assert (coef[i + 1] > coef[i]) == (kl[i] > 3), (i, kl, coef)
     # every sync: each sampler reproduces the trainer's probe log-probs (fp32)
     assert max(history(out, result.run_id, "sync_probe_diff")) < 1e-4
     # rollouts after the first sync come from the trainer's weights: same log-probs per token
@@ -84,9 +85,10 @@ def test_reward_rises_kl_bounded_and_samplers_match_trainer(tiny_model, pattern_
 
 
 def sampler_pids():
-    from ray.util.state import list_actors
+    """Ray titles an actor's process `ray::SamplerActor...`."""
+    import psutil
 
-    return [a.pid for a in list_actors(filters=[("class_name", "=", "SamplerActor"), ("state", "=", "ALIVE")])]
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if "ray::SamplerActor" in " ".join(p.info["cmdline"] or [])]
 
 
 def test_exact_resume_with_a_sampler_killed_mid_run(tiny_model, pattern_reward, tmp_path):
