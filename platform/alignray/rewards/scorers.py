@@ -30,13 +30,15 @@ class RewardError(RuntimeError):
 
 class LocalRewardModels:
     """Frozen preference models (AutoModelForSequenceClassification folders), each with one
-    head or one head per principle; a response is tokenized as in preference training."""
+    head or one head per principle; a response is tokenized as in preference training. A
+    single-head model's principle is named by its label (default: its folder name); a
+    multi-head model's by its heads' id2label."""
 
-    def __init__(self, folders: Sequence[Path], max_length: int = 1024):
+    def __init__(self, folders: Sequence[Path], labels: Sequence[str] | None = None, max_length: int = 1024):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.models, self.principles = [], []
-        for folder in folders:
+        for folder, label in zip(folders, labels or [Path(f).name for f in folders], strict=True):
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
             model.requires_grad_(False)
@@ -44,8 +46,8 @@ class LocalRewardModels:
                 model.config.pad_token_id = tokenizer.pad_token_id
             self.models.append((Tokenize(tokenizer, max_length, "left"), model))
             k = model.config.num_labels
-            names = [model.config.id2label[i] for i in range(k)] if k > 1 else [Path(folder).name]
-            self.principles += names
+            names = [model.config.id2label[i] for i in range(k)] if k > 1 else [label]
+            self.principles += [n if n not in self.principles else f"{n}_{len(self.principles)}" for n in names]
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:

@@ -72,6 +72,13 @@ def _reward_folder(ref: str) -> Path:
     return folder
 
 
+def _label(ref: str) -> str:
+    """A reward model's name in metrics: its registered name, or its folder's."""
+    if ref.startswith("models:/"):
+        return ref.removeprefix("models:/").split("@")[0].split("/")[0]
+    return Path(ref).name
+
+
 def _prompts(cfg: PPOConfig, policy: Path) -> list[str]:
     convs = load_conversations(cfg.data)
     render = chat_renderer(policy) if any(c.messages is not None for c in convs) else None
@@ -108,6 +115,7 @@ def fit(cfg: PPOConfig) -> PPOResult:
                     "policy_path": str(policy),
                     "critic_path": str(critic),
                     "reward_paths": [str(r) for r in rewards],
+                    "reward_labels": [_label(ref) for ref in cfg.reward.models],
                     "pad_id": tokenizer.pad_token_id,
                     "prompts": ray.put(prompts),
                     "pool": pool,

@@ -226,7 +226,7 @@ def ppo_loop(lc: dict) -> None:
     scorer = (
         HttpRewardModel(cfg.reward.endpoint, cfg.reward.endpoint_timeout_s)
         if cfg.reward.endpoint
-        else LocalRewardModels([Path(f) for f in lc["reward_paths"]], cfg.sampler.max_model_len)
+        else LocalRewardModels([Path(f) for f in lc["reward_paths"]], lc["reward_labels"], cfg.sampler.max_model_len)
     )
     tr = _Trainer(lc, cfg, rank, world)
     state = tr.restore()

@@ -1,0 +1,69 @@
+"""PPO building blocks without Ray: KL controller, reward normaliser, packing and log-probs."""
+
+import math
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from alignray.train.ppo_loop import prompt_indices
+from alignray.train.ppo_parts import KLController, RunningMoments, pack, token_logps
+
+
+def test_fixed_kl_controller_never_moves():
+    ctl = KLController(0.1)
+    ctl.update(kl=50.0, samples=1000)
+    assert ctl.coef == 0.1
+
+
+def test_adaptive_kl_controller_follows_the_target_with_clipped_steps():
+    ctl = KLController(0.1, target=2.0, horizon=100)
+    ctl.update(kl=3.0, samples=10)  # error 0.5, clipped to 0.2
+    assert ctl.coef == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))
+    ctl.update(kl=1.8, samples=10)  # error -0.1
+    assert ctl.coef == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 10 / 100))
+    assert KLController(**ctl.state()) == ctl  # what a checkpoint carries
+
+
+def test_running_moments_equal_the_moments_of_everything_seen():
+    rng = random.Random(0)
+    batches = [[rng.gauss(3, 2) for _ in range(rng.randint(1, 9))] for _ in range(7)]
+    moments = RunningMoments()
+    for b in batches:
+        moments.update(len(b), sum(b), sum(x * x for x in b))
+    seen = [x for b in batches for x in b]
+    mean = sum(seen) / len(seen)
+    assert moments.mean == pytest.approx(mean)
+    assert moments.std == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in seen) / len(seen)))
+    assert RunningMoments().std == 1.0  # nothing seen yet: no scaling
+
+
+def test_pack_aligns_responses_and_counts_positions_over_real_tokens():
+    b = pack([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], pad_id=0)
+    assert b.prompt_width == 3
+    assert b.input_ids.tolist() == [[5, 6, 7, 1, 2, 0], [0, 0, 8, 3, 4, 9]]
+    assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
+    assert b.position_ids[1, 2:].tolist() == [0, 1, 2, 3]
+    assert b.response_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_token_logps_of_a_padded_batch_equal_each_sequence_alone(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prompts, responses = [[10, 11, 12, 13], [14]], [[20, 21], [22, 23, 24]]
+    with torch.no_grad():
+        tempered, raw, entropy = token_logps(model, pack(prompts, responses, pad_id=0), temperature=0.7)
+        for row, (p, r) in enumerate(zip(prompts, responses)):
+            logits = model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1]
+            expect_raw = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None])[:, 0]
+            expect_t = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor(r)[:, None])[:, 0]
+            assert torch.allclose(raw[row, : len(r)], expect_raw, atol=1e-5)
+            assert torch.allclose(tempered[row, : len(r)], expect_t, atol=1e-5)
+    assert (entropy > 0).all()
+
+
+def test_every_epoch_visits_each_prompt_once():
+    seen = [i for it in range(6) for i in prompt_indices(it, per_step=5, n=10, seed=3)]
+    assert sorted(seen[:10]) == sorted(seen[10:20]) == list(range(10))
+    assert seen[:10] != seen[10:20]  # a fresh order per epoch
+    assert prompt_indices(4, 5, 10, 3) == seen[20:25]  # the position follows from the iteration

@@ -1,0 +1,86 @@
+"""Reward sources for PPO: local preference models and the HTTP contract (a real local server)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, RewardError
+from alignray.train.batch import pad
+from alignray.train.data import Tokenize
+
+
+def preference_model(tiny_model, folder, heads):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=heads)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model.config.pad_token_id = tok.pad_token_id
+    if heads > 1:
+        model.config.id2label = {i: f"p{i}" for i in range(heads)}
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_local_models_score_like_preference_training_and_name_every_column(tiny_model, tmp_path):
+    one = preference_model(tiny_model, tmp_path / "one", 1)
+    two = preference_model(tiny_model, tmp_path / "two", 2)
+    scorer = LocalRewardModels([one, two, one], ["harmless", "unused", "harmless"])
+    prompts, responses = ["Human: hi\n\nAssistant:", "Human: why?\n\nAssistant:"], ["Hello there.", "Because."]
+    rewards = scorer(prompts, responses)
+    assert rewards.shape == (2, 4)
+    assert scorer.principles == ["harmless", "p0", "p1", "harmless_3"]
+    model = AutoModelForSequenceClassification.from_pretrained(one).eval()
+    tok = AutoTokenizer.from_pretrained(one)
+    batch = pad([Tokenize(tok, 1024, "left")(p, r) for p, r in zip(prompts, responses)], tok.pad_token_id)
+    with torch.no_grad():
+        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    assert torch.allclose(rewards[:, 0], expected, atol=1e-5)
+    assert torch.allclose(rewards[:, 0], rewards[:, 3])
+
+
+def serve(reply):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            payload = json.dumps(reply(body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/score"
+
+
+def test_http_endpoint_contract():
+    server, url = serve(lambda b: {"rewards": [[len(r), 1.0] for r in b["responses"]], "principles": ["len", "one"]})
+    try:
+        scorer = HttpRewardModel(url, timeout_s=10)
+        assert scorer(["p", "q"], ["ab", "abcd"]).tolist() == [[2.0, 1.0], [4.0, 1.0]]
+        assert scorer.principles == ["len", "one"]
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("reply, message", [
+    ({"rewards": [[1.0]]}, "expected 'rewards' with 2 rows, got 1"),
+    ({"scores": []}, "expected 'rewards' with 2 rows"),
+    ({"rewards": [[1.0], [1.0, 2.0]]}, "same number"),
+    ({"rewards": [["a"], ["b"]]}, "must hold numbers"),
+])
+def test_http_endpoint_errors_name_the_url_and_the_problem(reply, message):
+    server, url = serve(lambda b: reply)
+    try:
+        with pytest.raises(RewardError, match=f"reward endpoint {url}: .*{message}"):
+            HttpRewardModel(url, timeout_s=10)(["p", "q"], ["a", "b"])
+    finally:
+        server.shutdown()
+    with pytest.raises(RewardError, match="reward endpoint http://127.0.0.1:9/x"):
+        HttpRewardModel("http://127.0.0.1:9/x", timeout_s=5)(["p"], ["a"])
