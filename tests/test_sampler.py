@@ -8,7 +8,7 @@ import time
 import pytest
 import ray
 import torch
-from alignray.sampling.pool import SamplerPool, WeightSyncError
+from alignray.sampling.pool import SamplerPool, WeightSyncError, compact
 from alignray.sampling.types import Probe, SamplingSpec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -114,3 +114,13 @@ def test_weight_sync_deadline_raises_then_pool_recovers(tiny_model, sampler_cfg)
         out = pool.generate(PROMPTS, SamplingSpec(max_tokens=4, seed=0))
         assert len(out) == 2 and pool.restarts == 1
         assert pool.health()[0]["weights_version"] == 1  # the replacement got the new weights
+
+
+def test_weights_that_view_one_flat_buffer_are_sent_compactly():
+    import pickle
+
+    flat = torch.arange(1_000_000, dtype=torch.float32)  # like a ZeRO-1/2 flat parameter buffer
+    state = {f"w{i}": flat[i * 100 : (i + 1) * 100].view(10, 10) for i in range(20)}
+    sent = compact(state)
+    assert all(torch.equal(sent[k], state[k]) for k in state)
+    assert len(pickle.dumps(sent)) < 2 * 20 * 100 * 4 + 10_000  # not 20 copies of the 4 MB buffer
