@@ -85,7 +85,10 @@ def _prompts(cfg: PPOConfig, policy: Path) -> list[str]:
     return [c.transcript if c.messages is None else render(c.message_dicts()) for c in convs]
 
 
-def fit(cfg: PPOConfig) -> PPOResult:
+def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> PPOResult:
+    """Run (or resume) PPO. `rollout_pool` is the class that rolls out: SamplerPool, or any
+    class with its constructor and its generate / update_weights / restarts / last_probe_diff
+    (benchmarks/ppo_iteration.py plugs in transformers `generate` this way)."""
     _check_shapes(cfg)
     policy = resolve(cfg.model.name)
     tokenizer = data.load_tokenizer(policy)
@@ -107,7 +110,7 @@ def fit(cfg: PPOConfig) -> PPOResult:
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
         mlflow.log_metrics({"prompts": len(prompts), "total_iterations": cfg.ppo.iterations})
         progress = Progress.remote()
-        with SamplerPool(policy, s, dtype=cfg.model.dtype, seed=t.seed) as pool:
+        with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed) as pool:
             trainer = TorchTrainer(
                 ppo_loop,
                 train_loop_config={
