@@ -115,3 +115,44 @@ def test_bad_input_is_named_and_writes_nothing(case, tiny_model, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("alignray: error:") and message in err
     assert not out.exists()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("method", ["rlaif", "rlcd_rescore"])
+def test_ai_labelled_pairs(method, tiny_model, tmp_path, capsys):
+    from alignray.principles import load_principles
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS))
+    out = tmp_path / "runs"
+    args = overrides(tiny_model, out, f"data.source={prompts}", f"simulation.method={method}")
+    if method == "rlcd_rescore":  # the labeller is another model, in its own sampler pool
+        from alignray.models.tiny import make_tiny_llama
+
+        assert main(["simulate", *args, f"simulation.labeller={tmp_path / 'nowhere'}"]) == 2
+        assert "neither a known model" in capsys.readouterr().err
+        args.append(f"simulation.labeller={make_tiny_llama(tmp_path / 'judge', seed=1)}")
+    assert main(["simulate", *args]) == 0
+    [dataset] = out.glob("datasets/*/preferences.parquet")
+    frame = pd.read_parquet(dataset)
+    assert len(frame) >= 3 and (frame["method"] == method).all()
+    assert frame["preference_prob"].between(0.5, 1.0).all()
+    assert set(frame["instruction"]) <= set(load_principles("harmlessness").instructions)
+    if method == "rlaif":  # two samples of the same, neutral prompt
+        assert frame["positive_affix"].isna().all() and (frame["pair_index"] == -1).all()
+    else:  # RLCD's pairs, ordered by the labeller: where it disagrees, chosen is RLCD's o-
+        assert frame["agrees_with_rlcd"].dtype == bool
+        assert frame["positive_affix"].notna().all()
+    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    [run] = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert 0.5 <= run.data.metrics["preference_prob_mean"] <= 1.0
+    assert run.info.run_name == f"{method}-harmlessness"
+
+
+def test_labelling_needs_instructions(tiny_model, tmp_path, capsys):
+    principles = tmp_path / "p.yaml"
+    principles.write_text("name: bare\npairs:\n  - {positive: kind answer, negative: cruel answer}\n")
+    rc = main(["simulate", *overrides(tiny_model, tmp_path / "runs", "simulation.method=rlaif",
+                                      f"simulation.principles={principles}")])
+    assert rc == 2 and "has no 'instructions'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

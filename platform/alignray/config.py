@@ -76,7 +76,14 @@ class DataConfig(Strict):
 
 
 class SimulationConfig(Strict):
-    method: Literal["rlcd"] = "rlcd"
+    method: Literal["rlcd", "rlaif", "rlcd_rescore"] = Field(
+        "rlcd",
+        description="rlcd: contrast prompts make the pair; rlaif: two samples of one prompt,"
+        " labelled by the labeller's (A)/(B) log-probs; rlcd_rescore: RLCD pairs relabelled so.",
+    )
+    labeller: str | None = Field(
+        None, description="Labelling model for rlaif / rlcd_rescore (name or folder); default: model.name."
+    )
     principles: str = Field(
         "harmlessness", description="A built-in principle set name or a path to a YAML file."
     )

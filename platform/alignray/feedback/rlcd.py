@@ -47,26 +47,27 @@ class ContrastPrompts:
     negative: str  # p-, ending with the response prefix
 
 
+def _neutral(conv: Conversation, response_prefix: str, render: RenderChat | None) -> tuple[str, str]:
+    """(the prompt without affixes, what follows it before the response: the response prefix)."""
+    if conv.transcript is not None:
+        return conv.transcript, f" {response_prefix}" if response_prefix else ""
+    if render is None:
+        raise ValueError(f"{conv.origin}: chat conversations need the model's chat template")
+    return _chat(conv, render, None, None), response_prefix
+
+
 def contrast_prompts(
     conv: Conversation, pair: ContrastPair, response_prefix: str = "", render: RenderChat | None = None
 ) -> ContrastPrompts:
     """Build (neutral, p+, p-) for one conversation; chat conversations need `render`."""
+    neutral, lead = _neutral(conv, response_prefix, render)
     if conv.transcript is not None:
-        text = conv.transcript
-        lead = f" {response_prefix}" if response_prefix else ""
-        made = ContrastPrompts(
-            text, _transcript(text, pair.positive, pair.negative), _transcript(text, pair.negative, pair.positive)
-        )
+        positive = _transcript(neutral, pair.positive, pair.negative)
+        negative = _transcript(neutral, pair.negative, pair.positive)
     else:
-        if render is None:
-            raise ValueError(f"{conv.origin}: chat conversations need the model's chat template")
-        lead = response_prefix
-        made = ContrastPrompts(
-            _chat(conv, render, None, None),
-            _chat(conv, render, pair.positive, pair.negative),
-            _chat(conv, render, pair.negative, pair.positive),
-        )
-    return ContrastPrompts(made.neutral, made.positive + lead, made.negative + lead)
+        positive = _chat(conv, render, pair.positive, pair.negative)
+        negative = _chat(conv, render, pair.negative, pair.positive)
+    return ContrastPrompts(neutral, positive + lead, negative + lead)
 
 
 def clean_output(text: str) -> str:
@@ -88,14 +89,19 @@ class Plan:
 
 
 def plan(
-    convs: Sequence[Conversation], principles: PrincipleSet, seed: int, render: RenderChat | None
+    convs: Sequence[Conversation], principles: PrincipleSet, seed: int, render: RenderChat | None, contrast: bool = True
 ) -> list[Plan]:
+    """One contrast pair per conversation (seeded). Without `contrast` (RLAIF: two samples of
+    the same prompt) both sides get the neutral prompt and pair_index is -1."""
     rng = random.Random(seed)
     plans = []
     for conv in convs:
         k = rng.randrange(len(principles.pairs))
-        prompts = contrast_prompts(conv, principles.pairs[k], principles.response_prefix, render)
-        plans.append(Plan(conv, k, prompts))
+        if contrast:
+            plans.append(Plan(conv, k, contrast_prompts(conv, principles.pairs[k], principles.response_prefix, render)))
+        else:
+            neutral, lead = _neutral(conv, principles.response_prefix, render)
+            plans.append(Plan(conv, -1, ContrastPrompts(neutral, neutral + lead, neutral + lead)))
     return plans
 
 

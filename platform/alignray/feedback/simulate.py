@@ -7,6 +7,7 @@ so a bad input or a failed run leaves no dataset behind.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,10 @@ import pyarrow as pa
 from alignray import cluster, tracking
 from alignray.config import SimulateConfig
 from alignray.data.sources import load_conversations
-from alignray.feedback import rlcd
+from alignray.feedback import rlaif, rlcd
 from alignray.io import write_parquet
 from alignray.models.registry import ModelError, resolve
-from alignray.principles import load_principles
+from alignray.principles import PrincipleError, PrincipleSet, load_principles
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 
@@ -50,13 +51,32 @@ def chat_renderer(model_path: Path):
     )
 
 
+def _labels(pool: SamplerPool, plans, outputs, kept: list[int], principles: PrincipleSet, seed: int) -> dict:
+    """{plan index: (P(side 0 is better), instruction)} from the RLAIF labeller."""
+    instructions = [random.Random(f"rlaif:{seed}:{i}").choice(principles.instructions) for i in kept]
+    comparisons = [
+        rlaif.Comparison(plans[i].prompts.neutral, text, outputs[(i, 0)][0], outputs[(i, 1)][0])
+        for i, text in zip(kept, instructions)
+    ]
+    probs = rlaif.label(lambda p, c: pool.score(p, c, desc="labelling (A)/(B)"), comparisons)
+    return {i: (prob, text) for i, prob, text in zip(kept, probs, instructions)}
+
+
 def run(cfg: SimulateConfig) -> SimulationResult:
-    principles = load_principles(cfg.simulation.principles)
+    sim = cfg.simulation
+    principles = load_principles(sim.principles)
+    labelled = sim.method != "rlcd"
+    if labelled and not principles.instructions:
+        raise PrincipleError(
+            f"principle set {principles.name!r} has no 'instructions' (labelling questions), which"
+            f" simulation.method={sim.method} needs; add some to its YAML file"
+        )
     convs = load_conversations(cfg.data)
     model_path = resolve(cfg.model.name)
+    labeller = resolve(sim.labeller) if sim.labeller else model_path
     needs_chat = any(c.messages is not None for c in convs)
     render = chat_renderer(model_path) if needs_chat else None
-    plans = rlcd.plan(convs, principles, cfg.simulation.seed, render)
+    plans = rlcd.plan(convs, principles, sim.seed, render, contrast=sim.method != "rlaif")
     base = SamplingSpec(
         temperature=cfg.sampler.temperature,
         top_p=cfg.sampler.top_p,
@@ -67,7 +87,7 @@ def run(cfg: SimulateConfig) -> SimulationResult:
     cluster.connect(cfg.address)
     params = tracking.flatten(cfg)
     params["model.path"] = str(model_path)
-    run_name = f"rlcd-{principles.name}"
+    run_name = f"{sim.method}-{principles.name}"
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params) as active:
         started = time.monotonic()
         with SamplerPool(model_path, cfg.sampler, dtype=cfg.model.dtype, seed=cfg.simulation.seed) as pool:
@@ -79,6 +99,12 @@ def run(cfg: SimulateConfig) -> SimulationResult:
                 cfg.simulation.max_retries,
             )
             restarts = pool.restarts
+            kept = [i for i in range(len(plans)) if i not in dropped]
+            if labelled and labeller == model_path:
+                labels = _labels(pool, plans, outputs, kept, principles, sim.seed)
+        if labelled and labeller != model_path:
+            with SamplerPool(labeller, cfg.sampler, dtype=cfg.model.dtype, seed=sim.seed) as judge:
+                labels = _labels(judge, plans, outputs, kept, principles, sim.seed)
         elapsed = time.monotonic() - started
 
         sampler_params = json.dumps(
@@ -86,21 +112,28 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         )
         prefix = principles.response_prefix
         rows = []
-        for i, p in enumerate(plans):
-            if i in dropped:
-                continue
+        for i in kept:
+            p = plans[i]
             (chosen, chosen_seed, a_pos), (rejected, rejected_seed, a_neg) = outputs[(i, 0)], outputs[(i, 1)]
-            pair = principles.pairs[p.pair_index]
+            pair = principles.pairs[p.pair_index] if p.pair_index >= 0 else None
+            extra = {}
+            if labelled:
+                prob, instruction = labels[i]
+                if prob < 0.5:  # the labeller prefers side 1
+                    (chosen, chosen_seed), (rejected, rejected_seed) = (rejected, rejected_seed), (chosen, chosen_seed)
+                extra = {"preference_prob": max(prob, 1.0 - prob), "instruction": instruction}
+                if sim.method == "rlcd_rescore":
+                    extra["agrees_with_rlcd"] = prob >= 0.5
             rows.append(
                 {
                     "prompt": p.prompts.neutral,
                     "chosen": prefix + chosen,
                     "rejected": prefix + rejected,
-                    "method": "rlcd",
+                    "method": sim.method,
                     "principles": principles.name,
                     "pair_index": p.pair_index,
-                    "positive_affix": pair.positive,
-                    "negative_affix": pair.negative,
+                    "positive_affix": pair.positive if pair else None,
+                    "negative_affix": pair.negative if pair else None,
                     "prompt_positive": p.prompts.positive,
                     "prompt_negative": p.prompts.negative,
                     "source": p.conv.origin,
@@ -110,6 +143,7 @@ def run(cfg: SimulateConfig) -> SimulationResult:
                     "rejected_seed": rejected_seed,
                     "attempts": max(a_pos, a_neg),
                     "sampler_params": sampler_params,
+                    **extra,
                 }
             )
         if not rows:
@@ -128,6 +162,8 @@ def run(cfg: SimulateConfig) -> SimulationResult:
                 "dropped_empty": len(dropped),
                 "resampled_pairs": int((frame["attempts"] > 1).sum()),
                 "sampler_restarts": restarts,
+                **({"preference_prob_mean": float(frame["preference_prob"].mean())} if labelled else {}),
+                **({"agreement_with_rlcd": float(frame["agrees_with_rlcd"].mean())} if sim.method == "rlcd_rescore" else {}),
                 "sampling_seconds": elapsed,
                 "chosen_chars_mean": float(frame["chosen"].str.len().mean()),
                 "rejected_chars_mean": float(frame["rejected"].str.len().mean()),

@@ -7,9 +7,12 @@ A principle set is a YAML file (see README "Principle sets"):
     response_prefix: "..."             # optional; every answer starts with it (default "")
     pairs:                             # required, at least one
       - {positive: "harmless response", negative: "harmful response"}
+    instructions:                      # optional; needed by RLAIF labelling
+      - "Which response is less harmful?"
 
 `positive` / `negative` are the RLCD contrast affixes, written without parentheses; they are
-rendered as ``Assistant (positive):``.
+rendered as ``Assistant (positive):``. `instructions` are the questions an RLAIF labeller
+answers with (A) or (B); one is drawn (seeded) per comparison.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class PrincipleSet(BaseModel):
     description: str = ""
     response_prefix: str = ""
     pairs: tuple[ContrastPair, ...] = Field(min_length=1)
+    instructions: tuple[str, ...] = ()
 
 
 def builtin_names() -> list[str]:
