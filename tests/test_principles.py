@@ -37,3 +37,12 @@ def test_user_file_and_errors(tmp_path):
     empty.write_text("name: empty\npairs: []\n")
     with pytest.raises(PrincipleError, match="pairs"):
         load_principles(empty)
+
+
+def test_principles_command_shows_labelling_instructions(capsys):
+    from alignray.cli import main
+
+    assert main(["principles", "helpfulness"]) == 0
+    shown = capsys.readouterr().out
+    assert "labelling instructions" in shown
+    assert all(text in shown for text in load_principles("helpfulness").instructions)

@@ -113,6 +113,10 @@ def _principles(args: argparse.Namespace) -> int:
         if args.name:
             for k, pair in enumerate(ps.pairs):
                 print(f"  {k:2d}. ({pair.positive}) / ({pair.negative})")
+            if ps.instructions:
+                print("labelling instructions (rlaif, rlcd_rescore):")
+                for text in ps.instructions:
+                    print(f"  - {text}")
     return 0
 
 
