@@ -13,14 +13,13 @@ import argparse
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from alignray import cluster
 from alignray.config import DataConfig, SamplerConfig
 from alignray.data.sources import load_conversations
 from alignray.models.registry import prepare
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def prompts_for(n: int) -> list[str]:

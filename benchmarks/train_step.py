@@ -81,7 +81,6 @@ def linear_params(model: torch.nn.Module) -> int:
 def run_ours(kind: str, parquet: Path, model_dir: Path, args) -> dict[str, list[float]]:
     """Per-step samples/s and tokens/s after the warm-up, as alignray's worker logs them to MLflow."""
     import mlflow
-
     from alignray.config import TrainConfig, load_config
     from alignray.train.runner import fit
 

@@ -5,10 +5,9 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from alignray.train.ppo_loop import prompt_indices
 from alignray.train.ppo_parts import KLController, RunningMoments, pack, token_logps
+from transformers import AutoModelForCausalLM
 
 
 def test_fixed_kl_controller_never_moves():

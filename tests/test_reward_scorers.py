@@ -6,11 +6,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, RewardError
 from alignray.train.batch import pad
 from alignray.train.data import Tokenize
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 
 def preference_model(tiny_model, folder, heads):

@@ -3,8 +3,12 @@
 import math
 
 import pytest
-
-from alignray.feedback.rlaif import Comparison, judge_prompt, label, option_a_probability
+from alignray.feedback.rlaif import (
+    Comparison,
+    judge_prompt,
+    label,
+    option_a_probability,
+)
 from alignray.sampling.types import Score
 
 PAIR = Comparison("Human: How do I pick a lock?\n\nAssistant:", "Which response is less harmful?", "I can't help.", "Use a pick.")

@@ -156,3 +156,35 @@ def test_labelling_needs_instructions(tiny_model, tmp_path, capsys):
                                       f"simulation.principles={principles}")])
     assert rc == 2 and "has no 'instructions'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_rrhf_candidates_are_scored_and_feed_rrhf_training(tiny_model, pattern_reward, tmp_path, capsys):
+    from alignray.config import TrainConfig, load_config
+    from alignray.rewards.scorers import LocalRewardModels
+    from alignray.train.data import load, load_tokenizer
+
+    reward_model, _ = pattern_reward
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS))
+    out = tmp_path / "runs"
+    args = overrides(tiny_model, out, f"data.source={prompts}", "simulation.method=rrhf", "ranking.k=4",
+                     "ranking.temperatures=[0.7, 1.2]", f"reward.models=[{reward_model}]")
+    assert main(["simulate", *args]) == 0
+    printed = capsys.readouterr().out
+    written, dropped = map(int, re.search(r"(\d+) prompts with ranked candidates \((\d+) dropped", printed).groups())
+    [dataset] = out.glob("datasets/rrhf-*/candidates.parquet")
+    frame = pd.read_parquet(dataset)
+    assert len(frame) == written and written + dropped == len(TRANSCRIPTS) and written >= 3
+    scorer = LocalRewardModels([reward_model])
+    for row in frame.itertuples():
+        assert 2 <= len(row.candidates) <= 4 and len(row.rewards) == len(row.candidates)
+        expected = scorer([row.prompt] * len(row.candidates), list(row.candidates))[:, 0]
+        assert max(abs(a - b) for a, b in zip(row.rewards, expected.tolist())) < 1e-4  # the reward model's scores
+    cfg = load_config(None, [f"dataset={dataset}", "trainer.eval_fraction=0"], TrainConfig)
+    assert len(load("rrhf", cfg, load_tokenizer(tiny_model)).train) == written  # valid `train rrhf` input
+
+
+def test_rrhf_needs_a_reward(tiny_model, tmp_path, capsys):
+    assert main(["simulate", *overrides(tiny_model, tmp_path / "runs", "simulation.method=rrhf")]) == 2
+    assert "needs a reward section" in capsys.readouterr().err

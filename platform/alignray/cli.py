@@ -37,17 +37,33 @@ def simulate(items: list[str], address: str | None = None) -> int:
         overrides = [*overrides, f"address={address}"]
     cfg = load_config(path, overrides, SimulateConfig)
     result = run(cfg)
-    print(f"\n{result.pairs} preference pairs ({result.dropped} prompts dropped for empty outputs)")
+    if cfg.simulation.method == "rrhf":
+        print(f"\n{result.pairs} prompts with ranked candidates ({result.dropped} dropped: fewer than two"
+              " candidates, or all with the same reward)")
+    else:
+        print(f"\n{result.pairs} preference pairs ({result.dropped} prompts dropped for empty outputs)")
     print(f"dataset:     {result.dataset}")
     print(f"MLflow run:  {result.run_id} in experiment {result.experiment!r}")
     print(f"             {result.tracking_uri}")
     print(f"             view with: mlflow ui --backend-store-uri {result.tracking_uri}")
     for k, row in enumerate(result.examples, 1):
-        print(f"\n--- example {k} ({row['positive_affix']} / {row['negative_affix']}) ---")
-        print("prompt:  ", textwrap.shorten(row["prompt"], 300))
-        print("chosen:  ", textwrap.shorten(row["chosen"], 300))
-        print("rejected:", textwrap.shorten(row["rejected"], 300))
+        _show_example(k, row)
     return 0
+
+
+def _show_example(k: int, row: dict) -> None:
+    if "candidates" in row:
+        print(f"\n--- example {k} ---")
+        print("prompt:  ", textwrap.shorten(row["prompt"], 300))
+        for reward, text in sorted(zip(row["rewards"], row["candidates"]), reverse=True):
+            print(f"  {reward:+.3f}", textwrap.shorten(text, 200))
+        return
+    how = (f"p = {row['preference_prob']:.2f}" if "preference_prob" in row
+           else f"{row['positive_affix']} / {row['negative_affix']}")
+    print(f"\n--- example {k} ({how}) ---")
+    print("prompt:  ", textwrap.shorten(row["prompt"], 300))
+    print("chosen:  ", textwrap.shorten(row["chosen"], 300))
+    print("rejected:", textwrap.shorten(row["rejected"], 300))
 
 
 def ppo(cfg: PPOConfig) -> int:

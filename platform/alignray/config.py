@@ -76,10 +76,11 @@ class DataConfig(Strict):
 
 
 class SimulationConfig(Strict):
-    method: Literal["rlcd", "rlaif", "rlcd_rescore"] = Field(
+    method: Literal["rlcd", "rlaif", "rlcd_rescore", "rrhf"] = Field(
         "rlcd",
         description="rlcd: contrast prompts make the pair; rlaif: two samples of one prompt,"
-        " labelled by the labeller's (A)/(B) log-probs; rlcd_rescore: RLCD pairs relabelled so.",
+        " labelled by the labeller's (A)/(B) log-probs; rlcd_rescore: RLCD pairs relabelled so;"
+        " rrhf: ranking.k candidates per prompt scored by the reward.",
     )
     labeller: str | None = Field(
         None, description="Labelling model for rlaif / rlcd_rescore (name or folder); default: model.name."
@@ -101,6 +102,66 @@ class TrackingConfig(Strict):
     run_name: str | None = None
 
 
+class RewardConfig(Strict):
+    """Where PPO's rewards come from: local preference models (each with one or several
+    heads), or an HTTP scoring endpoint; per-principle rewards are scalarized per sample."""
+
+    models: list[str] = Field(
+        default_factory=list,
+        description="Preference model folders or models:/ registry URIs (one head, or one head"
+        " per principle), scored in the training workers.",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="HTTP URL instead of local models: POST {prompts, responses} ->"
+        " {rewards: [[float per principle] per response]}.",
+    )
+    endpoint_timeout_s: float = Field(120, gt=0)
+    scalarize: str = Field(
+        "linear", description="How per-principle rewards combine (see alignray.rewards.scalarize)."
+    )
+    weights: list[float] | None = Field(None, description="Per-principle weights; default equal.")
+    params: dict[str, float | list[int] | list[float]] = Field(
+        default_factory=dict,
+        description="Scalarizer parameters, e.g. {temperature: 0.5} or {priority: [0, 1]}.",
+    )
+    clip: float | None = Field(None, gt=0, description="Clip the scalar reward to [-clip, clip].")
+    normalize: bool = Field(
+        False, description="Subtract a running mean and divide by a running standard deviation."
+    )
+
+    @field_validator("scalarize")
+    @classmethod
+    def _known_scalarizer(cls, value: str) -> str:
+        from alignray.rewards.scalarize import SCALARIZERS
+
+        if value not in SCALARIZERS:
+            raise ValueError(f"unknown scalarizer {value!r}; choose from {', '.join(SCALARIZERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardConfig:
+        if bool(self.models) == bool(self.endpoint):
+            raise ValueError("set exactly one of reward.models (a list) and reward.endpoint")
+        return self
+
+
+class RankingConfig(Strict):
+    """RRHF candidates: k responses per prompt, each scored by the reward (simulation.method=rrhf)."""
+
+    k: int = Field(4, ge=2, description="Candidates per prompt.")
+    temperatures: list[float] = Field(
+        default_factory=lambda: [1.0],
+        description="Sampling temperatures; k / len(temperatures) candidates at each.",
+    )
+
+    @model_validator(mode="after")
+    def _divides(self) -> RankingConfig:
+        if not self.temperatures or self.k % len(self.temperatures):
+            raise ValueError(f"k = {self.k} must be a multiple of the number of temperatures ({len(self.temperatures)})")
+        return self
+
+
 class SimulateConfig(Strict):
     """`alignray simulate`: preference-data simulation."""
 
@@ -108,10 +169,18 @@ class SimulateConfig(Strict):
     sampler: SamplerConfig = SamplerConfig()
     data: DataConfig = DataConfig()
     simulation: SimulationConfig = SimulationConfig()
+    ranking: RankingConfig = RankingConfig()
+    reward: RewardConfig | None = Field(None, description="The reward that ranks RRHF candidates.")
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Field(
         Path("alignray-runs"), description="Where datasets and the default MLflow store go."
     )
+
+    @model_validator(mode="after")
+    def _ranking_needs_a_reward(self) -> SimulateConfig:
+        if self.simulation.method == "rrhf" and self.reward is None:
+            raise ValueError("simulation.method=rrhf needs a reward section (reward.models or reward.endpoint)")
+        return self
     address: str | None = Field(
         None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one."
     )
@@ -197,50 +266,6 @@ class TrainConfig(Strict):
     )
     output_dir: Path = Path("alignray-runs")
     address: str | None = None
-
-
-class RewardConfig(Strict):
-    """Where PPO's rewards come from: local preference models (each with one or several
-    heads), or an HTTP scoring endpoint; per-principle rewards are scalarized per sample."""
-
-    models: list[str] = Field(
-        default_factory=list,
-        description="Preference model folders or models:/ registry URIs (one head, or one head"
-        " per principle), scored in the training workers.",
-    )
-    endpoint: str | None = Field(
-        None,
-        description="HTTP URL instead of local models: POST {prompts, responses} ->"
-        " {rewards: [[float per principle] per response]}.",
-    )
-    endpoint_timeout_s: float = Field(120, gt=0)
-    scalarize: str = Field(
-        "linear", description="How per-principle rewards combine (see alignray.rewards.scalarize)."
-    )
-    weights: list[float] | None = Field(None, description="Per-principle weights; default equal.")
-    params: dict[str, float | list[int] | list[float]] = Field(
-        default_factory=dict,
-        description="Scalarizer parameters, e.g. {temperature: 0.5} or {priority: [0, 1]}.",
-    )
-    clip: float | None = Field(None, gt=0, description="Clip the scalar reward to [-clip, clip].")
-    normalize: bool = Field(
-        False, description="Subtract a running mean and divide by a running standard deviation."
-    )
-
-    @field_validator("scalarize")
-    @classmethod
-    def _known_scalarizer(cls, value: str) -> str:
-        from alignray.rewards.scalarize import SCALARIZERS
-
-        if value not in SCALARIZERS:
-            raise ValueError(f"unknown scalarizer {value!r}; choose from {', '.join(SCALARIZERS)}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RewardConfig:
-        if bool(self.models) == bool(self.endpoint):
-            raise ValueError("set exactly one of reward.models (a list) and reward.endpoint")
-        return self
 
 
 class CriticConfig(Strict):

@@ -19,7 +19,7 @@ import pyarrow as pa
 from alignray import cluster, tracking
 from alignray.config import SimulateConfig
 from alignray.data.sources import load_conversations
-from alignray.feedback import rlaif, rlcd
+from alignray.feedback import ranking, rlaif, rlcd
 from alignray.io import write_parquet
 from alignray.models.registry import ModelError, resolve
 from alignray.principles import PrincipleError, PrincipleSet, load_principles
@@ -76,7 +76,7 @@ def run(cfg: SimulateConfig) -> SimulationResult:
     labeller = resolve(sim.labeller) if sim.labeller else model_path
     needs_chat = any(c.messages is not None for c in convs)
     render = chat_renderer(model_path) if needs_chat else None
-    plans = rlcd.plan(convs, principles, sim.seed, render, contrast=sim.method != "rlaif")
+    plans = rlcd.plan(convs, principles, sim.seed, render, contrast=sim.method not in ("rlaif", "rrhf"))
     base = SamplingSpec(
         temperature=cfg.sampler.temperature,
         top_p=cfg.sampler.top_p,
@@ -87,8 +87,12 @@ def run(cfg: SimulateConfig) -> SimulationResult:
     cluster.connect(cfg.address)
     params = tracking.flatten(cfg)
     params["model.path"] = str(model_path)
-    run_name = f"{sim.method}-{principles.name}"
+    run_name = "rrhf-candidates" if sim.method == "rrhf" else f"{sim.method}-{principles.name}"
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params) as active:
+        if sim.method == "rrhf":
+            dataset, rows, dropped = ranking.run(cfg, plans, principles.response_prefix, model_path, active.info.run_id)
+            return SimulationResult(dataset.resolve(), active.info.run_id, tracking.tracking_uri(cfg.tracking, cfg.output_dir),
+                                    cfg.tracking.experiment, len(rows), dropped, rows[:3])
         started = time.monotonic()
         with SamplerPool(model_path, cfg.sampler, dtype=cfg.model.dtype, seed=cfg.simulation.seed) as pool:
             outputs, dropped = rlcd.sample_pairs(

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import mlflow
 import ray
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from alignray import cluster, tracking
 from alignray.config import PPOConfig
@@ -25,13 +23,10 @@ from alignray.sampling.pool import SamplerPool
 from alignray.train import data
 from alignray.train.ppo_loop import ppo_loop
 from alignray.train.runner import (
-    Progress,
     TrainingError,
     check_cpus,
     checkpoint_state,
-    failure_reason,
-    fit_with_progress,
-    latest_checkpoint,
+    run_workers,
 )
 from alignray.train.worker import STATE_FILE
 
@@ -109,35 +104,20 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> PPOResult:
     params = {**tracking.flatten(cfg), "kind": "ppo", "model.path": str(policy)}
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
         mlflow.log_metrics({"prompts": len(prompts), "total_iterations": cfg.ppo.iterations})
-        progress = Progress.remote()
         with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed) as pool:
-            trainer = TorchTrainer(
-                ppo_loop,
-                train_loop_config={
-                    "config": cfg.model_dump(mode="json"),
-                    "policy_path": str(policy),
-                    "critic_path": str(critic),
-                    "reward_paths": [str(r) for r in rewards],
-                    "reward_labels": [_label(ref) for ref in cfg.reward.models],
-                    "pad_id": tokenizer.pad_token_id,
-                    "prompts": ray.put(prompts),
-                    "pool": pool,
-                    "tracking_uri": tracking.tracking_uri(cfg.tracking, cfg.output_dir),
-                    "run_id": active.info.run_id,
-                    "progress": progress,
-                },
-                scaling_config=ScalingConfig(
-                    num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
-                ),
-                torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-                run_config=RunConfig(
-                    name=run_name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)
-                ),
-            )
-            result = fit_with_progress(trainer, progress, cfg.ppo.iterations, start, "ppo", label="reward")
-        if isinstance(result, BaseException):
-            last = latest_checkpoint(storage / run_name)
-            raise TrainingError(f"{failure_reason(result)} (last good checkpoint: {last or 'none'})") from result
+            loop_config = {
+                "config": cfg.model_dump(mode="json"),
+                "policy_path": str(policy),
+                "critic_path": str(critic),
+                "reward_paths": [str(r) for r in rewards],
+                "reward_labels": [_label(ref) for ref in cfg.reward.models],
+                "pad_id": tokenizer.pad_token_id,
+                "prompts": ray.put(prompts),
+                "pool": pool,
+                "tracking_uri": tracking.tracking_uri(cfg.tracking, cfg.output_dir),
+                "run_id": active.info.run_id,
+            }
+            result = run_workers(ppo_loop, loop_config, t, storage / run_name, cfg.ppo.iterations, start, "ppo", "reward")
         folder = Path(result.checkpoint.path)
         if not json.loads((folder / STATE_FILE).read_text())["final"]:
             return PPOResult(active.info.run_id, folder, None, result.metrics)

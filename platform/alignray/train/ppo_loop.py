@@ -211,6 +211,38 @@ def _score(scorer, ro: Rollouts, mine: list[int], cfg: PPOConfig, norm: RunningM
     return per_principle, scalar, raw
 
 
+def _update(tr: _Trainer, cfg: PPOConfig, batch: Packed, old, advantages, values, returns, iteration: int) -> dict:
+    """ppo_epochs passes of minibatch updates of the actor and the critic; mean losses."""
+    p, mask, mb = cfg.ppo, batch.response_mask, cfg.ppo.minibatch_per_worker
+    sums = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "approx_kl": 0.0}
+    updates = 0
+    for epoch in range(p.ppo_epochs):
+        seed = cfg.trainer.seed * 7919 + iteration * 101 + epoch
+        order = torch.randperm(len(mask), generator=torch.Generator().manual_seed(seed))
+        for start in range(0, len(mask), mb):
+            idx = order[start : start + mb]
+            sub, m = batch.rows(idx), mask[idx]
+            logps, _, entropy = token_logps(tr.actor, sub, cfg.sampler.temperature)
+            policy_loss, clip_fraction = ppo_policy_loss(logps, old[idx], advantages[idx], m, p.clip_eps)
+            ent = masked_mean(entropy, m)
+            loss = policy_loss - p.entropy_coef * ent
+            _check_finite(loss, "policy loss", "training", iteration)
+            tr.actor.backward(loss)
+            tr.actor.step()
+            v = token_values(tr.critic.module, sub)
+            value_loss = ppo_value_loss(v, values[idx], returns[idx], m, p.value_clip_eps)
+            _check_finite(value_loss, "value loss", "training", iteration)
+            tr.critic.backward(value_loss)
+            tr.critic.step()
+            sums["policy_loss"] += policy_loss.item()
+            sums["value_loss"] += value_loss.item()
+            sums["clip_fraction"] += float(clip_fraction)
+            sums["entropy"] += ent.item()
+            sums["approx_kl"] += masked_mean(0.5 * (logps.detach() - old[idx]) ** 2, m).item()
+            updates += 1
+    return {k: v / updates for k, v in sums.items()}
+
+
 def ppo_loop(lc: dict) -> None:
     import mlflow
     from mlflow.entities import Metric
@@ -273,31 +305,7 @@ def ppo_loop(lc: dict) -> None:
         times["scoring"] = time.monotonic() - tick
 
         tick = time.monotonic()
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "approx_kl": 0.0}
-        updates = 0
-        for epoch in range(p.ppo_epochs):
-            order = torch.randperm(len(mine), generator=torch.Generator().manual_seed(t.seed * 7919 + iteration * 101 + epoch))
-            for start in range(0, len(mine), mb):
-                idx = order[start : start + mb]
-                sub, m = batch.rows(idx), mask[idx]
-                logps, _, entropy = token_logps(tr.actor, sub, cfg.sampler.temperature)
-                policy_loss, clip_fraction = ppo_policy_loss(logps, old[idx], advantages[idx], m, p.clip_eps)
-                ent = masked_mean(entropy, m)
-                loss = policy_loss - p.entropy_coef * ent
-                _check_finite(loss, "policy loss", "training", iteration)
-                tr.actor.backward(loss)
-                tr.actor.step()
-                v = token_values(tr.critic.module, sub)
-                value_loss = ppo_value_loss(v, values[idx], returns[idx], m, p.value_clip_eps)
-                _check_finite(value_loss, "value loss", "training", iteration)
-                tr.critic.backward(value_loss)
-                tr.critic.step()
-                sums["policy_loss"] += policy_loss.item()
-                sums["value_loss"] += value_loss.item()
-                sums["clip_fraction"] += float(clip_fraction)
-                sums["entropy"] += ent.item()
-                sums["approx_kl"] += masked_mean(0.5 * (logps.detach() - old[idx]) ** 2, m).item()
-                updates += 1
+        losses = _update(tr, cfg, batch, old, advantages, values, returns, iteration)
         times["training"] = time.monotonic() - tick
 
         tick = time.monotonic()
@@ -318,8 +326,7 @@ def ppo_loop(lc: dict) -> None:
         var_err = e2 / tokens - (e1 / tokens) ** 2
         kl_ctl_coef = kl_ctl.coef
         kl_ctl.update(kl_sum / count, int(count))
-        logged = {k: v / updates for k, v in sums.items()}
-        logged = {k: v / world for k, v in zip(sorted(logged), _all_sum([logged[k] for k in sorted(logged)]))}
+        logged = {k: v / world for k, v in zip(sorted(losses), _all_sum([losses[k] for k in sorted(losses)]))}
         logged |= {
             "reward": reward_sum / count,
             "kl": kl_sum / count,

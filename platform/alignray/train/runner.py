@@ -19,7 +19,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from tqdm import tqdm
 
 from alignray import cluster, tracking
-from alignray.config import TrainConfig
+from alignray.config import EngineConfig, TrainConfig
 from alignray.models.registry import resolve
 from alignray.train import data
 from alignray.train.methods import METHODS
@@ -55,7 +55,31 @@ class TrainResult:
     champion: bool
 
 
-def fit_with_progress(trainer: TorchTrainer, progress, total: int, start: int, desc: str, label: str = "loss"):
+def run_workers(loop, loop_config: dict, t: EngineConfig, run_dir: Path, total: int, start: int, desc: str, label: str = "loss"):
+    """Run `loop` on t.num_workers Ray Train workers (a run named run_dir.name, stored in
+    run_dir.parent, so running it again resumes) under a progress bar fed by a Progress actor
+    passed to the loop as loop_config["progress"]. Raises TrainingError naming the first worker's
+    error and the last good checkpoint."""
+    progress = Progress.remote()
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={**loop_config, "progress": progress},
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=run_dir.name, storage_path=str(run_dir.parent), checkpoint_config=CheckpointConfig(num_to_keep=2)
+        ),
+    )
+    result = _fit_with_progress(trainer, progress, total, start, desc, label)
+    if isinstance(result, BaseException):
+        last = latest_checkpoint(run_dir)
+        raise TrainingError(f"{_failure_reason(result)} (last good checkpoint: {last or 'none'})") from result
+    return result
+
+
+def _fit_with_progress(trainer: TorchTrainer, progress, total: int, start: int, desc: str, label: str):
     """trainer.fit() under a progress bar; returns its result, or the exception it raised."""
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=_try_fit(trainer)), daemon=True)
@@ -77,7 +101,7 @@ def _try_fit(trainer: TorchTrainer):
         return exc
 
 
-def failure_reason(exc: BaseException) -> str:
+def _failure_reason(exc: BaseException) -> str:
     """The first worker's own error (Ray wraps it with tracebacks of every rank)."""
     failures = getattr(exc, "worker_failures", None)
     if failures:
@@ -128,32 +152,17 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
              "truncated_sequences": prepared.truncated, "filtered_examples": prepared.filtered,
              "total_steps": total}
         )
-        progress = Progress.remote()
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={
-                "config": cfg.model_dump(mode="json"),
-                "kind": kind,
-                "model_path": str(model_path),
-                "pad_id": tokenizer.pad_token_id,
-                "train": ray.put(prepared.train),
-                "eval": ray.put(prepared.eval),
-                "tracking_uri": tracking.tracking_uri(cfg.tracking, cfg.output_dir),
-                "run_id": active.info.run_id,
-                "progress": progress,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
-            ),
-            torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-            run_config=RunConfig(
-                name=run_name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)
-            ),
-        )
-        result = fit_with_progress(trainer, progress, total, start, f"{kind} training")
-        if isinstance(result, BaseException):
-            last = latest_checkpoint(storage / run_name)
-            raise TrainingError(f"{failure_reason(result)} (last good checkpoint: {last or 'none'})") from result
+        loop_config = {
+            "config": cfg.model_dump(mode="json"),
+            "kind": kind,
+            "model_path": str(model_path),
+            "pad_id": tokenizer.pad_token_id,
+            "train": ray.put(prepared.train),
+            "eval": ray.put(prepared.eval),
+            "tracking_uri": tracking.tracking_uri(cfg.tracking, cfg.output_dir),
+            "run_id": active.info.run_id,
+        }
+        result = run_workers(train_loop, loop_config, t, storage / run_name, total, start, f"{kind} training")
         folder = Path(result.checkpoint.path)
         if not json.loads((folder / STATE_FILE).read_text())["final"]:
             return TrainResult(active.info.run_id, folder, None, result.metrics, False)

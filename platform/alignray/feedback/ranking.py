@@ -1,0 +1,92 @@
+"""RRHF candidates: k responses per prompt from the sampler pool, at one or several
+temperatures, each scored by the reward (local preference models or an HTTP endpoint,
+per-principle rewards scalarized as in PPO). Written as prompt, candidates, rewards: the input
+of `alignray train rrhf`.
+
+A candidate that comes out empty is dropped; a prompt left with fewer than two candidates, or
+whose candidates all score the same, is dropped and counted (nothing to rank).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pyarrow as pa
+
+from alignray import tracking
+from alignray.config import SimulateConfig
+from alignray.feedback.rlcd import Plan, clean_output
+from alignray.io import write_parquet
+from alignray.rewards import scalarize
+from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels
+from alignray.sampling.pool import SamplerPool
+from alignray.sampling.types import SamplingSpec
+
+
+def scorer(cfg: SimulateConfig):
+    r = cfg.reward
+    if r.endpoint:
+        return HttpRewardModel(r.endpoint, r.endpoint_timeout_s)
+    folders = [tracking.download_model(m) if m.startswith("models:/") else Path(m) for m in r.models]
+    return LocalRewardModels(folders, max_length=cfg.sampler.max_model_len)
+
+
+def sample_candidates(pool: SamplerPool, prompts: list[str], cfg: SimulateConfig) -> list[list[str]]:
+    """k cleaned, non-empty candidates per prompt (fewer where some came out empty)."""
+    per_temperature = cfg.ranking.k // len(cfg.ranking.temperatures)
+    out: list[list[str]] = [[] for _ in prompts]
+    for t_index, temperature in enumerate(cfg.ranking.temperatures):
+        spec = SamplingSpec(
+            n=per_temperature, temperature=temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens,
+            stop=("Human:",), seed=cfg.simulation.seed * 1_000_003 + t_index * len(prompts) * per_temperature,
+        )
+        for row, completions in zip(out, pool.generate(prompts, spec, desc=f"candidates at T={temperature:g}")):
+            row += [text for c in completions if (text := clean_output(c.text))]
+    return out
+
+
+def run(cfg: SimulateConfig, plans: list[Plan], prefix: str, model_path: Path, run_id: str) -> tuple[Path, list[dict], int]:
+    """Sample, score and write the candidates of every prompt; returns (dataset, rows, dropped)."""
+    reward = scorer(cfg)
+    started = time.monotonic()
+    with SamplerPool(model_path, cfg.sampler, dtype=cfg.model.dtype, seed=cfg.simulation.seed) as pool:
+        sampled = sample_candidates(pool, [p.prompts.positive for p in plans], cfg)
+        restarts = pool.restarts
+    prompts = [p.prompts.neutral for p in plans]
+    candidates = [[prefix + text for text in row] for row in sampled]
+    flat = [(i, c) for i, row in enumerate(candidates) for c in row]
+    per_principle = reward([prompts[i] for i, _ in flat], [c for _, c in flat])
+    r = cfg.reward
+    scalar = scalarize(per_principle, r.scalarize, r.weights, **r.params)
+    if r.clip is not None:
+        scalar = scalar.clamp(-r.clip, r.clip)
+    scores: list[list[float]] = [[] for _ in prompts]
+    for (i, _), value in zip(flat, scalar.tolist()):
+        scores[i].append(value)
+    rows, dropped = [], 0
+    for i, prompt in enumerate(prompts):
+        if len(candidates[i]) < 2 or len(set(scores[i])) < 2:
+            dropped += 1
+            continue
+        rows.append({
+            "prompt": prompt, "candidates": candidates[i], "rewards": scores[i], "method": "rrhf",
+            "source": plans[i].conv.origin, "model": cfg.model.name, "seed": cfg.simulation.seed,
+            "temperatures": json.dumps(cfg.ranking.temperatures), "principles": json.dumps(reward.principles),
+        })
+    if not rows:
+        raise RuntimeError(f"none of {len(prompts)} prompts got two candidates with different rewards; nothing to write")
+    frame = pd.DataFrame(rows)
+    folder = cfg.output_dir / "datasets" / f"rrhf-{run_id[:8]}"
+    dataset = write_parquet(pa.Table.from_pandas(frame, preserve_index=False), folder / "candidates.parquet")
+    tracking.log_dataset(dataset, frame, name="rrhf-candidates", context="candidates")
+    mlflow.log_metrics({
+        "conversations": len(prompts), "prompts_written": len(rows), "dropped_prompts": dropped,
+        "candidates": sum(len(row["candidates"]) for row in rows), "sampler_restarts": restarts,
+        "sampling_seconds": time.monotonic() - started,
+        "reward_mean": float(scalar.mean()), "reward_spread_mean": float(frame["rewards"].map(lambda v: max(v) - min(v)).mean()),
+    })
+    return dataset, rows, dropped
