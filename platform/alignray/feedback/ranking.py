@@ -21,8 +21,7 @@ from alignray import tracking
 from alignray.config import SimulateConfig
 from alignray.feedback.rlcd import Plan, clean_output
 from alignray.io import write_parquet
-from alignray.rewards import scalarize
-from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels
+from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, scalar_reward
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 
@@ -60,10 +59,7 @@ def run(cfg: SimulateConfig, plans: list[Plan], prefix: str, model_path: Path, r
     candidates = [[prefix + text for text in row] for row in sampled]
     flat = [(i, c) for i, row in enumerate(candidates) for c in row]
     per_principle = reward([prompts[i] for i, _ in flat], [c for _, c in flat])
-    r = cfg.reward
-    scalar = scalarize(per_principle, r.scalarize, r.weights, **r.params)
-    if r.clip is not None:
-        scalar = scalar.clamp(-r.clip, r.clip)
+    scalar = scalar_reward(per_principle, cfg.reward)
     scores: list[list[float]] = [[] for _ in prompts]
     for (i, _), value in zip(flat, scalar.tolist()):
         scores[i].append(value)

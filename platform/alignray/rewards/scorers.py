@@ -18,10 +18,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from alignray.config import RewardConfig
+from alignray.rewards.scalarize import scalarize
 from alignray.train.batch import pad
 from alignray.train.data import Tokenize
 
 SCORE_BATCH = 16
+
+
+def scalar_reward(per_principle: Tensor, cfg: RewardConfig) -> Tensor:
+    """One reward per sample: `cfg.scalarize` over the principles, then the optional clip."""
+    scalar = scalarize(per_principle, cfg.scalarize, cfg.weights, **cfg.params).float()
+    return scalar if cfg.clip is None else scalar.clamp(-cfg.clip, cfg.clip)
 
 
 class RewardError(RuntimeError):

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from alignray.config import PPOConfig
-from alignray.rewards import scalarize
+from alignray.rewards.scorers import scalar_reward
 from alignray.sampling.types import Probe, SamplingSpec
 from alignray.train.losses import (
     gae,
@@ -200,9 +200,7 @@ def _score(scorer, ro: Rollouts, mine: list[int], cfg: PPOConfig, norm: RunningM
     r = cfg.reward
     per_principle = scorer([ro.prompts[i] for i in mine], [ro.responses[i] for i in mine])
     _check_finite(per_principle, "reward", "scoring", iteration)
-    scalar = scalarize(per_principle, r.scalarize, r.weights, **r.params).float()
-    if r.clip is not None:
-        scalar = scalar.clamp(-r.clip, r.clip)
+    scalar = scalar_reward(per_principle, r)
     _check_finite(scalar, "scalarized reward", "scoring", iteration)
     raw = scalar
     if r.normalize:
