@@ -66,49 +66,34 @@ def _show_example(k: int, row: dict) -> None:
     print("rejected:", textwrap.shorten(row["rejected"], 300))
 
 
-def ppo(cfg: PPOConfig) -> int:
-    from alignray.train.ppo import fit
-    from alignray.train.runner import TrainingError
-
-    try:
-        result = fit(cfg)
-    except TrainingError as exc:
-        print(f"alignray: PPO failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"\nMLflow run:  {result.run_id}")
-    print(f"checkpoint:  {result.checkpoint}")
-    if result.model_uri is None:
-        print("stopped before the last iteration (ppo.stop_after_iterations); run again to resume")
-    else:
-        print(f"policy:      {result.model_uri}")
-    for key in ("reward", "kl", "kl_coef", "response_length"):
-        if key in result.metrics:
-            print(f"{key + ':':12s} {result.metrics[key]:.4f}")
-    return 0
-
-
 def train(kind: str, items: list[str], address: str | None = None) -> int:
-    from alignray.train.runner import TrainingError, fit
+    from alignray.train import ppo, runner
 
     path, overrides = _split_config(items)
     if address:
         overrides = [*overrides, f"address={address}"]
     if kind == "ppo":
-        return ppo(load_config(path, overrides, PPOConfig))
-    cfg = load_config(path, overrides, TrainConfig)
+        cfg = load_config(path, overrides, PPOConfig)
+        run, label, hint = (lambda: ppo.fit(cfg)), "policy:", "the last iteration (ppo.stop_after_iterations)"
+        shown = ["reward", "kl", "kl_coef", "response_length"]
+    else:
+        cfg = load_config(path, overrides, TrainConfig)
+        run, label, hint = (lambda: runner.fit(cfg, kind)), "model:", "the last step (trainer.stop_after_steps)"
+        shown = None
     try:
-        result = fit(cfg, kind)
-    except TrainingError as exc:
-        print(f"alignray: training failed: {exc}", file=sys.stderr)
+        result = run()
+    except runner.TrainingError as exc:
+        print(f"alignray: {kind} training failed: {exc}", file=sys.stderr)
         return 1
     print(f"\nMLflow run:  {result.run_id}")
     print(f"checkpoint:  {result.checkpoint}")
     if result.model_uri is None:
-        print("stopped before the last step (trainer.stop_after_steps); run again to resume")
+        print(f"stopped before {hint}; run again to resume")
     else:
-        print(f"model:       {result.model_uri}{' (new champion)' if result.champion else ''}")
-    for key in sorted(k for k in result.metrics if k.startswith("eval_")):
-        print(f"{key + ':':12s} {result.metrics[key]:.4f}")
+        print(f"{label:12s} {result.model_uri}{' (new champion)' if result.champion else ''}")
+    for key in shown or sorted(k for k in result.metrics if k.startswith("eval_")):
+        if key in result.metrics:
+            print(f"{key + ':':12s} {result.metrics[key]:.4f}")
     return 0
 
 

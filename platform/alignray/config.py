@@ -248,7 +248,23 @@ class RRHFConfig(Strict):
     rank_weight: float = Field(1.0, ge=0)
 
 
-class TrainConfig(Strict):
+class TrainedRun(Strict):
+    """What every training stage shares: where it tracks, stores and registers its result."""
+
+    tracking: TrackingConfig = TrackingConfig()
+    registered_model: str | None = Field(
+        None, description="MLflow registry name of the result; default alignray-<kind>."
+    )
+    run_name: str | None = Field(
+        None,
+        description="Ray Train run name (default <kind>-<dataset or prompt source>); running"
+        " again with the same name resumes it.",
+    )
+    output_dir: Path = Path("alignray-runs")
+    address: str | None = None
+
+
+class TrainConfig(TrainedRun):
     """`alignray train KIND`: one training stage on Ray Train + DeepSpeed."""
 
     model: ModelConfig = ModelConfig()
@@ -257,15 +273,6 @@ class TrainConfig(Strict):
     preference: PreferenceConfig = PreferenceConfig()
     dpo: DPOConfig = DPOConfig()
     rrhf: RRHFConfig = RRHFConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    registered_model: str | None = Field(
-        None, description="MLflow registry name of the result; default alignray-<kind>."
-    )
-    run_name: str | None = Field(
-        None, description="Ray Train run name; running again with the same name resumes it."
-    )
-    output_dir: Path = Path("alignray-runs")
-    address: str | None = None
 
 
 class CriticConfig(Strict):
@@ -302,7 +309,7 @@ class PPOSettings(Strict):
     )
 
 
-class PPOConfig(Strict):
+class PPOConfig(TrainedRun):
     """`alignray train ppo`: PPO with vLLM rollouts on Ray, actor + critic on Ray Train."""
 
     model: ModelConfig = ModelConfig()
@@ -312,15 +319,6 @@ class PPOConfig(Strict):
     critic: CriticConfig = CriticConfig()
     ppo: PPOSettings = PPOSettings()
     trainer: EngineConfig = EngineConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    registered_model: str | None = Field(
-        None, description="MLflow registry name of the policy; default alignray-ppo."
-    )
-    run_name: str | None = Field(
-        None, description="Run name (default ppo-<data source>); the same name resumes."
-    )
-    output_dir: Path = Path("alignray-runs")
-    address: str | None = None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -8,7 +8,6 @@ name again continues from its last checkpoint and keeps logging to the same MLfl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -24,19 +23,12 @@ from alignray.train import data
 from alignray.train.ppo_loop import ppo_loop
 from alignray.train.runner import (
     TrainingError,
+    TrainResult,
     check_cpus,
     checkpoint_state,
     run_workers,
 )
 from alignray.train.worker import STATE_FILE
-
-
-@dataclass(frozen=True)
-class PPOResult:
-    run_id: str
-    checkpoint: Path  # the last checkpoint folder; its hf/ subfolder is the policy
-    model_uri: str | None  # models:/<name>/<version>; None when stopped before the last iteration
-    metrics: dict
 
 
 def _check_shapes(cfg: PPOConfig) -> None:
@@ -80,7 +72,7 @@ def _prompts(cfg: PPOConfig, policy: Path) -> list[str]:
     return [c.transcript if c.messages is None else render(c.message_dicts()) for c in convs]
 
 
-def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> PPOResult:
+def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     """Run (or resume) PPO. `rollout_pool` is the class that rolls out: SamplerPool, or any
     class with its constructor and its generate / update_weights / restarts / last_probe_diff
     (benchmarks/ppo_iteration.py plugs in transformers `generate` this way)."""
@@ -120,7 +112,7 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> PPOResult:
             result = run_workers(ppo_loop, loop_config, t, storage / run_name, cfg.ppo.iterations, start, "ppo", "reward")
         folder = Path(result.checkpoint.path)
         if not json.loads((folder / STATE_FILE).read_text())["final"]:
-            return PPOResult(active.info.run_id, folder, None, result.metrics)
+            return TrainResult(active.info.run_id, folder, None, result.metrics, False)
         registered = cfg.registered_model or "alignray-ppo"
-        version, _ = tracking.register_model(folder / "hf", registered, result.metrics.get("reward"), "reward", True)
-    return PPOResult(active.info.run_id, folder, f"models:/{registered}/{version}", result.metrics)
+        version, champion = tracking.register_model(folder / "hf", registered, result.metrics.get("reward"), "reward", True)
+    return TrainResult(active.info.run_id, folder, f"models:/{registered}/{version}", result.metrics, champion)
