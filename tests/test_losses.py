@@ -10,6 +10,7 @@ from alignray.train.losses import (
     rdpo_loss,
     rrhf_loss,
     sequence_logps,
+    soft_bradley_terry_loss,
 )
 
 # TRL 1.16 computes its DPO sigmoid loss only inside DPOTrainer._compute_loss (no pure function),
@@ -41,6 +42,13 @@ H = (0.5, -0.25)
 def test_bradley_terry_by_hand(margin, diffs):
     loss = bradley_terry_loss(t(1.0, 0.0, 2.0), t(0.0, 1.0, 2.0), margin)
     close(loss, [nls(d) for d in diffs])
+
+
+def test_soft_bradley_terry_by_hand_and_at_p_one_is_bradley_terry():
+    chosen, rejected, p = t(1.0, 0.0, 2.0), t(0.0, 1.0, 2.0), (0.9, 0.2, 0.5)
+    expected = [pi * nls(d) + (1 - pi) * nls(-d) for pi, d in zip(p, (1.0, -1.0, 0.0))]
+    close(soft_bradley_terry_loss(chosen, rejected, t(*p)), expected)
+    close(soft_bradley_terry_loss(chosen, rejected, t(1.0, 1.0, 1.0)), bradley_terry_loss(chosen, rejected))
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
@@ -140,6 +148,8 @@ IDS = torch.zeros(2, 3, dtype=torch.long)
         (lambda: bradley_terry_loss(THREE, TWO), "^rejected_rewards has shape .* must match"),
         (lambda: bradley_terry_loss(THREE.reshape(1, 3), THREE), "^chosen_rewards must be 1-D"),
         (lambda: bradley_terry_loss(THREE, THREE, margin=TWO), "^margin has shape"),
+        (lambda: soft_bradley_terry_loss(TWO, TWO, THREE), "^preference_prob has shape"),
+        (lambda: soft_bradley_terry_loss(TWO, TWO, t(0.5, 1.5)), r"^preference_prob must be in \[0, 1\]"),
         (lambda: dpo_loss(TWO, TWO, TWO, THREE, beta=0.1), "^ref_rejected_logps has shape"),
         (lambda: dpo_loss(TWO, TWO, TWO, TWO, beta=0.0), "^beta must be > 0"),
         (lambda: dpo_loss(TWO, TWO, TWO, TWO, 0.1, 0.6), r"^label_smoothing must be in \[0, 0.5\]"),

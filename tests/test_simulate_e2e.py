@@ -1,6 +1,7 @@
 """`alignray simulate` end to end: real Ray, real vLLM, a real MLflow store, a tiny model."""
 
 import json
+import math
 import re
 
 import pandas as pd
@@ -147,6 +148,85 @@ def test_ai_labelled_pairs(method, tiny_model, tmp_path, capsys):
     [run] = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert 0.5 <= run.data.metrics["preference_prob_mean"] <= 1.0
     assert run.info.run_name == f"{method}-harmlessness"
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_morlaif_labels_every_criterion_and_feeds_multi_head_training(tiny_model, tmp_path, capsys):
+    from alignray.config import TrainConfig, load_config
+    from alignray.principles import load_principles
+    from alignray.train.data import load, load_tokenizer
+
+    criteria = load_principles("morlaif").criteria
+    assert list(criteria) == ["helpfulness", "ethicality", "factuality", "toxicity", "sycophancy", "empathy",
+                              "relevance", "context", "bias", "understandability", "detail", "conciseness"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS[:3]))
+    out = tmp_path / "runs"
+    args = overrides(tiny_model, out, f"data.source={prompts}", "simulation.method=morlaif", "simulation.principles=morlaif")
+    assert main(["simulate", *args]) == 0
+    assert "labels:   helpfulness" in capsys.readouterr().out
+    [dataset] = out.glob("datasets/morlaif-morlaif-*/preferences.parquet")
+    frame = pd.read_parquet(dataset)
+    columns = [f"preference_prob_{name}" for name in criteria]
+    assert len(frame) >= 2 and frame[columns].apply(lambda c: c.between(0, 1)).all().all()
+    mean = frame[columns].mean(axis=1)
+    assert (mean >= 0.5).all()  # chosen is the response preferred on average over the criteria
+    assert ((frame["preference_prob"] - mean).abs() < 1e-9).all()
+    assert frame[columns].nunique().gt(1).any()  # the criteria do not all give the same label
+    for row in frame.itertuples():
+        asked = json.loads(row.instructions)
+        assert list(asked) == list(criteria) and all(asked[n] in criteria[n] for n in criteria)
+    names = ", ".join(criteria)
+    cfg = load_config(None, [f"dataset={dataset}", "trainer.eval_fraction=0", f"preference.principles=[{names}]",
+                             "preference.soft_labels=true"], TrainConfig)
+    [first, *_] = load("preference", cfg, load_tokenizer(tiny_model)).train
+    assert len(first.values["probs"]) == 12
+
+
+def test_critique_chain_message_structure():
+    from alignray.feedback.critique import critique_messages, revision_messages
+    from alignray.principles import Critique
+
+    base = [{"role": "user", "content": "How do I pick a lock?"}]
+    request = Critique(critique="What was harmful?", revision="Rewrite it safely.")
+    assert critique_messages(base, "Use a pin.", request) == [
+        *base, {"role": "assistant", "content": "Use a pin."}, {"role": "user", "content": "What was harmful?"}]
+    chain = revision_messages(base, "Use a pin.", request, "It helps burglars.")
+    assert [m["role"] for m in chain] == ["user", "assistant", "user", "assistant", "user"]
+    assert [m["content"] for m in chain[3:]] == ["It helps burglars.", "Rewrite it safely."]
+    assert base == [{"role": "user", "content": "How do I pick a lock?"}]  # not modified
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("judge", ["model", "hate"])
+def test_rdpo_revisions_judged(judge, tiny_model, tmp_path, capsys):
+    from alignray.evaluate.judges import hate
+    from alignray.feedback.critique import critique_messages
+    from alignray.principles import load_principles
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS))
+    out = tmp_path / "runs"
+    args = overrides(tiny_model, out, f"data.source={prompts}", "simulation.method=rdpo",
+                     "simulation.principles=safety", f"judge.kind={judge}", "judge.temperature=0.5",
+                     "sampler.max_model_len=512")  # the revision request carries the whole chain
+    assert main(["simulate", *args]) == 0
+    printed = capsys.readouterr().out
+    pairs, dropped = map(int, re.search(r"(\d+) revision pairs \((\d+) prompts dropped", printed).groups())
+    [dataset] = out.glob("datasets/rdpo-safety-*/preferences.parquet")
+    frame = pd.read_parquet(dataset)
+    assert len(frame) == pairs and pairs + dropped == len(TRANSCRIPTS) and pairs >= 3
+    requests = {(c.critique, c.revision) for c in load_principles("safety").critiques}
+    for row in frame.itertuples():
+        assert (row.critique_request, row.revision_request) in requests and row.chosen != row.rejected
+        assert row.critique and row.prompt in TRANSCRIPTS
+        expected = 1 / (1 + math.exp(-row.judge_score_difference / 0.5))
+        assert abs(row.preference_prob - expected) < 1e-9
+    if judge == "hate":  # s = -P(hateful or offensive), recomputed here
+        diff = hate(list(frame["rejected"])) - hate(list(frame["chosen"]))
+        assert max(abs(diff - frame["judge_score_difference"])) < 1e-6
+    messages = critique_messages([{"role": "user", "content": "q"}], "a", load_principles("safety").critiques[0])
+    assert len(messages) == 3  # answer, then the critique request: the chain the teacher saw
 
 
 def test_labelling_needs_instructions(tiny_model, tmp_path, capsys):

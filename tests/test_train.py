@@ -87,6 +87,29 @@ def test_multi_principle_heads(tiny_model, tmp_path):
     assert model.config.num_labels == 2 and model.config.id2label == {0: "kindness", 1: "brevity"}
 
 
+def test_morlaif_wide_soft_labels_train_every_head(tiny_model, tmp_path):
+    """Each pair labelled under two principles that disagree: the long kind answer is better for
+    kindness (p = 0.9) and worse for brevity (p = 0.15); each head must learn its own side."""
+    rng = random.Random(3)
+    rows = [
+        {"prompt": p, "chosen": rng.choice(GOOD) + " Truly, truly, truly, truly glad to.", "rejected": rng.choice(BAD),
+         "preference_prob_kindness": 0.9, "preference_prob_brevity": 0.15}
+        for p in prompts(48)
+    ]
+    result, _ = train(
+        "preference", tiny_model, tmp_path, write(tmp_path, rows), "preference.principles=[kindness, brevity]",
+        "preference.soft_labels=true", "registered_model=morlaif-wide",
+    )
+    assert result.metrics["eval_accuracy_kindness"] >= 0.9 and result.metrics["eval_accuracy_brevity"] >= 0.9
+    model = AutoModelForSequenceClassification.from_pretrained(download_model("models:/morlaif-wide/latest")).eval()
+    tok = AutoTokenizer.from_pretrained(download_model("models:/morlaif-wide/latest"))
+    prompt = "Human: Something new?\n\nAssistant: "
+    with torch.no_grad():
+        kind_long = model(**tok(prompt + GOOD[1] + " Truly, truly, truly, truly glad to.", return_tensors="pt")).logits[0]
+        rude_short = model(**tok(prompt + BAD[0], return_tensors="pt")).logits[0]
+    assert kind_long[0] > rude_short[0] and kind_long[1] < rude_short[1]
+
+
 def test_context_distillation_sft_zero3(tiny_model, tmp_path):
     rows = [{"prompt": p, "chosen": "I am glad to help you with care."} for p in prompts(48)]
     result, client = train("sft", tiny_model, tmp_path, write(tmp_path, rows), "trainer.zero_stage=3")

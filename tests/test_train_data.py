@@ -37,6 +37,10 @@ def write(tmp_path, rows):
          "row 0 column 'preference_prob': None is not a probability"),  # NaN is stored as null
         ("dpo", [{"prompt": P, "chosen": "a", "rejected": "b"}], ["dpo.judge_agreement_filter=true"],
          "missing column(s) ['preference_prob']"),
+        ("preference", [{"prompt": P, "chosen": "a", "rejected": "b", "preference_prob_kind": 0.7}],
+         ["preference.principles=[kind, brief]", "preference.soft_labels=true"], "missing column(s) ['preference_prob_brief']"),
+        ("preference", [{"prompt": P, "chosen": "a", "rejected": "b", "preference_prob": -0.2}],
+         ["preference.soft_labels=true"], "row 0 column 'preference_prob': -0.2 is not a probability"),
         ("rrhf", [{"prompt": P, "candidates": ["only one"], "rewards": [1.0]}], [], "at least 2 candidates"),
         ("rrhf", [{"prompt": P, "candidates": ["a", "b"], "rewards": [0.5, 0.5]}], [],
          "all 2 candidates have the same reward (0.5), so there is nothing to rank"),

@@ -16,9 +16,10 @@ from alignray.config import (
 from alignray.data.conversation import PromptError
 from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
 from alignray.principles import PrincipleError, builtin_names, load_principles
+from alignray.sampling.endpoint import EndpointError
 from alignray.train.data import DatasetError
 
-USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError)
+USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError, EndpointError)
 KINDS = ("preference", "sft", "dpo", "rrhf", "ppo")
 
 
@@ -40,8 +41,14 @@ def simulate(items: list[str], address: str | None = None) -> int:
     if cfg.simulation.method == "rrhf":
         print(f"\n{result.pairs} prompts with ranked candidates ({result.dropped} dropped: fewer than two"
               " candidates, or all with the same reward)")
+    elif cfg.simulation.method == "rdpo":
+        print(f"\n{result.pairs} revision pairs ({result.dropped} prompts dropped: an empty step, or a revision"
+              " that repeats the answer)")
     else:
         print(f"\n{result.pairs} preference pairs ({result.dropped} prompts dropped for empty outputs)")
+    for column in result.all_ties:
+        print(f"warning: every label in {column} is a tie (0.5): the labeller or judge cannot tell the"
+              " responses apart; try a stronger labeller or other instructions", file=sys.stderr)
     print(f"dataset:     {result.dataset}")
     print(f"MLflow run:  {result.run_id} in experiment {result.experiment!r}")
     print(f"             {result.tracking_uri}")
@@ -64,6 +71,11 @@ def _show_example(k: int, row: dict) -> None:
     print("prompt:  ", textwrap.shorten(row["prompt"], 300))
     print("chosen:  ", textwrap.shorten(row["chosen"], 300))
     print("rejected:", textwrap.shorten(row["rejected"], 300))
+    if "critique" in row:
+        print("critique:", textwrap.shorten(row["critique"], 300))
+    per_criterion = {c.removeprefix("preference_prob_"): v for c, v in row.items() if c.startswith("preference_prob_")}
+    if per_criterion:
+        print("labels:  ", "  ".join(f"{name} {v:.2f}" for name, v in per_criterion.items()))
 
 
 def train(kind: str, items: list[str], address: str | None = None) -> int:
@@ -110,14 +122,23 @@ def _models(args: argparse.Namespace) -> int:
 def _principles(args: argparse.Namespace) -> int:
     for name in [args.name] if args.name else builtin_names():
         ps = load_principles(name)
-        print(f"{ps.name}: {ps.description} ({len(ps.pairs)} pairs)")
+        parts = {"pairs": ps.pairs, "instructions": ps.instructions, "criteria": ps.criteria, "critiques": ps.critiques}
+        print(f"{ps.name}: {ps.description} ({', '.join(f'{len(v)} {k}' for k, v in parts.items() if v)})")
         if args.name:
             for k, pair in enumerate(ps.pairs):
                 print(f"  {k:2d}. ({pair.positive}) / ({pair.negative})")
             if ps.instructions:
-                print("labelling instructions (rlaif, rlcd_rescore):")
+                print("labelling instructions (rlaif, rlcd_rescore, rdpo's model judge):")
                 for text in ps.instructions:
                     print(f"  - {text}")
+            if ps.criteria:
+                print("criteria (morlaif), each with its labelling questions:")
+                for name, questions in ps.criteria.items():
+                    print(f"  {name}: " + " | ".join(questions))
+            if ps.critiques:
+                print("critique and revision requests (rdpo):")
+                for c in ps.critiques:
+                    print(f"  - critique: {c.critique}\n    revision: {c.revision}")
     return 0
 
 

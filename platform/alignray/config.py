@@ -76,14 +76,21 @@ class DataConfig(Strict):
 
 
 class SimulationConfig(Strict):
-    method: Literal["rlcd", "rlaif", "rlcd_rescore", "rrhf"] = Field(
+    method: Literal["rlcd", "rlaif", "rlcd_rescore", "morlaif", "rrhf", "rdpo"] = Field(
         "rlcd",
         description="rlcd: contrast prompts make the pair; rlaif: two samples of one prompt,"
         " labelled by the labeller's (A)/(B) log-probs; rlcd_rescore: RLCD pairs relabelled so;"
-        " rrhf: ranking.k candidates per prompt scored by the reward.",
+        " morlaif: rlaif once per criterion of the principle set; rrhf: ranking.k candidates per"
+        " prompt scored by the reward; rdpo: the teacher answers, critiques and revises, the judge"
+        " scores both.",
     )
     labeller: str | None = Field(
-        None, description="Labelling model for rlaif / rlcd_rescore (name or folder); default: model.name."
+        None,
+        description="Labelling model for rlaif / rlcd_rescore / morlaif: a name, a folder or an"
+        " OpenAI-compatible URL (http://host:8000/v1); default: model.name.",
+    )
+    teacher: str | None = Field(
+        None, description="rdpo: the model that answers, critiques and revises (name, folder or URL); default: model.name."
     )
     principles: str = Field(
         "harmlessness", description="A built-in principle set name or a path to a YAML file."
@@ -92,6 +99,31 @@ class SimulationConfig(Strict):
     max_retries: int = Field(
         2, ge=0, description="Re-samples of an empty output before the prompt is dropped."
     )
+
+
+class EndpointConfig(Strict):
+    """How an OpenAI-compatible labeller, teacher or judge URL is called."""
+
+    model: str | None = Field(None, description="Served model name; default: the only one at /v1/models.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key, if any.")
+    timeout_s: float = Field(120, gt=0, description="Deadline of one request.")
+    retries: int = Field(4, ge=0, description="Retries of a failed request (backoff doubles each time).")
+    backoff_s: float = Field(1.0, ge=0, description="Wait before the first retry.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+
+
+class JudgeConfig(Strict):
+    """rdpo: who scores the revision (chosen) and the original (rejected);
+    preference_prob = sigmoid((s_chosen - s_rejected) / temperature)."""
+
+    kind: Literal["model", "reward", "profanity", "hate"] = Field(
+        "model",
+        description="model: a pairwise (A)/(B) judge prompt (s_c - s_r = logit P(revision better));"
+        " reward: the reward section's models or endpoint; profanity / hate: an offline"
+        " classifier (s = -P(profane) or -P(hateful or offensive)).",
+    )
+    model: str | None = Field(None, description="kind=model: judge name, folder or URL; default: model.name.")
+    temperature: float = Field(1.0, gt=0, description="tau in sigmoid((s_c - s_r) / tau).")
 
 
 class TrackingConfig(Strict):
@@ -170,20 +202,26 @@ class SimulateConfig(Strict):
     data: DataConfig = DataConfig()
     simulation: SimulationConfig = SimulationConfig()
     ranking: RankingConfig = RankingConfig()
-    reward: RewardConfig | None = Field(None, description="The reward that ranks RRHF candidates.")
+    reward: RewardConfig | None = Field(
+        None, description="The reward that ranks RRHF candidates (or judges rDPO pairs with judge.kind=reward)."
+    )
+    judge: JudgeConfig = JudgeConfig()
+    endpoint: EndpointConfig = EndpointConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Field(
         Path("alignray-runs"), description="Where datasets and the default MLflow store go."
     )
-
-    @model_validator(mode="after")
-    def _ranking_needs_a_reward(self) -> SimulateConfig:
-        if self.simulation.method == "rrhf" and self.reward is None:
-            raise ValueError("simulation.method=rrhf needs a reward section (reward.models or reward.endpoint)")
-        return self
     address: str | None = Field(
         None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one."
     )
+
+    @model_validator(mode="after")
+    def _reward_when_needed(self) -> SimulateConfig:
+        method = self.simulation.method
+        if self.reward is None and (method == "rrhf" or (method == "rdpo" and self.judge.kind == "reward")):
+            why = "to rank candidates" if method == "rrhf" else "for judge.kind=reward"
+            raise ValueError(f"simulation.method={method} needs a reward section {why} (reward.models or reward.endpoint)")
+        return self
 
 
 class EngineConfig(Strict):
@@ -232,6 +270,18 @@ class PreferenceConfig(Strict):
         " named in its `principle` column.",
     )
     margin_column: str | None = Field(None, description="Per-pair Bradley-Terry margin column.")
+    soft_labels: bool = Field(
+        False,
+        description="Train on soft labels with the soft Bradley-Terry loss: column preference_prob"
+        " (one head), or with principles the columns preference_prob_<principle> (MORLAIF's wide"
+        " format: every pair trains every head).",
+    )
+
+    @model_validator(mode="after")
+    def _one_label_source(self) -> PreferenceConfig:
+        if self.soft_labels and self.margin_column:
+            raise ValueError("preference.soft_labels and preference.margin_column cannot be combined")
+        return self
 
 
 class DPOConfig(Strict):

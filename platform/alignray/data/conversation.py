@@ -85,4 +85,11 @@ class Conversation:
         return cls(origin, messages=tuple(pairs))
 
     def message_dicts(self) -> list[dict[str, str]]:
-        return [{"role": r, "content": c} for r, c in self.messages]
+        """The conversation as chat messages; a transcript's Human / Assistant turns become
+        user / assistant messages (the open final Assistant turn is left out)."""
+        if self.messages is not None:
+            return [{"role": r, "content": c} for r, c in self.messages]
+        turns = re.split(r"^(Human|Assistant):", self.transcript, flags=re.MULTILINE)[1:]
+        roles = {"Human": "user", "Assistant": "assistant"}
+        out = [{"role": roles[who], "content": text.strip()} for who, text in zip(turns[::2], turns[1::2])]
+        return out[:-1] if out and out[-1]["role"] == "assistant" and not out[-1]["content"] else out

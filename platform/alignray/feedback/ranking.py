@@ -10,28 +10,13 @@ whose candidates all score the same, is dropped and counted (nothing to rank).
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
-import mlflow
-import pandas as pd
-import pyarrow as pa
-
-from alignray import tracking
 from alignray.config import SimulateConfig
+from alignray.feedback.models import open_model
 from alignray.feedback.rlcd import Plan, clean_output
-from alignray.io import write_parquet
-from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, scalar_reward
+from alignray.rewards.scorers import reward_source, scalar_reward
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
-
-
-def scorer(cfg: SimulateConfig):
-    r = cfg.reward
-    if r.endpoint:
-        return HttpRewardModel(r.endpoint, r.endpoint_timeout_s)
-    folders = [tracking.download_model(m) if m.startswith("models:/") else Path(m) for m in r.models]
-    return LocalRewardModels(folders, max_length=cfg.sampler.max_model_len)
 
 
 def sample_candidates(pool: SamplerPool, prompts: list[str], cfg: SimulateConfig) -> list[list[str]]:
@@ -48,13 +33,12 @@ def sample_candidates(pool: SamplerPool, prompts: list[str], cfg: SimulateConfig
     return out
 
 
-def run(cfg: SimulateConfig, plans: list[Plan], prefix: str, model_path: Path, run_id: str) -> tuple[Path, list[dict], int]:
-    """Sample, score and write the candidates of every prompt; returns (dataset, rows, dropped)."""
-    reward = scorer(cfg)
-    started = time.monotonic()
-    with SamplerPool(model_path, cfg.sampler, dtype=cfg.model.dtype, seed=cfg.simulation.seed) as pool:
-        sampled = sample_candidates(pool, [p.prompts.positive for p in plans], cfg)
-        restarts = pool.restarts
+def run(cfg: SimulateConfig, plans: list[Plan], prefix: str) -> tuple[list[dict], int, dict]:
+    """Sample and score the candidates of every prompt; returns (rows, dropped prompts, metrics)."""
+    reward = reward_source(cfg.reward, cfg.sampler.max_model_len)
+    with open_model(cfg.model.name, cfg) as policy:
+        sampled = sample_candidates(policy.pool, [p.prompts.positive for p in plans], cfg)
+        restarts = policy.pool.restarts
     prompts = [p.prompts.neutral for p in plans]
     candidates = [[prefix + text for text in row] for row in sampled]
     flat = [(i, c) for i, row in enumerate(candidates) for c in row]
@@ -75,14 +59,10 @@ def run(cfg: SimulateConfig, plans: list[Plan], prefix: str, model_path: Path, r
         })
     if not rows:
         raise RuntimeError(f"none of {len(prompts)} prompts got two candidates with different rewards; nothing to write")
-    frame = pd.DataFrame(rows)
-    folder = cfg.output_dir / "datasets" / f"rrhf-{run_id[:8]}"
-    dataset = write_parquet(pa.Table.from_pandas(frame, preserve_index=False), folder / "candidates.parquet")
-    tracking.log_dataset(dataset, frame, name="rrhf-candidates", context="candidates")
-    mlflow.log_metrics({
+    metrics = {
         "conversations": len(prompts), "prompts_written": len(rows), "dropped_prompts": dropped,
         "candidates": sum(len(row["candidates"]) for row in rows), "sampler_restarts": restarts,
-        "sampling_seconds": time.monotonic() - started,
-        "reward_mean": float(scalar.mean()), "reward_spread_mean": float(frame["rewards"].map(lambda v: max(v) - min(v)).mean()),
-    })
-    return dataset, rows, dropped
+        "reward_mean": float(scalar.mean()),
+        "reward_spread_mean": sum(max(r["rewards"]) - min(r["rewards"]) for r in rows) / len(rows),
+    }
+    return rows, dropped, metrics

@@ -96,8 +96,8 @@ def plan(
     rng = random.Random(seed)
     plans = []
     for conv in convs:
-        k = rng.randrange(len(principles.pairs))
         if contrast:
+            k = rng.randrange(len(principles.pairs))
             plans.append(Plan(conv, k, contrast_prompts(conv, principles.pairs[k], principles.response_prefix, render)))
         else:
             neutral, lead = _neutral(conv, principles.response_prefix, render)

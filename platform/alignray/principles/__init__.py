@@ -5,14 +5,19 @@ A principle set is a YAML file (see README "Principle sets"):
     name: harmlessness                 # required
     description: one line              # optional
     response_prefix: "..."             # optional; every answer starts with it (default "")
-    pairs:                             # required, at least one
+    pairs:                             # RLCD contrast pairs (rlcd, rlcd_rescore)
       - {positive: "harmless response", negative: "harmful response"}
-    instructions:                      # optional; needed by RLAIF labelling
+    instructions:                      # RLAIF labelling questions (rlaif, rlcd_rescore, rdpo judge)
       - "Which response is less harmful?"
+    criteria:                          # MORLAIF: named principles, each with its questions
+      conciseness: ["Which response makes its point in fewer words?"]
+    critiques:                         # rDPO: a critique request and a revision request
+      - {critique: "Point out anything harmful in your answer.", revision: "Rewrite it without that."}
 
 `positive` / `negative` are the RLCD contrast affixes, written without parentheses; they are
 rendered as ``Assistant (positive):``. `instructions` are the questions an RLAIF labeller
-answers with (A) or (B); one is drawn (seeded) per comparison.
+answers with (A) or (B); one is drawn (seeded) per comparison, and per criterion in MORLAIF.
+Each method checks that the set has the part it needs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUILTIN_DIR = Path(__file__).parent
 
@@ -42,13 +47,43 @@ class ContrastPair(BaseModel):
         return value
 
 
+class Critique(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    critique: str = Field(min_length=1, description="Asks the model to criticise its own answer.")
+    revision: str = Field(min_length=1, description="Asks it to rewrite the answer after the critique.")
+
+
 class PrincipleSet(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1)
     description: str = ""
     response_prefix: str = ""
-    pairs: tuple[ContrastPair, ...] = Field(min_length=1)
+    pairs: tuple[ContrastPair, ...] = ()
     instructions: tuple[str, ...] = ()
+    criteria: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    critiques: tuple[Critique, ...] = ()
+
+    @field_validator("criteria")
+    @classmethod
+    def _named_questions(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for name, questions in value.items():
+            if not name.isidentifier() or not questions:
+                raise PrincipleError(f"criterion {name!r} needs a plain name (letters, digits, _) and at least one question")
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> PrincipleSet:
+        if not (self.pairs or self.instructions or self.criteria or self.critiques):
+            raise PrincipleError("the set has none of pairs, instructions, criteria or critiques")
+        return self
+
+    def require(self, part: str, method: str) -> None:
+        """Raise unless this set has `part` (pairs, instructions, criteria or critiques)."""
+        if not getattr(self, part):
+            raise PrincipleError(
+                f"principle set {self.name!r} has no '{part}', which simulation.method={method} needs;"
+                f" add them to its YAML file or pick a set that has them (alignray principles)"
+            )
 
 
 def builtin_names() -> list[str]:

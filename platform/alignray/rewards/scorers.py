@@ -101,3 +101,12 @@ class HttpRewardModel:
         ]
         return torch.tensor(rows, dtype=torch.float32)
 
+
+def reward_source(cfg: RewardConfig, max_length: int) -> LocalRewardModels | HttpRewardModel:
+    """The reward a config names: its endpoint, or its models (folders or models:/ URIs)."""
+    from alignray import tracking
+
+    if cfg.endpoint:
+        return HttpRewardModel(cfg.endpoint, cfg.endpoint_timeout_s)
+    folders = [tracking.download_model(m) if m.startswith("models:/") else Path(m) for m in cfg.models]
+    return LocalRewardModels(folders, max_length=max_length)

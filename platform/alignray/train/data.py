@@ -4,7 +4,7 @@ Each kind reads its columns from a Parquet file (the output of a feedback stage)
 
 | kind | columns |
 |---|---|
-| preference | prompt, chosen, rejected [, principle] [, margin column] |
+| preference | prompt, chosen, rejected [, principle] [, margin column] [, preference_prob[_<principle>]] |
 | sft | prompt, chosen |
 | dpo | prompt, chosen, rejected [, preference_prob] |
 | rrhf | prompt, candidates (list of str), rewards (list of float) |
@@ -112,7 +112,9 @@ def _row_example(kind: str, row: dict, where: str, cfg: TrainConfig, tokenize: T
     values: dict = {}
     if kind == "preference":
         names = cfg.preference.principles
-        if names:
+        if cfg.preference.soft_labels:
+            values["probs"] = [_probability(row, c, where) for c in label_columns(kind, cfg)]
+        elif names:
             principle = row.get("principle")
             if principle not in names:
                 raise DatasetError(f"{where} column 'principle': {principle!r} is not one of {names}")
@@ -120,13 +122,30 @@ def _row_example(kind: str, row: dict, where: str, cfg: TrainConfig, tokenize: T
         if cfg.preference.margin_column:
             values["margin"] = float(row[cfg.preference.margin_column])
     elif kind == "dpo" and (cfg.dpo.soft_labels or cfg.dpo.judge_agreement_filter):
-        p = row.get("preference_prob")
-        if p is None or not isinstance(p, (int, float)) or math.isnan(p) or not 0 <= p <= 1:
-            raise DatasetError(f"{where} column 'preference_prob': {p!r} is not a probability in [0, 1]")
+        p = _probability(row, "preference_prob", where)
         if cfg.dpo.judge_agreement_filter and p <= 0.5:
             return None
-        values["preference_prob"] = float(p)
+        values["preference_prob"] = p
     return Example(seqs, values)
+
+
+def _probability(row: dict, column: str, where: str) -> float:
+    p = row.get(column)
+    if p is None or not isinstance(p, (int, float)) or math.isnan(p) or not 0 <= p <= 1:
+        raise DatasetError(f"{where} column '{column}': {p!r} is not a probability in [0, 1]")
+    return float(p)
+
+
+def label_columns(kind: str, cfg: TrainConfig) -> list[str]:
+    """The label columns the config asks for, beyond the kind's text columns."""
+    if kind == "dpo":
+        return ["preference_prob"] if cfg.dpo.soft_labels or cfg.dpo.judge_agreement_filter else []
+    if kind != "preference":
+        return []
+    pc = cfg.preference
+    if pc.soft_labels:
+        return [f"preference_prob_{n}" for n in pc.principles] if pc.principles else ["preference_prob"]
+    return (["principle"] if pc.principles else []) + ([pc.margin_column] if pc.margin_column else [])
 
 
 @dataclass
@@ -146,13 +165,7 @@ def load(kind: str, cfg: TrainConfig, tokenizer) -> Prepared:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from None
-    needed = list(COLUMNS[kind])
-    if kind == "preference" and cfg.preference.principles:
-        needed.append("principle")
-    if kind == "preference" and cfg.preference.margin_column:
-        needed.append(cfg.preference.margin_column)
-    if kind == "dpo" and (cfg.dpo.soft_labels or cfg.dpo.judge_agreement_filter):
-        needed.append("preference_prob")
+    needed = list(COLUMNS[kind]) + label_columns(kind, cfg)
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise DatasetError(

@@ -57,6 +57,14 @@ def bradley_terry_loss(
     return -F.logsigmoid(chosen_rewards - rejected_rewards - margin)
 
 
+def soft_bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, preference_prob: Tensor) -> Tensor:
+    """Reward-model loss per pair against a soft label p = P(chosen is better):
+    -(p·logsigmoid(d) + (1-p)·logsigmoid(-d)), d = chosen - rejected. p ≡ 1 is Bradley-Terry;
+    p = 0.5 pulls d towards 0 (a tie)."""
+    _check_same_1d(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards, preference_prob=preference_prob)
+    return _soft_logistic(chosen_rewards - rejected_rewards, preference_prob)
+
+
 def dpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -89,6 +97,11 @@ def rdpo_loss(
     """
     h = _dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     _check_same_1d(policy_chosen_logps=policy_chosen_logps, preference_prob=preference_prob)
+    return _soft_logistic(h, preference_prob)
+
+
+def _soft_logistic(h: Tensor, preference_prob: Tensor) -> Tensor:
+    """-(p·logsigmoid(h) + (1-p)·logsigmoid(-h)), after checking that p holds probabilities."""
     if torch.isnan(preference_prob).any():
         raise ValueError("preference_prob contains NaN; every pair needs a probability in [0, 1]")
     if ((preference_prob < 0) | (preference_prob > 1)).any():

@@ -16,7 +16,7 @@ import ray
 from alignray import cluster, tracking
 from alignray.config import PPOConfig
 from alignray.data.sources import load_conversations
-from alignray.feedback.simulate import chat_renderer
+from alignray.feedback.models import chat_renderer
 from alignray.models.registry import ModelError, resolve
 from alignray.sampling.pool import SamplerPool
 from alignray.train import data

@@ -1,0 +1,63 @@
+"""The labelling, teacher and judge models of the feedback stages: a local model on a vLLM
+sampler pool, or an OpenAI-compatible URL. Both offer `score` (log-probs of given
+continuations) and `chat` (one assistant reply per message list)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from alignray.config import SimulateConfig
+from alignray.models.registry import ModelError, resolve
+from alignray.sampling.endpoint import Endpoint
+from alignray.sampling.pool import SamplerPool
+from alignray.sampling.types import SamplingSpec, Score
+
+
+def chat_renderer(model_path: Path):
+    """messages -> the model's chat-template text, ending with an open assistant turn."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if not tokenizer.chat_template:
+        raise ModelError(f"{model_path}: the tokenizer has no chat template; use data.format=transcript")
+    return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class LocalModel:
+    """A sampler pool seen through the same interface as an `Endpoint`."""
+
+    def __init__(self, pool: SamplerPool, path: Path):
+        self.pool, self.path, self._render = pool, path, None
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], desc: str | None = None) -> list[Score]:
+        return self.pool.score(prompts, continuations, desc=desc)
+
+    def chat(self, conversations: Sequence[list[dict]], spec: SamplingSpec, desc: str | None = None) -> list[str]:
+        self._render = self._render or chat_renderer(self.path)
+        outs = self.pool.generate([self._render(m) for m in conversations], spec, desc=desc)
+        return [o[0].text for o in outs]
+
+
+def is_url(name: str) -> bool:
+    return name.startswith(("http://", "https://"))
+
+
+@contextmanager
+def open_model(name: str, cfg: SimulateConfig) -> Iterator[LocalModel | Endpoint]:
+    """A model by name, folder or URL, for as long as the block runs."""
+    if is_url(name):
+        e = cfg.endpoint
+        key = os.environ.get(e.api_key_env) if e.api_key_env else None
+        if e.api_key_env and not key:
+            raise ModelError(f"endpoint.api_key_env: the environment variable {e.api_key_env} is not set")
+        digest = hashlib.sha256(f"{name}|{e.model}".encode()).hexdigest()[:16]
+        cache = cfg.output_dir / "endpoint-cache" / f"{digest}.jsonl"
+        yield Endpoint(name, e.model, e.timeout_s, e.retries, e.backoff_s, e.concurrency, cache, key)
+        return
+    path = resolve(name)
+    with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=cfg.simulation.seed) as pool:
+        yield LocalModel(pool, path)
