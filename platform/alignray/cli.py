@@ -8,18 +8,20 @@ import textwrap
 
 from alignray.config import (
     ConfigError,
+    EvaluateConfig,
     PPOConfig,
     SimulateConfig,
     TrainConfig,
     load_config,
 )
 from alignray.data.conversation import PromptError
+from alignray.evaluate.judges import JudgeError
 from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
 from alignray.principles import PrincipleError, builtin_names, load_principles
 from alignray.sampling.endpoint import EndpointError
 from alignray.train.data import DatasetError
 
-USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError, EndpointError)
+USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError, EndpointError, JudgeError)
 KINDS = ("preference", "sft", "dpo", "rrhf", "ppo")
 
 
@@ -109,6 +111,24 @@ def train(kind: str, items: list[str], address: str | None = None) -> int:
     return 0
 
 
+def evaluate(items: list[str], address: str | None = None) -> int:
+    from alignray.evaluate.report import JUDGE_NAMES
+    from alignray.evaluate.stage import run
+
+    path, overrides = _split_config(items)
+    if address:
+        overrides = [*overrides, f"address={address}"]
+    result = run(load_config(path, overrides, EvaluateConfig))
+    print(f"\n{'opponent':28s} {'judge':36s} win rate  95% CI")
+    for r in result.rates:
+        print(f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]")
+    for head, (acc, low, high) in (result.agreement or {}).get("heads", {}).items():
+        print(f"preference-model agreement ({head}): {acc:.3f} [{low:.3f}, {high:.3f}]")
+    print(f"\nreport:      {result.folder / 'report.md'}")
+    print(f"MLflow run:  {result.run_id}")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     if args.models_cmd == "prepare":
         print(prepare(args.name))
@@ -169,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     tr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="win rates of a policy against baselines (AI judge + offline classifiers), with a report",
+        description="Evaluate a policy on held-out prompts. CONFIG is a YAML file (see jobs/configs/);"
+        " KEY=VALUE items override it, e.g. policy=models:/alignray-ppo/1 data.skip=64 data.limit=32.",
+    )
+    ev.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
+    ev.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
+
     models = sub.add_parser("models", help="list or prepare known models")
     msub = models.add_subparsers(dest="models_cmd", required=True)
     msub.add_parser("list", help="known model names and whether they are prepared")
@@ -187,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             return simulate(args.items, args.address)
         if args.command == "train":
             return train(args.kind, args.items, args.address)
+        if args.command == "evaluate":
+            return evaluate(args.items, args.address)
         if args.command == "models":
             return _models(args)
         return _principles(args)

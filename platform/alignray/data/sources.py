@@ -115,4 +115,7 @@ def load_conversations(cfg: DataConfig) -> list[Conversation]:
         convs = [Conversation.from_record(rec, origin) for origin, rec in _records(path)]
     if not convs:
         raise PromptError(f"{source}: holds no prompts")
+    convs = convs[cfg.skip :]
+    if not convs:
+        raise PromptError(f"{source}: data.skip={cfg.skip} leaves no prompts")
     return convs[: cfg.limit] if cfg.limit else convs

@@ -72,7 +72,7 @@ def _score_difference(cfg: SimulateConfig, prompts: list[str], chosen: list[str]
         return [c - r for c, r in zip(s[: len(prompts)], s[len(prompts) :])]
     questions = [random.Random(f"rdpo-judge:{cfg.simulation.seed}:{i}").choice(principles.instructions) for i in range(len(prompts))]
     comparisons = [rlaif.Comparison(p, q, c, r) for p, q, c, r in zip(prompts, questions, chosen, rejected)]
-    with open_model(cfg.judge.model or cfg.model.name, cfg) as judge_model:
+    with open_model(cfg.judge.model or cfg.model.name, cfg, cfg.simulation.seed) as judge_model:
         probs = rlaif.label(lambda p, c: judge_model.score(p, c, desc="judging"), comparisons)
     eps = 1e-6
     return [math.log(min(max(p, eps), 1 - eps)) - math.log(1 - min(max(p, eps), 1 - eps)) for p in probs]
@@ -83,7 +83,7 @@ def run(cfg: SimulateConfig, plans: list[Plan], principles: PrincipleSet) -> tup
     seed = cfg.simulation.seed
     requests = [random.Random(f"rdpo:{seed}:{i}").choice(principles.critiques) for i in range(len(plans))]
     bases = [p.conv.message_dicts() for p in plans]
-    with open_model(cfg.simulation.teacher or cfg.model.name, cfg) as teacher:
+    with open_model(cfg.simulation.teacher or cfg.model.name, cfg, cfg.simulation.seed) as teacher:
         chains = _chain(teacher, bases, requests, cfg)
     kept = [i for i, (a, c, r) in enumerate(chains) if a and c and r and r != a]
     if not kept:

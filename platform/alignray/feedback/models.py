@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from alignray.config import SimulateConfig
+from alignray.config import EvaluateConfig, SimulateConfig
 from alignray.models.registry import ModelError, resolve
 from alignray.sampling.endpoint import Endpoint
 from alignray.sampling.pool import SamplerPool
@@ -47,8 +47,9 @@ def is_url(name: str) -> bool:
 
 
 @contextmanager
-def open_model(name: str, cfg: SimulateConfig) -> Iterator[LocalModel | Endpoint]:
-    """A model by name, folder or URL, for as long as the block runs."""
+def open_model(name: str, cfg: SimulateConfig | EvaluateConfig, seed: int = 0) -> Iterator[LocalModel | Endpoint]:
+    """A model by name, folder, models:/ URI or URL, for as long as the block runs; a local
+    one gets a sampler pool of `cfg.sampler`."""
     if is_url(name):
         e = cfg.endpoint
         key = os.environ.get(e.api_key_env) if e.api_key_env else None
@@ -59,5 +60,5 @@ def open_model(name: str, cfg: SimulateConfig) -> Iterator[LocalModel | Endpoint
         yield Endpoint(name, e.model, e.timeout_s, e.retries, e.backoff_s, e.concurrency, cache, key)
         return
     path = resolve(name)
-    with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=cfg.simulation.seed) as pool:
+    with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=seed) as pool:
         yield LocalModel(pool, path)

@@ -63,7 +63,7 @@ def run(cfg: SimulateConfig, plans, principles: PrincipleSet) -> tuple[list[dict
     labelled = sim.method != "rlcd"
     questions = criteria(principles, sim.method)
     own_labeller = sim.labeller in (None, cfg.model.name)
-    with open_model(cfg.model.name, cfg) as policy:
+    with open_model(cfg.model.name, cfg, cfg.simulation.seed) as policy:
         pool: SamplerPool = policy.pool
         outputs, dropped = rlcd.sample_pairs(
             lambda p, s, label: pool.generate(p, s, desc=label), plans, base, sim.seed, sim.max_retries
@@ -73,7 +73,7 @@ def run(cfg: SimulateConfig, plans, principles: PrincipleSet) -> tuple[list[dict
         if labelled and own_labeller:
             labels = label_pairs(policy.score, plans, outputs, kept, questions, sim.seed)
     if labelled and not own_labeller:
-        with open_model(sim.labeller, cfg) as labeller:
+        with open_model(sim.labeller, cfg, sim.seed) as labeller:
             labels = label_pairs(labeller.score, plans, outputs, kept, questions, sim.seed)
 
     sampler_params = json.dumps({"temperature": base.temperature, "top_p": base.top_p, "max_tokens": base.max_tokens})

@@ -36,7 +36,7 @@ def sample_candidates(pool: SamplerPool, prompts: list[str], cfg: SimulateConfig
 def run(cfg: SimulateConfig, plans: list[Plan], prefix: str) -> tuple[list[dict], int, dict]:
     """Sample and score the candidates of every prompt; returns (rows, dropped prompts, metrics)."""
     reward = reward_source(cfg.reward, cfg.sampler.max_model_len)
-    with open_model(cfg.model.name, cfg) as policy:
+    with open_model(cfg.model.name, cfg, cfg.simulation.seed) as policy:
         sampled = sample_candidates(policy.pool, [p.prompts.positive for p in plans], cfg)
         restarts = policy.pool.restarts
     prompts = [p.prompts.neutral for p in plans]

@@ -35,10 +35,11 @@ class Comparison:
     second: str
 
 
-def judge_prompt(c: Comparison, swapped: bool) -> str:
-    """The labelling prompt; `swapped` shows the second response as option (A)."""
+def judge_prompt(c: Comparison, swapped: bool, template: str = JUDGE_TEMPLATE) -> str:
+    """The labelling prompt; `swapped` shows the second response as option (A). A template
+    has the fields conversation, instruction, first, second and ends before the option letter."""
     first, second = (c.second, c.first) if swapped else (c.first, c.second)
-    return JUDGE_TEMPLATE.format(
+    return template.format(
         conversation=c.conversation.strip(), instruction=c.instruction.strip(), first=first.strip(), second=second.strip()
     )
 
@@ -50,14 +51,14 @@ def option_a_probability(logp_a: float, logp_b: float) -> float:
     return ea / (ea + eb)
 
 
-def label(score: ScoreFn, comparisons: Sequence[Comparison]) -> list[float]:
+def label(score: ScoreFn, comparisons: Sequence[Comparison], template: str = JUDGE_TEMPLATE) -> list[float]:
     """For each comparison, the probability that `first` is the better response: the mean of
     P(A) with `first` shown as (A) and P(B) with it shown as (B)."""
     prompts, continuations = [], []
     for c in comparisons:
         for swapped in (False, True):
             for option in OPTIONS:
-                prompts.append(judge_prompt(c, swapped))
+                prompts.append(judge_prompt(c, swapped, template))
                 continuations.append(option)
     scores = score(prompts, continuations)
     out = []

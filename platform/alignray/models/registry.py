@@ -103,13 +103,23 @@ def check_causal_lm(folder: Path) -> Path:
 
 
 def resolve(name_or_path: str) -> Path:
-    """A known model name (prepared on first use) or a local causal-LM folder."""
+    """A known model name (prepared on first use), a models:/ registry URI (in the current
+    MLflow store) or a local causal-LM folder."""
     if name_or_path in KNOWN:
         return prepare(name_or_path)
+    if name_or_path.startswith("models:/"):
+        from alignray.tracking import download_model
+
+        try:
+            return check_causal_lm(download_model(name_or_path))
+        except Exception as exc:  # MLflow raises its own types for an unknown name or version
+            if isinstance(exc, ModelError):
+                raise
+            raise ModelError(f"model {name_or_path!r}: not found in the MLflow registry ({exc})") from None
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise ModelError(
-            f"model {name_or_path!r} is neither a known model ({', '.join(KNOWN)})"
-            " nor an existing folder"
+            f"model {name_or_path!r} is neither a known model ({', '.join(KNOWN)}),"
+            " a models:/ URI nor an existing folder"
         )
     return check_causal_lm(path.resolve())

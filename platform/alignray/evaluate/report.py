@@ -1,0 +1,74 @@
+"""The evaluation report: a markdown table and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignray.evaluate.winrate import WinRate
+
+JUDGE_NAMES = {
+    "model": "AI judge (both orders)",
+    "profanity": "alt-profanity-check (lower wins)",
+    "hate": "HateSonar (lower wins)",
+    "length": "length (longer 'wins'; bias check)",
+}
+
+
+def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means: dict, agreement: dict | None) -> str:
+    lines = [
+        f"# {title}", "",
+        f"Policy `{policy}` against each opponent on {prompts} held-out prompts. Win rate = (wins + ties/2) / prompts,"
+        " with a bootstrap 95% interval over prompts.", "",
+        "| opponent | judge | win rate | 95% CI | wins / ties / losses | policy mean | opponent mean |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rates:
+        pm, om = means.get((r.opponent, r.judge), (None, None))
+        fmt = (lambda v: "" if v is None else f"{v:.3f}")
+        lines.append(
+            f"| {r.opponent} | {JUDGE_NAMES[r.judge]} | {r.rate:.3f} | [{r.low:.3f}, {r.high:.3f}] |"
+            f" {r.wins} / {r.ties} / {r.losses} | {fmt(pm)} | {fmt(om)} |"
+        )
+    if agreement:
+        lines += ["", f"## Preference-model agreement ({agreement['pairs']} labelled pairs of `{agreement['dataset']}`)", "",
+                  "| head | accuracy | 95% CI |", "|---|---|---|"]
+        for head, (acc, low, high) in agreement["heads"].items():
+            lines.append(f"| {head} | {acc:.3f} | [{low:.3f}, {high:.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_win_rates(rates: list[WinRate], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rates)))
+    labels = [f"{r.judge} vs {r.opponent}" for r in rates]
+    y = range(len(rates))
+    ax.errorbar([r.rate for r in rates], y, xerr=[[r.rate - r.low for r in rates], [r.high - r.rate for r in rates]],
+                fmt="o", capsize=4)
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(list(y), labels)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("policy win rate (95% bootstrap CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    """One panel per metric (e.g. reward, kl) against the iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    for ax, (name, points) in zip(axes[0], curves.items()):
+        ax.plot([s for s, _ in points], [v for _, v in points], marker=".")
+        ax.set_title(name)
+        ax.set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
