@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 
 from alignray.config import (
     ConfigError,
     EvaluateConfig,
+    PipelineConfig,
     PPOConfig,
     SimulateConfig,
     TrainConfig,
@@ -111,6 +113,31 @@ def train(kind: str, items: list[str], address: str | None = None) -> int:
     return 0
 
 
+def run_pipeline(items: list[str], address: str | None = None) -> int:
+    from alignray.pipelines.run import run
+    from alignray.train.runner import TrainingError
+
+    path, overrides = _split_config(items)
+    if path is None:
+        raise ConfigError("alignray run needs a pipeline config file (see jobs/configs/pipelines/)")
+    if address:
+        overrides = [*overrides, f"address={address}"]
+    cfg = load_config(path, overrides, PipelineConfig)
+    try:
+        outcomes = run(cfg)
+    except TrainingError as exc:
+        print(f"alignray: pipeline {cfg.label} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"\npipeline {cfg.label}:")
+    for o in outcomes:
+        state = "stopped early, resumable" if o.output is None else ("skipped" if o.skipped else "ran")
+        print(f"  {o.stage:12s} {state:26s} {o.output or ''}")
+    last = outcomes[-1]
+    if last.output is not None and last.stage == "evaluate":
+        print("\n" + (Path(last.output) / "report.md").read_text())
+    return 0
+
+
 def evaluate(items: list[str], address: str | None = None) -> int:
     from alignray.evaluate.report import JUDGE_NAMES
     from alignray.evaluate.stage import run
@@ -189,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     tr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
 
+    pipe = sub.add_parser(
+        "run",
+        help="run a whole pipeline (rlcd, rlcd_rescore, rlaif, context_distill, morlaif, rrhf, rdpo)",
+        description="Run a pipeline config (see jobs/configs/pipelines/): its stages in order, each"
+        " fed by the outputs before it. Stages already done for the same inputs and config are"
+        " skipped (and say so); an interrupted training stage resumes. KEY=VALUE items override"
+        " the config, e.g. data.limit=16 stages.ppo.ppo.iterations=4.",
+    )
+    pipe.add_argument("items", nargs="+", metavar="CONFIG [KEY=VALUE]")
+    pipe.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
+
     ev = sub.add_parser(
         "evaluate",
         help="win rates of a policy against baselines (AI judge + offline classifiers), with a report",
@@ -216,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             return simulate(args.items, args.address)
         if args.command == "train":
             return train(args.kind, args.items, args.address)
+        if args.command == "run":
+            return run_pipeline(args.items, args.address)
         if args.command == "evaluate":
             return evaluate(args.items, args.address)
         if args.command == "models":

