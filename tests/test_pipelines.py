@@ -1,0 +1,105 @@
+"""`alignray run`: every shipped pipeline config validates; every tiny pipeline runs end to end
+(real Ray, vLLM, DeepSpeed, MLflow) in one shared store, where stages already done are skipped;
+an interrupted PPO stage resumes; bad pipeline configs are named before anything runs."""
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from alignray.cli import main
+from alignray.config import PIPELINES, ConfigError, PipelineConfig, load_config
+from alignray.pipelines.run import plan
+from mlflow.tracking import MlflowClient
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "pipelines"
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_pipeline_configs_are_valid(config, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = load_config(config, [], PipelineConfig)
+    assert config.stem.rsplit("_", 1)[0] == cfg.pipeline and plan(cfg)[-1].kind == "evaluate"
+
+
+def test_every_pipeline_ships_tiny_and_smollm2_configs():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {f"{p}_{v}" for p in PIPELINES for v in ("tiny", "smollm2")}
+    jobs = CONFIGS.parents[1]
+    assert all((jobs / f"{p}.py").is_file() for p in PIPELINES)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stages.reward_model.trainer.epochs=2", r"\['reward_model'\] not in the rlcd pipeline \(its stages: simulate, preference, ppo, evaluate\)"),
+        ("stages.preference.use=models:/nothing-here/3", r"stages.preference.use: 'models:/nothing-here/3' does not exist"),
+        ("stages.ppo.reward.models=[x]", r"stages.ppo.reward.models is the output of stage 'preference'"),
+        ("stages.ppo.ppo.iterations=0", r"stages.ppo \(ppo stage\): field 'ppo.iterations'"),
+    ],
+)
+def test_bad_pipeline_configs_are_named_before_anything_runs(override, message, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = load_config(CONFIGS / "rlcd_tiny.yaml", [override, f"output_dir={tmp_path}"], PipelineConfig)
+    with pytest.raises(ConfigError, match=message):
+        plan(cfg)
+
+
+def test_a_pipeline_needs_held_out_prompts(tmp_path, capsys):
+    assert main(["run", str(CONFIGS / "rlcd_tiny.yaml"), "data.limit=null", "eval_data=null"]) == 2
+    assert "set data.limit" in capsys.readouterr().err
+
+
+def lines(printed):
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\[\d/\d\] (\w+) \(\w+\): (\w[^\n]*)", printed, re.MULTILINE)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("pipelines")
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_rlcd_pipeline_stops_resumes_and_skips(store, capsys):
+    config = str(CONFIGS / "rlcd_tiny.yaml")
+    assert main(["run", config, f"output_dir={store}", "stages.ppo.ppo.stop_after_iterations=1"]) == 0
+    first = lines(capsys.readouterr().out)
+    assert first["ppo"].startswith("stopped before the end") and "evaluate" not in first
+
+    assert main(["run", config, f"output_dir={store}"]) == 0
+    printed = capsys.readouterr().out
+    second = lines(printed)
+    assert second["simulate"].startswith("already done") and second["preference"].startswith("already done")
+    assert second["ppo"].startswith("done -> models:/rlcd-tiny-ppo/1") and second["evaluate"].startswith("done ->")
+    assert "| tiny-random-llama | AI judge (both orders) |" in printed  # the report
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("alignray-pipelines-tiny").experiment_id
+    [ppo] = client.search_runs([experiment], "tags.`alignray.stage` = 'ppo'")
+    steps = sorted(m.step for m in client.get_metric_history(ppo.info.run_id, "reward"))
+    assert steps == [1, 2]  # iteration 1 before the stop, iteration 2 after the resume, in one run
+
+    assert main(["run", config, f"output_dir={store}"]) == 0
+    third = lines(capsys.readouterr().out)
+    assert all(v.startswith("already done") for v in third.values()) and len(third) == 4
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("pipeline", ["context_distill", "rrhf", "rlaif", "rlcd_rescore", "morlaif", "rdpo"])
+def test_pipeline_runs_end_to_end(pipeline, store, capsys):
+    assert main(["run", str(CONFIGS / f"{pipeline}_tiny.yaml"), f"output_dir={store}"]) == 0
+    printed = capsys.readouterr().out
+    ran = lines(printed)
+    if pipeline in ("context_distill", "rrhf"):  # the same RLCD stage as the rlcd pipeline's, done there
+        assert ran["simulate"].startswith("already done")
+    if pipeline == "rrhf":  # and the same preference model
+        assert ran["preference"].startswith("already done") and ran["candidates"].startswith("done")
+    assert ran["evaluate"].startswith("done ->")
+    folder = Path(ran["evaluate"].removeprefix("done -> "))
+    frame = pd.read_parquet(folder / "judgements.parquet")
+    assert len(frame) == 4 and set(frame.columns) >= {"model_prob", "profanity_policy", "hate_opponent", "length_policy"}
+    policy = {"context_distill": "sft", "rrhf": "rrhf", "rdpo": "dpo"}.get(pipeline, "ppo")
+    assert f"Policy `models:/{pipeline}-tiny-{policy}/1`" in (folder / "report.md").read_text()
