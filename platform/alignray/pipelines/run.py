@@ -22,7 +22,6 @@ from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
 from alignray import tracking
-
 from alignray.config import (
     ConfigError,
     EvaluateConfig,
