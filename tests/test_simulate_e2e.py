@@ -18,6 +18,12 @@ TRANSCRIPTS = [
 ]
 
 
+def write_prompts(folder, transcripts):
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in transcripts))
+    return path
+
+
 def overrides(tiny_model, out, *extra):
     return [
         f"model.name={tiny_model}",
@@ -33,8 +39,7 @@ def overrides(tiny_model, out, *extra):
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_rlcd_simulation_writes_dataset_and_mlflow_run(tiny_model, tmp_path, capsys):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS))
+    prompts = write_prompts(tmp_path, TRANSCRIPTS)
     out = tmp_path / "runs"
     assert main(["simulate", *overrides(tiny_model, out, f"data.source={prompts}")]) == 0
     printed = capsys.readouterr().out
@@ -123,8 +128,7 @@ def test_bad_input_is_named_and_writes_nothing(case, tiny_model, tmp_path, capsy
 def test_ai_labelled_pairs(method, tiny_model, tmp_path, capsys):
     from alignray.principles import load_principles
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS))
+    prompts = write_prompts(tmp_path, TRANSCRIPTS)
     out = tmp_path / "runs"
     args = overrides(tiny_model, out, f"data.source={prompts}", f"simulation.method={method}")
     if method == "rlcd_rescore":  # the labeller is another model, in its own sampler pool
@@ -159,8 +163,7 @@ def test_morlaif_labels_every_criterion_and_feeds_multi_head_training(tiny_model
     criteria = load_principles("morlaif").criteria
     assert list(criteria) == ["helpfulness", "ethicality", "factuality", "toxicity", "sycophancy", "empathy",
                               "relevance", "context", "bias", "understandability", "detail", "conciseness"]
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS[:3]))
+    prompts = write_prompts(tmp_path, TRANSCRIPTS[:3])
     out = tmp_path / "runs"
     args = overrides(tiny_model, out, f"data.source={prompts}", "simulation.method=morlaif", "simulation.principles=morlaif")
     assert main(["simulate", *args]) == 0
@@ -204,8 +207,7 @@ def test_rdpo_revisions_judged(judge, tiny_model, tmp_path, capsys):
     from alignray.feedback.critique import critique_messages
     from alignray.principles import load_principles
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS))
+    prompts = write_prompts(tmp_path, TRANSCRIPTS)
     out = tmp_path / "runs"
     args = overrides(tiny_model, out, f"data.source={prompts}", "simulation.method=rdpo",
                      "simulation.principles=safety", f"judge.kind={judge}", "judge.temperature=0.5",
@@ -245,8 +247,7 @@ def test_rrhf_candidates_are_scored_and_feed_rrhf_training(tiny_model, pattern_r
     from alignray.train.data import load, load_tokenizer
 
     reward_model, _ = pattern_reward
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TRANSCRIPTS))
+    prompts = write_prompts(tmp_path, TRANSCRIPTS)
     out = tmp_path / "runs"
     args = overrides(tiny_model, out, f"data.source={prompts}", "simulation.method=rrhf", "ranking.k=4",
                      "ranking.temperatures=[0.7, 1.2]", f"reward.models=[{reward_model}]")

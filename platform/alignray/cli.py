@@ -27,20 +27,19 @@ USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetErro
 KINDS = ("preference", "sft", "dpo", "rrhf", "ppo")
 
 
-def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
-    """`[CONFIG] [key=value ...]`: the first item is the config file unless it is an override."""
-    if items and "=" not in items[0]:
-        return items[0], items[1:]
-    return None, items
+def _load(items: list[str], address: str | None, schema):
+    """`[CONFIG] [key=value ...]` (the first item is the config file unless it is an override)
+    plus --address, validated against `schema`."""
+    path, overrides = (items[0], items[1:]) if items and "=" not in items[0] else (None, list(items))
+    if address:
+        overrides.append(f"address={address}")
+    return load_config(path, overrides, schema)
 
 
 def simulate(items: list[str], address: str | None = None) -> int:
     from alignray.feedback.simulate import run
 
-    path, overrides = _split_config(items)
-    if address:
-        overrides = [*overrides, f"address={address}"]
-    cfg = load_config(path, overrides, SimulateConfig)
+    cfg = _load(items, address, SimulateConfig)
     result = run(cfg)
     if cfg.simulation.method == "rrhf":
         print(f"\n{result.pairs} prompts with ranked candidates ({result.dropped} dropped: fewer than two"
@@ -85,15 +84,12 @@ def _show_example(k: int, row: dict) -> None:
 def train(kind: str, items: list[str], address: str | None = None) -> int:
     from alignray.train import ppo, runner
 
-    path, overrides = _split_config(items)
-    if address:
-        overrides = [*overrides, f"address={address}"]
     if kind == "ppo":
-        cfg = load_config(path, overrides, PPOConfig)
+        cfg = _load(items, address, PPOConfig)
         run, label, hint = (lambda: ppo.fit(cfg)), "policy:", "the last iteration (ppo.stop_after_iterations)"
         shown = ["reward", "kl", "kl_coef", "response_length"]
     else:
-        cfg = load_config(path, overrides, TrainConfig)
+        cfg = _load(items, address, TrainConfig)
         run, label, hint = (lambda: runner.fit(cfg, kind)), "model:", "the last step (trainer.stop_after_steps)"
         shown = None
     try:
@@ -117,12 +113,9 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
     from alignray.pipelines.run import run
     from alignray.train.runner import TrainingError
 
-    path, overrides = _split_config(items)
-    if path is None:
-        raise ConfigError("alignray run needs a pipeline config file (see jobs/configs/pipelines/)")
-    if address:
-        overrides = [*overrides, f"address={address}"]
-    cfg = load_config(path, overrides, PipelineConfig)
+    if "=" in items[0]:
+        raise ConfigError("alignray run needs a pipeline config file first (see jobs/configs/pipelines/)")
+    cfg = _load(items, address, PipelineConfig)
     try:
         outcomes = run(cfg)
     except TrainingError as exc:
@@ -142,10 +135,7 @@ def evaluate(items: list[str], address: str | None = None) -> int:
     from alignray.evaluate.report import JUDGE_NAMES
     from alignray.evaluate.stage import run
 
-    path, overrides = _split_config(items)
-    if address:
-        overrides = [*overrides, f"address={address}"]
-    result = run(load_config(path, overrides, EvaluateConfig))
+    result = run(_load(items, address, EvaluateConfig))
     print(f"\n{'opponent':28s} {'judge':36s} win rate  95% CI")
     for r in result.rates:
         print(f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]")
@@ -196,45 +186,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser(
-        "simulate",
-        help="simulate preference data (RLCD) with vLLM samplers on Ray, tracked in MLflow",
-        description="Simulate a preference dataset. CONFIG is a YAML file (see jobs/configs/);"
-        " KEY=VALUE items override its fields, e.g. sampler.temperature=0.7 data.limit=8.",
-    )
-    sim.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
-    sim.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
+    def stage(name: str, help: str, description: str, nargs: str = "*", metavar: str = "[CONFIG] [KEY=VALUE]",
+              kinds: tuple[str, ...] = ()):
+        parser = sub.add_parser(name, help=help, description=description)
+        if kinds:
+            parser.add_argument("kind", choices=kinds)
+        parser.add_argument("items", nargs=nargs, metavar=metavar)
+        parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
+        return parser
 
-    tr = sub.add_parser(
-        "train",
-        help="train on Ray Train + DeepSpeed: preference model, sft, dpo (rDPO), rrhf, or ppo",
-        description="Train one model. CONFIG is a YAML file (see jobs/configs/); KEY=VALUE items"
-        " override it, e.g. dataset=prefs.parquet trainer.zero_stage=3. Running again with the"
-        " same run_name resumes from the last checkpoint.",
-    )
-    tr.add_argument("kind", choices=KINDS)
-    tr.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
-    tr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
-
-    pipe = sub.add_parser(
-        "run",
-        help="run a whole pipeline (rlcd, rlcd_rescore, rlaif, context_distill, morlaif, rrhf, rdpo)",
-        description="Run a pipeline config (see jobs/configs/pipelines/): its stages in order, each"
-        " fed by the outputs before it. Stages already done for the same inputs and config are"
-        " skipped (and say so); an interrupted training stage resumes. KEY=VALUE items override"
-        " the config, e.g. data.limit=16 stages.ppo.ppo.iterations=4.",
-    )
-    pipe.add_argument("items", nargs="+", metavar="CONFIG [KEY=VALUE]")
-    pipe.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
-
-    ev = sub.add_parser(
-        "evaluate",
-        help="win rates of a policy against baselines (AI judge + offline classifiers), with a report",
-        description="Evaluate a policy on held-out prompts. CONFIG is a YAML file (see jobs/configs/);"
-        " KEY=VALUE items override it, e.g. policy=models:/alignray-ppo/1 data.skip=64 data.limit=32.",
-    )
-    ev.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
-    ev.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
+    stage("simulate", "simulate preference data (rlcd, rlaif, rlcd_rescore, morlaif, rrhf, rdpo) with vLLM samplers",
+          "Simulate a preference dataset. CONFIG is a YAML file (see jobs/configs/); KEY=VALUE items override"
+          " its fields, e.g. sampler.temperature=0.7 data.limit=8.")
+    stage("train", "train on Ray Train + DeepSpeed: preference model, sft, dpo (rDPO), rrhf, or ppo",
+          "Train one model. CONFIG is a YAML file (see jobs/configs/); KEY=VALUE items override it, e.g."
+          " dataset=prefs.parquet trainer.zero_stage=3. Running again with the same run_name resumes from"
+          " the last checkpoint.", kinds=KINDS)
+    stage("run", "run a whole pipeline (rlcd, rlcd_rescore, rlaif, context_distill, morlaif, rrhf, rdpo)",
+          "Run a pipeline config (see jobs/configs/pipelines/): its stages in order, each fed by the outputs"
+          " before it. Stages already done for the same inputs and config are skipped (and say so); an"
+          " interrupted training stage resumes. KEY=VALUE items override the config, e.g. data.limit=16"
+          " stages.ppo.ppo.iterations=4.", nargs="+", metavar="CONFIG [KEY=VALUE]")
+    stage("evaluate", "win rates of a policy against baselines (AI judge + offline classifiers), with a report",
+          "Evaluate a policy on held-out prompts. CONFIG is a YAML file; KEY=VALUE items override it, e.g."
+          " policy=models:/alignray-ppo/1 data.skip=64 data.limit=32.")
 
     models = sub.add_parser("models", help="list or prepare known models")
     msub = models.add_subparsers(dest="models_cmd", required=True)

@@ -118,6 +118,10 @@ def run(cfg: SimulateConfig, plans, principles: PrincipleSet) -> tuple[list[dict
             "sampler_params": sampler_params,
             **extra,
         })
+    if not rows:
+        raise RuntimeError(
+            f"every one of {len(plans)} prompts gave an empty output after {sim.max_retries} retries; nothing to write"
+        )
     metrics = {
         "conversations": len(plans),
         "pairs": len(rows),
@@ -125,10 +129,6 @@ def run(cfg: SimulateConfig, plans, principles: PrincipleSet) -> tuple[list[dict
         "resampled_pairs": sum(r["attempts"] > 1 for r in rows),
         "sampler_restarts": restarts,
     }
-    if rows and sim.method == "rlcd_rescore":
+    if sim.method == "rlcd_rescore":
         metrics["agreement_with_rlcd"] = sum(r["agrees_with_rlcd"] for r in rows) / len(rows)
-    if not rows:
-        raise RuntimeError(
-            f"every one of {len(plans)} prompts gave an empty output after {sim.max_retries} retries; nothing to write"
-        )
     return rows, len(dropped), metrics

@@ -55,7 +55,7 @@ class Endpoint:
     def _only_model(self) -> str:
         models = [m["id"] for m in self._request("GET", "/v1/models", None)["data"]]
         if len(models) != 1:
-            raise EndpointError(f"{self.base}/v1/models serves {models}; name the one to use")
+            raise EndpointError(f"{self.base}/v1/models serves {models}; set endpoint.model to the one to use")
         return models[0]
 
     def _request(self, method: str, path: str, body: dict | None) -> dict:
@@ -73,7 +73,10 @@ class Endpoint:
                 continue
             if reply.status_code != 200:
                 raise EndpointError(f"{method} {url} answered HTTP {reply.status_code}: {reply.text[:300]}")
-            return reply.json()
+            try:
+                return reply.json()
+            except ValueError:
+                raise EndpointError(f"{method} {url} answered something that is not JSON: {reply.text[:200]!r}") from None
         raise EndpointError(f"{method} {url} failed {self.retries + 1} times (last: {last}); is the endpoint up?")
 
     def _post_all(self, path: str, bodies: list[dict], desc: str | None) -> list[dict]:
@@ -122,7 +125,10 @@ class Endpoint:
         out = []
         for p, c, reply in zip(prompts, continuations, self._post_all("/v1/completions", bodies, desc)):
             start, ids = len(p_ids[p]), c_ids[c]
-            values = reply["choices"][0]["logprobs"]["token_logprobs"][start : start + len(ids)]
+            try:
+                values = reply["choices"][0]["logprobs"]["token_logprobs"][start : start + len(ids)]
+            except (KeyError, IndexError, TypeError):
+                values = []
             if len(values) != len(ids) or any(v is None for v in values):
                 raise EndpointError(f"{self.base}: no echoed log-probs for the continuation {c!r}; is it a vLLM server?")
             out.append(Score(token_ids=tuple(ids), token_logprobs=tuple(values)))
