@@ -231,6 +231,13 @@ def test_rdpo_revisions_judged(judge, tiny_model, tmp_path, capsys):
     assert len(messages) == 3  # answer, then the critique request: the chain the teacher saw
 
 
+def test_all_tie_label_columns_are_found():
+    from alignray.feedback.simulate import ties
+
+    frame = pd.DataFrame({"preference_prob": [0.5, 0.5], "preference_prob_bias": [0.5, 0.9], "prompt": ["a", "b"]})
+    assert ties(frame) == ["preference_prob"]
+
+
 def test_labelling_needs_instructions(tiny_model, tmp_path, capsys):
     principles = tmp_path / "p.yaml"
     principles.write_text("name: bare\npairs:\n  - {positive: kind answer, negative: cruel answer}\n")
@@ -242,6 +249,7 @@ def test_labelling_needs_instructions(tiny_model, tmp_path, capsys):
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_rrhf_candidates_are_scored_and_feed_rrhf_training(tiny_model, pattern_reward, tmp_path, capsys):
+    from alignray.models.tiny import make_tiny_llama
     from alignray.config import TrainConfig, load_config
     from alignray.rewards.scorers import LocalRewardModels
     from alignray.train.data import load, load_tokenizer
@@ -249,17 +257,20 @@ def test_rrhf_candidates_are_scored_and_feed_rrhf_training(tiny_model, pattern_r
     reward_model, _ = pattern_reward
     prompts = write_prompts(tmp_path, TRANSCRIPTS)
     out = tmp_path / "runs"
+    other = make_tiny_llama(tmp_path / "other-policy", seed=3)
     args = overrides(tiny_model, out, f"data.source={prompts}", "simulation.method=rrhf", "ranking.k=4",
-                     "ranking.temperatures=[0.7, 1.2]", f"reward.models=[{reward_model}]")
+                     "ranking.temperatures=[0.7, 1.2]", f"reward.models=[{reward_model}]", f"ranking.policies=[{other}]")
     assert main(["simulate", *args]) == 0
     printed = capsys.readouterr().out
+    assert {str(other)} <= {p for row in pd.read_parquet(next(out.glob("datasets/rrhf-*/candidates.parquet"))).policies for p in row}
     written, dropped = map(int, re.search(r"(\d+) prompts with ranked candidates \((\d+) dropped", printed).groups())
     [dataset] = out.glob("datasets/rrhf-*/candidates.parquet")
     frame = pd.read_parquet(dataset)
     assert len(frame) == written and written + dropped == len(TRANSCRIPTS) and written >= 3
     scorer = LocalRewardModels([reward_model])
     for row in frame.itertuples():
-        assert 2 <= len(row.candidates) <= 4 and len(row.rewards) == len(row.candidates)
+        assert 2 <= len(row.candidates) <= 8 and len(row.rewards) == len(row.candidates) == len(row.policies)
+        assert set(row.policies) <= {str(tiny_model), str(other)} and list(row.policies) == sorted(row.policies, key=lambda p: p != str(tiny_model))
         expected = scorer([row.prompt] * len(row.candidates), list(row.candidates))[:, 0]
         assert max(abs(a - b) for a, b in zip(row.rewards, expected.tolist())) < 1e-4  # the reward model's scores
     cfg = load_config(None, [f"dataset={dataset}", "trainer.eval_fraction=0"], TrainConfig)

@@ -187,6 +187,10 @@ class RankingConfig(Strict):
         default_factory=lambda: [1.0],
         description="Sampling temperatures; k / len(temperatures) candidates at each.",
     )
+    policies: list[str] = Field(
+        default_factory=list,
+        description="More policies (names, folders, models:/ URIs) that each add k candidates per prompt, after model.name's.",
+    )
 
     @model_validator(mode="after")
     def _divides(self) -> RankingConfig:

@@ -1,5 +1,6 @@
 """RRHF candidates: k responses per prompt from the sampler pool, at one or several
-temperatures, each scored by the reward (local preference models or an HTTP endpoint,
+temperatures, from the policy and optionally more policies (`ranking.policies`, k each), each
+scored by the reward (local preference models or an HTTP endpoint,
 per-principle rewards scalarized as in PPO). Written as prompt, candidates, rewards: the input
 of `alignray train rrhf`.
 
@@ -36,11 +37,17 @@ def sample_candidates(pool: SamplerPool, prompts: list[str], cfg: SimulateConfig
 def run(cfg: SimulateConfig, plans: list[Plan], prefix: str) -> tuple[list[dict], int, dict]:
     """Sample and score the candidates of every prompt; returns (rows, dropped prompts, metrics)."""
     reward = reward_source(cfg.reward, cfg.sampler.max_model_len)
-    with open_model(cfg.model.name, cfg, cfg.simulation.seed) as policy:
-        sampled = sample_candidates(policy.pool, [p.prompts.positive for p in plans], cfg)
-        restarts = policy.pool.restarts
+    candidates: list[list[str]] = [[] for _ in plans]
+    sources: list[list[str]] = [[] for _ in plans]  # the policy of each candidate
+    restarts = 0
+    for name in [cfg.model.name, *cfg.ranking.policies]:
+        with open_model(name, cfg, cfg.simulation.seed) as policy:
+            sampled = sample_candidates(policy.pool, [p.prompts.positive for p in plans], cfg)
+            restarts += policy.pool.restarts
+        for i, row in enumerate(sampled):
+            candidates[i] += [prefix + text for text in row]
+            sources[i] += [name] * len(row)
     prompts = [p.prompts.neutral for p in plans]
-    candidates = [[prefix + text for text in row] for row in sampled]
     flat = [(i, c) for i, row in enumerate(candidates) for c in row]
     per_principle = reward([prompts[i] for i, _ in flat], [c for _, c in flat])
     scalar = scalar_reward(per_principle, cfg.reward)
@@ -53,7 +60,7 @@ def run(cfg: SimulateConfig, plans: list[Plan], prefix: str) -> tuple[list[dict]
             dropped += 1
             continue
         rows.append({
-            "prompt": prompt, "candidates": candidates[i], "rewards": scores[i], "method": "rrhf",
+            "prompt": prompt, "candidates": candidates[i], "rewards": scores[i], "policies": sources[i], "method": "rrhf",
             "source": plans[i].conv.origin, "model": cfg.model.name, "seed": cfg.simulation.seed,
             "temperatures": json.dumps(cfg.ranking.temperatures), "principles": json.dumps(reward.principles),
         })

@@ -59,7 +59,7 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         principles.require(part, sim.method)
     convs = load_conversations(cfg.data)
     model_path = resolve(cfg.model.name)
-    for name in (sim.labeller, sim.teacher, cfg.judge.model):
+    for name in (sim.labeller, sim.teacher, cfg.judge.model, *cfg.ranking.policies):
         if name and not is_url(name):
             resolve(name)
     needs_chat = any(c.messages is not None for c in convs)
