@@ -249,8 +249,8 @@ def test_labelling_needs_instructions(tiny_model, tmp_path, capsys):
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_rrhf_candidates_are_scored_and_feed_rrhf_training(tiny_model, pattern_reward, tmp_path, capsys):
-    from alignray.models.tiny import make_tiny_llama
     from alignray.config import TrainConfig, load_config
+    from alignray.models.tiny import make_tiny_llama
     from alignray.rewards.scorers import LocalRewardModels
     from alignray.train.data import load, load_tokenizer
 
