@@ -48,6 +48,21 @@ def test_bad_pipeline_configs_are_named_before_anything_runs(override, message, 
         plan(cfg)
 
 
+def test_stage_fields_beside_wired_inputs_are_kept_and_not_changed(tmp_path):
+    import mlflow
+    from alignray.pipelines.recipes import RECIPES
+    from alignray.pipelines.run import stage_config
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = load_config(CONFIGS / "rlcd_tiny.yaml", ["stages.ppo.reward.normalize=true"], PipelineConfig)
+    plan(cfg)
+    ppo = RECIPES["rlcd"][2]
+    built = stage_config(cfg, ppo, {("preference", "output"): "models:/pm/1"})
+    assert built.reward.models == ["models:/pm/1"] and built.reward.normalize
+    assert cfg.stages["ppo"]["reward"] == {"normalize": True} and ppo.defaults == {}
+    plan(cfg)  # again: nothing left behind by the first build
+
+
 def test_a_pipeline_needs_held_out_prompts(tmp_path, capsys):
     assert main(["run", str(CONFIGS / "rlcd_tiny.yaml"), "data.limit=null", "eval_data=null"]) == 2
     assert "set data.limit" in capsys.readouterr().err

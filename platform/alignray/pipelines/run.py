@@ -11,6 +11,7 @@ stage resumes from its last checkpoint (its Ray Train run name carries the key).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def stage_config(cfg: PipelineConfig, stage: Stage, values: dict[tuple[str, str]
     tree = {k: v for k, v in shared.items() if k in schema.model_fields}
     if stage.kind not in SCHEMAS or stage.kind == "ppo":
         tree["registered_model"] = f"{cfg.label}-{stage.name}"
-    tree = _merge(_merge(tree, stage.defaults), _user_fields(cfg, stage))
+    tree = copy.deepcopy(_merge(_merge(tree, stage.defaults), _user_fields(cfg, stage)))  # the inputs go in below
     tree.setdefault("tracking", {})["run_name"] = f"{cfg.label}-{stage.name}"
     if stage.kind == "evaluate":
         tree.setdefault("name", f"{cfg.label}-evaluate")
