@@ -1,5 +1,4 @@
-"""`ray job submit -- python jobs/simulate.py` and a whole pipeline (`python jobs/context_distill.py`)
-against a real Ray head started for this test."""
+"""`ray job submit -- python jobs/simulate.py` against a real Ray head started for this test."""
 
 import os
 import shutil
@@ -23,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_simulate_and_a_pipeline_as_ray_jobs(tiny_model, tmp_path):
+def test_simulate_as_a_ray_job(tiny_model, tmp_path):
     gcs, dashboard = free_port(), free_port()
     # The head's Python (the activated .venv) runs the entrypoint and has alignray installed.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -58,15 +57,9 @@ def test_simulate_and_a_pipeline_as_ray_jobs(tiny_model, tmp_path):
             time.sleep(2)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "succeeded" in result.stdout + result.stderr
-        pipeline = [*submit[: submit.index("--") + 1], "python", "jobs/context_distill.py", "--config",
-                    "jobs/configs/pipelines/context_distill_tiny.yaml", f"output_dir={tmp_path / 'pipeline'}"]
-        result = subprocess.run(pipeline, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert "[3/3] evaluate (evaluate): done" in result.stdout and "| AI judge (both orders) |" in result.stdout
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     [dataset] = out.glob("datasets/*/preferences.parquet")
     assert 1 <= len(pd.read_parquet(dataset)) <= 3 and (out / "mlflow.db").is_file()
-    [report] = (tmp_path / "pipeline").glob("evaluations/context_distill-tiny-evaluate-*/report.md")
