@@ -50,7 +50,7 @@ def test_simulate_as_a_ray_job(tiny_model, tmp_path):
             if done.returncode == 0:
                 break
             time.sleep(2)
-        for _ in range(30):  # and the node's job agent a little later still
+        for _ in range(90):  # and the node's job agent a little later still (slower on a loaded machine)
             result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
             if "No available agent to submit job" not in result.stdout + result.stderr:
                 break
