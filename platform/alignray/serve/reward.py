@@ -1,0 +1,126 @@
+"""The reward-model application of Ray Serve: `POST /v1/score`, the PPO stage's remote reward.
+
+Request: ``{"prompts": [str], "responses": [str]}``, or ``"messages"`` (one chat list per
+response, rendered with the reward model's chat template) instead of ``"prompts"``. Answer:
+``{"rewards": [[float per principle]], "principles": [str], "scalar": [float]}`` where
+`scalar` is the configured scalarization (as in PPO). `GET /healthz` answers while the replica
+lives, `GET /readyz` once a model is loaded. With a token configured (`token_env` names an
+environment variable, or `token_file` a mounted secret), every request except the health
+checks needs ``Authorization: Bearer <token>``.
+
+The models come from the deployment's `user_config` (`models`: folders or `models:/` URIs,
+`scalarize`, `weights`, `params`): changing it loads the new models and switches over; if the
+load fails the old models keep serving and `/readyz` reports the error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+
+from alignray.config import RewardConfig
+
+api = FastAPI(title="alignray reward model")
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[str] | None = None
+    messages: list[list[dict[str, str]]] | None = None
+    responses: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_prompt_form(self) -> ScoreRequest:
+        given = self.prompts if self.prompts is not None else self.messages
+        if (self.prompts is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompts' and 'messages'")
+        if len(given) != len(self.responses):
+            raise ValueError(f"{len(given)} prompts but {len(self.responses)} responses; give one per response")
+        return self
+
+
+def _token(token_env: str | None, token_file: str | None) -> str | None:
+    if token_file:
+        return Path(token_file).read_text().strip()
+    return os.environ.get(token_env) if token_env else None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class RewardServer:
+    def __init__(self, token_env: str | None = None, token_file: str | None = None, max_batch: int = 256,
+                 max_length: int = 1024, max_body_bytes: int = 8 << 20):
+        self.token = _token(token_env, token_file)
+        self.max_batch, self.max_length, self.max_body_bytes = max_batch, max_length, max_body_bytes
+        self.models, self.cfg, self.error = None, None, None
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Load the models named in `user_config`; on failure keep serving the old ones."""
+        from alignray.rewards.scorers import reward_source
+
+        try:
+            cfg = RewardConfig.model_validate({k: v for k, v in user_config.items() if k != "tracking_uri"})
+            if user_config.get("tracking_uri"):
+                import mlflow
+
+                mlflow.set_tracking_uri(user_config["tracking_uri"])
+            models = reward_source(cfg, self.max_length)
+        except Exception as exc:  # any load failure: report it, keep the old models
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        self.models, self.cfg, self.error = models, cfg, None
+
+    def _authorize(self, authorization: str | None) -> None:
+        if self.token is None:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not authorization or not hmac.compare_digest(given, self.token):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "live"}
+
+    @api.get("/readyz")
+    def readyz(self):
+        body = {"ready": self.models is not None, "principles": getattr(self.models, "principles", None),
+                "last_load_error": self.error}
+        return JSONResponse(body, status_code=200 if self.models is not None else 503)
+
+    @api.post("/v1/score")
+    def score(self, body: ScoreRequest, request: Request, authorization: str | None = Header(None)) -> dict:
+        from alignray.rewards.scorers import scalar_reward
+
+        self._authorize(authorization)
+        if int(request.headers.get("content-length") or 0) > self.max_body_bytes:
+            raise HTTPException(status_code=413, detail=f"request body above {self.max_body_bytes} bytes")
+        if self.models is None:
+            raise HTTPException(status_code=503, detail=f"no reward model loaded ({self.error})")
+        if len(body.responses) > self.max_batch:
+            raise HTTPException(status_code=413, detail=f"{len(body.responses)} responses; at most {self.max_batch} per request")
+        prompts = body.prompts if body.prompts is not None else [self._render(m) for m in body.messages]
+        rewards = self.models(prompts, body.responses)
+        return {"rewards": rewards.tolist(), "principles": self.models.principles,
+                "scalar": scalar_reward(rewards, self.cfg).tolist()}
+
+    def _render(self, messages: list[dict[str, str]]) -> str:
+        from alignray.rewards.scorers import LocalRewardModels
+
+        if not isinstance(self.models, LocalRewardModels):
+            raise HTTPException(status_code=400, detail="'messages' needs local reward models (a chat template); send 'prompts'")
+        tokenizer = self.models.models[0][0].tok
+        if not tokenizer.chat_template:
+            raise HTTPException(status_code=400, detail="the reward model's tokenizer has no chat template; send 'prompts'")
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def build(args: dict) -> serve.Application:
+    """`import_path: alignray.serve.reward:build`; `args` holds token_env / token_file /
+    max_batch / max_length / max_body_bytes (the models come from the deployment's user_config)."""
+    return RewardServer.bind(**args)
