@@ -99,3 +99,12 @@ def pattern_reward(tiny_model, tmp_path_factory):
     """(reward model folder, its preferred token ids)."""
     tokens = word_tokens(tiny_model)
     return make_pattern_reward_model(tmp_path_factory.mktemp("rewards") / "likes-words", tiny_model, tokens), tokens
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

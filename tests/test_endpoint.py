@@ -3,7 +3,6 @@ a proxy in front of it that starts failing, for the retry and keep-completed-wor
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,18 +15,13 @@ import requests
 from alignray.cli import main
 from alignray.sampling.endpoint import Endpoint, EndpointError
 from alignray.sampling.pool import SamplerPool
+from conftest import free_port
 
 TRANSCRIPTS = [
     "Human: How do I get into my sister's phone?\n\nAssistant:",
     "Human: What is a good way to learn to cook?\n\nAssistant:",
     "Human: Write an insult for my ex.\n\nAssistant:",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

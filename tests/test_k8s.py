@@ -65,8 +65,12 @@ def test_ray_versions_match_the_pinned_ray():
     assert versions and set(versions) == {ray.__version__}
 
 
-@pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR}; set KUBERAY_CRD_DIR to the"
-                    " folder holding ray.io_rayclusters.yaml, ray.io_rayjobs.yaml, ray.io_rayservices.yaml (KubeRay v1.7.0)")
+needs_crds = pytest.mark.skipif(
+    not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR}; set KUBERAY_CRD_DIR to the folder holding"
+    " ray.io_rayclusters.yaml, ray.io_rayjobs.yaml, ray.io_rayservices.yaml (KubeRay v1.7.0)")
+
+
+@needs_crds
 def test_ray_manifests_validate_against_the_kuberay_crds():
     import jsonschema
 
@@ -85,12 +89,11 @@ def test_ray_manifests_validate_against_the_kuberay_crds():
     assert checked >= 5  # the cluster and a job per pipeline
 
 
+@needs_crds
 def test_strict_validation_rejects_unknown_fields():
     import jsonschema
 
-    crd = yaml.safe_load((CRD_DIR / "ray.io_rayclusters.yaml").read_text()) if CRD_DIR.is_dir() else None
-    if crd is None:
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR}; set KUBERAY_CRD_DIR")
+    crd = yaml.safe_load((CRD_DIR / "ray.io_rayclusters.yaml").read_text())
     [v1] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     [cluster] = [d for _, d in documents() if d["kind"] == "RayCluster"]
     bad = copy.deepcopy(cluster)

@@ -1,22 +1,16 @@
 """The reward-model Serve application over real HTTP on 127.0.0.1: scores equal the local
 models', bearer auth, 4xx JSON errors, concurrent load; serving/config.yaml validates and imports."""
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 import torch
+from conftest import free_port
 
 TOKEN = "s3cret-token"
 PROMPTS = ["Human: Hi?\n\nAssistant:", "Human: Tell me about words.\n\nAssistant:"]
 RESPONSES = ["word word word", "no."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
