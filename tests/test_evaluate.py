@@ -64,7 +64,8 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
     out = tmp_path / "runs"
     mlflow.set_tracking_uri(f"sqlite:///{(out / 'mlflow.db').resolve()}")
     out.mkdir()
-    mlflow.set_experiment("eval")
+    # Artifacts beside the database, as alignray's own runs keep them (not ./mlruns in the cwd).
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("eval", (out / "mlartifacts").as_uri()))
     with mlflow.start_run() as ppo_run:  # stands in for a PPO run's curves
         for step in range(4):
             mlflow.log_metrics({"reward": 0.1 * step, "kl": 0.5 * step}, step=step)

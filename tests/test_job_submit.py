@@ -11,49 +11,68 @@ from pathlib import Path
 
 import pandas as pd
 from conftest import free_port
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
 def test_simulate_as_a_ray_job(tiny_model, tmp_path):
-    gcs, dashboard = free_port(), free_port()
+    # Every port of its own: the session's Ray (other tests) already holds the default ones,
+    # and a second dashboard agent on 52365 fails to start ("No available agent to submit job").
+    gcs, dashboard, agent_http, agent_grpc, runtime_env, metrics, client = (free_port() for _ in range(7))
+    address = f"http://127.0.0.1:{dashboard}"
     # The head's Python (the activated .venv) runs the entrypoint and has alignray installed.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     ray_tmp = tempfile.mkdtemp(prefix="arj", dir="/tmp")  # Ray's socket paths must stay short
     head_log = (tmp_path / "head.log").open("w")
     head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
+        [BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent_http}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+         f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
          "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
         env=env, start_new_session=True, stdout=head_log, stderr=subprocess.STDOUT,
     )
     out = tmp_path / "runs"
+
+    def ray_job(command, *args):
+        done = subprocess.run([BIN / "ray", "job", command, "--address", address, *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout + done.stderr
+
+    def explain():
+        return f"job logs:\n{ray_job('logs', 'simulate-1')[1][-3000:]}\nhead log:\n{(tmp_path / 'head.log').read_text()[-2000:]}"
+
     try:
         submit = [
-            BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
-            "--working-dir", str(ROOT), "--", "python", "jobs/simulate.py",
-            "--config", "jobs/configs/rlcd_smollm2.yaml",
+            "submit", "--no-wait", "--submission-id", "simulate-1", "--working-dir", str(ROOT), "--",
+            "python", "jobs/simulate.py", "--config", "jobs/configs/rlcd_smollm2.yaml",
             f"model.name={tiny_model}", f"output_dir={out}", "data.limit=3",
             "sampler.num_samplers=1", "sampler.max_tokens=8", "sampler.max_model_len=256",
         ]
-        for _ in range(60):  # the dashboard's job API comes up a few seconds after the head
-            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
-            done = subprocess.run([BIN / "ray", "job", "list", "--address", f"http://127.0.0.1:{dashboard}"],
-                                  env=env, capture_output=True, timeout=60)
-            if done.returncode == 0:
+        deadline = time.monotonic() + 180  # the job API and the node's agent come up after the head
+        while True:
+            assert head.poll() is None, explain()
+            code, output = ray_job(*submit)
+            if code == 0 or time.monotonic() > deadline:
                 break
             time.sleep(2)
-        for _ in range(90):  # and the node's job agent a little later still (slower on a loaded machine)
-            result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-            if "No available agent to submit job" not in result.stdout + result.stderr:
+        assert code == 0, output[-3000:] + explain()
+        deadline = time.monotonic() + 600
+        while (status := ray_job("status", "simulate-1")[1].lower()) and time.monotonic() < deadline:
+            if any(state in status for state in ("succeeded", "failed", "stopped")):
                 break
-            time.sleep(2)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert "succeeded" in result.stdout + result.stderr
+            time.sleep(5)
+        assert "succeeded" in status, status + explain()
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     [dataset] = out.glob("datasets/*/preferences.parquet")
-    assert 1 <= len(pd.read_parquet(dataset)) <= 3 and (out / "mlflow.db").is_file()
+    assert 1 <= len(pd.read_parquet(dataset)) <= 3
+    # The MLflow run the job produced: finished, with the dataset logged as its input.
+    store = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    [run] = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    assert run.info.status == "FINISHED" and run.inputs.dataset_inputs
