@@ -9,15 +9,15 @@ environment variable, or `token_file` a mounted secret), every request except th
 checks needs ``Authorization: Bearer <token>``.
 
 The models come from the deployment's `user_config` (`models`: folders or `models:/` URIs,
-`scalarize`, `weights`, `params`): changing it loads the new models and switches over; if the
-load fails the old models keep serving and `/readyz` reports the error.
+`scalarize`, `weights`, `params`, `tracking_uri`): changing it loads the new models and
+switches over; if the load fails the old models keep serving and `/readyz` reports the error.
+A replica that cannot load its first models fails to start (Serve shows the error).
 """
 
 from __future__ import annotations
 
-import hmac
-import os
-from pathlib import Path
+import asyncio
+import logging
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -25,8 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from alignray.config import RewardConfig
+from alignray.serve.common import authorize, check_size, read_token, use_tracking
 
 api = FastAPI(title="alignray reward model")
+logger = logging.getLogger("ray.serve")
 
 
 class ScoreRequest(BaseModel):
@@ -45,43 +47,31 @@ class ScoreRequest(BaseModel):
         return self
 
 
-def _token(token_env: str | None, token_file: str | None) -> str | None:
-    if token_file:
-        return Path(token_file).read_text().strip()
-    return os.environ.get(token_env) if token_env else None
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
 class RewardServer:
     def __init__(self, token_env: str | None = None, token_file: str | None = None, max_batch: int = 256,
                  max_length: int = 1024, max_body_bytes: int = 8 << 20):
-        self.token = _token(token_env, token_file)
+        self.token = read_token(token_env, token_file)
         self.max_batch, self.max_length, self.max_body_bytes = max_batch, max_length, max_body_bytes
         self.models, self.cfg, self.error = None, None, None
 
-    def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
         """Load the models named in `user_config`; on failure keep serving the old ones."""
         from alignray.rewards.scorers import reward_source
 
         try:
             cfg = RewardConfig.model_validate({k: v for k, v in user_config.items() if k != "tracking_uri"})
-            if user_config.get("tracking_uri"):
-                import mlflow
-
-                mlflow.set_tracking_uri(user_config["tracking_uri"])
-            models = reward_source(cfg, self.max_length)
+            use_tracking(user_config.get("tracking_uri"))
+            models = await asyncio.to_thread(reward_source, cfg, self.max_length)  # requests go on meanwhile
         except Exception as exc:  # any load failure: report it, keep the old models
+            if self.models is None:
+                raise
             self.error = f"{type(exc).__name__}: {exc}"
+            logger.error("reward models not switched, the old ones keep serving: %s", self.error)
             return
         self.models, self.cfg, self.error = models, cfg, None
-
-    def _authorize(self, authorization: str | None) -> None:
-        if self.token is None:
-            return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not authorization or not hmac.compare_digest(given, self.token):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+        logger.info("serving reward models %s", cfg.models)
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -97,11 +87,10 @@ class RewardServer:
     def score(self, body: ScoreRequest, request: Request, authorization: str | None = Header(None)) -> dict:
         from alignray.rewards.scorers import scalar_reward
 
-        self._authorize(authorization)
-        if int(request.headers.get("content-length") or 0) > self.max_body_bytes:
-            raise HTTPException(status_code=413, detail=f"request body above {self.max_body_bytes} bytes")
+        authorize(self.token, authorization)
+        check_size(request, self.max_body_bytes)
         if self.models is None:
-            raise HTTPException(status_code=503, detail=f"no reward model loaded ({self.error})")
+            raise HTTPException(status_code=503, detail="no reward models: give them in the deployment's user_config")
         if len(body.responses) > self.max_batch:
             raise HTTPException(status_code=413, detail=f"{len(body.responses)} responses; at most {self.max_batch} per request")
         prompts = body.prompts if body.prompts is not None else [self._render(m) for m in body.messages]

@@ -1,0 +1,252 @@
+"""The policy application of Ray Serve: an OpenAI-compatible API over a vLLM engine per replica.
+
+`POST /v1/completions`, `POST /v1/chat/completions` (``stream: true`` answers with server-sent
+events ending in ``data: [DONE]``), `GET /v1/models`; `GET /healthz` (live) and `GET /readyz`
+(model loaded). Errors are OpenAI-style JSON, ``{"error": {"message", "type", "code"}}``:
+400 for a bad body or `max_tokens` above the server's cap, 401 without the bearer token (when
+one is configured), 404 for a model this server does not serve, 413 for a body too large.
+
+The model comes from the deployment's `user_config`: ``model`` (a folder or a
+``models:/name@alias`` URI), optional ``name`` (the id clients send; default: the registered
+model's name or the folder's), optional ``tracking_uri``. Changing it loads the new model
+beside the old one and switches over; requests in flight finish on the old engine. If the load
+fails the old model keeps serving and `/readyz` reports the error; a replica that cannot load
+its first model fails to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+
+from alignray.serve.common import authorize, check_size, read_token, use_tracking
+from alignray.serve.engine import EngineClosed, EngineLoop
+from alignray.serve.openai_api import ChatRequest, CompletionRequest, Reply, Sampling
+
+api = FastAPI(title="alignray policy (OpenAI-compatible)")
+logger = logging.getLogger("ray.serve")
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               413: "request_too_large", 503: "service_unavailable"}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    kind = ERROR_TYPES.get(status, "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+    return _error(400, problems)
+
+
+class PolicyModel(BaseModel):
+    """The deployment's user_config."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    name: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def served_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.model.startswith("models:/"):
+            return self.model.removeprefix("models:/").split("@")[0].split("/")[0]
+        return Path(self.model).name
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+@serve.ingress(api)
+class PolicyServer:
+    def __init__(self, token_env: str | None = None, token_file: str | None = None, max_tokens: int = 1024,
+                 max_body_bytes: int = 1 << 20, max_model_len: int = 2048, dtype: str = "auto",
+                 enforce_eager: bool = True, kvcache_gib: int = 2, seed: int = 0):
+        self.token = read_token(token_env, token_file)
+        self.cap, self.max_body_bytes = max_tokens, max_body_bytes
+        self.engine_args = {"max_model_len": max_model_len, "dtype": dtype, "enforce_eager": enforce_eager,
+                            "kvcache_gib": kvcache_gib, "seed": seed}
+        self.engine: EngineLoop | None = None
+        self.served: PolicyModel | None = None
+        self.error: str | None = None
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Load the model `user_config` names beside the current one, then switch over."""
+        try:
+            cfg = PolicyModel.model_validate(user_config)
+            if self.engine is not None and cfg == self.served:
+                return
+            engine = await asyncio.to_thread(self._load, cfg)  # the old engine keeps serving meanwhile
+        except Exception as exc:
+            if self.engine is None:
+                raise
+            self.error = f"{type(exc).__name__}: {exc}"
+            logger.error("policy not switched, %s keeps serving: %s", self.served.model, self.error)
+            return
+        old, self.engine, self.served, self.error = self.engine, engine, cfg, None
+        if old is not None:
+            old.close()  # frees it once its requests in flight are done
+        logger.info("serving %s as %r", cfg.model, cfg.served_name)
+
+    def _load(self, cfg: PolicyModel) -> EngineLoop:
+        from alignray.models.registry import resolve
+
+        use_tracking(cfg.tracking_uri)
+        return EngineLoop(str(resolve(cfg.model)), **self.engine_args)
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "live"}
+
+    @api.get("/readyz")
+    def readyz(self) -> JSONResponse:
+        served = self.served
+        body = {"ready": self.engine is not None, "model": served and served.served_name,
+                "source": served and served.model, "last_load_error": self.error}
+        return JSONResponse(body, status_code=200 if self.engine is not None else 503)
+
+    @api.get("/v1/models")
+    def models(self, authorization: str | None = Header(None)) -> dict:
+        authorize(self.token, authorization)
+        if self.served is None:
+            raise HTTPException(503, "no model loaded: give one in the deployment's user_config")
+        return {"object": "list", "data": [{"id": self.served.served_name, "object": "model", "created": 0,
+                                            "owned_by": "alignray", "root": self.served.model}]}
+
+    @api.post("/v1/completions")
+    async def completions(self, body: CompletionRequest, request: Request, authorization: str | None = Header(None)):
+        engine = self._admit(body, request, authorization)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        ids = [engine.tokenizer.encode(p) for p in prompts]
+        return await self._respond(body, ids, body.max_tokens or 16, chat=False)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatRequest, request: Request, authorization: str | None = Header(None)):
+        engine = self._admit(body, request, authorization)
+        if not engine.tokenizer.chat_template:
+            raise HTTPException(400, f"model {self.served.served_name!r} has no chat template; use /v1/completions")
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        text = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = [engine.tokenizer.encode(text, add_special_tokens=False)]
+        return await self._respond(body, ids, body.max_completion_tokens or body.max_tokens, chat=True)
+
+    def _admit(self, body: Sampling, request: Request, authorization: str | None) -> EngineLoop:
+        authorize(self.token, authorization)
+        check_size(request, self.max_body_bytes)
+        if self.engine is None:
+            raise HTTPException(503, "no model loaded: give one in the deployment's user_config")
+        if body.model != self.served.served_name:
+            raise HTTPException(404, f"model {body.model!r} is not served here; this server serves"
+                                     f" {self.served.served_name!r} (GET /v1/models)")
+        return self.engine
+
+    async def _respond(self, body: Sampling, ids: list[list[int]], max_tokens: int | None, chat: bool):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        context = self.engine.max_model_len
+        if max_tokens is not None and max_tokens > self.cap:
+            raise HTTPException(400, f"max_tokens {max_tokens} is above this server's cap of {self.cap}")
+        limit = max_tokens or min(self.cap, context - max(map(len, ids)))
+        for i, prompt in enumerate(ids):
+            if len(prompt) + limit > context:
+                raise HTTPException(400, f"prompt {i} has {len(prompt)} tokens; with max_tokens {limit} that is"
+                                         f" above the model's context of {context} tokens")
+        try:
+            params = SamplingParams(n=body.n, temperature=body.temperature, top_p=body.top_p, max_tokens=limit,
+                                    stop=body.stop, seed=body.seed, presence_penalty=body.presence_penalty,
+                                    frequency_penalty=body.frequency_penalty, output_kind=RequestOutputKind.DELTA)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        reply = Reply(chat, self.served.served_name)
+        outputs = self._generate(ids, params)
+        prompt_tokens = sum(map(len, ids))
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(self._events(reply, outputs, body.n, prompt_tokens, include_usage),
+                                     media_type="text/event-stream")
+        texts, reasons, generated = defaultdict(list), {}, 0
+        try:
+            async for i, output in outputs:
+                for choice in output.outputs:
+                    key = i * body.n + choice.index
+                    texts[key].append(choice.text)
+                    generated += len(choice.token_ids)
+                    reasons[key] = choice.finish_reason
+        except Exception as exc:
+            logger.exception("generation failed")
+            raise HTTPException(500, f"generation failed: {type(exc).__name__}: {exc}") from None
+        choices = [("".join(texts[k]), reasons.get(k)) for k in range(len(ids) * body.n)]
+        return reply.whole(choices, prompt_tokens, generated)
+
+    async def _events(self, reply: Reply, outputs: AsyncIterator, n: int, prompt_tokens: int,
+                      include_usage: bool) -> AsyncIterator[str]:
+        started, generated = set(), 0
+        try:
+            async for i, output in outputs:
+                for choice in output.outputs:
+                    key = i * n + choice.index
+                    generated += len(choice.token_ids)
+                    if choice.text or choice.finish_reason or key not in started:
+                        yield f"data: {json.dumps(reply.chunk(key, choice.text, choice.finish_reason, key not in started))}\n\n"
+                        started.add(key)
+            if include_usage:
+                yield f"data: {json.dumps(reply.usage_chunk(prompt_tokens, generated))}\n\n"
+        except Exception as exc:  # the status line is sent already: the error goes in the stream
+            logger.exception("generation failed mid-stream")
+            yield f"data: {json.dumps({'error': {'message': f'{type(exc).__name__}: {exc}', 'type': 'server_error'}})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def _generate(self, ids: list[list[int]], params) -> AsyncIterator[tuple[int, object]]:
+        """(prompt index, vLLM output delta) for all prompts as they come; closing it aborts the rest."""
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, prompt: list[int]) -> None:
+            try:
+                try:
+                    async for output in self.engine.generate(prompt, params):
+                        await merged.put((i, output))
+                except EngineClosed:  # replaced between admission and start: nothing was sent yet
+                    async for output in self.engine.generate(prompt, params):
+                        await merged.put((i, output))
+                await merged.put((i, None))
+            except Exception as exc:
+                await merged.put((i, exc))
+
+        tasks = [asyncio.create_task(pump(i, prompt)) for i, prompt in enumerate(ids)]
+        try:
+            running = len(tasks)
+            while running:
+                i, item = await merged.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+def build(args: dict) -> serve.Application:
+    """`import_path: alignray.serve.policy:build`; `args` holds token_env / token_file /
+    max_tokens (the cap) / max_body_bytes / max_model_len / dtype / enforce_eager / kvcache_gib /
+    seed (the model comes from the deployment's user_config)."""
+    return PolicyServer.bind(**args)

@@ -1,0 +1,349 @@
+"""The Serve applications of serving/config.yaml over real HTTP on 127.0.0.1, deployed the way
+a cluster deploys them (`serve run <config>`, which applies the config like `serve deploy` and
+KubeRay do): the policy through the official `openai` client, the reward scores, bearer auth,
+4xx JSON errors, concurrent load, and model switches through user_config under load."""
+
+import copy
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+import torch
+import yaml
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret-token"
+NAME = "alignray-policy"
+PROMPTS = ["Human: Hi?\n\nAssistant:", "Human: Tell me about words.\n\nAssistant:"]
+RESPONSES = ["word word word", "no."]
+CHAT = [{"role": "user", "content": "Tell me about words."}]
+
+
+def local_config(port: int, token_file: Path, policy: Path, rewards: list[str]) -> dict:
+    """serving/config.yaml with what differs on this machine: loopback, the token as a file,
+    CPU replicas, small limits, local model folders."""
+    cfg = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
+    cfg["http_options"] = {"host": "127.0.0.1", "port": port}
+    apps = {app["name"]: app for app in cfg["applications"]}
+    for app in apps.values():
+        app["args"].pop("token_env")
+        app["args"]["token_file"] = str(token_file)
+        [deployment] = app["deployments"]
+        deployment["ray_actor_options"] = {"num_cpus": 1}
+        deployment.pop("autoscaling_config")
+        deployment["num_replicas"] = 1
+    apps["policy"]["args"].update(max_tokens=64, max_model_len=256, dtype="float32", enforce_eager=True,
+                                  kvcache_gib=1, max_body_bytes=65536)
+    apps["policy"]["deployments"][0]["user_config"] = {"model": str(policy), "name": NAME}
+    apps["reward"]["args"]["max_batch"] = 16
+    apps["reward"]["deployments"][0]["user_config"] = {"models": rewards, "scalarize": "min"}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def second_reward_model(tiny_model, tmp_path_factory):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("rewards") / "random-head"
+    torch.manual_seed(7)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_model).pad_token_id
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tiny_model, pattern_reward, second_reward_model, tmp_path_factory):
+    """(base URL, deploy(config), the config deployed first)."""
+    import ray
+    from ray import serve
+
+    folder = tmp_path_factory.mktemp("serving")
+    (folder / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    cfg = local_config(port, folder / "token", tiny_model, [str(pattern_reward[0]), str(second_reward_model)])
+    address = ray.get_runtime_context().gcs_address
+
+    def deploy(config: dict) -> None:
+        path = folder / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        done = subprocess.run([Path(sys.executable).parent / "serve", "run", str(path), "--address", address,
+                               "--non-blocking"], capture_output=True, text=True, timeout=300, env=os.environ)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    deploy(cfg)
+    url = f"http://127.0.0.1:{port}"
+    for app in ("policy", "reward"):
+        wait_for(lambda app=app: requests.get(f"{url}/{app}/readyz", timeout=10).status_code == 200, 300)
+    yield url, deploy, cfg
+    serve.shutdown()
+
+
+def wait_for(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if condition():
+                return
+        except requests.RequestException:  # not up yet, or busy loading
+            pass
+        assert time.monotonic() < deadline, f"not true after {timeout_s} s"
+        time.sleep(1)
+
+
+def client(url: str, token: str = TOKEN) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/policy/v1", api_key=token, max_retries=0, timeout=120)
+
+
+def score(url, body, token=TOKEN, **kw):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{url}/reward/v1/score", json=body, headers=headers, timeout=60, **kw)
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+
+def test_completion_equals_greedy_decoding_of_the_model(served, tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    url, _, _ = served
+    api = client(url)
+    assert [m.id for m in api.models.list().data] == [NAME]
+    reply = api.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=8, temperature=0)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ids = tok(PROMPTS[1], return_tensors="pt").input_ids
+    expected = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=tok.eos_token_id)[0, ids.shape[1]:]
+    assert reply.choices[0].text == tok.decode(expected, skip_special_tokens=True)
+    assert reply.usage.prompt_tokens == ids.shape[1] and 1 <= reply.usage.completion_tokens <= 8
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streams_carry_the_same_text_as_whole_replies(served):
+    url, _, _ = served
+    api = client(url)
+    whole = api.chat.completions.create(model=NAME, messages=CHAT, max_tokens=12, temperature=0)
+    chunks = list(api.chat.completions.create(model=NAME, messages=CHAT, max_tokens=12, temperature=0, stream=True,
+                                              stream_options={"include_usage": True}))
+    choice_chunks = [c for c in chunks if c.choices]
+    assert choice_chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in choice_chunks) == whole.choices[0].message.content
+    assert choice_chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    text = api.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=12, temperature=0).choices[0].text
+    streamed = api.completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=12, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == text
+
+
+def test_several_prompts_and_samples_each(served):
+    url, _, _ = served
+    reply = client(url).completions.create(model=NAME, prompt=PROMPTS, n=3, max_tokens=6, temperature=1.0, seed=1)
+    assert [c.index for c in reply.choices] == list(range(6))
+    assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"model": NAME, "prompt": "Hi", "max_tokens": 65}, 400),
+        ({"model": "other-model", "prompt": "Hi"}, 404),
+        ({"model": NAME}, 400),
+        ({"model": NAME, "prompt": "Hi", "logprobs": 2}, 400),
+        ({"model": NAME, "prompt": "Hi", "temperature": 5}, 400),
+        ({"model": NAME, "prompt": "word " * 300, "max_tokens": 8}, 400),
+        ({"model": NAME, "prompt": "x" * 70000}, 413),
+    ],
+    ids=["max-tokens-above-cap", "unknown-model", "missing-prompt", "unknown-field", "bad-temperature",
+         "prompt-too-long", "body-too-large"],
+)
+def test_bad_policy_requests_get_4xx_json_errors(served, body, status):
+    url, _, _ = served
+    reply = requests.post(f"{url}/policy/v1/completions", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["message"] and TOKEN not in reply.text
+
+
+def test_policy_auth_and_invalid_json(served):
+    url, _, _ = served
+    with pytest.raises(openai.AuthenticationError):
+        client(url, "wrong").completions.create(model=NAME, prompt="Hi", max_tokens=2)
+    missing = requests.post(f"{url}/policy/v1/completions", json={"model": NAME, "prompt": "Hi"}, timeout=30)
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.NotFoundError):
+        client(url).chat.completions.create(model="gpt-4", messages=CHAT)
+    reply = requests.post(f"{url}/policy/v1/chat/completions", data=b"{not json", timeout=30,
+                          headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    assert reply.status_code == 400 and "error" in reply.json()
+    assert requests.get(f"{url}/policy/healthz", timeout=10).json() == {"status": "live"}
+
+
+def test_64_policy_requests_at_concurrency_8_all_succeed(served):
+    url, _, _ = served
+    api = client(url)
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: api.completions.create(model=NAME, prompt=f"Question {i}:", max_tokens=8,
+                                                                 temperature=1.0), range(64)))
+    assert len(replies) == 64 and all(r.choices[0].finish_reason in ("stop", "length") for r in replies)
+
+
+# --- reward ------------------------------------------------------------------------------------
+
+
+def test_scores_are_the_local_models_and_scalar_is_the_scalarization(served):
+    from alignray.rewards.scorers import LocalRewardModels
+
+    url, _, cfg = served
+    reply = score(url, {"prompts": PROMPTS, "responses": RESPONSES})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    local = LocalRewardModels(cfg["applications"][1]["deployments"][0]["user_config"]["models"])
+    expected = local(PROMPTS, RESPONSES)
+    assert body["principles"] == local.principles and len(body["principles"]) == 2
+    assert torch.allclose(torch.tensor(body["rewards"]), expected, atol=1e-4)
+    assert torch.allclose(torch.tensor(body["scalar"]), expected.min(dim=1).values, atol=1e-4)
+    chat = score(url, {"messages": [CHAT], "responses": ["word"]})
+    assert chat.status_code == 200 and len(chat.json()["rewards"][0]) == 2
+    assert requests.get(f"{url}/reward/healthz", timeout=10).json() == {"status": "live"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, status",
+    [
+        ({"body": {"prompts": PROMPTS, "responses": RESPONSES}, "token": None}, 401),
+        ({"body": {"prompts": PROMPTS, "responses": RESPONSES}, "token": "wrong"}, 401),
+        ({"body": {"prompts": PROMPTS}}, 422),
+        ({"body": {"prompts": PROMPTS, "responses": ["one"]}}, 422),
+        ({"body": {"prompts": PROMPTS, "messages": [[]], "responses": RESPONSES}}, 422),
+        ({"body": {"prompts": PROMPTS, "responses": RESPONSES, "temperature": 1}}, 422),
+        ({"body": {"prompts": ["p"] * 17, "responses": ["r"] * 17}}, 413),
+    ],
+    ids=["no-token", "wrong-token", "missing-responses", "count-mismatch", "both-prompt-forms", "unknown-field", "too-many"],
+)
+def test_bad_reward_requests_get_4xx_json_errors(served, kwargs, status):
+    url, _, _ = served
+    reply = score(url, kwargs["body"], token=kwargs.get("token", TOKEN))
+    assert reply.status_code == status and "detail" in reply.json()
+    assert TOKEN not in reply.text
+
+
+def test_64_reward_requests_at_concurrency_8_all_succeed(served):
+    url, _, _ = served
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: score(url, {"prompts": [PROMPTS[i % 2]], "responses": [f"word {i}"]}), range(64)))
+    assert [r.status_code for r in replies] == [200] * 64
+
+
+# --- model switches through user_config ----------------------------------------------------------
+
+
+class Load:
+    """Requests sent back to back from 4 threads until stopped; every status is kept."""
+
+    def __init__(self, send):
+        self.send, self.statuses, self.stop = send, [], threading.Event()
+        self.threads = [threading.Thread(target=self._loop) for _ in range(4)]
+
+    def _loop(self):
+        while not self.stop.is_set():
+            try:
+                self.statuses.append(self.send())
+            except Exception as exc:  # a connection error is a failure too
+                self.statuses.append(repr(exc))
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def test_policy_switches_model_under_load_and_keeps_it_when_a_load_fails(served, tmp_path):
+    from alignray.models.tiny import make_tiny_llama
+
+    url, deploy, cfg = served
+    new = make_tiny_llama(tmp_path / "policy-v2", seed=3)
+    readyz = lambda: requests.get(f"{url}/policy/readyz", timeout=10).json()  # noqa: E731
+    greedy = lambda: client(url).completions.create(  # noqa: E731
+        model=NAME, prompt=PROMPTS[1], max_tokens=8, temperature=0).choices[0].text
+    before = greedy()
+    def send():
+        reply = requests.post(f"{url}/policy/v1/completions", timeout=120, headers={"Authorization": f"Bearer {TOKEN}"},
+                              json={"model": NAME, "prompt": "Hello", "max_tokens": 24, "temperature": 1.0})
+        return reply.status_code if reply.ok else reply.text
+
+    switched = copy.deepcopy(cfg)
+    switched["applications"][0]["deployments"][0]["user_config"]["model"] = str(new)
+    with Load(send) as load:
+        deploy(switched)
+        wait_for(lambda: readyz()["source"] == str(new), 180)
+        time.sleep(2)
+    assert load.statuses and set(load.statuses) == {200}, set(load.statuses)
+    assert greedy() != before
+
+    broken = copy.deepcopy(switched)
+    broken["applications"][0]["deployments"][0]["user_config"]["model"] = str(tmp_path / "missing")
+    with Load(send) as load:
+        deploy(broken)
+        wait_for(lambda: readyz()["last_load_error"] is not None, 180)
+    state = readyz()
+    assert state["ready"] and state["source"] == str(new) and "missing" in state["last_load_error"]
+    assert set(load.statuses) == {200}, load.statuses
+    deploy(cfg)  # back to the first model for the tests after this one
+    wait_for(lambda: readyz()["source"] == cfg["applications"][0]["deployments"][0]["user_config"]["model"], 180)
+
+
+def test_reward_switches_models_under_load_and_keeps_them_when_a_load_fails(served, tmp_path):
+    url, deploy, cfg = served
+    readyz = lambda: requests.get(f"{url}/reward/readyz", timeout=10).json()  # noqa: E731
+    send = lambda: score(url, {"prompts": PROMPTS, "responses": RESPONSES}).status_code  # noqa: E731
+    models = cfg["applications"][1]["deployments"][0]["user_config"]["models"]
+    switched = copy.deepcopy(cfg)
+    switched["applications"][1]["deployments"][0]["user_config"]["models"] = models[:1]
+    with Load(send) as load:
+        deploy(switched)
+        wait_for(lambda: len(readyz()["principles"]) == 1, 180)
+    assert load.statuses and set(load.statuses) == {200}, load.statuses
+
+    broken = copy.deepcopy(cfg)
+    broken["applications"][1]["deployments"][0]["user_config"]["models"] = [str(tmp_path / "missing")]
+    with Load(send) as load:
+        deploy(broken)
+        wait_for(lambda: readyz()["last_load_error"] is not None, 180)
+    assert len(readyz()["principles"]) == 1 and set(load.statuses) == {200}
+    deploy(cfg)
+    wait_for(lambda: len(readyz()["principles"]) == 2, 180)
+
+
+# --- the config file ----------------------------------------------------------------------------
+
+
+def test_serving_config_validates_and_its_apps_import():
+    import importlib
+
+    from alignray.config import RewardConfig
+    from alignray.serve.policy import PolicyModel
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serving" / "config.yaml").read_text()))
+    checks = {"policy": PolicyModel.model_validate,
+              "reward": lambda c: RewardConfig.model_validate({k: v for k, v in c.items() if k != "tracking_uri"})}
+    assert sorted(app.name for app in schema.applications) == sorted(checks)
+    for app in schema.applications:
+        module, _, attr = app.import_path.partition(":")
+        assert getattr(importlib.import_module(module), attr)(app.args) is not None
+        [deployment] = app.deployments
+        checks[app.name](deployment.user_config)
