@@ -62,6 +62,8 @@ def test_ray_versions_match_the_pinned_ray():
             versions.append(doc["spec"]["rayVersion"])
         elif doc["kind"] == "RayJob":
             versions.append(doc["spec"]["rayClusterSpec"]["rayVersion"])
+        elif doc["kind"] == "RayService":
+            versions.append(doc["spec"]["rayClusterConfig"]["rayVersion"])
     assert versions and set(versions) == {ray.__version__}
 
 
@@ -86,7 +88,7 @@ def test_ray_manifests_validate_against_the_kuberay_crds():
                       for e in jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc)]
             assert not errors, f"{name} ({doc['kind']}): {errors[:5]}"
             checked += 1
-    assert checked >= 5  # the cluster and a job per pipeline
+    assert checked >= 6  # the cluster, a job per pipeline, the service
 
 
 @needs_crds
@@ -133,3 +135,29 @@ def test_kustomization_lists_every_manifest_and_jobs_run_valid_pipelines():
         cfg = PipelineConfig.model_validate(yaml.safe_load(text))
         assert cfg.pipeline == pipeline and cfg.tracking.uri == "http://mlflow:5000"
         assert str(cfg.output_dir).startswith("/mnt/alignray")
+
+
+def test_rayservice_embeds_serving_config_whose_apps_import_and_validate():
+    import importlib
+
+    from alignray.config import RewardConfig
+    from alignray.serve.policy import PolicyModel
+    from ray.serve.schema import ServeDeploySchema
+
+    [service] = [d for _, d in documents() if d["kind"] == "RayService"]
+    text = service["spec"]["serveConfigV2"]
+    assert text == (ROOT / "serving" / "config.yaml").read_text(), "paste serving/config.yaml into k8s/rayservice.yaml"
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
+    checks = {"policy": PolicyModel.model_validate,
+              "reward": lambda c: RewardConfig.model_validate({k: v for k, v in c.items() if k != "tracking_uri"})}
+    assert sorted(app.name for app in schema.applications) == sorted(checks)
+    for app in schema.applications:
+        module, _, attr = app.import_path.partition(":")
+        assert getattr(importlib.import_module(module), attr)(app.args) is not None
+        [deployment] = app.deployments
+        checks[app.name](deployment.user_config)
+        assert deployment.user_config.get("tracking_uri") == "http://mlflow:5000"
+    token_sources = [e["valueFrom"]["secretKeyRef"]["name"] for group in
+                     [service["spec"]["rayClusterConfig"]["headGroupSpec"], *service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
+                     for e in group["template"]["spec"]["containers"][0]["env"] if e["name"] == "ALIGNRAY_SERVE_TOKEN"]
+    assert token_sources == ["alignray-serve-token"] * 2

@@ -326,24 +326,3 @@ def test_reward_switches_models_under_load_and_keeps_them_when_a_load_fails(serv
     assert len(readyz()["principles"]) == 1 and set(load.statuses) == {200}
     deploy(cfg)
     wait_for(lambda: len(readyz()["principles"]) == 2, 180)
-
-
-# --- the config file ----------------------------------------------------------------------------
-
-
-def test_serving_config_validates_and_its_apps_import():
-    import importlib
-
-    from alignray.config import RewardConfig
-    from alignray.serve.policy import PolicyModel
-    from ray.serve.schema import ServeDeploySchema
-
-    schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serving" / "config.yaml").read_text()))
-    checks = {"policy": PolicyModel.model_validate,
-              "reward": lambda c: RewardConfig.model_validate({k: v for k, v in c.items() if k != "tracking_uri"})}
-    assert sorted(app.name for app in schema.applications) == sorted(checks)
-    for app in schema.applications:
-        module, _, attr = app.import_path.partition(":")
-        assert getattr(importlib.import_module(module), attr)(app.args) is not None
-        [deployment] = app.deployments
-        checks[app.name](deployment.user_config)
