@@ -28,23 +28,20 @@ CHAT = [{"role": "user", "content": "Tell me about words."}]
 
 
 def local_config(port: int, token_file: Path, policy: Path, rewards: list[str]) -> dict:
-    """serving/config.yaml with what differs on this machine: loopback, the token as a file,
-    CPU replicas, small limits, local model folders."""
-    cfg = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
-    cfg["http_options"] = {"host": "127.0.0.1", "port": port}
+    """serving/config.yaml as `alignray serve --cpu` adapts it, with the token as a file and
+    small limits."""
+    from alignray.serve.deploy import adapt, load
+
+    cfg = adapt(load(ROOT / "serving" / "config.yaml"), policy=str(policy), rewards=rewards, cpu=True,
+                host="127.0.0.1", port=port)
     apps = {app["name"]: app for app in cfg["applications"]}
     for app in apps.values():
         app["args"].pop("token_env")
         app["args"]["token_file"] = str(token_file)
-        [deployment] = app["deployments"]
-        deployment["ray_actor_options"] = {"num_cpus": 1}
-        deployment.pop("autoscaling_config")
-        deployment["num_replicas"] = 1
-    apps["policy"]["args"].update(max_tokens=64, max_model_len=256, dtype="float32", enforce_eager=True,
-                                  kvcache_gib=1, max_body_bytes=65536)
-    apps["policy"]["deployments"][0]["user_config"] = {"model": str(policy), "name": NAME}
+        app["deployments"][0]["user_config"].pop("tracking_uri")
+    apps["policy"]["args"].update(max_tokens=64, max_model_len=256, kvcache_gib=1, max_body_bytes=65536)
     apps["reward"]["args"]["max_batch"] = 16
-    apps["reward"]["deployments"][0]["user_config"] = {"models": rewards, "scalarize": "min"}
+    apps["reward"]["deployments"][0]["user_config"]["scalarize"] = "min"
     return cfg
 
 
@@ -326,3 +323,19 @@ def test_reward_switches_models_under_load_and_keeps_them_when_a_load_fails(serv
     assert len(readyz()["principles"]) == 1 and set(load.statuses) == {200}
     deploy(cfg)
     wait_for(lambda: len(readyz()["principles"]) == 2, 180)
+
+
+def test_alignray_serve_writes_the_adapted_config(tmp_path):
+    from alignray.cli import main
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "serve.yaml"
+    assert main(["serve", "--config", str(ROOT / "serving" / "config.yaml"), "--cpu", "--policy", "models:/p@champion",
+                 "--reward", "a", "--reward", "b", "--port", "9001", "--tracking-uri", "sqlite:///x.db",
+                 "--write", str(out)]) == 0
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    policy, reward = (app.deployments[0] for app in schema.applications)
+    assert schema.http_options.port == 9001 and policy.user_config["model"] == "models:/p@champion"
+    assert reward.user_config == {"models": ["a", "b"], "scalarize": "linear", "tracking_uri": "sqlite:///x.db"}
+    assert policy.ray_actor_options.num_gpus == 0 and reward.num_replicas == 1
+    assert main(["serve", "--config", str(tmp_path / "missing.yaml")]) == 2

@@ -146,6 +146,14 @@ def evaluate(items: list[str], address: str | None = None) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from alignray.serve.deploy import adapt, load, run
+
+    cfg = adapt(load(args.config), policy=args.policy, rewards=args.reward, cpu=args.cpu, host=args.host,
+                port=args.port, tracking_uri=args.tracking_uri)
+    return run(cfg, args.address, args.write)
+
+
 def _models(args: argparse.Namespace) -> int:
     if args.models_cmd == "prepare":
         print(prepare(args.name))
@@ -211,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
           "Evaluate a policy on held-out prompts. CONFIG is a YAML file; KEY=VALUE items override it, e.g."
           " policy=models:/alignray-ppo/1 data.skip=64 data.limit=32.")
 
+    serve = sub.add_parser(
+        "serve", help="serve the policy (OpenAI-compatible) and reward model with Ray Serve",
+        description="Run serving/config.yaml with `serve run`, adapted by the options below (the file itself is"
+        " for GPU workers and an in-cluster MLflow). Example on a laptop: alignray serve --cpu --policy"
+        " runs/models/ppo --reward runs/models/preference --tracking-uri sqlite:///runs/mlflow.db."
+        " The policy answers at http://HOST:PORT/policy/v1, the reward model at /reward/v1/score.")
+    serve.add_argument("--config", type=Path, default=Path("serving/config.yaml"), help="Serve config (default: %(default)s)")
+    serve.add_argument("--policy", help="policy model: a folder, a known name or a models:/name@alias URI")
+    serve.add_argument("--reward", action="append", metavar="MODEL", help="a preference model (repeat for several)")
+    serve.add_argument("--cpu", action="store_true", help="CPU-only replicas: one each, one CPU, float32")
+    serve.add_argument("--host", help="HTTP host (default: the config's)")
+    serve.add_argument("--port", type=int, help="HTTP port (default: the config's)")
+    serve.add_argument("--tracking-uri", help="MLflow store that models:/ URIs refer to")
+    serve.add_argument("--write", type=Path, metavar="PATH", help="only write the adapted config to PATH")
+    serve.add_argument("--address", help="Ray cluster to deploy to (default: RAY_ADDRESS, else a local one)")
+
     models = sub.add_parser("models", help="list or prepare known models")
     msub = models.add_subparsers(dest="models_cmd", required=True)
     msub.add_parser("list", help="known model names and whether they are prepared")
@@ -235,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate(args.items, args.address)
         if args.command == "models":
             return _models(args)
+        if args.command == "serve":
+            return _serve(args)
         return _principles(args)
     except USER_ERRORS as exc:
         print(f"alignray: error: {exc}", file=sys.stderr)

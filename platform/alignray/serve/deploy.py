@@ -1,0 +1,80 @@
+"""`alignray serve`: serving/config.yaml adapted to where it runs, then `serve run`.
+
+The file is written for GPU workers and an in-cluster MLflow (it is what the RayService
+embeds); `adapt` changes only what a command line names: models, address, CPU-only replicas."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from alignray.config import ConfigError
+
+APPS = {"policy": "alignray.serve.policy:build", "reward": "alignray.serve.reward:build"}
+
+
+def load(path: Path) -> dict:
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such Serve config (the repository's is serving/config.yaml)")
+    cfg = yaml.safe_load(path.read_text())
+    try:
+        ServeDeploySchema.model_validate(cfg)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: not a valid Serve config: {exc}") from None
+    return cfg
+
+
+def _app(cfg: dict, name: str) -> dict:
+    for app in cfg["applications"]:
+        if app["import_path"] == APPS[name]:
+            return app
+    raise ConfigError(f"the Serve config has no {name} application (import_path {APPS[name]})")
+
+
+def adapt(cfg: dict, *, policy: str | None = None, rewards: list[str] | None = None, cpu: bool = False,
+          host: str | None = None, port: int | None = None, tracking_uri: str | None = None) -> dict:
+    """A copy of the Serve config `cfg` with the given models, HTTP address and tracking URI;
+    `cpu` makes every replica CPU-only (one CPU, one replica, float32, eager)."""
+    cfg = copy.deepcopy(cfg)
+    http = cfg.setdefault("http_options", {})
+    http.update({k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    if policy:
+        _app(cfg, "policy")["deployments"][0]["user_config"]["model"] = policy
+    if rewards:
+        _app(cfg, "reward")["deployments"][0]["user_config"]["models"] = list(rewards)
+    for app in cfg["applications"]:
+        for deployment in app.get("deployments", []):
+            if tracking_uri is not None and "user_config" in deployment:
+                deployment["user_config"]["tracking_uri"] = tracking_uri
+            if cpu:
+                deployment["ray_actor_options"] = {**deployment.get("ray_actor_options", {}), "num_cpus": 1, "num_gpus": 0}
+                deployment.pop("autoscaling_config", None)
+                deployment["num_replicas"] = 1
+    if cpu and any(app["import_path"] == APPS["policy"] for app in cfg["applications"]):
+        _app(cfg, "policy").setdefault("args", {}).update(dtype="float32", enforce_eager=True)
+    return cfg
+
+
+def run(cfg: dict, address: str | None, write: Path | None) -> int:
+    """Write the adapted config to `write`, or run it with `serve run` (blocks, streams logs)."""
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    if write is not None:
+        write.write_text(text)
+        print(f"wrote {write}; deploy it with: serve deploy {write}  (or serve run {write})")
+        return 0
+    path = Path(tempfile.mkstemp(prefix="alignray-serve-", suffix=".yaml")[1])
+    path.write_text(text)
+    serve = shutil.which("serve", path=str(Path(sys.executable).parent)) or "serve"
+    command = [serve, "run", str(path), *(["--address", address] if address else [])]
+    print(f"config {path}\n$ {' '.join(command)}", flush=True)
+    os.execv(serve, command)
+    return 0  # not reached
