@@ -8,7 +8,7 @@ import time
 import pytest
 import ray
 import torch
-from alignray.sampling.pool import SamplerPool, WeightSyncError, compact
+from alignray.sampling.pool import SamplerPool, SamplerPoolError, WeightSyncError, compact
 from alignray.sampling.types import Probe, SamplingSpec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -114,6 +114,12 @@ def test_weight_sync_deadline_raises_then_pool_recovers(tiny_model, sampler_cfg)
         out = pool.generate(PROMPTS, SamplingSpec(max_tokens=4, seed=0))
         assert len(out) == 2 and pool.restarts == 1
         assert pool.health()[0]["weights_version"] == 1  # the replacement got the new weights
+
+
+def test_gpu_samplers_that_cannot_be_placed_fail_clearly(tiny_model, sampler_cfg):
+    cfg = sampler_cfg.model_copy(update={"gpus_per_sampler": 1.0})
+    with pytest.raises(SamplerPoolError, match="1.0 free CPUs and 1.0 GPUs per sampler"):
+        SamplerPool(tiny_model, cfg, startup_timeout_s=5)  # this cluster has no GPU
 
 
 def test_weights_that_view_one_flat_buffer_are_sent_compactly():

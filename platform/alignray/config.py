@@ -43,6 +43,14 @@ class ModelConfig(Strict):
 class SamplerConfig(Strict):
     num_samplers: int = Field(1, ge=1, description="vLLM sampler actors in the pool.")
     cpus_per_sampler: float = Field(1.0, gt=0, description="Ray CPUs reserved by each actor.")
+    gpus_per_sampler: float = Field(
+        0.0, ge=0, description="Ray GPUs reserved by each actor (a fraction shares a GPU, e.g. with"
+        " training); 0 runs vLLM on CPU."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Share of its GPU's memory each vLLM engine may use (lower it"
+        " when the GPU is shared); unused on CPU."
+    )
     kvcache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of each actor, GiB.")
     enforce_eager: bool = Field(
         True,

@@ -34,7 +34,8 @@ def _expected_shapes(model_path: str) -> tuple[dict[str, tuple[int, ...]], set[s
 
 class SamplerActor:
     def __init__(
-        self, model_path: str, dtype: str, max_model_len: int, enforce_eager: bool, seed: int
+        self, model_path: str, dtype: str, max_model_len: int, enforce_eager: bool, seed: int,
+        gpu_memory_utilization: float = 0.9,
     ):
         from vllm import LLM
 
@@ -45,6 +46,7 @@ class SamplerActor:
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
             distributed_executor_backend="uni",
         )
         self.tokenizer = self.llm.get_tokenizer()

@@ -52,10 +52,11 @@ class SamplerPool:
         self.restarts = 0  # actors replaced so far
         self.requests_done = 0  # requests answered so far
         self.last_probe_diff: float | None = None  # of the last verified weight update
-        self._args = (str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed)
+        self._args = (str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization)
         self._startup_timeout_s = startup_timeout_s
         self._remote = ray.remote(SamplerActor).options(
             num_cpus=cfg.cpus_per_sampler,
+            num_gpus=cfg.gpus_per_sampler,
             max_restarts=0,
             runtime_env=sampler_runtime_env(cfg.kvcache_gib),
         )
@@ -67,9 +68,13 @@ class SamplerPool:
         try:
             ray.get([a.health.remote() for a in actors], timeout=self._startup_timeout_s)
         except GetTimeoutError:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            gpus = f" and {self.cfg.gpus_per_sampler} GPUs" if self.cfg.gpus_per_sampler else ""
             raise SamplerPoolError(
                 f"samplers did not start within {self._startup_timeout_s:.0f} s; check that"
-                f" the cluster has {self.cfg.cpus_per_sampler} free CPUs per sampler"
+                f" the cluster has {self.cfg.cpus_per_sampler} free CPUs{gpus} per sampler"
+                f" (it has {ray.available_resources()})"
             ) from None
 
     def _replace(self, slot: int, cause: BaseException) -> None:

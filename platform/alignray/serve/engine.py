@@ -28,14 +28,15 @@ class EngineLoop:
     the vLLM engine. `close()` lets the requests in flight finish, then frees the engine."""
 
     def __init__(self, model_path: str, *, max_model_len: int, dtype: str, enforce_eager: bool,
-                 kvcache_gib: int, seed: int):
+                 kvcache_gib: int, gpu_memory_utilization: float, seed: int):
         for key, value in sampler_runtime_env(kvcache_gib)["env_vars"].items():
             os.environ.setdefault(key, value)  # vLLM reads these when the engine starts
         from vllm import LLM
 
         with _VLLM_STATE:
             self.llm = LLM(model=model_path, max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
-                           seed=seed, distributed_executor_backend="uni")
+                           gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+                           distributed_executor_backend="uni")
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self._inbox: queue.Queue = queue.Queue()

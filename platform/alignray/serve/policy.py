@@ -77,11 +77,12 @@ class PolicyModel(BaseModel):
 class PolicyServer:
     def __init__(self, token_env: str | None = None, token_file: str | None = None, max_tokens: int = 1024,
                  max_body_bytes: int = 1 << 20, max_model_len: int = 2048, dtype: str = "auto",
-                 enforce_eager: bool = True, kvcache_gib: int = 2, seed: int = 0):
+                 enforce_eager: bool = True, kvcache_gib: int = 2, gpu_memory_utilization: float = 0.45,
+                 seed: int = 0):
         self.token = read_token(token_env, token_file)
         self.cap, self.max_body_bytes = max_tokens, max_body_bytes
         self.engine_args = {"max_model_len": max_model_len, "dtype": dtype, "enforce_eager": enforce_eager,
-                            "kvcache_gib": kvcache_gib, "seed": seed}
+                            "kvcache_gib": kvcache_gib, "gpu_memory_utilization": gpu_memory_utilization, "seed": seed}
         self.engine: EngineLoop | None = None
         self.served: PolicyModel | None = None
         self.error: str | None = None
@@ -163,7 +164,7 @@ class PolicyServer:
         context = self.engine.max_model_len
         if max_tokens is not None and max_tokens > self.cap:
             raise HTTPException(400, f"max_tokens {max_tokens} is above this server's cap of {self.cap}")
-        limit = max_tokens or min(self.cap, context - max(map(len, ids)))
+        limit = max(1, max_tokens or min(self.cap, context - max(map(len, ids))))
         for i, prompt in enumerate(ids):
             if len(prompt) + limit > context:
                 raise HTTPException(400, f"prompt {i} has {len(prompt)} tokens; with max_tokens {limit} that is"
@@ -211,6 +212,8 @@ class PolicyServer:
         except Exception as exc:  # the status line is sent already: the error goes in the stream
             logger.exception("generation failed mid-stream")
             yield f"data: {json.dumps({'error': {'message': f'{type(exc).__name__}: {exc}', 'type': 'server_error'}})}\n\n"
+        finally:  # also when the client goes away: abort what is still generating
+            await outputs.aclose()
         yield "data: [DONE]\n\n"
 
     async def _generate(self, ids: list[list[int]], params) -> AsyncIterator[tuple[int, object]]:
@@ -247,6 +250,7 @@ class PolicyServer:
 
 def build(args: dict) -> serve.Application:
     """`import_path: alignray.serve.policy:build`; `args` holds token_env / token_file /
-    max_tokens (the cap) / max_body_bytes / max_model_len / dtype / enforce_eager / kvcache_gib /
-    seed (the model comes from the deployment's user_config)."""
+    max_tokens (the cap) / max_body_bytes / max_model_len / dtype / enforce_eager / kvcache_gib (CPU) /
+    gpu_memory_utilization (GPU; below one half, so that a switch can hold two models) / seed
+    (the model comes from the deployment's user_config)."""
     return PolicyServer.bind(**args)
