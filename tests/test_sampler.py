@@ -116,6 +116,25 @@ def test_weight_sync_deadline_raises_then_pool_recovers(tiny_model, sampler_cfg)
         assert pool.health()[0]["weights_version"] == 1  # the replacement got the new weights
 
 
+def test_a_cached_pool_answers_repeated_requests_from_its_cache(tiny_model, sampler_cfg, tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    spec = SamplingSpec(max_tokens=6, seed=3, logprobs=0)
+    prompts = PROMPTS * 3  # two requests of 4 prompts
+    with SamplerPool(tiny_model, sampler_cfg, cache=cache) as first:
+        expected, scores = first.generate(prompts, spec), first.score(PROMPTS, CONTINUATIONS)
+        assert first.requests_done == 3
+    with cache.open("a") as fh:
+        fh.write('{"key": "a line cut sh')  # as a kill leaves it
+    with SamplerPool(tiny_model, sampler_cfg, cache=cache) as again:
+        assert again.generate(prompts, spec) == expected and again.score(PROMPTS, CONTINUATIONS) == scores
+        assert again.requests_done == 0  # all from the cache
+        again.generate(prompts, SamplingSpec(max_tokens=6))  # unseeded: sampled anew
+        assert again.requests_done == 2
+        again.update_weights(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict())
+        again.generate(prompts, spec)  # new weights: sampled anew
+        assert again.requests_done == 4
+
+
 def test_gpu_samplers_that_cannot_be_placed_fail_clearly(tiny_model, sampler_cfg):
     cfg = sampler_cfg.model_copy(update={"gpus_per_sampler": 1.0})
     with pytest.raises(SamplerPoolError, match="1.0 free CPUs and 1.0 GPUs per sampler"):

@@ -231,6 +231,45 @@ def test_rdpo_revisions_judged(judge, tiny_model, tmp_path, capsys):
     assert len(messages) == 3  # answer, then the critique request: the chain the teacher saw
 
 
+@pytest.mark.usefixtures("ray_cluster")
+def test_an_interrupted_simulation_resumes_where_it_stopped(tiny_model, tmp_path, capsys):
+    """Kill a running rDPO simulation (a driver on this cluster) mid-chain; the rerun samples
+    only what was not answered yet and writes what an uninterrupted run writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import ray
+
+    prompts = write_prompts(tmp_path, [f"Human: Question {i}: what about {t}?\n\nAssistant:"
+                                       for i, t in enumerate(["bread", "foxes", "rain", "locks", "chess", "tea"] * 4)])
+    args = ["simulation.method=rdpo", "simulation.principles=safety", "judge.kind=hate", f"data.source={prompts}",
+            "sampler.max_model_len=512", "sampler.prompts_per_request=2"]
+    out = tmp_path / "interrupted"
+    command = [Path(sys.executable).parent / "alignray", "simulate", *overrides(tiny_model, out, *args),
+               f"address={ray.get_runtime_context().gcs_address}"]
+    driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    lines = lambda: sum(len(p.read_text().splitlines()) for p in out.glob("sampler-cache/*.jsonl"))  # noqa: E731
+    while lines() < 15 and driver.poll() is None and time.monotonic() < deadline:  # 12 answers, then critiques
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert not list(out.glob("datasets/*/preferences.parquet")), "the run finished before it could be interrupted"
+    done = lines()
+    assert 12 < done < 36  # interrupted while critiquing
+
+    assert main(["simulate", *overrides(tiny_model, out, *args)]) == 0
+    assert re.search(r"critiquing: \d+ of \d+ answered by an earlier run", capsys.readouterr().out)
+    assert main(["simulate", *overrides(tiny_model, tmp_path / "uninterrupted", *args)]) == 0
+    [resumed] = out.glob("datasets/*/preferences.parquet")
+    [straight] = (tmp_path / "uninterrupted").glob("datasets/*/preferences.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(resumed), pd.read_parquet(straight))
+
+
 def test_all_tie_label_columns_are_found():
     from alignray.feedback.simulate import ties
 

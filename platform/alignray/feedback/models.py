@@ -12,6 +12,7 @@ from pathlib import Path
 
 from alignray.config import EvaluateConfig, SimulateConfig
 from alignray.models.registry import ModelError, resolve
+from alignray.sampling.cache import model_identity
 from alignray.sampling.endpoint import Endpoint
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec, Score
@@ -49,7 +50,8 @@ def is_url(name: str) -> bool:
 @contextmanager
 def open_model(name: str, cfg: SimulateConfig | EvaluateConfig, seed: int = 0) -> Iterator[LocalModel | Endpoint]:
     """A model by name, folder, models:/ URI or URL, for as long as the block runs; a local
-    one gets a sampler pool of `cfg.sampler`."""
+    one gets a sampler pool of `cfg.sampler`. Both keep their answers under `cfg.output_dir`
+    (endpoint-cache/, sampler-cache/), so an interrupted stage run again resumes."""
     if is_url(name):
         e = cfg.endpoint
         key = os.environ.get(e.api_key_env) if e.api_key_env else None
@@ -60,5 +62,6 @@ def open_model(name: str, cfg: SimulateConfig | EvaluateConfig, seed: int = 0) -
         yield Endpoint(name, e.model, e.timeout_s, e.retries, e.backoff_s, e.concurrency, cache, key)
         return
     path = resolve(name)
-    with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=seed) as pool:
+    cache = cfg.output_dir / "sampler-cache" / f"{model_identity(str(path))[:16]}.jsonl"
+    with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=seed, cache=cache) as pool:
         yield LocalModel(pool, path)

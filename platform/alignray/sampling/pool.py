@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import ray
 import torch
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from alignray.cluster import sampler_runtime_env
 from alignray.config import SamplerConfig
 from alignray.sampling.actor import SamplerActor
+from alignray.sampling.cache import RequestCache, model_identity
 from alignray.sampling.types import Completion, Probe, SamplingSpec, Score
 
 
@@ -47,13 +49,19 @@ class SamplerPool:
         dtype: str = "float32",
         seed: int = 0,
         startup_timeout_s: float = 600,
+        cache: Path | None = None,
     ):
+        """`cache`: a JSONL file of answered requests; while the weights are the initial ones,
+        requests found there are not sampled again (see alignray.sampling.cache)."""
         self.cfg = cfg
         self.restarts = 0  # actors replaced so far
         self.requests_done = 0  # requests answered so far
         self.last_probe_diff: float | None = None  # of the last verified weight update
         self._args = (str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization)
         self._startup_timeout_s = startup_timeout_s
+        self._cache = None
+        if cache is not None:
+            self._cache = RequestCache(cache, f"{model_identity(str(model_path))}|{dtype}|{cfg.max_model_len}|{seed}")
         self._remote = ray.remote(SamplerActor).options(
             num_cpus=cfg.cpus_per_sampler,
             num_gpus=cfg.gpus_per_sampler,
@@ -97,17 +105,31 @@ class SamplerPool:
         n = len(columns[0])
         k = self.cfg.prompts_per_request
         chunks = [range(i, min(i + k, n)) for i in range(0, n, k)]
-        todo = deque(range(len(chunks)))
+        request = lambda cid: [[col[i] for i in chunks[cid]] for col in columns]  # noqa: E731
+        # Answers depend only on the request while the weights are the initial ones and every
+        # sample has a seed: only then may an earlier run's answers stand in.
+        cache = self._cache if self._weights is None and (
+            method == "score" or all(spec.seed is not None for spec in columns[1])) else None
+        results: list = [None] * n
+        todo, reused = deque(), 0
+        for cid in range(len(chunks)):
+            found = cache.get(method, request(cid)) if cache else None
+            if found is None:
+                todo.append(cid)
+                continue
+            for i, value in zip(chunks[cid], found, strict=True):
+                results[i] = value
+            reused += len(chunks[cid])
+        if reused:
+            tqdm.write(f"{desc or method}: {reused} of {n} answered by an earlier run ({cache.path})")
+        bar = tqdm(total=n, initial=reused, desc=desc, unit="prompt", disable=desc is None)
         idle = deque(range(len(self.actors)))
         inflight: dict[ray.ObjectRef, tuple[int, int, float]] = {}
-        results: list = [None] * n
-        bar = tqdm(total=n, desc=desc, unit="prompt", disable=desc is None)
         try:
             while todo or inflight:
                 while todo and idle:
                     cid, slot = todo.popleft(), idle.popleft()
-                    args = [[col[i] for i in chunks[cid]] for col in columns]
-                    ref = getattr(self.actors[slot], method).remote(*args)
+                    ref = getattr(self.actors[slot], method).remote(*request(cid))
                     deadline = time.monotonic() + self.cfg.request_timeout_s
                     inflight[ref] = (cid, slot, deadline)
                 wait_s = max(0.0, min(d for _, _, d in inflight.values()) - time.monotonic())
@@ -127,6 +149,8 @@ class SamplerPool:
                     continue
                 for i, value in zip(chunks[cid], out, strict=True):
                     results[i] = value
+                if cache:
+                    cache.put(method, request(cid), out)
                 bar.update(len(chunks[cid]))
                 self.requests_done += 1
                 idle.append(slot)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 from pathlib import Path
 
@@ -11,13 +12,17 @@ from fastapi import HTTPException, Request
 
 def read_token(token_env: str | None, token_file: str | None) -> str | None:
     """The bearer token from a mounted secret file, else from an environment variable; None
-    (no authentication) when neither is configured or the variable is unset."""
+    (no authentication, logged as a warning) when neither is configured or the variable is unset."""
     if token_file:
         token = Path(token_file).read_text().strip()
         if not token:
             raise ValueError(f"token_file {token_file} is empty")
         return token
-    return os.environ.get(token_env) or None if token_env else None
+    token = os.environ.get(token_env) or None if token_env else None
+    if token is None:
+        where = f"the environment variable {token_env} is not set" if token_env else "no token_env or token_file"
+        logging.getLogger("ray.serve").warning("authentication is off: %s", where)
+    return token
 
 
 def authorize(token: str | None, authorization: str | None) -> None:
