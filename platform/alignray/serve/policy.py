@@ -92,6 +92,7 @@ class PolicyServer:
         try:
             cfg = PolicyModel.model_validate(user_config)
             if self.engine is not None and cfg == self.served:
+                self.error = None  # back to the model that is serving: nothing to load
                 return
             engine = await asyncio.to_thread(self._load, cfg)  # the old engine keeps serving meanwhile
         except Exception as exc:
