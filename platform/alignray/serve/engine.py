@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from alignray.cluster import sampler_runtime_env
 
 # vLLM's in-process engines share process-wide state (its parallel groups): building a new
-# engine while another one steps breaks the running one. So building (a model switch) pauses
-# the other engines' steps for the seconds it takes; their requests wait, none fail.
+# engine while another one steps breaks the running one, and so does shutting an old one down
+# (see _run's end). So building (a model switch) pauses the other engines' steps for the
+# seconds it takes; their requests wait, none fail.
 _VLLM_STATE = threading.Lock()
 
 
@@ -129,6 +130,9 @@ class EngineLoop:
                 self._deliver(output.request_id, output)
         for request_id in list(self._outboxes):
             self._deliver(request_id, EngineClosed("engine replaced"))
+        # The in-process engine's finalizer tears down vLLM's process-wide parallel groups,
+        # which the engine that replaced this one uses: detach it, let the memory go.
+        engine.engine_core._finalizer.detach()
         del engine
         with _VLLM_STATE:
             self.llm = None
