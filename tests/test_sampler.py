@@ -117,15 +117,15 @@ def test_weight_sync_deadline_raises_then_pool_recovers(tiny_model, sampler_cfg)
 
 
 def test_a_cached_pool_answers_repeated_requests_from_its_cache(tiny_model, sampler_cfg, tmp_path):
-    cache = tmp_path / "cache.jsonl"
     spec = SamplingSpec(max_tokens=6, seed=3, logprobs=0)
     prompts = PROMPTS * 3  # two requests of 4 prompts
-    with SamplerPool(tiny_model, sampler_cfg, cache=cache) as first:
+    with SamplerPool(tiny_model, sampler_cfg, cache_dir=tmp_path) as first:
         expected, scores = first.generate(prompts, spec), first.score(PROMPTS, CONTINUATIONS)
         assert first.requests_done == 3
+    [cache] = tmp_path.glob("*.jsonl")
     with cache.open("a") as fh:
         fh.write('{"key": "a line cut sh')  # as a kill leaves it
-    with SamplerPool(tiny_model, sampler_cfg, cache=cache) as again:
+    with SamplerPool(tiny_model, sampler_cfg, cache_dir=tmp_path) as again:
         assert again.generate(prompts, spec) == expected and again.score(PROMPTS, CONTINUATIONS) == scores
         assert again.requests_done == 0  # all from the cache
         again.generate(prompts, SamplingSpec(max_tokens=6))  # unseeded: sampled anew

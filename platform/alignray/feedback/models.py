@@ -12,7 +12,6 @@ from pathlib import Path
 
 from alignray.config import EvaluateConfig, SimulateConfig
 from alignray.models.registry import ModelError, resolve
-from alignray.sampling.cache import model_identity
 from alignray.sampling.endpoint import Endpoint
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec, Score
@@ -62,6 +61,5 @@ def open_model(name: str, cfg: SimulateConfig | EvaluateConfig, seed: int = 0) -
         yield Endpoint(name, e.model, e.timeout_s, e.retries, e.backoff_s, e.concurrency, cache, key)
         return
     path = resolve(name)
-    cache = cfg.output_dir / "sampler-cache" / f"{model_identity(str(path))[:16]}.jsonl"
-    with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=seed, cache=cache) as pool:
+    with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=seed, cache_dir=cfg.output_dir / "sampler-cache") as pool:
         yield LocalModel(pool, path)

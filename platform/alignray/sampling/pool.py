@@ -49,10 +49,11 @@ class SamplerPool:
         dtype: str = "float32",
         seed: int = 0,
         startup_timeout_s: float = 600,
-        cache: Path | None = None,
+        cache_dir: Path | None = None,
     ):
-        """`cache`: a JSONL file of answered requests; while the weights are the initial ones,
-        requests found there are not sampled again (see alignray.sampling.cache)."""
+        """`cache_dir`: where answered requests are kept, one JSONL file per model; while the
+        weights are the initial ones, requests found there are not sampled again (see
+        alignray.sampling.cache)."""
         self.cfg = cfg
         self.restarts = 0  # actors replaced so far
         self.requests_done = 0  # requests answered so far
@@ -60,8 +61,9 @@ class SamplerPool:
         self._args = (str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization)
         self._startup_timeout_s = startup_timeout_s
         self._cache = None
-        if cache is not None:
-            self._cache = RequestCache(cache, f"{model_identity(str(model_path))}|{dtype}|{cfg.max_model_len}|{seed}")
+        if cache_dir is not None:
+            model = model_identity(str(model_path))
+            self._cache = RequestCache(cache_dir / f"{model[:16]}.jsonl", f"{model}|{dtype}|{cfg.max_model_len}|{seed}")
         self._remote = ray.remote(SamplerActor).options(
             num_cpus=cfg.cpus_per_sampler,
             num_gpus=cfg.gpus_per_sampler,
