@@ -104,7 +104,7 @@ class EngineLoop:
     def _run(self) -> None:
         engine = self.llm.llm_engine
         while True:
-            busy = engine.has_unfinished_requests()
+            busy = engine.has_unfinished_requests() or self._closing  # closing: never wait for more
             try:
                 self._handle(self._inbox.get(block=not busy))
                 while True:
