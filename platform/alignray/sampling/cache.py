@@ -53,16 +53,16 @@ class RequestCache:
         text = json.dumps([self.identity, method, [[_plain(v) for v in column] for column in columns]], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def get(self, method: str, columns: Sequence[Sequence]) -> list | None:
-        found = self.entries.get(self.key(method, columns))
+    def get(self, method: str, key: str) -> list | None:
+        """The answers stored under `key` (see `key`), as `method` returns them."""
+        found = self.entries.get(key)
         if found is None:
             return None
         if method == "generate":
             return [[Completion(**_tuples(c)) for c in completions] for completions in found]
         return [Score(**_tuples(s)) for s in found]
 
-    def put(self, method: str, columns: Sequence[Sequence], results: list) -> None:
-        key = self.key(method, columns)
+    def put(self, key: str, results: list) -> None:
         plain = [[_plain(c) for c in r] if isinstance(r, list) else _plain(r) for r in results]
         self.entries[key] = plain
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -112,10 +112,11 @@ class SamplerPool:
         # sample has a seed: only then may an earlier run's answers stand in.
         cache = self._cache if self._weights is None and (
             method == "score" or all(spec.seed is not None for spec in columns[1])) else None
+        keys = [cache.key(method, request(cid)) for cid in range(len(chunks))] if cache else []
         results: list = [None] * n
         todo, reused = deque(), 0
         for cid in range(len(chunks)):
-            found = cache.get(method, request(cid)) if cache else None
+            found = cache.get(method, keys[cid]) if cache else None
             if found is None:
                 todo.append(cid)
                 continue
@@ -152,7 +153,7 @@ class SamplerPool:
                 for i, value in zip(chunks[cid], out, strict=True):
                     results[i] = value
                 if cache:
-                    cache.put(method, request(cid), out)
+                    cache.put(keys[cid], out)
                 bar.update(len(chunks[cid]))
                 self.requests_done += 1
                 idle.append(slot)

@@ -64,7 +64,7 @@ def adapt(cfg: dict, *, policy: str | None = None, rewards: list[str] | None = N
     return cfg
 
 
-def run(cfg: dict, address: str | None, write: Path | None) -> int:
+def run(cfg: dict, address: str | None, write: Path | None) -> int:  # returns only with `write`
     """Write the adapted config to `write`, or run it with `serve run` (blocks, streams logs)."""
     text = yaml.safe_dump(cfg, sort_keys=False)
     if write is not None:
@@ -76,5 +76,4 @@ def run(cfg: dict, address: str | None, write: Path | None) -> int:
     serve = shutil.which("serve", path=str(Path(sys.executable).parent)) or "serve"
     command = [serve, "run", str(path), *(["--address", address] if address else [])]
     print(f"config {path}\n$ {' '.join(command)}", flush=True)
-    os.execv(serve, command)
-    return 0  # not reached
+    os.execvp(serve, command)  # replaces this process
