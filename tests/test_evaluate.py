@@ -51,8 +51,8 @@ def test_win_rates_count_wins_ties_losses_per_opponent():
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_reward, tmp_path, capsys):
-    from alignray.evaluate.judges import hate, profanity
     from alignray.models.tiny import make_tiny_llama
+    from alignray.rewards.judges import hate, profanity
     from alignray.rewards.scorers import LocalRewardModels
 
     reward_model, _ = pattern_reward

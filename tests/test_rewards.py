@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 import torch
-from alignray.rewards import SCALARIZERS, fit_principle_weights, scalarize
+from alignray.rewards.scalarize import SCALARIZERS, fit_principle_weights, scalarize
 
 
 def t(*rows):

@@ -203,9 +203,9 @@ def test_critique_chain_message_structure():
 @pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize("judge", ["model", "hate"])
 def test_rdpo_revisions_judged(judge, tiny_model, tmp_path, capsys):
-    from alignray.evaluate.judges import hate
     from alignray.feedback.critique import critique_messages
     from alignray.principles import load_principles
+    from alignray.rewards.judges import hate
 
     prompts = write_prompts(tmp_path, TRANSCRIPTS)
     out = tmp_path / "runs"

@@ -17,9 +17,9 @@ from alignray.config import (
     load_config,
 )
 from alignray.data.conversation import PromptError
-from alignray.evaluate.judges import JudgeError
 from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
 from alignray.principles import PrincipleError, builtin_names, load_principles
+from alignray.rewards.judges import JudgeError
 from alignray.sampling.endpoint import EndpointError
 from alignray.train.data import DatasetError
 

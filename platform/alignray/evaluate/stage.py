@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from alignray import cluster, tracking
 from alignray.config import EvaluateConfig
 from alignray.data.sources import load_conversations
-from alignray.evaluate import judges as offline
 from alignray.evaluate.report import markdown, plot_curves, plot_win_rates
 from alignray.evaluate.winrate import WinRate, bootstrap_interval, win_rates
 from alignray.feedback import rlaif
@@ -31,6 +30,7 @@ from alignray.feedback.models import chat_renderer, open_model
 from alignray.feedback.rlcd import clean_output
 from alignray.io import atomic_dir
 from alignray.models.registry import ModelError, resolve
+from alignray.rewards import judges as offline
 from alignray.sampling.types import SamplingSpec
 from alignray.train.data import DatasetError
 

@@ -18,11 +18,11 @@ import math
 import random
 
 from alignray.config import SimulateConfig
-from alignray.evaluate import judges
 from alignray.feedback import rlaif
 from alignray.feedback.models import open_model
 from alignray.feedback.rlcd import Plan, clean_output
 from alignray.principles import Critique, PrincipleSet
+from alignray.rewards import judges
 from alignray.rewards.scorers import reward_source, scalar_reward
 from alignray.sampling.types import SamplingSpec
 

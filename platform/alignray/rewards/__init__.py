@@ -1,5 +1,2 @@
-"""Rewards: turning per-principle (MORLAIF) rewards into one training reward per sample."""
-
-from alignray.rewards.scalarize import SCALARIZERS, fit_principle_weights, scalarize
-
-__all__ = ["SCALARIZERS", "fit_principle_weights", "scalarize"]
+"""Rewards: reward scorers (`scorers`), MORLAIF scalarizers (`scalarize`) and the independent
+offline judges (`judges`). Nothing is imported here, so that the light judges do not pull in torch."""
