@@ -72,7 +72,7 @@ def _judge(frame: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
             frame["model_prob"] = rlaif.label(lambda p, c: judge.score(p, c, desc="AI judge"), comparisons, TEMPLATE)
     for name in cfg.judges:
         if name != "model":
-            judge = offline.JUDGES[name][0]
+            judge = offline.JUDGES[name].score
             frame[f"{name}_policy"] = judge(list(frame["policy_response"]))
             frame[f"{name}_opponent"] = judge(list(frame["opponent_response"]))
     return frame

@@ -64,7 +64,7 @@ def _score_difference(cfg: SimulateConfig, prompts: list[str], chosen: list[str]
     """s_chosen - s_rejected for every pair, by the configured judge."""
     kind = cfg.judge.kind
     if kind in ("profanity", "hate"):
-        judge = judges.JUDGES[kind][0]
+        judge = judges.JUDGES[kind].score
         return (judge(rejected) - judge(chosen)).tolist()  # s = -P(...)
     if kind == "reward":
         reward = reward_source(cfg.reward, cfg.sampler.max_model_len)
