@@ -7,6 +7,7 @@ import re
 import pandas as pd
 import pytest
 from alignray.cli import main
+from alignray.feedback import diagnostics
 from mlflow.tracking import MlflowClient
 
 TRANSCRIPTS = [
@@ -68,6 +69,11 @@ def test_rlcd_simulation_writes_dataset_and_mlflow_run(tiny_model, tmp_path, cap
     assert [a.path for a in client.list_artifacts(run.info.run_id, "datasets")] == ["datasets/preferences.parquet"]
     [ds_input] = run.inputs.dataset_inputs
     assert ds_input.dataset.name == "rlcd-harmlessness-preferences"
+    # the label check by independent judges: metrics recomputed from the dataset, artifact, summary
+    for key, value in diagnostics.run(frame).metrics().items():
+        assert abs(run.data.metrics[key] - value) < 1e-9, key
+    assert "diagnostics.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "label check by independent judges" in printed and "refusal rate chosen" in printed
 
 
 @pytest.mark.usefixtures("ray_cluster")

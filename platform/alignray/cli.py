@@ -52,6 +52,10 @@ def simulate(items: list[str], address: str | None = None) -> int:
     for column in result.all_ties:
         print(f"warning: every label in {column} is a tie (0.5): the labeller or judge cannot tell the"
               " responses apart; try a stronger labeller or other instructions", file=sys.stderr)
+    if result.diagnostics is not None:
+        print("\n".join(result.diagnostics.summary()))
+        for line in result.diagnostics.warnings():
+            print(f"warning: {line}", file=sys.stderr)
     print(f"dataset:     {result.dataset}")
     print(f"MLflow run:  {result.run_id} in experiment {result.experiment!r}")
     print(f"             {result.tracking_uri}")

@@ -2,6 +2,9 @@
 
 The methods live in `pairs` (rlcd, rlaif, rlcd_rescore, morlaif), `ranking` (rrhf) and
 `critique` (rdpo); this module validates the inputs, runs one, and writes and logs its rows.
+A dataset of pairs (every method but rrhf) is then checked by independent judges
+(`diagnostics`): metrics `diag_*`, artifact `diagnostics.json`, and a `diagnostics_warning` tag
+when a judge finds the labels inverted more often than not.
 
 Every input is validated before Ray starts, and the dataset is written atomically at the end,
 so a bad input or a failed run leaves no dataset behind.
@@ -20,7 +23,7 @@ import pyarrow as pa
 from alignray import cluster, tracking
 from alignray.config import SimulateConfig
 from alignray.data.sources import load_conversations
-from alignray.feedback import critique, pairs, ranking, rlcd
+from alignray.feedback import critique, diagnostics, pairs, ranking, rlcd
 from alignray.feedback.models import chat_renderer, is_url
 from alignray.io import write_parquet
 from alignray.models.registry import resolve
@@ -37,6 +40,7 @@ class SimulationResult:
     dropped: int
     examples: list[dict]
     all_ties: list[str]  # label columns where every pair is a tie
+    diagnostics: diagnostics.Diagnostics | None  # None for rrhf's candidates
 
 
 # what each method needs from the principle set
@@ -86,9 +90,17 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         tied = ties(frame)
         if tied:
             mlflow.set_tag("all_ties", ",".join(tied))
+        seconds = time.monotonic() - started
+        diag = None
+        if {"chosen", "rejected"} <= set(frame.columns):
+            diag = diagnostics.run(frame)
+            mlflow.log_dict(diag.as_dict(), "diagnostics.json")
+            metrics |= diag.metrics() | {"diagnostics_seconds": time.monotonic() - started - seconds}
+            if diag.warnings():
+                mlflow.set_tag("diagnostics_warning", "\n".join(diag.warnings()))
         mlflow.log_metrics({
             **metrics,
-            "seconds": time.monotonic() - started,
+            "seconds": seconds,
             **{f"{c}_mean": float(frame[c].mean()) for c in frame.columns if c.startswith("preference_prob")},
         })
     return SimulationResult(
@@ -100,4 +112,5 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         dropped=dropped,
         examples=rows[:3],
         all_ties=tied,
+        diagnostics=diag,
     )
