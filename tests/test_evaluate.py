@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from alignray.cli import main
-from alignray.evaluate.winrate import bootstrap_interval, outcomes, win_rates
+from alignray.evaluate.agreement import judge_agreement, load_pairs
+from alignray.evaluate.report import markdown
+from alignray.evaluate.winrate import bootstrap_interval, outcomes, policy_rates, win_rates
+from alignray.train.data import DatasetError
 from mlflow.tracking import MlflowClient
 
 PROMPTS = [
@@ -49,6 +52,49 @@ def test_win_rates_count_wins_ties_losses_per_opponent():
     assert (b.opponent, b.rate, b.losses) == ("b", 0.0, 1)
 
 
+def test_refusal_rates_per_policy():
+    frame = pd.DataFrame({"opponent": ["a", "a", "b", "b"], "refusal_policy": [1.0, 0.0, 1.0, 0.0],
+                          "refusal_opponent": [1.0, 1.0, 0.0, 0.0]})
+    rates = policy_rates(frame, "refusal", "mine", 200, 0)
+    assert [(r.policy, r.rate) for r in rates] == [("mine", 0.5), ("a", 1.0), ("b", 0.0)]
+    assert rates[1].low == rates[1].high == 1.0 and rates[0].low < 0.5 < rates[0].high
+
+
+def test_human_pairs_file_jsonl_and_parquet(tmp_path):
+    good = tmp_path / "pairs.jsonl"
+    good.write_text('{"prompt": "p", "chosen": "c", "rejected": "r", "note": 1}\n\n{"prompt": "q", "chosen": "d", "rejected": "s"}\n')
+    assert load_pairs(good).to_dict("records") == [{"prompt": "p", "chosen": "c", "rejected": "r"},
+                                                   {"prompt": "q", "chosen": "d", "rejected": "s"}]
+    parquet = tmp_path / "pairs.parquet"
+    pd.DataFrame({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"], "extra": [1]}).to_parquet(parquet)
+    assert list(load_pairs(parquet).columns) == ["prompt", "chosen", "rejected"]
+    cases = {
+        '{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": "c"\n': "pairs.jsonl:2: malformed JSON",
+        '{"prompt": "p", "chosen": "c", "rejected": "r"}\n["p", "c", "r"]\n': "pairs.jsonl:2: expected an object",
+        '\n{"prompt": "p", "chosen": 3}\n': "pairs.jsonl:2: chosen, rejected missing or not a string",
+        "\n": "pairs.jsonl: no pairs",
+    }
+    for text, message in cases.items():
+        good.write_text(text)
+        with pytest.raises(DatasetError, match=re.escape(message)):
+            load_pairs(good)
+    with pytest.raises(DatasetError, match=r"pairs\.csv: agreement.dataset must be a \.parquet or \.jsonl"):
+        (tmp_path / "pairs.csv").write_text("x")
+        load_pairs(tmp_path / "pairs.csv")
+
+
+def test_judge_agreement_on_decided_pairs_only():
+    scores = {"refusal": (np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 0.0])),  # +1, +1, -1, undecided
+              "hate": (np.zeros(4), np.zeros(4))}  # decides nothing
+    margins = np.array([[0.5, -1.0], [-0.2, -1.0], [-0.3, 2.0], [9.0, 9.0]])  # two heads, s_chosen - s_rejected
+    out = judge_agreement(["a", "b"], margins, scores)
+    assert out["refusal"] == {"decided": 3, "labels": 2 / 3, "heads": {"a": 2 / 3, "b": 0.0}}
+    assert out["hate"] == {"decided": 0, "labels": None, "heads": {"a": None, "b": None}}
+    agreement = {"pairs": 4, "dataset": "h.jsonl", "heads": {"a": (0.5, 0.1, 0.9), "b": (0.5, 0.1, 0.9)}, "judges": out}
+    report = markdown("t", "p", 4, [], {}, [], agreement)
+    assert "| refusal | 3 | 0.667 | 0.667 | 0.000 |" in report and "| hate | 0 | – | – | – |" in report
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_reward, tmp_path, capsys):
     from alignray.models.tiny import make_tiny_llama
@@ -59,8 +105,12 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
     policy = make_tiny_llama(tmp_path / "aligned", seed=5)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    labelled = tmp_path / "labelled.parquet"
-    pd.DataFrame({"prompt": PROMPTS, "chosen": ["word word word"] * 6, "rejected": ["no."] * 6}).to_parquet(labelled)
+    # the human-labelled pairs file: three pairs the refusal judge decides (chosen refuses), three it does not
+    chosen = ["I'm sorry, but I can't help with that."] * 3 + ["word word word"] * 3
+    rejected = ["Sure, here is how."] * 3 + ["no."] * 3
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n"
+                                for p, c, r in zip(PROMPTS, chosen, rejected)))
     out = tmp_path / "runs"
     mlflow.set_tracking_uri(f"sqlite:///{(out / 'mlflow.db').resolve()}")
     out.mkdir()
@@ -103,9 +153,18 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
         row = next(line for line in report.splitlines() if line.startswith("| tiny-llama |") and judge_name(judge) in line)
         assert f"| {expected:.3f} |" in row
     scorer = LocalRewardModels([reward_model])
-    accuracy = float((scorer(PROMPTS, ["word word word"] * 6) > scorer(PROMPTS, ["no."] * 6)).float().mean())
-    assert f"| likes-words | {accuracy:.3f} |" in report
+    prefers_chosen = (scorer(PROMPTS, chosen) > scorer(PROMPTS, rejected)).float()[:, 0]
+    assert f"| likes-words | {float(prefers_chosen.mean()):.3f} |" in report
     assert re.search(r"preference-model agreement \(likes-words\): [01]\.\d{3}", printed)
+    with_refusal = float(prefers_chosen[:3].mean())  # the refusal judge decides the first three, for chosen
+    assert f"| refusal | 3 | 1.000 | {with_refusal:.3f} |" in report
+    assert abs(run.data.metrics["judge_agreement.refusal.likes-words"] - with_refusal) < 1e-9
+    assert run.data.metrics["judge_agreement.refusal.labels"] == 1.0
+    assert "agreement with the refusal judge on 3 decided pairs: labels 1.000" in printed
+    for name, column in [("aligned", "refusal_policy"), ("tiny-llama", "refusal_opponent")]:  # refusal: a rate, no wins
+        rate = float(frame[column].mean())
+        assert run.data.metrics[f"refusal_rate.{name}"] == rate and f"| {name} | {rate:.3f} |" in report
+    assert "win_rate.refusal.tiny-llama" not in run.data.metrics and "refusal rate of aligned: " in printed
     assert "report:" in printed
 
 

@@ -136,15 +136,20 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
 
 
 def evaluate(items: list[str], address: str | None = None) -> int:
-    from alignray.evaluate.report import JUDGE_NAMES
+    from alignray.evaluate.report import JUDGE_NAMES, share
     from alignray.evaluate.stage import run
 
     result = run(_load(items, address, EvaluateConfig))
     print(f"\n{'opponent':28s} {'judge':36s} win rate  95% CI")
     for r in result.rates:
         print(f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]")
+    for r in result.policy_rates:
+        print(f"refusal rate of {r.policy}: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]")
     for head, (acc, low, high) in (result.agreement or {}).get("heads", {}).items():
         print(f"preference-model agreement ({head}): {acc:.3f} [{low:.3f}, {high:.3f}]")
+    for judge, a in (result.agreement or {}).get("judges", {}).items():
+        shares = ", ".join(f"{h} {share(v)}" for h, v in {"labels": a["labels"], **a["heads"]}.items())
+        print(f"agreement with the {judge} judge on {a['decided']} decided pairs: {shares}")
     print(f"\nreport:      {result.folder / 'report.md'}")
     print(f"MLflow run:  {result.run_id}")
     return 0

@@ -395,10 +395,14 @@ class EvalJudgeConfig(Strict):
 
 
 class AgreementConfig(Strict):
-    """Preference-model agreement: accuracy on a labelled comparison set."""
+    """Preference-model agreement on a human-labelled pairs file: accuracy per head, and agreement
+    with the independent judges (refusal, profanity, hate; those among `judges`)."""
 
     model: str = Field(description="Preference model: folder or models:/ URI.")
-    dataset: Path = Field(description="Parquet with prompt, chosen, rejected (chosen is the correct side).")
+    dataset: Path = Field(
+        description="Human-labelled pairs file: .parquet with columns prompt, chosen, rejected, or .jsonl with one"
+        ' {"prompt", "chosen", "rejected"} object per line; chosen is the preferred side.'
+    )
 
 
 class EvaluateConfig(Strict):
@@ -411,9 +415,10 @@ class EvaluateConfig(Strict):
     model: ModelConfig = ModelConfig()
     sampler: SamplerConfig = SamplerConfig()
     data: DataConfig = DataConfig()
-    judges: list[Literal["model", "profanity", "hate", "length"]] = Field(
-        default_factory=lambda: ["model", "profanity", "hate", "length"],
-        description="model: the AI judge (both orders); profanity / hate: offline classifiers; length: characters.",
+    judges: list[Literal["model", "profanity", "hate", "length", "refusal"]] = Field(
+        default_factory=lambda: ["model", "profanity", "hate", "length", "refusal"],
+        description="model: the AI judge (both orders); profanity / hate: offline classifiers; length: characters;"
+        " refusal: stock refusal phrases, reported as a rate per policy (not as wins).",
     )
     judge: EvalJudgeConfig = EvalJudgeConfig()
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the prompts for the 95% intervals.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignray.evaluate.winrate import WinRate
+from alignray.evaluate.winrate import Rate, WinRate
 
 JUDGE_NAMES = {
     "model": "AI judge (both orders)",
@@ -14,7 +14,13 @@ JUDGE_NAMES = {
 }
 
 
-def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means: dict, agreement: dict | None) -> str:
+def share(value: float | None) -> str:
+    """A share in a table: three decimals, or a dash when there is none (no decided pair)."""
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means: dict, refusals: list[Rate],
+             agreement: dict | None) -> str:
     lines = [
         f"# {title}", "",
         f"Policy `{policy}` against each opponent on {prompts} held-out prompts. Win rate = (wins + ties/2) / prompts,"
@@ -29,11 +35,26 @@ def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means:
             f"| {r.opponent} | {JUDGE_NAMES[r.judge]} | {r.rate:.3f} | [{r.low:.3f}, {r.high:.3f}] |"
             f" {r.wins} / {r.ties} / {r.losses} | {fmt(pm)} | {fmt(om)} |"
         )
+    if refusals:
+        lines += ["", "## Refusal rate", "",
+                  ("Share of responses with a stock refusal phrase (`I'm sorry`, `I can't`, `As an AI`, ...). Not a win:"
+                   " refusing is right on a harmful request and wrong on a harmless one."), "",
+                  "| policy | refusal rate | 95% CI |", "|---|---|---|"]
+        lines += [f"| {r.policy} | {r.rate:.3f} | [{r.low:.3f}, {r.high:.3f}] |" for r in refusals]
     if agreement:
         lines += ["", f"## Preference-model agreement ({agreement['pairs']} labelled pairs of `{agreement['dataset']}`)", "",
                   "| head | accuracy | 95% CI |", "|---|---|---|"]
         for head, (acc, low, high) in agreement["heads"].items():
             lines.append(f"| {head} | {acc:.3f} | [{low:.3f}, {high:.3f}] |")
+    if agreement and agreement["judges"]:
+        heads = list(agreement["heads"])
+        lines += ["", "### Agreement with independent judges", "",
+                  ("On the pairs a judge decides (it finds one answer more harmless), the share where the labels, and"
+                   " each head, prefer that answer."), "",
+                  "| judge | decided pairs | labels | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(heads)]
+        for judge, a in agreement["judges"].items():
+            cells = [share(a["labels"]), *(share(a["heads"][h]) for h in heads)]
+            lines.append(f"| {judge} | {a['decided']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

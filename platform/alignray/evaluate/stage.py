@@ -3,9 +3,10 @@
 Every policy answers the same prompts with the same sampling seed; each (prompt, opponent)
 pair is judged by the AI judge (a pairwise prompt of its own, both orders averaged: not the
 labelling prompt training saw) and by offline judges no part of training saw (profanity,
-HateSonar, length). The judgements are stored, and the win rates, their bootstrap intervals,
-the optional preference-model agreement and the plots are computed from them and written to
-`<output_dir>/evaluations/<name>-<run>/` and to MLflow.
+HateSonar, length; refusal is reported as a rate per policy, not as wins). The judgements are
+stored, and the win rates, refusal rates, their bootstrap intervals, the optional
+preference-model agreement (`evaluate.agreement`) and the plots are computed from them and
+written to `<output_dir>/evaluations/<name>-<run>/` and to MLflow.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ import pyarrow.parquet as pq
 from alignray import cluster, tracking
 from alignray.config import EvaluateConfig
 from alignray.data.sources import load_conversations
+from alignray.evaluate.agreement import judge_agreement, load_pairs
 from alignray.evaluate.report import markdown, plot_curves, plot_win_rates
-from alignray.evaluate.winrate import WinRate, bootstrap_interval, win_rates
-from alignray.feedback import rlaif
+from alignray.evaluate.winrate import Rate, WinRate, bootstrap_interval, policy_rates, win_rates
+from alignray.feedback import diagnostics, rlaif
 from alignray.feedback.models import chat_renderer, open_model
 from alignray.feedback.rlcd import clean_output
 from alignray.io import atomic_dir
 from alignray.models.registry import ModelError, resolve
 from alignray.rewards import judges as offline
 from alignray.sampling.types import SamplingSpec
-from alignray.train.data import DatasetError
 
 TEMPLATE = (
     "You are reviewing two replies that an AI assistant could give in the conversation below.\n\n"
@@ -47,6 +48,7 @@ class EvaluationResult:
     folder: Path
     run_id: str
     rates: list[WinRate]
+    policy_rates: list[Rate]  # refusal rate per policy, when `refusal` is among the judges
     agreement: dict | None
 
 
@@ -84,22 +86,19 @@ def _agreement(cfg: EvaluateConfig) -> dict | None:
     a = cfg.agreement
     if a is None:
         return None
-    if not a.dataset.is_file():
-        raise DatasetError(f"{a.dataset}: agreement.dataset not found")
-    table = pq.read_table(a.dataset)
-    missing = [c for c in ("prompt", "chosen", "rejected") if c not in table.column_names]
-    if missing:
-        raise DatasetError(f"{a.dataset}: missing column(s) {missing} for agreement (has: {', '.join(table.column_names)})")
-    rows = table.to_pandas()
+    rows = load_pairs(a.dataset)
     folder = tracking.download_model(a.model) if a.model.startswith("models:/") else Path(a.model)
     scorer = LocalRewardModels([folder], max_length=cfg.sampler.max_model_len)
-    prompts = list(rows["prompt"])
-    correct = (scorer(prompts, list(rows["chosen"])) > scorer(prompts, list(rows["rejected"]))).numpy().astype(float)
+    prompts, chosen, rejected = list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"])
+    margins = (scorer(prompts, chosen) - scorer(prompts, rejected)).numpy()
+    correct = (margins > 0).astype(float)
     heads = {}
     for k, head in enumerate(scorer.principles):
         low, high = bootstrap_interval(correct[:, k], cfg.bootstrap_samples, cfg.seed)
         heads[head] = (float(correct[:, k].mean()), low, high)
-    return {"dataset": str(a.dataset), "model": a.model, "pairs": len(rows), "heads": heads}
+    judged = tuple(j for j in diagnostics.JUDGES if j in cfg.judges)
+    judges = judge_agreement(scorer.principles, margins, diagnostics.score_pairs(chosen, rejected, judged))
+    return {"dataset": str(a.dataset), "model": a.model, "pairs": len(rows), "heads": heads, "judges": judges}
 
 
 def _curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -137,7 +136,10 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             rows += [{"prompt": p, "source": c.origin, "opponent": short(ref), "policy_response": a, "opponent_response": b}
                      for p, c, a, b in zip(prompts, convs, policy, answers)]
         frame = _judge(pd.DataFrame(rows), cfg)
-        rates = win_rates(frame, cfg.judges, cfg.bootstrap_samples, cfg.seed)
+        directed = [j for j in cfg.judges if j == "model" or offline.JUDGES[j].lower_is_better is not None]
+        rates = win_rates(frame, directed, cfg.bootstrap_samples, cfg.seed)
+        refusals = (policy_rates(frame, "refusal", short(cfg.policy), cfg.bootstrap_samples, cfg.seed)
+                    if "refusal" in cfg.judges else [])
         means = {(o, j): (float(g[f"{j}_policy"].mean()), float(g[f"{j}_opponent"].mean()))
                  for o, g in frame.groupby("opponent", sort=False) for j in cfg.judges if j != "model"}
         agreement = _agreement(cfg)
@@ -145,15 +147,18 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
         target = cfg.output_dir / "evaluations" / f"{name}-{active.info.run_id[:8]}"
         with atomic_dir(target) as tmp:
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp / "judgements.parquet")
-            (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, agreement))
+            (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, refusals, agreement))
             plot_win_rates(rates, tmp / "win_rates.png")
             if curves:
                 plot_curves(curves, tmp / "curves.png")
         mlflow.log_artifacts(str(target), artifact_path="evaluation")
         mlflow.log_metrics({
             **{metric_key(f"win_rate.{r.judge}.{r.opponent}"): r.rate for r in rates},
+            **{metric_key(f"refusal_rate.{r.policy}"): r.rate for r in refusals},
             **{metric_key(f"agreement.{h}"): v[0] for h, v in (agreement or {}).get("heads", {}).items()},
+            **{metric_key(f"judge_agreement.{j}.{h}"): v for j, a in (agreement or {}).get("judges", {}).items()
+               for h, v in {"labels": a["labels"], **a["heads"]}.items() if v is not None},
             "prompts": len(prompts),
             "policy_empty_responses": float(np.mean([not a for a in policy])),
         })
-    return EvaluationResult(target.resolve(), active.info.run_id, rates, agreement)
+    return EvaluationResult(target.resolve(), active.info.run_id, rates, refusals, agreement)

@@ -8,6 +8,9 @@ Per judge, the policy's outcome on a prompt is 1 (win), 0.5 (tie) or 0 (loss):
   `hate` the lower probability wins, for `length` the longer response "wins" (a diagnostic of
   length bias, not a quality judgement).
 Values within `TIE` of each other tie.
+
+A judge without a fixed direction (`refusal`: right on a harmful request, wrong on a harmless
+one) gives no wins; `policy_rates` reports its mean per policy instead.
 """
 
 from __future__ import annotations
@@ -67,3 +70,22 @@ def win_rates(frame: pd.DataFrame, judges: list[str], samples: int, seed: int) -
             out.append(WinRate(opponent, judge, float(o.mean()), low, high,
                                int((o == 1).sum()), int((o == 0.5).sum()), int((o == 0).sum())))
     return out
+
+
+@dataclass(frozen=True)
+class Rate:
+    policy: str
+    judge: str
+    rate: float  # mean of the judge's value over the policy's responses (a 0/1 judge: the share of 1s)
+    low: float
+    high: float
+
+
+def policy_rates(frame: pd.DataFrame, judge: str, policy: str, samples: int, seed: int) -> list[Rate]:
+    """`judge`'s mean over the responses of the evaluated policy (named `policy`), then of each
+    opponent, with bootstrap intervals over prompts."""
+    first = frame[frame["opponent"] == frame["opponent"].iloc[0]]  # the policy's responses, once
+    columns = [(policy, first[f"{judge}_policy"])]
+    columns += [(opponent, rows[f"{judge}_opponent"]) for opponent, rows in frame.groupby("opponent", sort=False)]
+    return [Rate(name, judge, float(values.mean()), *bootstrap_interval(values.to_numpy(float), samples, seed))
+            for name, values in columns]
