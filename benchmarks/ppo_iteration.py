@@ -1,21 +1,30 @@
-"""PPO iteration time by phase: rollouts on alignray's vLLM sampler pool vs transformers `generate`.
+"""PPO iteration time by phase: bf16 + colocated vs float32 + separate placement vs rollouts with transformers `generate`.
 
-Both sides run the same PPO loop (`alignray.train.ppo.fit`: Ray Train + DeepSpeed actor/critic, frozen reference,
-local reward model) with the same config; only the object the loop rolls out with differs. Ours is the SamplerPool
-(one vLLM actor). The peer is one Ray actor holding SmolLM2 as a transformers AutoModelForCausalLM (fp32, CPU, one
-torch thread, like the single-threaded vLLM engine here) that samples every prompt x n in one batched
-`generate(do_sample=True)` call, takes the sampled tokens' raw log-probs from the returned logits, and on a weight
-sync loads the state dict and scores the trainer's probe; `fit(cfg, rollout_pool=...)` takes it in place of
-SamplerPool. Both reserve the same Ray CPUs.
+Every run is the same PPO loop (`alignray.train.ppo.fit`: Ray Train + DeepSpeed actor/critic, frozen reference, local
+reward model) with the same workload; runs differ in the compute dtype (`model.dtype` and `trainer.precision`), in
+`ppo.placement`, and in the object the loop rolls out with. `ours` is the SamplerPool (one vLLM actor). `hf` is one Ray
+actor holding SmolLM2 as a transformers AutoModelForCausalLM (same dtype, as many torch threads as the pool's engine
+would get) that samples every prompt x n in one batched `generate(do_sample=True)` call, takes the sampled tokens' raw
+log-probs from the returned logits, and on a weight sync loads the state dict and scores the trainer's probe;
+`fit(cfg, rollout_pool=...)` takes it in place of SamplerPool. Both reserve the same Ray CPUs.
+
+Placements (alignray.train.placement), on this 2-core machine with 1 trainer worker and 1 sampler of 1 CPU each:
+separate = each computes on its own core (1 thread); colocated = each uses both cores in its phase (2 threads).
 
 Times are the loop's own per-iteration MLflow metrics: rollout (sampling + tokenizing + broadcast), scoring (reward,
 reference, old log-probs, values, advantages), training (PPO minibatch updates), sync (gather the weights, score the
 probe, push them to the sampler and verify) and the whole iteration (checkpointing and logging excluded). Means
 leave out the first --warmup iterations. Policy: SmolLM2-135M-Instruct; reward model (and critic start): the same
-network with a fresh 1-output head, since only time matters. Ours runs first, then the peer, in one Ray cluster.
+network with a fresh 1-output head, since only time matters. Runs go one after the other in one Ray cluster.
 
-    .venv/bin/python benchmarks/ppo_iteration.py                    # ~10 min on 2 cores
-    .venv/bin/python benchmarks/ppo_iteration.py --iterations 3 --max-tokens 24
+MFU = the iteration's matmul FLOPs / its time / the peak of its dtype on the node's cores (torch.mm, measured here).
+FLOPs, with S = prompt + response tokens of the iteration (logged as sequence_tokens), N_lm = the policy's and
+N_cls = the critic's (= reward model's) nn.Linear weights and e = PPO epochs: rollout 2 N_lm S, scoring
+2 S (2 N_lm + 2 N_cls) (old and reference log-probs, values, reward), training 6 e S (N_lm + N_cls); attention-score
+FLOPs and the LM head's skipped prompt positions are ignored (a slight overcount).
+
+    .venv/bin/python benchmarks/ppo_iteration.py                    # 3 runs, ~15 min on 2 cores
+    .venv/bin/python benchmarks/ppo_iteration.py --runs ours:bf16:colocated,ours:fp32:separate --iterations 3
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import ray
 import torch
 from alignray.sampling.pool import compact
 from alignray.sampling.types import Completion, Probe, SamplingSpec
+from flops import linear_params, peak_flops
 
 PHASES = ("rollout", "scoring", "training", "sync", "iteration")
 
@@ -43,10 +53,10 @@ PHASES = ("rollout", "scoring", "training", "sync", "iteration")
 class HFGenerateSampler:
     """A Ray actor sampling with transformers `generate`: what the PPO loop needs of a vLLM SamplerActor."""
 
-    def __init__(self, model_path: str, dtype: str, seed: int):
+    def __init__(self, model_path: str, dtype: str, seed: int, threads: int):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.tok = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
@@ -77,23 +87,32 @@ class HFGenerateSampler:
 
     @torch.no_grad()
     def update_weights(self, state_dict: dict, probe: Probe) -> float:
-        """Load the weights; return the largest |log-prob difference| from the trainer's on the probe."""
+        """Load the weights; return the mean |log-prob difference| from the trainer's on the probe."""
         self.model.load_state_dict(state_dict)
         p_ids = self.tok(probe.prompt).input_ids
         c_ids = self.tok(probe.continuation, add_special_tokens=False).input_ids
         logits = self.model(torch.tensor([p_ids + c_ids])).logits[0, len(p_ids) - 1 : -1]
         got = logits.float().log_softmax(-1).gather(-1, torch.tensor(c_ids)[:, None]).squeeze(-1)
-        return (got - torch.tensor(probe.token_logprobs)).abs().max().item()
+        return (got - torch.tensor(probe.token_logprobs)).abs().mean().item()
 
 
 class HFGeneratePool:
     """SamplerPool's constructor and the part of it the PPO loop uses, over one HFGenerateSampler actor."""
 
-    def __init__(self, model_path, cfg, *, dtype: str = "float32", seed: int = 0):
+    def __init__(self, model_path, cfg, *, dtype: str, seed: int = 0, threads: int = 1, node_id=None, sleep_mode=False):
+        from alignray.models.precision import resolve_dtype
+
+        self.dtype = resolve_dtype(dtype)
         remote = ray.remote(HFGenerateSampler).options(num_cpus=cfg.cpus_per_sampler, max_restarts=0)
-        self.actor = remote.remote(str(model_path), dtype, seed)
+        self.actor = remote.remote(str(model_path), self.dtype, seed, threads)
         ray.get(self.actor.__ray_ready__.remote())  # loaded, like SamplerPool's start-up wait
         self.restarts, self.last_probe_diff = 0, None
+
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass
 
     def generate(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
         return ray.get(self.actor.generate.remote(list(prompts), spec))
@@ -121,54 +140,74 @@ def make_reward_model(policy: Path, folder: Path) -> Path:
     return folder
 
 
-def run(pool_class, out: Path, reward: Path, args) -> dict[str, list[float]]:
-    """The loop's per-iteration metrics after the warm-up, with `pool_class` as the sampler pool."""
+POOLS = ("ours", "hf")  # alignray's SamplerPool, HFGeneratePool
+
+
+def run(spec: str, out: Path, reward: Path, args) -> dict[str, list[float]]:
+    """The loop's per-iteration metrics after the warm-up for one run `side:dtype:placement`."""
     from alignray import tracking
     from alignray.config import PPOConfig, load_config
+    from alignray.sampling.pool import SamplerPool
     from alignray.train import ppo
     from mlflow import MlflowClient
 
+    side, dtype, placement = spec.split(":")
     cfg = load_config(None, [
         f"output_dir={out}", "tracking.experiment=bench", "data.source=sample", f"reward.models=[{reward}]",
         "critic.init=reward", "trainer.num_workers=1", "trainer.cpus_per_worker=1", f"trainer.zero_stage={args.zero_stage}",
         "sampler.num_samplers=1", "sampler.cpus_per_sampler=1", f"sampler.max_tokens={args.max_tokens}",
         "sampler.max_model_len=512", f"ppo.iterations={args.iterations}", f"ppo.prompts_per_step={args.prompts}",
         f"ppo.samples_per_prompt={args.samples}", f"ppo.minibatch_per_worker={args.minibatch}", "ppo.ppo_epochs=1",
+        f"model.dtype={'bfloat16' if dtype == 'bf16' else 'float32'}", f"trainer.precision={dtype}",
+        f"ppo.placement={placement}",
     ], PPOConfig)
-    result = ppo.fit(cfg, rollout_pool=pool_class)
+    result = ppo.fit(cfg, rollout_pool=SamplerPool if side == "ours" else HFGeneratePool)
     client = MlflowClient(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
-    keys = [f"time_{p}" for p in PHASES] + ["tokens_per_s", "response_length", "sync_probe_diff", "logprob_gap"]
+    keys = [f"time_{p}" for p in PHASES] + ["tokens_per_s", "response_length", "sync_probe_diff", "logprob_gap",
+                                            "sequence_tokens"]
     history = {k: sorted(client.get_metric_history(result.run_id, k), key=lambda m: m.step) for k in keys}
     return {k: [m.value for m in ms if m.step > args.warmup] for k, ms in history.items()}
 
 
-def report(ours: dict, hf: dict, load: list[tuple], args) -> None:
+def iteration_flops(metrics: dict, n_lm: int, n_cls: int) -> float:
+    s = statistics.mean(metrics["sequence_tokens"])
+    return s * (2 * n_lm + 2 * (2 * n_lm + 2 * n_cls) + 6 * (n_lm + n_cls))
+
+
+def report(results: dict, peaks: dict, sizes: tuple[int, int], load: list[tuple], args) -> None:
     mean = statistics.mean
+    specs = list(results)
     print(f"\nSmolLM2-135M-Instruct PPO, {args.prompts} prompts x {args.samples} samples x <= {args.max_tokens} new "
           f"tokens per iteration, minibatch {args.minibatch}, 1 PPO epoch; 1 trainer worker (1 CPU, ZeRO-{args.zero_stage}), "
           f"1 sampler (1 CPU); means over iterations {args.warmup + 1}..{args.iterations}")
-    print(f"1-min load average before/after: {load[0][0]:.2f} / {load[1][0]:.2f}")
-    header = f"{'phase (s / iteration)':<26}{'vLLM pool':>12}{'HF generate':>14}{'HF / vLLM':>11}"
+    print(f"1-min load average before/after: {load[0][0]:.2f} / {load[1][0]:.2f}; peak GFLOP/s on "
+          f"{torch.get_num_threads()} threads: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()))
+    width = max(22, *(len(s) + 2 for s in specs))
+    header = f"{'s / iteration':<26}" + "".join(f"{s:>{width}}" for s in specs)
     print(header + "\n" + "-" * len(header))
     rows = [(p, f"time_{p}") for p in PHASES] + [("rollout tokens/s", "tokens_per_s"),
-                                                 ("response length (tokens)", "response_length")]
+                                                 ("response length (tokens)", "response_length"),
+                                                 ("probe diff (mean, max)", "sync_probe_diff"),
+                                                 ("sampler-trainer gap", "logprob_gap")]
     for label, key in rows:
-        a, b = mean(ours[key]), mean(hf[key])
-        print(f"{label:<26}{a:>12.2f}{b:>14.2f}{b / a:>10.2f}x")
-    for name, side in (("vLLM pool", ours), ("HF generate", hf)):
-        share = mean(side["time_sync"]) / mean(side["time_iteration"])
-        print(f"sync share of iteration, {name:<12}: {share:6.1%}  (max probe diff {max(side['sync_probe_diff']):.1e},"
-              f" sampler-trainer log-prob gap {mean(side['logprob_gap']):.1e})")
-    print("rollout ratio (HF / vLLM): "
-          f"{mean(hf['time_rollout']) / mean(ours['time_rollout']):.2f}x; iteration ratio: "
-          f"{mean(hf['time_iteration']) / mean(ours['time_iteration']):.2f}x")
-    print("notes: the HF actor runs with 1 torch thread (the vLLM engine is single-threaded on this machine) and "
-          "samples each iteration's prompts in one padded batch; response lengths differ since samples differ.")
+        agg = max if key == "sync_probe_diff" else mean
+        print(f"{label:<26}" + "".join(f"{agg(results[s][key]):>{width}.3g}" for s in specs))
+    mfu = {s: iteration_flops(results[s], *sizes) / mean(results[s]["time_iteration"]) / peaks[s.split(":")[1]]
+           for s in specs}
+    print(f"{'MFU (iteration)':<26}" + "".join(f"{mfu[s]:>{width}.2%}" for s in specs))
+    first = specs[0]
+    for other in specs[1:]:
+        ratios = ", ".join(f"{p} {mean(results[other][f'time_{p}']) / mean(results[first][f'time_{p}']):.2f}x"
+                           for p in PHASES)
+        print(f"{first} is faster than {other} by: {ratios}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=4, help="PPO iterations per side")
+    parser.add_argument("--runs", default="ours:bf16:colocated,ours:fp32:separate,hf:bf16:colocated",
+                        help="comma-separated side:dtype:placement (side: ours | hf; dtype: bf16 | fp32; placement:"
+                             " colocated | separate); the first is compared with each other one")
+    parser.add_argument("--iterations", type=int, default=4, help="PPO iterations per run")
     parser.add_argument("--warmup", type=int, default=1, help="first iterations left out of the means")
     parser.add_argument("--prompts", type=int, default=8, help="ppo.prompts_per_step")
     parser.add_argument("--samples", type=int, default=2, help="ppo.samples_per_prompt")
@@ -178,20 +217,30 @@ def main() -> None:
     args = parser.parse_args()
     if args.iterations <= args.warmup:
         parser.error("--iterations must exceed --warmup")
+    specs = args.runs.split(",")
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) != 3 or parts[0] not in POOLS or parts[1] not in ("bf16", "fp32") or parts[2] not in (
+                "colocated", "separate"):
+            parser.error(f"--runs: {spec!r} is not side:dtype:placement (e.g. ours:bf16:colocated)")
 
     from alignray.models.registry import resolve
-    from alignray.sampling.pool import SamplerPool
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     wall, load = time.perf_counter(), [os.getloadavg()]
+    policy = resolve("smollm2-135m-instruct")
     with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
         work = Path(tmp)
-        reward = make_reward_model(resolve("smollm2-135m-instruct"), work / "reward-model")
+        reward = make_reward_model(policy, work / "reward-model")
+        sizes = (linear_params(AutoModelForCausalLM.from_pretrained(policy)),
+                 linear_params(AutoModelForSequenceClassification.from_pretrained(reward)))
+        peaks = {d: peak_flops(d) for d in {s.split(":")[1] for s in specs}}
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-        ours = run(SamplerPool, work / "vllm", reward, args)
-        hf = run(HFGeneratePool, work / "hf", reward, args)
+        results = {spec: run(spec, work / f"run{k}", reward, args) for k, spec in enumerate(specs)}
         ray.shutdown()
+        peaks = {d: max(p, peak_flops(d)) for d, p in peaks.items()}
     load.append(os.getloadavg())
-    report(ours, hf, load, args)
+    report(results, peaks, sizes, load, args)
     print(f"total wall time {time.perf_counter() - wall:.0f} s")
 
 

@@ -1,7 +1,7 @@
 """Training-step throughput: alignray's DPO and preference-model steps vs TRL's DPOTrainer and RewardTrainer.
 
 Both sides of a pair train the same model on the same (prompt, chosen, rejected) rows with the same pairs per step,
-learning rate, linear decay, grad-norm clip 1.0 and fp32 weights, in one process each: alignray via `fit` on Ray
+learning rate, linear decay, grad-norm clip 1.0 and --dtype, in one process each: alignray via `fit` on Ray
 Train + DeepSpeed ZeRO-0 with one worker given all cores (Ray caps a worker's torch threads at its CPUs); TRL in
 this process without `accelerate launch`, gradient checkpointing off (TRL's default is on; alignray has none). Each
 side keeps its own AdamW: alignray's torch default, TRL's adamw_torch_fused. DPO reference log-probs are
@@ -12,7 +12,9 @@ samples/s: mean of the per-step rates after the warm-up steps; a sample is one p
 MFU = 6 * N * tokens/s / peak. N counts the weights of every nn.Linear (all matmul parameters: the LM head for DPO,
 the 1-output score head for the preference model; not the embedding lookup); tokens are the unpadded prompt+response
 tokens of both sequences; attention-score FLOPs are left out (~1.5% for SmolLM2 here). peak: the best of two ~2 s
-runs (before and after training) of torch.mm on 2048x2048 fp32 matrices with torch's default threads.
+runs (before and after training) of torch.mm on 2048x2048 matrices of --dtype with torch's default threads.
+--dtype bf16: alignray trains in DeepSpeed's bf16 mode (bf16 compute, fp32 master weights and optimizer state);
+TRL with `bf16=True` (autocast to bf16 over fp32 weights).
 Other load on the machine skews everything: see the load-average line and the per-step stdev.
 
     .venv/bin/python benchmarks/train_step.py                     # SmolLM2-135M-Instruct, ~9 min on 2 cores
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from flops import linear_params, peak_flops
 
 TOPICS = ["bake sourdough bread", "fix a leaking kitchen tap", "learn to juggle three balls", "plan cheap meals",
           "start running after a long break", "write a polite complaint letter", "keep basil alive indoors",
@@ -64,20 +67,6 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def peak_flops(seconds: float = 2.0, n: int = 2048) -> float:
-    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    torch.mm(a, b, out=out)  # warm-up
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b, out=out)
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start)
-
-
-def linear_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(False))
-
-
 def run_ours(kind: str, parquet: Path, model_dir: Path, args) -> dict[str, list[float]]:
     """Per-step samples/s and tokens/s after the warm-up, as alignray's worker logs them to MLflow."""
     import mlflow
@@ -91,6 +80,7 @@ def run_ours(kind: str, parquet: Path, model_dir: Path, args) -> dict[str, list[
             f"trainer.cpus_per_worker={args.cpus}", f"trainer.micro_batch_per_worker={args.batch}",
             f"trainer.max_steps={args.steps}", "trainer.log_every_steps=1", "trainer.eval_fraction=0",
             "trainer.zero_stage=0", "trainer.checkpoint_every_steps=1000", "tracking.experiment=bench",
+            f"trainer.precision={args.dtype}",
             f"trainer.learning_rate={args.lr}",
         ], TrainConfig)
         result = fit(cfg, kind)
@@ -126,7 +116,7 @@ def run_trl(kind: str, rows: list[dict], model_dir: Path, args) -> tuple[dict, i
         common = dict(
             output_dir=tmp, use_cpu=True, per_device_train_batch_size=args.batch, max_steps=args.steps,
             learning_rate=args.lr, report_to=[], save_strategy="no", logging_steps=1, gradient_checkpointing=False,
-            bf16=False, disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, seed=0,
+            bf16=args.dtype == "bf16", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, seed=0,
         )
         data, extra = datasets.Dataset.from_list(rows), dict(processing_class=tok, callbacks=[clock])
         if kind == "dpo":
@@ -159,12 +149,12 @@ def measure(work: Path, args) -> tuple[dict, list[float]]:
         model_dir = prepare("smollm2-135m-instruct")
     rows, parquet = make_rows(args.pairs), work / "pairs.parquet"
     pd.DataFrame(rows).to_parquet(parquet)
-    peaks = [peak_flops()]
+    peaks = [peak_flops(args.dtype)]
     ray.init(num_cpus=max(1, round(args.cpus)), include_dashboard=False, configure_logging=False, log_to_driver=False)
     results = {kind: (run_ours(kind, parquet, model_dir, args), *run_trl(kind, rows, model_dir, args))
                for kind in ("dpo", "preference")}
     ray.shutdown()
-    peaks.append(peak_flops())
+    peaks.append(peak_flops(args.dtype))
     return results, peaks
 
 
@@ -172,7 +162,7 @@ def report(results: dict, peaks: list[float], load: list[tuple], args) -> None:
     peak, mean = max(peaks), statistics.mean
     print(f"\nmodel {args.model}, {args.pairs} pairs, {args.batch} pairs/step, {args.steps} steps, rates over steps "
           f"{args.warmup + 1}..{args.steps}; alignray worker {args.cpus:g} CPUs, TRL {torch.get_num_threads()} threads")
-    print(f"peak fp32 {peak / 1e9:.1f} GFLOP/s (runs: {', '.join(f'{p / 1e9:.1f}' for p in peaks)}); "
+    print(f"peak {args.dtype} {peak / 1e9:.1f} GFLOP/s (runs: {', '.join(f'{p / 1e9:.1f}' for p in peaks)}); "
           f"1-min load average before/after: {load[0][0]:.2f} / {load[1][0]:.2f}")
     heads = ("N Linear", "tok/pair", "ours s/s", "TRL s/s", "ours/TRL", "ours MFU", "TRL MFU")
     header = f"{'step':<11}" + "".join(f"{h:>{13 if 's/s' in h else 10}}" for h in heads)
@@ -199,6 +189,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64, help="dataset size (pairs)")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the rates")
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16", help="compute dtype, both sides")
     parser.add_argument("--cpus", type=float, default=os.cpu_count(), help="alignray worker's CPUs (= its threads)")
     args = parser.parse_args()
     if args.steps <= args.warmup + 1:

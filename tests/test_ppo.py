@@ -38,6 +38,7 @@ def ppo_config(tiny_model, out, *extra):
         "trainer.num_workers=2", "trainer.learning_rate=1e-3", "trainer.lr_schedule=constant",
         "critic.learning_rate=1e-3", "ppo.prompts_per_step=16", "ppo.samples_per_prompt=4",
         "ppo.minibatch_per_worker=8", "ppo.ppo_epochs=2", "ppo.kl_coef=0.02", "ppo.checkpoint_every=4",
+        "model.dtype=float32", "trainer.precision=fp32",  # exact comparisons; bf16 has its own test
         *extra,
     ], PPOConfig)
 

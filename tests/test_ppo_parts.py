@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 from alignray.train.ppo_loop import prompt_indices
-from alignray.train.ppo_parts import KLController, RunningMoments, pack, token_logps
-from transformers import AutoModelForCausalLM
+from alignray.train.ppo_parts import KLController, RunningMoments, critic_model, pack, token_logps
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 
 def test_fixed_kl_controller_never_moves():
@@ -66,3 +66,29 @@ def test_every_epoch_visits_each_prompt_once():
     assert sorted(seen[:10]) == sorted(seen[10:20]) == list(range(10))
     assert seen[:10] != seen[10:20]  # a fresh order per epoch
     assert prompt_indices(4, 5, 10, 3) == seen[20:25]  # the position follows from the iteration
+
+
+def preference_model(tiny_model, folder, heads: int):
+    torch.manual_seed(heads)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=heads)
+    with torch.no_grad():
+        model.score.weight.normal_()
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("source", ["morlaif", "policy", "reward"])
+def test_critic_gets_the_backbone_and_a_zero_head_unless_a_one_head_reward_model(tiny_model, tmp_path, source):
+    if source == "policy":
+        folder, original = tiny_model, AutoModelForCausalLM.from_pretrained(tiny_model)
+    else:
+        folder = tmp_path / source
+        original = preference_model(tiny_model, folder, heads=12 if source == "morlaif" else 1)
+    critic = critic_model(str(folder), pad_id=0)
+    assert critic.score.weight.shape == (1, critic.config.hidden_size)
+    if source == "reward":  # values start at the reward model's scores
+        assert torch.equal(critic.score.weight, original.score.weight)
+    else:  # a policy or a 12-head MORLAIF model: V = 0 at the start, not random
+        assert not critic.score.weight.any()
+    layer = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(critic.state_dict()[layer], original.state_dict()[layer])

@@ -35,8 +35,11 @@ class ModelConfig(Strict):
         "smollm2-135m-instruct",
         description="A known model name (see `alignray models list`) or a local HF model folder.",
     )
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Weights dtype in the samplers (float32 is exact on every CPU)."
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Compute dtype of the samplers (and of PPO's reference and reward models):"
+        " auto = bfloat16 where the device has it natively (GPU of compute capability >= 8.0; CPU"
+        " with AMX or AVX512-BF16), else float32 (see alignray.models.precision).",
     )
 
 
@@ -244,7 +247,12 @@ class EngineConfig(Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 2
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Training compute dtype: auto = bf16 where the worker's device has it natively,"
+        " else fp32. bf16 computes in bfloat16 and keeps float32 master weights and optimizer state"
+        " (DeepSpeed's bf16 mode); exported models are bfloat16.",
+    )
     learning_rate: float = Field(1e-5, gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_steps: int = Field(0, ge=0)
@@ -367,8 +375,17 @@ class PPOSettings(Strict):
     kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon, samples.")
     whiten_advantages: bool = True
     checkpoint_every: int = Field(10, ge=1, description="Iterations between checkpoints.")
-    sync_tolerance: float = Field(
-        1e-3, gt=0, description="Max |sampler - trainer| log-prob on the probe after a sync."
+    sync_tolerance: float | None = Field(
+        None, gt=0,
+        description="Max mean |sampler - trainer| log-prob over the probe's tokens after a sync;"
+        " default 1e-3 when both compute in float32, 0.3 when either runs bfloat16 (why: see"
+        " alignray.train.ppo_loop.PROBE_TOLERANCE).",
+    )
+    placement: Literal["auto", "colocated", "separate"] = Field(
+        "auto",
+        description="colocated: samplers and trainer workers share one node and take turns, each"
+        " using all its cores in its phase; separate: each uses only its reserved CPUs, on any"
+        " nodes; auto: colocated on a one-node cluster (see alignray.train.placement).",
     )
 
 
@@ -382,6 +399,15 @@ class PPOConfig(TrainedRun):
     critic: CriticConfig = CriticConfig()
     ppo: PPOSettings = PPOSettings()
     trainer: EngineConfig = EngineConfig()
+
+    @model_validator(mode="after")
+    def _full_distribution(self) -> PPOConfig:
+        if self.sampler.top_p != 1:
+            raise ValueError(
+                f"sampler.top_p = {self.sampler.top_p:g}: PPO samples at top_p = 1, since its"
+                " log-probs and importance ratios are of the whole distribution; set sampler.top_p: 1.0"
+            )
+        return self
 
 
 class EvalJudgeConfig(Strict):

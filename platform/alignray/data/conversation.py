@@ -15,6 +15,16 @@ from dataclasses import dataclass
 ASSISTANT_TURN = re.compile(r"^Assistant:", re.MULTILINE)
 HUMAN_TURN = re.compile(r"^Human:", re.MULTILINE)
 ROLES = ("system", "user", "assistant")
+NEXT_HUMAN_TURN = re.compile(r"(^|\n)\s*Human:")
+TURN_STOP = ("Human:",)  # sampling stops where the model starts the user's next turn
+
+
+def clean_output(text: str) -> str:
+    """Cut a sampled reply at the next ``Human:`` turn and strip it ("" means: sample again).
+    Every stage that samples replies (simulation, PPO rollouts, evaluation) stops at TURN_STOP
+    and cleans with this, so the preference model scores the same kind of text it learned."""
+    m = NEXT_HUMAN_TURN.search(text)
+    return (text[: m.start()] if m else text).strip()
 
 
 class PromptError(ValueError):

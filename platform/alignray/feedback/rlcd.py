@@ -9,15 +9,12 @@ The output o+ of p+ is `chosen` and o- of p- is `rejected`; nothing is scored.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from alignray.data.conversation import ASSISTANT_TURN, Conversation
+from alignray.data.conversation import ASSISTANT_TURN, Conversation, clean_output
 from alignray.principles import ContrastPair, PrincipleSet
 from alignray.sampling.types import SamplingSpec
-
-NEXT_HUMAN_TURN = re.compile(r"(^|\n)\s*Human:")
 
 RenderChat = Callable[[list[dict[str, str]]], str]  # messages -> text ending in the open turn
 
@@ -68,12 +65,6 @@ def contrast_prompts(
         positive = _chat(conv, render, pair.positive, pair.negative)
         negative = _chat(conv, render, pair.negative, pair.positive)
     return ContrastPrompts(neutral, positive + lead, negative + lead)
-
-
-def clean_output(text: str) -> str:
-    """Cut an output at the next ``Human:`` turn and strip it ("" means: sample again)."""
-    m = NEXT_HUMAN_TURN.search(text)
-    return (text[: m.start()] if m else text).strip()
 
 
 def request_seed(seed: int, index: int, side: int, attempt: int) -> int:

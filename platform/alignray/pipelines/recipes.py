@@ -32,7 +32,9 @@ def _evaluate(policy: str, curves: bool = False) -> Stage:
     return Stage("evaluate", "evaluate", {}, inputs)
 
 
-PPO = Stage("ppo", "ppo", {}, {"reward.models": ("preference", "output")})
+# PPO rolls out at top_p = 1 (its log-probs are of the whole distribution), whatever the
+# other stages sample with.
+PPO = Stage("ppo", "ppo", {"sampler": {"top_p": 1.0}}, {"reward.models": ("preference", "output")})
 
 RECIPES: dict[str, list[Stage]] = {
     "rlcd": [_simulate("rlcd"), _preference(), PPO, _evaluate("ppo", curves=True)],

@@ -42,13 +42,16 @@ class LocalRewardModels:
     single-head model's principle is named by its label (default: its folder name); a
     multi-head model's by its heads' id2label."""
 
-    def __init__(self, folders: Sequence[Path], labels: Sequence[str] | None = None, max_length: int = 1024):
+    def __init__(
+        self, folders: Sequence[Path], labels: Sequence[str] | None = None, max_length: int = 1024,
+        dtype: torch.dtype = torch.float32,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.models, self.principles = [], []
         for folder, label in zip(folders, labels or [Path(f).name for f in folders], strict=True):
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+            model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).eval()
             model.requires_grad_(False)
             if model.config.pad_token_id is None:
                 model.config.pad_token_id = tokenizer.pad_token_id

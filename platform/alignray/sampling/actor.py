@@ -35,19 +35,25 @@ def _expected_shapes(model_path: str) -> tuple[dict[str, tuple[int, ...]], set[s
 class SamplerActor:
     def __init__(
         self, model_path: str, dtype: str, max_model_len: int, enforce_eager: bool, seed: int,
-        gpu_memory_utilization: float = 0.9,
+        gpu_memory_utilization: float = 0.9, sleep_mode: bool = False, threads: int | None = None,
     ):
         from vllm import LLM
 
+        from alignray.models.precision import resolve_dtype
+
+        if threads:  # before the engine starts (vLLM's CPU worker then locks the thread count)
+            torch.set_num_threads(min(threads, len(os.sched_getaffinity(0))))
         self.model_path = model_path
+        self.dtype = resolve_dtype(dtype)  # `auto` is this actor's device's answer
         self.llm = LLM(
             model=model_path,
-            dtype=dtype,
+            dtype=self.dtype,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
             distributed_executor_backend="uni",
+            enable_sleep_mode=sleep_mode,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.shapes, self.stored = _expected_shapes(model_path)
@@ -124,10 +130,19 @@ class SamplerActor:
         self.weights_version = version
         return version
 
+    def sleep(self) -> None:
+        """Offload the weights to CPU and free the KV cache (GPU only; vLLM's sleep level 1)."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+
     def health(self) -> dict:
         return {
             "model": self.model_path,
             "weights_version": self.weights_version,
+            "dtype": self.dtype,
+            "threads": torch.get_num_threads(),
             "pid": os.getpid(),
             "node": socket.gethostname(),
         }

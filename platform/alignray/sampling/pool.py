@@ -16,6 +16,7 @@ from pathlib import Path
 import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from alignray.cluster import sampler_runtime_env
@@ -46,37 +47,47 @@ class SamplerPool:
         model_path: str,
         cfg: SamplerConfig,
         *,
-        dtype: str = "float32",
+        dtype: str = "auto",
         seed: int = 0,
         startup_timeout_s: float = 600,
         cache_dir: Path | None = None,
+        threads: int | None = None,
+        node_id: str | None = None,
+        sleep_mode: bool = False,
     ):
         """`cache_dir`: where answered requests are kept, one JSONL file per model; while the
         weights are the initial ones, requests found there are not sampled again (see
-        alignray.sampling.cache)."""
+        alignray.sampling.cache). `threads`: CPU threads of each engine (default: its reserved
+        CPUs); `node_id`: start every actor on that node; `sleep_mode`: engines can `sleep()`
+        between uses to free GPU memory (see alignray.train.placement)."""
         self.cfg = cfg
         self.restarts = 0  # actors replaced so far
         self.requests_done = 0  # requests answered so far
         self.last_probe_diff: float | None = None  # of the last verified weight update
-        self._args = (str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization)
+        self._args = (
+            str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization, sleep_mode,
+            threads,
+        )
         self._startup_timeout_s = startup_timeout_s
-        self._cache = None
-        if cache_dir is not None:
-            model = model_identity(str(model_path))
-            self._cache = RequestCache(cache_dir / f"{model[:16]}.jsonl", f"{model}|{dtype}|{cfg.max_model_len}|{seed}")
+        self._sleep_mode = sleep_mode
         self._remote = ray.remote(SamplerActor).options(
             num_cpus=cfg.cpus_per_sampler,
             num_gpus=cfg.gpus_per_sampler,
             max_restarts=0,
             runtime_env=sampler_runtime_env(cfg.kvcache_gib),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else None,
         )
         self._weights: tuple[ray.ObjectRef, int] | None = None
         self.actors = [self._remote.remote(*self._args) for _ in range(cfg.num_samplers)]
-        self._wait_ready(self.actors)
+        self.dtype = self._wait_ready(self.actors)[0]["dtype"]  # what `auto` resolved to
+        self._cache = None
+        if cache_dir is not None:
+            model = model_identity(str(model_path))
+            self._cache = RequestCache(cache_dir / f"{model[:16]}.jsonl", f"{model}|{self.dtype}|{cfg.max_model_len}|{seed}")
 
-    def _wait_ready(self, actors: list) -> None:
+    def _wait_ready(self, actors: list) -> list[dict]:
         try:
-            ray.get([a.health.remote() for a in actors], timeout=self._startup_timeout_s)
+            return ray.get([a.health.remote() for a in actors], timeout=self._startup_timeout_s)
         except GetTimeoutError:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
@@ -192,8 +203,8 @@ class SamplerPool:
         Raises WeightSyncError if the samplers reject the weights, one misses
         `weight_sync_timeout_s` (it is stopped and restarts with these weights on the next
         call, so the pool never mixes versions silently), or, given a `probe`, a sampler
-        scores the probe differently from the trainer; `last_probe_diff` keeps the largest
-        difference seen."""
+        scores the probe differently from the trainer (mean absolute log-prob difference over
+        its tokens above `probe.tolerance`); `last_probe_diff` keeps the largest seen."""
         previous = self._weights
         version = (previous[1] if previous else 0) + 1
         ref = ray.put(compact(state_dict))
@@ -237,13 +248,22 @@ class SamplerPool:
                 self._replace(slot, exc)
                 score = self._score_probe(slot, probe)
             got, want = score.token_logprobs, probe.token_logprobs
-            diff = max((abs(a - b) for a, b in zip(got, want)), default=0.0) if len(got) == len(want) else float("inf")
+            diff = sum(abs(a - b) for a, b in zip(got, want)) / len(want) if len(got) == len(want) else float("inf")
             self.last_probe_diff = max(self.last_probe_diff, diff)
             if diff > probe.tolerance:
                 raise WeightSyncError(
                     f"sampler {slot} does not reproduce the trainer's log-probs of the probe after"
-                    f" loading weights v{version}: max difference {diff:.2e} > {probe.tolerance:g}"
+                    f" loading weights v{version}: mean difference {diff:.2e} > {probe.tolerance:g}"
                 )
+
+    def sleep(self) -> None:
+        """Free the engines' GPU memory until `wake_up` (a no-op without sleep_mode)."""
+        if self._sleep_mode:
+            ray.get([a.sleep.remote() for a in self.actors], timeout=self.cfg.request_timeout_s)
+
+    def wake_up(self) -> None:
+        if self._sleep_mode:
+            ray.get([a.wake_up.remote() for a in self.actors], timeout=self.cfg.request_timeout_s)
 
     def health(self) -> list[dict]:
         out = []

@@ -19,12 +19,11 @@ from alignray.data.sources import load_conversations
 from alignray.feedback.models import chat_renderer
 from alignray.models.registry import ModelError, resolve
 from alignray.sampling.pool import SamplerPool
-from alignray.train import data
+from alignray.train import data, placement
 from alignray.train.ppo_loop import ppo_loop
 from alignray.train.runner import (
     TrainingError,
     TrainResult,
-    check_cpus,
     checkpoint_state,
     run_workers,
 )
@@ -74,8 +73,8 @@ def _prompts(cfg: PPOConfig, policy: Path) -> list[str]:
 
 def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     """Run (or resume) PPO. `rollout_pool` is the class that rolls out: SamplerPool, or any
-    class with its constructor and its generate / update_weights / restarts / last_probe_diff
-    (benchmarks/ppo_iteration.py plugs in transformers `generate` this way)."""
+    class with its constructor and its generate / update_weights / sleep / wake_up / dtype /
+    restarts / last_probe_diff (benchmarks/ppo_iteration.py plugs in transformers `generate`)."""
     _check_shapes(cfg)
     policy = resolve(cfg.model.name)
     tokenizer = data.load_tokenizer(policy)
@@ -86,17 +85,17 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
 
     cluster.connect(cfg.address)
     t, s = cfg.trainer, cfg.sampler
-    check_cpus({
-        "trainer.num_workers x trainer.cpus_per_worker": t.num_workers * t.cpus_per_worker,
-        "sampler.num_samplers x sampler.cpus_per_sampler": s.num_samplers * s.cpus_per_sampler,
-    })
+    where = placement.plan(cfg.ppo.placement, t, s)
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))  # for models:/ URIs
     rewards = [_reward_folder(ref) for ref in cfg.reward.models]
     critic = rewards[0] if cfg.critic.init == "reward" else policy
     params = {**tracking.flatten(cfg), "kind": "ppo", "model.path": str(policy)}
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
         mlflow.log_metrics({"prompts": len(prompts), "total_iterations": cfg.ppo.iterations})
-        with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed) as pool:
+        mlflow.set_tags({"placement": "colocated" if where.colocated else "separate",
+                         "sampler_threads": where.sampler_threads, "trainer_threads": where.trainer_threads})
+        with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed, threads=where.sampler_threads,
+                          node_id=where.node_id, sleep_mode=where.sleep_samplers) as pool:
             loop_config = {
                 "config": cfg.model_dump(mode="json"),
                 "policy_path": str(policy),
@@ -106,10 +105,14 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
                 "pad_id": tokenizer.pad_token_id,
                 "prompts": ray.put(prompts),
                 "pool": pool,
+                "sampler_dtype": pool.dtype,
+                "threads": where.trainer_threads,
                 "tracking_uri": tracking.tracking_uri(cfg.tracking, cfg.output_dir),
                 "run_id": active.info.run_id,
             }
-            result = run_workers(ppo_loop, loop_config, t, storage / run_name, cfg.ppo.iterations, start, "ppo", "reward")
+            result = run_workers(
+                ppo_loop, loop_config, t, storage / run_name, cfg.ppo.iterations, start, "ppo", "reward", where.worker_resources
+            )
         folder = Path(result.checkpoint.path)
         if not json.loads((folder / STATE_FILE).read_text())["final"]:
             return TrainResult(active.info.run_id, folder, None, result.metrics, False)

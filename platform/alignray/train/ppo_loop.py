@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 
 from alignray.config import PPOConfig
+from alignray.data.conversation import TURN_STOP, clean_output
+from alignray.models.precision import resolve_dtype, torch_dtype
 from alignray.rewards.scorers import scalar_reward
 from alignray.sampling.types import Probe, SamplingSpec
 from alignray.train.losses import (
@@ -39,13 +41,33 @@ from alignray.train.ppo_parts import (
     KLController,
     Packed,
     RunningMoments,
+    critic_model,
     pack,
     token_logps,
     token_values,
 )
 from alignray.train.worker import STATE_FILE, deepspeed_config, hf_state_dict, lr_lambda
 
-PROBE_TEXT = " I am glad to help; here is a short and careful answer."
+PROBE_TEXT = (
+    " I am glad to help. Here is a short and careful answer: first, check what you need; then take"
+    " one small step at a time, and ask again if anything is unclear."
+)
+# The mean |sampler - trainer| log-prob over the probe's tokens that a correct sync may show, by
+# the dtypes in play. float32: the same weights in different kernels agree to ~1e-5 (measured
+# on SmolLM2-135M: at most 7e-5 on any token). bfloat16 keeps 8 significant bits and vLLM's
+# kernels round differently from transformers': measured on SmolLM2-135M with identical bf16
+# weights, the mean difference is 0.05-0.14 (single tokens up to 0.9), about what a 1% random
+# change of every weight gives (0.13-0.19), while a 5% change gives 0.54-0.62. So in bf16 the
+# check catches weights that were not loaded, went to the wrong tensors or are far behind, not
+# a sampler one small step stale (whose bf16 weights barely differ anyway).
+PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.3}
+
+
+def probe_tolerance(cfg: PPOConfig, sampler_dtype: str) -> float:
+    """ppo.sync_tolerance, or the loosest bound of the dtypes in play."""
+    if cfg.ppo.sync_tolerance is not None:
+        return cfg.ppo.sync_tolerance
+    return max(PROBE_TOLERANCE[resolve_dtype(cfg.trainer.precision)], PROBE_TOLERANCE[sampler_dtype])
 
 
 @dataclass
@@ -68,10 +90,14 @@ def prompt_indices(iteration: int, per_step: int, n: int, seed: int) -> list[int
     return out
 
 
-def _rollout(pool, tokenizer, prompts: list[str], cfg: PPOConfig, iteration: int) -> Rollouts:
+def rollout(pool, tokenizer, prompts: list[str], cfg: PPOConfig, iteration: int) -> Rollouts:
+    """Sample at top_p = 1 (PPOConfig enforces it), stopping where the model starts the user's
+    next turn. The reward sees the reply cleaned as simulation cleans it; the trained tokens are
+    all the sampled ones, the stop marker's included (the policy's end-of-turn action, sampled
+    with its log-probs)."""
     p, s = cfg.ppo, cfg.sampler
     spec = SamplingSpec(
-        n=p.samples_per_prompt, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+        n=p.samples_per_prompt, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, stop=TURN_STOP,
         seed=cfg.trainer.seed * 1_000_003 + iteration * p.prompts_per_step * p.samples_per_prompt, logprobs=0,
     )
     out = Rollouts([], [], [], [], [])
@@ -79,7 +105,7 @@ def _rollout(pool, tokenizer, prompts: list[str], cfg: PPOConfig, iteration: int
         ids = tokenizer(prompt).input_ids
         for c in completions:
             out.prompts.append(prompt)
-            out.responses.append(c.text)
+            out.responses.append(clean_output(c.text))
             out.prompt_ids.append(ids)
             out.response_ids.append(list(c.token_ids))
             out.sampler_logps.append(list(c.logprobs))
@@ -123,7 +149,6 @@ class _Trainer:
         import deepspeed
         from transformers import (
             AutoModelForCausalLM,
-            AutoModelForSequenceClassification,
             AutoTokenizer,
         )
 
@@ -131,15 +156,12 @@ class _Trainer:
         self.cfg, self.rank = cfg, rank
         self.tokenizer = AutoTokenizer.from_pretrained(lc["policy_path"])
         self.pad_id = lc["pad_id"]
+        self.tolerance = probe_tolerance(cfg, lc["sampler_dtype"])
+        dtype = torch_dtype(t.precision)  # the reference computes as the actor does: KL starts at 0
         actor = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=torch.float32)
-        self.reference = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=torch.float32).eval()
+        self.reference = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=dtype).eval()
         self.reference.requires_grad_(False)
-        critic = AutoModelForSequenceClassification.from_pretrained(
-            lc["critic_path"], num_labels=1, ignore_mismatched_sizes=True, dtype=torch.float32
-        )
-        critic.config.pad_token_id = self.pad_id
-        if cfg.critic.init == "policy":  # a new head: start at V = 0, not at random values
-            torch.nn.init.zeros_(critic.score.weight)
+        critic = critic_model(lc["critic_path"], self.pad_id)
         share = p.prompts_per_step * p.samples_per_prompt // world
         updates = p.iterations * p.ppo_epochs * (share // p.minibatch_per_worker)
         ds = deepspeed_config(t, p.minibatch_per_worker)
@@ -160,15 +182,16 @@ class _Trainer:
         cont = self.tokenizer(PROBE_TEXT, add_special_tokens=False).input_ids
         with torch.no_grad():
             _, raw, _ = token_logps(self.actor, pack([ids], [cont], self.pad_id), 1.0)
-        return Probe(prompt, PROBE_TEXT, tuple(raw[0].tolist()), self.cfg.ppo.sync_tolerance)
+        return Probe(prompt, PROBE_TEXT, tuple(raw[0].tolist()), self.tolerance)
 
     def sync(self, pool, probe_prompt: str) -> float | None:
-        """Push the actor's weights to every sampler and verify them; rank 0 returns the
-        largest probe log-prob difference."""
+        """Push the actor's weights to every sampler (waking them first) and verify them; rank
+        0 returns the largest probe log-prob difference."""
         state = hf_state_dict(self.actor, self.cfg.trainer.zero_stage)
         probe = self.probe(probe_prompt)
         if self.rank != 0:
             return None
+        pool.wake_up()
         pool.update_weights(state, probe)
         return pool.last_probe_diff
 
@@ -253,10 +276,14 @@ def ppo_loop(lc: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(t.seed + rank)
     prompts = ray.get(lc["prompts"])
+    # colocated: the node's cores (alignray.train.placement), at most the cores this process may use
+    torch.set_num_threads(min(lc["threads"], len(os.sched_getaffinity(0))))
     scorer = (
         HttpRewardModel(cfg.reward.endpoint, cfg.reward.endpoint_timeout_s)
         if cfg.reward.endpoint
-        else LocalRewardModels([Path(f) for f in lc["reward_paths"]], lc["reward_labels"], cfg.sampler.max_model_len)
+        else LocalRewardModels(
+            [Path(f) for f in lc["reward_paths"]], lc["reward_labels"], cfg.sampler.max_model_len, torch_dtype(t.precision)
+        )
     )
     tr = _Trainer(lc, cfg, rank, world)
     state = tr.restore()
@@ -275,7 +302,8 @@ def ppo_loop(lc: dict) -> None:
         box = [None]
         if rank == 0:
             chosen = [prompts[i] for i in prompt_indices(iteration, p.prompts_per_step, len(prompts), t.seed)]
-            box[0] = _rollout(pool, tr.tokenizer, chosen, cfg, iteration)
+            box[0] = rollout(pool, tr.tokenizer, chosen, cfg, iteration)
+            pool.sleep()  # frees the GPU for training when colocated on GPUs; else a no-op
         dist.broadcast_object_list(box, src=0)
         ro: Rollouts = box[0]
         times["rollout"] = time.monotonic() - started
@@ -317,9 +345,9 @@ def ppo_loop(lc: dict) -> None:
             float(len(mine)), (kl.sum(1)).sum().item(), raw_scalar.sum().item(), lengths.sum().item(),
             mask.sum().item(), (returns * mask).sum().item(), (returns**2 * mask).sum().item(),
             err.sum().item(), (err**2).sum().item(), ((raw - sampler).abs() * mask).sum().item(),
-            *per_principle.sum(0).tolist(),
+            batch.attention_mask.sum().item(), *per_principle.sum(0).tolist(),
         ]
-        count, kl_sum, reward_sum, length_sum, tokens, r1, r2, e1, e2, gap, *principle_sums = _all_sum(local)
+        count, kl_sum, reward_sum, length_sum, tokens, r1, r2, e1, e2, gap, seq_tokens, *principle_sums = _all_sum(local)
         var_ret = r2 / tokens - (r1 / tokens) ** 2
         var_err = e2 / tokens - (e1 / tokens) ** 2
         kl_ctl_coef = kl_ctl.coef
@@ -333,6 +361,7 @@ def ppo_loop(lc: dict) -> None:
             "logprob_gap": gap / tokens,
             "response_length": length_sum / count,
             "tokens_per_s": length_sum / times["rollout"],
+            "sequence_tokens": seq_tokens,  # prompt + response tokens of the iteration
             **{f"time_{k}": v for k, v in times.items()},
             "time_iteration": time.monotonic() - started,
         }

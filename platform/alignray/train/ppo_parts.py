@@ -109,3 +109,23 @@ def token_values(critic: nn.Module, batch: Packed) -> Tensor:
     """The value model's estimate at each response token's state (before emitting it), [B, R]."""
     hidden = critic.base_model(**_inputs(batch)).last_hidden_state[:, batch.prompt_width - 1 : -1]
     return critic.score(hidden).float()[..., 0]
+
+
+def critic_model(path: str, pad_id: int) -> nn.Module:
+    """The value model, in float32 (DeepSpeed casts it to the training dtype): the backbone of
+    `path` with one value head. A one-head preference model keeps its head, so values start at
+    its reward; a policy or a multi-head (MORLAIF) preference model gets a new head of zeros, so
+    values start at 0 rather than at random."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    source = AutoConfig.from_pretrained(path)
+    reward_head = any(a.endswith("ForSequenceClassification") for a in source.architectures or []) and source.num_labels == 1
+    critic = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, ignore_mismatched_sizes=True, dtype=torch.float32
+    )
+    critic.config.pad_token_id = pad_id
+    if not reward_head:
+        with torch.no_grad():
+            for p in critic.score.parameters():
+                p.zero_()
+    return critic

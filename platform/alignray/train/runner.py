@@ -55,17 +55,20 @@ class TrainResult:
     champion: bool
 
 
-def run_workers(loop, loop_config: dict, t: EngineConfig, run_dir: Path, total: int, start: int, desc: str, label: str = "loss"):
+def run_workers(
+    loop, loop_config: dict, t: EngineConfig, run_dir: Path, total: int, start: int, desc: str, label: str = "loss",
+    resources: dict | None = None,
+):
     """Run `loop` on t.num_workers Ray Train workers (a run named run_dir.name, stored in
     run_dir.parent, so running it again resumes) under a progress bar fed by a Progress actor
-    passed to the loop as loop_config["progress"]. Raises TrainingError naming the first worker's
-    error and the last good checkpoint."""
+    passed to the loop as loop_config["progress"]; `resources`: more Ray resources per worker.
+    Raises TrainingError naming the first worker's error and the last good checkpoint."""
     progress = Progress.remote()
     trainer = TorchTrainer(
         loop,
         train_loop_config={**loop_config, "progress": progress},
         scaling_config=ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker, **(resources or {})}
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(

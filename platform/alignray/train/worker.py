@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from alignray.config import EngineConfig, TrainConfig
+from alignray.models.precision import resolve_dtype, torch_dtype
 from alignray.train.data import DatasetError, Example
 from alignray.train.methods import METHODS
 
@@ -32,7 +33,7 @@ def deepspeed_config(t: EngineConfig, micro_batch: int, accumulation: int = 1) -
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": zero,
-        "bf16": {"enabled": t.precision == "bf16"},
+        "bf16": {"enabled": resolve_dtype(t.precision) == "bfloat16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
     }
@@ -142,7 +143,9 @@ def train_loop(lc: dict) -> None:
     torch.manual_seed(t.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(lc["model_path"])
     method = METHODS[lc["kind"]](cfg, lc["pad_id"])
-    model = method.load_model(lc["model_path"])
+    # In the training dtype from the start, so per-example values computed before the first
+    # step (DPO's reference log-probs) match the training forward passes.
+    model = method.load_model(lc["model_path"]).to(torch_dtype(t.precision))
     train, evals = ray.get(lc["train"]), ray.get(lc["eval"])
     method.prepare(model, train, rank, world)
     method.prepare(model, evals, rank, world)
