@@ -105,7 +105,7 @@ def test_endpoint_scores_equal_the_sampler_pools(vllm_server, tiny_model, sample
     endpoint = Endpoint(vllm_server)
     assert endpoint.model == "tiny"
     remote = endpoint.score(prompts, continuations)
-    with SamplerPool(tiny_model, sampler_cfg) as pool:
+    with SamplerPool(tiny_model, sampler_cfg, dtype="float32") as pool:  # as the server
         local = pool.score(prompts, continuations)
     for r, loc in zip(remote, local):
         assert len(r.token_logprobs) == len(loc.token_logprobs)

@@ -29,7 +29,7 @@ def hf_token_logprobs(model, tokenizer, prompt: str, continuation: str) -> list[
 
 @pytest.fixture(scope="module")
 def pool(tiny_model, sampler_cfg):
-    with SamplerPool(tiny_model, sampler_cfg) as p:
+    with SamplerPool(tiny_model, sampler_cfg, dtype="float32") as p:  # exact against transformers
         yield p
 
 
@@ -72,6 +72,28 @@ def test_score_matches_transformers_then_follows_new_weights(pool, tiny_model):
         pool.update_weights(perturbed, probe=stale)  # a probe made with other weights fails
     assert abs(after[0].total - before[0].total) > 1e-2  # the weights really changed
     assert pool.health()[0]["weights_version"] == 2
+
+
+def test_bf16_sampler_follows_new_weights_and_its_probe_check_catches_stale_ones(tiny_model, sampler_cfg):
+    from alignray.train.ppo_loop import PROBE_TOLERANCE
+
+    tolerance = PROBE_TOLERANCE["bfloat16"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def probe(m):
+        return Probe(PROMPTS[1], CONTINUATIONS[1], tuple(hf_token_logprobs(m, tokenizer, PROMPTS[1], CONTINUATIONS[1])), tolerance)
+
+    with SamplerPool(tiny_model, sampler_cfg, dtype="bfloat16") as bf16:
+        assert bf16.dtype == "bfloat16" and bf16.health()[0]["dtype"] == "bfloat16"
+        stale = probe(model)
+        torch.manual_seed(2)
+        new = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}  # bf16 tensors
+        model.load_state_dict(new)
+        bf16.update_weights(new, probe=probe(model))
+        assert bf16.last_probe_diff < tolerance
+        with pytest.raises(WeightSyncError, match="mean difference"):
+            bf16.update_weights(new, probe=stale)  # a probe made with the old weights fails (measured: 0.57)
 
 
 def test_update_weights_rejects_wrong_tensors_and_keeps_serving(pool):

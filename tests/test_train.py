@@ -11,6 +11,7 @@ from alignray.config import TrainConfig, load_config
 from alignray.tracking import download_model
 from alignray.train.runner import TrainingError, fit
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -68,6 +69,31 @@ def test_preference_model_learns_and_loads_from_registry(tiny_model, tmp_path):
         good = model(**tok(prompt + GOOD[0], return_tensors="pt")).logits.item()
         bad = model(**tok(prompt + BAD[0], return_tensors="pt")).logits.item()
     assert good > bad
+
+
+def test_bf16_training_keeps_float32_master_weights_and_learns(tiny_model, tmp_path):
+    result, client = train("preference", tiny_model, tmp_path, write(tmp_path, pref_rows()), "trainer.precision=bf16",
+                           "trainer.zero_stage=1")
+    curve = losses(client, result.run_id)
+    assert curve[-1] < curve[0] * 0.5 and result.metrics["eval_accuracy"] >= 0.9
+    exported = load_file(result.checkpoint / "hf" / "model.safetensors")
+    assert {t.dtype for t in exported.values()} == {torch.bfloat16}  # computed (and exported) in bf16
+    masters = [t for f in (result.checkpoint / "deepspeed").rglob("*optim_states.pt")
+               for t in tensors(torch.load(f, map_location="cpu", weights_only=False))]
+    n_params = sum(t.numel() for t in exported.values())
+    assert sum(t.numel() for t in masters if t.dtype == torch.float32) >= 3 * n_params  # weights, Adam m and v
+    assert not any(t.dtype == torch.bfloat16 and t.numel() > 1 for t in masters)
+
+
+def tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from tensors(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from tensors(v)
 
 
 def test_multi_principle_heads(tiny_model, tmp_path):
