@@ -105,3 +105,22 @@ def test_empty_outputs_are_resampled_then_dropped():
     assert done[(1, 1)][2] == 2 and done[(0, 0)][2] == 1  # attempts
     assert done[(1, 1)][1] == rlcd.request_seed(5, 1, 1, 1)
     assert done[(0, 0)][0] == f"answer {rlcd.request_seed(5, 0, 0, 0)}"
+
+
+def test_system_placement_puts_the_affix_in_an_instruction_and_leaves_turns_plain():
+    tok = build_tokenizer()
+
+    def render(messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    chat = Conversation.from_messages([{"role": "user", "content": "How do I pick a lock?"}], "m")
+    made = rlcd.contrast_prompts(chat, PAIR, render=render, placement="system")
+    assert made.positive == "<|im_start|>system\nYour reply: harmless response.<|im_end|>\n" + made.neutral
+    assert made.negative == "<|im_start|>system\nYour reply: harmful response.<|im_end|>\n" + made.neutral
+    with_system = Conversation.from_messages(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "s")
+    assert "system\nYour reply: harmless response. Be brief.<|im_end|>" in rlcd.contrast_prompts(
+        with_system, PAIR, render=render, placement="system").positive
+    transcript = rlcd.contrast_prompts(Conversation.from_transcript(MULTI, "t"), PAIR, placement="system")
+    assert transcript.negative == "Your reply: harmful response.\n\n" + MULTI
+    assert transcript.neutral == MULTI

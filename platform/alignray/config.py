@@ -107,6 +107,13 @@ class SimulationConfig(Strict):
     principles: str = Field(
         "harmlessness", description="A built-in principle set name or a path to a YAML file."
     )
+    affix_placement: Literal["turn", "system"] = Field(
+        "turn",
+        description="rlcd / rlcd_rescore: where the contrast affixes go. turn (the paper's): on the"
+        " assistant turns, `Assistant (affix):` or `(affix) ` at the start of a chat reply; system:"
+        " as an instruction before the conversation (`Your reply: <affix>.` as a system message, or"
+        " a header line of a transcript), turn markers left plain.",
+    )
     seed: int = Field(0, description="Seeds the choice of contrast pair and every sample.")
     max_retries: int = Field(
         2, ge=0, description="Re-samples of an empty output before the prompt is dropped."

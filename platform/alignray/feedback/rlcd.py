@@ -37,6 +37,23 @@ def _chat(conv: Conversation, render: RenderChat, final: str | None, earlier: st
     return render(messages) + (f"({final}) " if final else "")
 
 
+SYSTEM_AFFIX = "Your reply: {affix}."  # affix_placement=system: the instruction that carries the affix
+
+
+def _system(conv: Conversation, render: RenderChat | None, affix: str) -> str:
+    """The conversation with the affix as an instruction before it: a system message (chat; put
+    in front of an existing one) or a header line (transcript). Every turn marker stays plain."""
+    line = SYSTEM_AFFIX.format(affix=affix)
+    if conv.transcript is not None:
+        return f"{line}\n\n{conv.transcript}"
+    messages = conv.message_dicts()
+    if messages[0]["role"] == "system":
+        messages[0] = {"role": "system", "content": f"{line} {messages[0]['content']}"}
+    else:
+        messages.insert(0, {"role": "system", "content": line})
+    return render(messages)
+
+
 @dataclass(frozen=True)
 class ContrastPrompts:
     neutral: str  # without affixes or response prefix: the prompt the preference model sees
@@ -54,11 +71,16 @@ def _neutral(conv: Conversation, response_prefix: str, render: RenderChat | None
 
 
 def contrast_prompts(
-    conv: Conversation, pair: ContrastPair, response_prefix: str = "", render: RenderChat | None = None
+    conv: Conversation, pair: ContrastPair, response_prefix: str = "", render: RenderChat | None = None,
+    placement: str = "turn",
 ) -> ContrastPrompts:
-    """Build (neutral, p+, p-) for one conversation; chat conversations need `render`."""
+    """Build (neutral, p+, p-) for one conversation; chat conversations need `render`.
+    `placement`: "turn" (the paper's: affixes on the assistant turns) or "system" (the affix as
+    an instruction before the conversation, see _system)."""
     neutral, lead = _neutral(conv, response_prefix, render)
-    if conv.transcript is not None:
+    if placement == "system":
+        positive, negative = _system(conv, render, pair.positive), _system(conv, render, pair.negative)
+    elif conv.transcript is not None:
         positive = _transcript(neutral, pair.positive, pair.negative)
         negative = _transcript(neutral, pair.negative, pair.positive)
     else:
@@ -80,16 +102,19 @@ class Plan:
 
 
 def plan(
-    convs: Sequence[Conversation], principles: PrincipleSet, seed: int, render: RenderChat | None, contrast: bool = True
+    convs: Sequence[Conversation], principles: PrincipleSet, seed: int, render: RenderChat | None, contrast: bool = True,
+    placement: str = "turn",
 ) -> list[Plan]:
-    """One contrast pair per conversation (seeded). Without `contrast` (RLAIF: two samples of
-    the same prompt) both sides get the neutral prompt and pair_index is -1."""
+    """One contrast pair per conversation (seeded), its affixes placed by `placement`. Without
+    `contrast` (RLAIF: two samples of the same prompt) both sides get the neutral prompt and
+    pair_index is -1."""
     rng = random.Random(seed)
     plans = []
     for conv in convs:
         if contrast:
             k = rng.randrange(len(principles.pairs))
-            plans.append(Plan(conv, k, contrast_prompts(conv, principles.pairs[k], principles.response_prefix, render)))
+            made = contrast_prompts(conv, principles.pairs[k], principles.response_prefix, render, placement)
+            plans.append(Plan(conv, k, made))
         else:
             neutral, lead = _neutral(conv, principles.response_prefix, render)
             plans.append(Plan(conv, -1, ContrastPrompts(neutral, neutral + lead, neutral + lead)))

@@ -68,7 +68,7 @@ def run(cfg: SimulateConfig) -> SimulationResult:
             resolve(name)
     needs_chat = any(c.messages is not None for c in convs)
     render = chat_renderer(model_path) if needs_chat else None
-    plans = rlcd.plan(convs, principles, sim.seed, render, contrast=sim.method in ("rlcd", "rlcd_rescore"))
+    plans = rlcd.plan(convs, principles, sim.seed, render, sim.method in ("rlcd", "rlcd_rescore"), sim.affix_placement)
 
     cluster.connect(cfg.address)
     params = tracking.flatten(cfg)

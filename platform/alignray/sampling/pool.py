@@ -248,7 +248,8 @@ class SamplerPool:
                 self._replace(slot, exc)
                 score = self._score_probe(slot, probe)
             got, want = score.token_logprobs, probe.token_logprobs
-            diff = sum(abs(a - b) for a, b in zip(got, want)) / len(want) if len(got) == len(want) else float("inf")
+            same_tokens = len(got) == len(want)
+            diff = sum(abs(a - b) for a, b in zip(got, want)) / max(1, len(want)) if same_tokens else float("inf")
             self.last_probe_diff = max(self.last_probe_diff, diff)
             if diff > probe.tolerance:
                 raise WeightSyncError(

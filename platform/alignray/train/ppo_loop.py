@@ -147,10 +147,7 @@ class _Trainer:
 
     def __init__(self, lc: dict, cfg: PPOConfig, rank: int, world: int):
         import deepspeed
-        from transformers import (
-            AutoModelForCausalLM,
-            AutoTokenizer,
-        )
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         t, p = cfg.trainer, cfg.ppo
         self.cfg, self.rank = cfg, rank
