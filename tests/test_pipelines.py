@@ -59,7 +59,7 @@ def test_stage_fields_beside_wired_inputs_are_kept_and_not_changed(tmp_path):
     ppo = RECIPES["rlcd"][2]
     built = stage_config(cfg, ppo, {("preference", "output"): "models:/pm/1"})
     assert built.reward.models == ["models:/pm/1"] and built.reward.normalize
-    assert cfg.stages["ppo"]["reward"] == {"normalize": True} and ppo.defaults == {}
+    assert cfg.stages["ppo"]["reward"] == {"normalize": True} and ppo.defaults == {"sampler": {"top_p": 1.0}}
     plan(cfg)  # again: nothing left behind by the first build
 
 

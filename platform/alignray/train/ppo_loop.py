@@ -243,7 +243,7 @@ def _update(tr: _Trainer, cfg: PPOConfig, batch: Packed, old, advantages, values
             logps, _, entropy = token_logps(tr.actor, sub, cfg.sampler.temperature)
             policy_loss, clip_fraction = ppo_policy_loss(logps, old[idx], advantages[idx], m, p.clip_eps)
             ent = masked_mean(entropy, m)
-            loss = policy_loss - p.entropy_coef * ent
+            loss = policy_loss - p.entropy_coef * ent if p.entropy_coef else policy_loss  # no vocab-wide backward for 0
             _check_finite(loss, "policy loss", "training", iteration)
             tr.actor.backward(loss)
             tr.actor.step()
