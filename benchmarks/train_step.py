@@ -4,7 +4,7 @@ Both sides of a pair train the same model on the same (prompt, chosen, rejected)
 learning rate, linear decay, grad-norm clip 1.0 and --dtype, in one process each: alignray via `fit` on Ray
 Train + DeepSpeed ZeRO-0 with one worker given all cores (Ray caps a worker's torch threads at its CPUs); TRL in
 this process without `accelerate launch`, gradient checkpointing off (TRL's default is on; alignray has none). Each
-side keeps its own AdamW: alignray's torch default, TRL's adamw_torch_fused. DPO reference log-probs are
+side uses torch's fused AdamW (alignray's default; TRL's adamw_torch_fused). DPO reference log-probs are
 precomputed once on both sides, so a DPO step is the policy's forward, backward and update. Per pair alignray runs
 first, then TRL (Ray stays up, idle).
 

@@ -46,7 +46,7 @@ from alignray.train.ppo_parts import (
     token_logps,
     token_values,
 )
-from alignray.train.worker import STATE_FILE, deepspeed_config, hf_state_dict, lr_lambda
+from alignray.train.worker import STATE_FILE, adamw, deepspeed_config, hf_state_dict, lr_lambda
 
 PROBE_TEXT = (
     " I am glad to help. Here is a short and careful answer: first, check what you need; then take"
@@ -168,8 +168,8 @@ class _Trainer:
                 lr_scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t, updates)),
             )[0]
             for model, opt in (
-                (actor, torch.optim.AdamW(actor.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)),
-                (critic, torch.optim.AdamW(critic.parameters(), lr=cfg.critic.learning_rate, weight_decay=t.weight_decay)),
+                (actor, adamw(actor.parameters(), t.learning_rate, t.weight_decay)),
+                (critic, adamw(critic.parameters(), cfg.critic.learning_rate, t.weight_decay)),
             )
         )
 
