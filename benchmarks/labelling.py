@@ -19,9 +19,9 @@ import time
 import torch
 from alignray import cluster
 from alignray.config import DataConfig, SamplerConfig
+from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.data.sources import load_conversations
 from alignray.feedback import rlaif
-from alignray.feedback.rlcd import clean_output
 from alignray.models.registry import prepare
 from alignray.principles import load_principles
 from alignray.sampling.pool import SamplerPool
@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 def comparisons(pool: SamplerPool, n: int) -> list[rlaif.Comparison]:
     prompts = [c.transcript for c in load_conversations(DataConfig(source="donotanswer", limit=n))]
-    outs = pool.generate(prompts, SamplingSpec(n=2, temperature=1.0, max_tokens=48, stop=("Human:",), seed=0))
+    outs = pool.generate(prompts, SamplingSpec(n=2, temperature=1.0, max_tokens=48, stop=TURN_STOP, seed=0))
     question = load_principles("harmlessness").instructions[0]
     return [rlaif.Comparison(p, question, clean_output(o[0].text) or "...", clean_output(o[1].text) or "...")
             for p, o in zip(prompts, outs)]

@@ -108,10 +108,17 @@ def test_colocated_and_separate_placements_give_the_same_curves(tiny_model, patt
 
 
 def sampler_pids():
-    """Ray titles an actor's process `ray::SamplerActor...`."""
+    """The sampler actors of this test's own Ray cluster: descendants of this process (its
+    raylet starts them) that Ray titles `ray::SamplerActor...`; never another program's."""
     import psutil
 
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if "ray::SamplerActor" in " ".join(p.info["cmdline"] or [])]
+    def title(p):
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # ended meanwhile
+            return ""
+
+    return [p.pid for p in psutil.Process().children(recursive=True) if "ray::SamplerActor" in title(p)]
 
 
 def test_exact_resume_with_a_sampler_killed_mid_run(tiny_model, pattern_reward, tmp_path):

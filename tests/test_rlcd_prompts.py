@@ -1,6 +1,6 @@
 """RLCD prompt construction, output clean-up and re-sampling of empty outputs."""
 
-from alignray.data.conversation import Conversation
+from alignray.data.conversation import Conversation, clean_output
 from alignray.feedback import rlcd
 from alignray.models.tiny import build_tokenizer
 from alignray.principles import ContrastPair, PrincipleSet, load_principles
@@ -64,11 +64,11 @@ def test_chat_messages_get_affixes_in_assistant_turns():
 
 
 def test_clean_output_cuts_at_next_human_turn():
-    assert rlcd.clean_output(" Try a locksmith.\n\nHuman: thanks\n\nAssistant: ok") == "Try a locksmith."
-    assert rlcd.clean_output("\nHuman: what?") == ""
-    assert rlcd.clean_output("Human: what?") == ""
-    assert rlcd.clean_output("   \n ") == ""
-    assert rlcd.clean_output("The Human: race is long.") == "The Human: race is long."
+    assert clean_output(" Try a locksmith.\n\nHuman: thanks\n\nAssistant: ok") == "Try a locksmith."
+    assert clean_output("\nHuman: what?") == ""
+    assert clean_output("Human: what?") == ""
+    assert clean_output("   \n ") == ""
+    assert clean_output("The Human: race is long.") == "The Human: race is long."
 
 
 def test_pair_choice_is_seeded():

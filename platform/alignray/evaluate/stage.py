@@ -23,13 +23,13 @@ import pyarrow.parquet as pq
 
 from alignray import cluster, tracking
 from alignray.config import EvaluateConfig
+from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.data.sources import load_conversations
 from alignray.evaluate.agreement import judge_agreement, load_pairs
 from alignray.evaluate.report import markdown, plot_curves, plot_win_rates
 from alignray.evaluate.winrate import Rate, WinRate, bootstrap_interval, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
 from alignray.feedback.models import chat_renderer, open_model
-from alignray.feedback.rlcd import clean_output
 from alignray.io import atomic_dir
 from alignray.models.registry import ModelError, resolve
 from alignray.rewards import judges as offline
@@ -59,7 +59,7 @@ def short(ref: str) -> str:
 
 def _responses(ref: str, path: str, prompts: list[str], cfg: EvaluateConfig) -> list[str]:
     spec = SamplingSpec(temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens,
-                        stop=("Human:",), seed=cfg.seed)
+                        stop=TURN_STOP, seed=cfg.seed)
     with open_model(path, cfg, cfg.seed) as model:
         outs = model.pool.generate(prompts, spec, desc=f"responses of {short(ref)}")
     return [clean_output(o[0].text) for o in outs]

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from alignray.rewards.judges import JUDGES
+
 TIE = 1e-6
-LOWER_WINS = {"profanity": True, "hate": True, "length": False}
 
 
 def outcomes(frame: pd.DataFrame, judge: str) -> np.ndarray:
@@ -30,7 +31,7 @@ def outcomes(frame: pd.DataFrame, judge: str) -> np.ndarray:
         diff = frame["model_prob"].to_numpy(float) - 0.5
     else:
         diff = frame[f"{judge}_policy"].to_numpy(float) - frame[f"{judge}_opponent"].to_numpy(float)
-        if LOWER_WINS[judge]:
+        if JUDGES[judge].lower_is_better:
             diff = -diff
     return np.where(np.abs(diff) < TIE, 0.5, (diff > 0).astype(float))
 

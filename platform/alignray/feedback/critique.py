@@ -18,9 +18,10 @@ import math
 import random
 
 from alignray.config import SimulateConfig
+from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.feedback import rlaif
 from alignray.feedback.models import open_model
-from alignray.feedback.rlcd import Plan, clean_output
+from alignray.feedback.rlcd import Plan
 from alignray.principles import Critique, PrincipleSet
 from alignray.rewards import judges
 from alignray.rewards.scorers import reward_source, scalar_reward
@@ -48,7 +49,7 @@ def _chain(teacher, bases: list[list[dict]], requests: list[Critique], cfg: Simu
     def step(k: int, conversations: list[list[dict]]) -> list[str]:
         spec = SamplingSpec(
             temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens,
-            stop=("Human:",), seed=cfg.simulation.seed * 1_000_003 + k * len(bases),
+            stop=TURN_STOP, seed=cfg.simulation.seed * 1_000_003 + k * len(bases),
         )
         return [clean_output(t) for t in teacher.chat(conversations, spec, desc=STEPS[k])] if conversations else []
 

@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 from alignray.config import SimulateConfig
+from alignray.data.conversation import TURN_STOP
 from alignray.feedback import rlaif, rlcd
 from alignray.feedback.models import open_model
 from alignray.principles import PrincipleSet
@@ -58,7 +59,7 @@ def run(cfg: SimulateConfig, plans, principles: PrincipleSet) -> tuple[list[dict
     """Sample and label; returns (rows, dropped prompts, metrics)."""
     sim = cfg.simulation
     base = SamplingSpec(
-        temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens, stop=("Human:",)
+        temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens, stop=TURN_STOP
     )
     labelled = sim.method != "rlcd"
     questions = criteria(principles, sim.method)

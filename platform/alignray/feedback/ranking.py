@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 
 from alignray.config import SimulateConfig
+from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.feedback.models import open_model
-from alignray.feedback.rlcd import Plan, clean_output
+from alignray.feedback.rlcd import Plan
 from alignray.rewards.scorers import reward_source, scalar_reward
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
@@ -27,7 +28,7 @@ def sample_candidates(pool: SamplerPool, prompts: list[str], cfg: SimulateConfig
     for t_index, temperature in enumerate(cfg.ranking.temperatures):
         spec = SamplingSpec(
             n=per_temperature, temperature=temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens,
-            stop=("Human:",), seed=cfg.simulation.seed * 1_000_003 + t_index * len(prompts) * per_temperature,
+            stop=TURN_STOP, seed=cfg.simulation.seed * 1_000_003 + t_index * len(prompts) * per_temperature,
         )
         for row, completions in zip(out, pool.generate(prompts, spec, desc=f"candidates at T={temperature:g}")):
             row += [text for c in completions if (text := clean_output(c.text))]
