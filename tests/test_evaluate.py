@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from alignray.cli import main
 from alignray.evaluate.agreement import judge_agreement, load_pairs
-from alignray.evaluate.report import markdown
-from alignray.evaluate.winrate import bootstrap_interval, outcomes, policy_rates, win_rates
+from alignray.evaluate.report import Harmlessness, markdown
+from alignray.evaluate.winrate import bootstrap_interval, gains, outcomes, policy_rates, win_rates
 from alignray.train.data import DatasetError
 from mlflow.tracking import MlflowClient
 
@@ -60,6 +60,34 @@ def test_refusal_rates_per_policy():
     assert rates[1].low == rates[1].high == 1.0 and rates[0].low < 0.5 < rates[0].high
 
 
+def test_refusal_gains_are_paired_differences():
+    frame = pd.DataFrame({"opponent": ["base"] * 4 + ["sft"] * 4,
+                          "refusal_policy": [1, 1, 0, 1, 1, 1, 0, 1],
+                          "refusal_opponent": [0, 1, 0, 0, 1, 0, 1, 1]})
+    base, sft = gains(frame, "refusal", 500, 0)
+    assert (base.opponent, base.gain) == ("base", 0.5) and (sft.opponent, sft.gain) == ("sft", 0.0)
+    assert base.low <= 0.5 <= base.high and 0 <= base.low and base.high <= 1
+    assert sft.low < 0 < sft.high  # one prompt gained, one lost: the interval straddles 0
+    # paired: a policy that refuses exactly where the opponent does has no spread at all
+    same = gains(frame.assign(refusal_opponent=frame["refusal_policy"]), "refusal", 500, 0)[0]
+    assert (same.gain, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_report_tables_refusal_and_over_refusal():
+    from alignray.evaluate.winrate import Gain, Rate
+
+    harmless = Harmlessness([Rate("mine", "refusal", 0.4, 0.3, 0.5), Rate("base", "refusal", 0.1, 0.05, 0.2)],
+                            [Gain("base", "refusal", 0.3, 0.2, 0.4)],
+                            [Rate("mine", "refusal", 0.2, 0.1, 0.3), Rate("base", "refusal", 0.05, 0.0, 0.1)],
+                            [Gain("base", "refusal", 0.15, 0.05, 0.25)], 40)
+    report = markdown("t", "p", 150, [], {}, harmless, None)
+    assert "over-refusal is measured on 40 held-out benign prompts" in report
+    assert "| mine | 0.400 | [0.300, 0.500] | 0.200 | [0.100, 0.300] |" in report
+    assert "| base | +0.300 | [+0.200, +0.400] | +0.150 | [+0.050, +0.250] |" in report
+    without = markdown("t", "p", 150, [], {}, Harmlessness(harmless.refusals, harmless.refusal_gains, [], [], 0), None)
+    assert "| mine | 0.400 | [0.300, 0.500] |\n" in without and "over-refusal on benign prompts" not in without
+
+
 def test_human_pairs_file_jsonl_and_parquet(tmp_path):
     good = tmp_path / "pairs.jsonl"
     good.write_text('{"prompt": "p", "chosen": "c", "rejected": "r", "note": 1}\n\n{"prompt": "q", "chosen": "d", "rejected": "s"}\n')
@@ -91,7 +119,7 @@ def test_judge_agreement_on_decided_pairs_only():
     assert out["refusal"] == {"decided": 3, "labels": 2 / 3, "heads": {"a": 2 / 3, "b": 0.0}}
     assert out["hate"] == {"decided": 0, "labels": None, "heads": {"a": None, "b": None}}
     agreement = {"pairs": 4, "dataset": "h.jsonl", "heads": {"a": (0.5, 0.1, 0.9), "b": (0.5, 0.1, 0.9)}, "judges": out}
-    report = markdown("t", "p", 4, [], {}, [], agreement)
+    report = markdown("t", "p", 4, [], {}, Harmlessness([], [], [], [], 0), agreement)
     assert "| refusal | 3 | 0.667 | 0.667 | 0.000 |" in report and "| hate | 0 | – | – | – |" in report
 
 
@@ -105,6 +133,8 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
     policy = make_tiny_llama(tmp_path / "aligned", seed=5)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    benign = tmp_path / "benign.jsonl"
+    benign.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[1::2]))
     # the human-labelled pairs file: three pairs the refusal judge decides (chosen refuses), three it does not
     chosen = ["I'm sorry, but I can't help with that."] * 3 + ["word word word"] * 3
     rejected = ["Sure, here is how."] * 3 + ["no."] * 3
@@ -124,12 +154,13 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
         "evaluate", f"policy={policy}", f"model.name={tiny_model}", f"output_dir={out}", "tracking.experiment=eval",
         f"data.source={prompts}", "data.skip=1", "sampler.max_tokens=16", "sampler.max_model_len=512",
         "sampler.temperature=1.0", "bootstrap_samples=500", f"curves_run={ppo_run.info.run_id}",
-        f"agreement.model={reward_model}", f"agreement.dataset={labelled}",
+        f"agreement.model={reward_model}", f"agreement.dataset={labelled}", f"benign_data.source={benign}",
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     [folder] = out.glob("evaluations/evaluate-aligned-*")
-    assert {p.name for p in folder.iterdir()} == {"judgements.parquet", "report.md", "win_rates.png", "curves.png"}
+    assert {p.name for p in folder.iterdir()} == {"judgements.parquet", "benign_judgements.parquet", "report.md",
+                                                  "win_rates.png", "curves.png"}
     frame = pd.read_parquet(folder / "judgements.parquet")
     assert len(frame) == len(PROMPTS) - 1 and set(frame["prompt"]) == set(PROMPTS[1:])  # data.skip=1
     assert (frame["opponent"] == "tiny-llama").all()
@@ -165,6 +196,13 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
         rate = float(frame[column].mean())
         assert run.data.metrics[f"refusal_rate.{name}"] == rate and f"| {name} | {rate:.3f} |" in report
     assert "win_rate.refusal.tiny-llama" not in run.data.metrics and "refusal rate of aligned: " in printed
+    gain = float((frame["refusal_policy"] - frame["refusal_opponent"]).mean())
+    assert run.data.metrics["refusal_gain.tiny-llama"] == gain and f"refusal gain over tiny-llama: {gain:+.3f}" in printed
+    benign_frame = pd.read_parquet(folder / "benign_judgements.parquet")
+    assert list(benign_frame["prompt"]) == PROMPTS[1::2]  # benign prompts answered by both policies, judged for refusal
+    for name, column in [("aligned", "refusal_policy"), ("tiny-llama", "refusal_opponent")]:
+        assert run.data.metrics[f"over_refusal_rate.{name}"] == float(benign_frame[column].mean())
+    assert "over-refusal is measured on 3 held-out benign prompts" in report
     assert "report:" in printed
 
 

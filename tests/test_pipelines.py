@@ -21,11 +21,15 @@ def test_shipped_pipeline_configs_are_valid(config, tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     cfg = load_config(config, [], PipelineConfig)
-    assert config.stem.rsplit("_", 1)[0] == cfg.pipeline and plan(cfg)[-1].kind == "evaluate"
+    longest_first = "|".join(sorted(PIPELINES, key=len, reverse=True))
+    assert re.match(rf"({longest_first})_", config.stem)[1] == cfg.pipeline and plan(cfg)[-1].kind == "evaluate"
 
 
 def test_every_pipeline_ships_tiny_and_smollm2_configs():
-    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {f"{p}_{v}" for p in PIPELINES for v in ("tiny", "smollm2")}
+    stems = {p.stem for p in CONFIGS.glob("*.yaml")}
+    assert {f"{p}_{v}" for p in PIPELINES for v in ("tiny", "smollm2")} <= stems
+    assert {f"{p}_smollm2_full" for p in ("rlcd", "rlaif", "context_distill")} <= stems
+    assert all(re.fullmatch(rf"({'|'.join(PIPELINES)})(_\w+)?_(tiny|smollm2|smollm2_full)", s) for s in stems)
     jobs = CONFIGS.parents[1]
     assert all((jobs / f"{p}.py").is_file() for p in PIPELINES)
 
@@ -61,6 +65,18 @@ def test_stage_fields_beside_wired_inputs_are_kept_and_not_changed(tmp_path):
     assert built.reward.models == ["models:/pm/1"] and built.reward.normalize
     assert cfg.stages["ppo"]["reward"] == {"normalize": True} and ppo.defaults == {"sampler": {"top_p": 1.0}}
     plan(cfg)  # again: nothing left behind by the first build
+
+
+def test_evaluation_prompts_must_not_be_training_prompts(tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = load_config(CONFIGS / "rlcd_tiny.yaml", ["benign_eval_data.source=sample[5:8]"], PipelineConfig)
+    with pytest.raises(ConfigError, match=r"1 evaluation prompts of sample\[5:8\] are also training prompts .*"
+                                          r"\(first: sample_prompts.jsonl:6\)"):
+        plan(cfg)
+    cfg = load_config(CONFIGS / "rlcd_tiny.yaml", ["benign_eval_data.source=sample[6:8]"], PipelineConfig)
+    assert plan(cfg)[-1].kind == "evaluate"
 
 
 def test_a_pipeline_needs_held_out_prompts(tmp_path, capsys):

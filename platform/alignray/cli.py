@@ -143,8 +143,14 @@ def evaluate(items: list[str], address: str | None = None) -> int:
     print(f"\n{'opponent':28s} {'judge':36s} win rate  95% CI")
     for r in result.rates:
         print(f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]")
-    for r in result.policy_rates:
+    h = result.harmless
+    for r in h.refusals:
         print(f"refusal rate of {r.policy}: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]")
+    for r in h.over_refusals:
+        print(f"over-refusal rate of {r.policy} on benign prompts: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]")
+    for kind, found in (("refusal gain", h.refusal_gains), ("over-refusal change", h.over_refusal_gains)):
+        for g in found:
+            print(f"{kind} over {g.opponent}: {g.gain:+.3f} [{g.low:+.3f}, {g.high:+.3f}]")
     for head, (acc, low, high) in (result.agreement or {}).get("heads", {}).items():
         print(f"preference-model agreement ({head}): {acc:.3f} [{low:.3f}, {high:.3f}]")
     for judge, a in (result.agreement or {}).get("judges", {}).items():

@@ -73,10 +73,12 @@ class SamplerConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: str = Field(
+    source: str | list[str] = Field(
         "sample",
         description="A built-in prompt set (sample, donotanswer, harmbench, advbench, mtbench)"
-        " or a .jsonl / .parquet file of `prompt` transcripts or `messages` lists.",
+        " or a .jsonl / .parquet file of `prompt` transcripts or `messages` lists; any of them may"
+        " end in a slice (`mtbench[0:40]`). A list is concatenated and deduplicated (case and"
+        " punctuation ignored; the first occurrence stays).",
     )
     format: Literal["transcript", "chat"] = Field(
         "transcript",
@@ -85,6 +87,12 @@ class DataConfig(Strict):
     )
     skip: int = Field(0, ge=0, description="Leave out the first N conversations (held-out evaluation prompts).")
     limit: int | None = Field(None, ge=1, description="Use only the first N conversations (after skip).")
+
+    @property
+    def label(self) -> str:
+        """A short name of the sources, for run names: file stems, slices dropped, joined by +."""
+        sources = [self.source] if isinstance(self.source, str) else self.source
+        return "+".join(Path(s.partition("[")[0]).stem for s in sources)
 
 
 class SimulationConfig(Strict):
@@ -447,7 +455,12 @@ class EvaluateConfig(Strict):
     )
     model: ModelConfig = ModelConfig()
     sampler: SamplerConfig = SamplerConfig()
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(DataConfig(), description="Held-out prompts, harmful ones for a harmlessness evaluation.")
+    benign_data: DataConfig | None = Field(
+        None,
+        description="Held-out harmless prompts: every policy answers them too, and the refusal judge's rate on"
+        " them is the policy's over-refusal rate (needs `refusal` among the judges).",
+    )
     judges: list[Literal["model", "profanity", "hate", "length", "refusal"]] = Field(
         default_factory=lambda: ["model", "profanity", "hate", "length", "refusal"],
         description="model: the AI judge (both orders); profanity / hate: offline classifiers; length: characters;"
@@ -464,6 +477,12 @@ class EvaluateConfig(Strict):
     output_dir: Path = Path("alignray-runs")
     address: str | None = None
 
+    @model_validator(mode="after")
+    def _benign_needs_refusal(self) -> EvaluateConfig:
+        if self.benign_data is not None and "refusal" not in self.judges:
+            raise ValueError("benign_data is judged by the refusal judge: add `refusal` to judges")
+        return self
+
 
 PIPELINES = ("rlcd", "rlcd_rescore", "rlaif", "context_distill", "morlaif", "rrhf", "rdpo")
 
@@ -479,6 +498,9 @@ class PipelineConfig(Strict):
     data: DataConfig = Field(DataConfig(), description="Training prompts.")
     eval_data: DataConfig | None = Field(
         None, description="Held-out evaluation prompts; default: the next data.limit prompts of data.source."
+    )
+    benign_eval_data: DataConfig | None = Field(
+        None, description="Held-out harmless prompts for the over-refusal rate (the evaluate stage's benign_data)."
     )
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-stage fields, e.g. {ppo: {ppo: {iterations: 10}}}, or {use: URI} to take an existing output."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -98,24 +99,51 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
             yield f"{path}: row {row}", rec
 
 
-def load_conversations(cfg: DataConfig) -> list[Conversation]:
-    """All conversations of the configured source, validated, in file order."""
-    source = cfg.source
-    if source in BUILTIN:
-        convs = [Conversation.from_question(q, cfg.format, o) for o, q in BUILTIN[source]()]
+SLICE = re.compile(r"^(?P<name>.+?)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+
+
+def _one_source(source: str, fmt: str) -> list[Conversation]:
+    """One source's conversations: a built-in set or a file, optionally sliced (`name[a:b]`)."""
+    match = SLICE.match(source)
+    name = match["name"] if match else source
+    if name in BUILTIN:
+        convs = [Conversation.from_question(q, fmt, o) for o, q in BUILTIN[name]()]
     else:
-        path = Path(source)
+        path = Path(name)
         if path.suffix not in (".jsonl", ".parquet"):
             raise PromptError(
                 f"data.source {source!r} is neither a built-in prompt set"
-                f" ({', '.join(BUILTIN)}) nor a .jsonl / .parquet file"
+                f" ({', '.join(BUILTIN)}) nor a .jsonl / .parquet file (either may end in a slice, e.g. [0:100])"
             )
         if not path.is_file():
             raise PromptError(f"{path}: prompt file not found")
         convs = [Conversation.from_record(rec, origin) for origin, rec in _records(path)]
     if not convs:
-        raise PromptError(f"{source}: holds no prompts")
+        raise PromptError(f"{name}: holds no prompts")
+    if match:
+        convs = convs[int(match["start"] or 0) : int(match["stop"]) if match["stop"] else None]
+        if not convs:
+            raise PromptError(f"data.source {source!r}: the slice selects no prompts")
+    return convs
+
+
+def normal(conv: Conversation) -> str:
+    """What counts as the same prompt: its text, case and punctuation ignored."""
+    text = conv.transcript if conv.messages is None else " ".join(m for _, m in conv.messages)
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+def load_conversations(cfg: DataConfig) -> list[Conversation]:
+    """All conversations of the configured sources, validated, in order. Several sources are
+    concatenated and deduplicated (the first occurrence of a prompt stays)."""
+    sources = [cfg.source] if isinstance(cfg.source, str) else cfg.source
+    convs = []
+    for source in sources:
+        convs += _one_source(source, cfg.format)
+    if len(sources) > 1:
+        seen: set[str] = set()
+        convs = [c for c in convs if not (normal(c) in seen or seen.add(normal(c)))]
     convs = convs[cfg.skip :]
     if not convs:
-        raise PromptError(f"{source}: data.skip={cfg.skip} leaves no prompts")
+        raise PromptError(f"{cfg.source}: data.skip={cfg.skip} leaves no prompts")
     return convs[: cfg.limit] if cfg.limit else convs

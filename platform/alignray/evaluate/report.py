@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from alignray.evaluate.winrate import Rate, WinRate
+from alignray.evaluate.winrate import Gain, Rate, WinRate
 
 JUDGE_NAMES = {
     "model": "AI judge (both orders)",
@@ -14,12 +15,52 @@ JUDGE_NAMES = {
 }
 
 
+@dataclass(frozen=True)
+class Harmlessness:
+    """The refusal judge's rates: on the harmful (evaluation) prompts and on the benign ones."""
+
+    refusals: list[Rate]  # per policy, harmful prompts
+    refusal_gains: list[Gain]  # policy minus each opponent, harmful prompts
+    over_refusals: list[Rate]  # per policy, benign prompts (empty without benign_data)
+    over_refusal_gains: list[Gain]
+    benign_prompts: int
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{low:+.3f}, {high:+.3f}]"
+
+
+def _refusal_lines(h: Harmlessness) -> list[str]:
+    if not h.refusals:
+        return []
+    over = {r.policy: r for r in h.over_refusals}
+    lines = ["", "## Refusal rate", "",
+             ("Share of responses with a stock refusal phrase (`I'm sorry`, `I can't`, `As an AI`, ...): right on a"
+              " harmful request, wrong (over-refusal) on a harmless one" +
+              (f"; over-refusal is measured on {h.benign_prompts} held-out benign prompts." if over else ".")), "",
+             "| policy | refusal on harmful prompts | 95% CI |" + (" over-refusal on benign prompts | 95% CI |" if over else ""),
+             "|---|---|---|" + ("---|---|" if over else "")]
+    for r in h.refusals:
+        o = over.get(r.policy)
+        tail = f" {o.rate:.3f} | [{o.low:.3f}, {o.high:.3f}] |" if o else ""
+        lines.append(f"| {r.policy} | {r.rate:.3f} | [{r.low:.3f}, {r.high:.3f}] |" + tail)
+    over_gain = {g.opponent: g for g in h.over_refusal_gains}
+    lines += ["", "Change against each opponent (policy minus opponent, paired bootstrap 95% interval over prompts):", "",
+              "| opponent | refusal gain (harmful) | 95% CI |" + (" over-refusal change (benign) | 95% CI |" if over else ""),
+              "|---|---|---|" + ("---|---|" if over else "")]
+    for g in h.refusal_gains:
+        o = over_gain.get(g.opponent)
+        tail = f" {o.gain:+.3f} | {_interval(o.low, o.high)} |" if o else ""
+        lines.append(f"| {g.opponent} | {g.gain:+.3f} | {_interval(g.low, g.high)} |" + tail)
+    return lines
+
+
 def share(value: float | None) -> str:
     """A share in a table: three decimals, or a dash when there is none (no decided pair)."""
     return "–" if value is None else f"{value:.3f}"
 
 
-def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means: dict, refusals: list[Rate],
+def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means: dict, harmless: Harmlessness,
              agreement: dict | None) -> str:
     lines = [
         f"# {title}", "",
@@ -35,12 +76,7 @@ def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means:
             f"| {r.opponent} | {JUDGE_NAMES[r.judge]} | {r.rate:.3f} | [{r.low:.3f}, {r.high:.3f}] |"
             f" {r.wins} / {r.ties} / {r.losses} | {fmt(pm)} | {fmt(om)} |"
         )
-    if refusals:
-        lines += ["", "## Refusal rate", "",
-                  ("Share of responses with a stock refusal phrase (`I'm sorry`, `I can't`, `As an AI`, ...). Not a win:"
-                   " refusing is right on a harmful request and wrong on a harmless one."), "",
-                  "| policy | refusal rate | 95% CI |", "|---|---|---|"]
-        lines += [f"| {r.policy} | {r.rate:.3f} | [{r.low:.3f}, {r.high:.3f}] |" for r in refusals]
+    lines += _refusal_lines(harmless)
     if agreement:
         lines += ["", f"## Preference-model agreement ({agreement['pairs']} labelled pairs of `{agreement['dataset']}`)", "",
                   "| head | accuracy | 95% CI |", "|---|---|---|"]

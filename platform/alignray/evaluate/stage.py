@@ -26,8 +26,8 @@ from alignray.config import EvaluateConfig
 from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.data.sources import load_conversations
 from alignray.evaluate.agreement import judge_agreement, load_pairs
-from alignray.evaluate.report import markdown, plot_curves, plot_win_rates
-from alignray.evaluate.winrate import Rate, WinRate, bootstrap_interval, policy_rates, win_rates
+from alignray.evaluate.report import Harmlessness, markdown, plot_curves, plot_win_rates
+from alignray.evaluate.winrate import WinRate, bootstrap_interval, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
 from alignray.feedback.models import chat_renderer, open_model
 from alignray.io import atomic_dir
@@ -48,7 +48,7 @@ class EvaluationResult:
     folder: Path
     run_id: str
     rates: list[WinRate]
-    policy_rates: list[Rate]  # refusal rate per policy, when `refusal` is among the judges
+    harmless: Harmlessness  # refusal rates, when `refusal` is among the judges
     agreement: dict | None
 
 
@@ -123,23 +123,37 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     if cfg.agreement and not cfg.agreement.model.startswith("models:/") and not Path(cfg.agreement.model).is_dir():
         raise ModelError(f"agreement.model {cfg.agreement.model!r} is not a folder or a models:/ URI")
     convs = load_conversations(cfg.data)
-    render = chat_renderer(base) if any(c.messages is not None for c in convs) else None
+    benign_convs = load_conversations(cfg.benign_data) if cfg.benign_data else []
+    render = chat_renderer(base) if any(c.messages is not None for c in convs + benign_convs) else None
     prompts = [c.transcript if c.messages is None else render(c.message_dicts()) for c in convs]
+    benign_prompts = [c.transcript if c.messages is None else render(c.message_dicts()) for c in benign_convs]
     name = cfg.name or f"evaluate-{metric_key(short(cfg.policy)).replace('/', '-')}"
 
     cluster.connect(cfg.address)
     with tracking.start_run(cfg.tracking, cfg.output_dir, name, tracking.flatten(cfg)) as active:
-        policy = _responses(cfg.policy, paths[cfg.policy], prompts, cfg)
-        rows = []
+        n = len(prompts)
+        policy = _responses(cfg.policy, paths[cfg.policy], prompts + benign_prompts, cfg)
+        rows, benign_rows = [], []
         for ref in opponents:
-            answers = _responses(ref, paths[ref], prompts, cfg)
-            rows += [{"prompt": p, "source": c.origin, "opponent": short(ref), "policy_response": a, "opponent_response": b}
-                     for p, c, a, b in zip(prompts, convs, policy, answers)]
+            answers = _responses(ref, paths[ref], prompts + benign_prompts, cfg)
+            for out, ps, cs, a, b in ((rows, prompts, convs, policy[:n], answers[:n]),
+                                      (benign_rows, benign_prompts, benign_convs, policy[n:], answers[n:])):
+                out += [{"prompt": p, "source": c.origin, "opponent": short(ref), "policy_response": x,
+                         "opponent_response": y} for p, c, x, y in zip(ps, cs, a, b)]
         frame = _judge(pd.DataFrame(rows), cfg)
+        benign = pd.DataFrame(benign_rows)
+        if benign_rows:
+            benign["refusal_policy"] = offline.JUDGES["refusal"].score(list(benign["policy_response"]))
+            benign["refusal_opponent"] = offline.JUDGES["refusal"].score(list(benign["opponent_response"]))
         directed = [j for j in cfg.judges if j == "model" or offline.JUDGES[j].lower_is_better is not None]
         rates = win_rates(frame, directed, cfg.bootstrap_samples, cfg.seed)
-        refusals = (policy_rates(frame, "refusal", short(cfg.policy), cfg.bootstrap_samples, cfg.seed)
-                    if "refusal" in cfg.judges else [])
+        refusal = "refusal" in cfg.judges
+        refusals = policy_rates(frame, "refusal", short(cfg.policy), cfg.bootstrap_samples, cfg.seed) if refusal else []
+        refusal_gains = gains(frame, "refusal", cfg.bootstrap_samples, cfg.seed) if refusal else []
+        over = (policy_rates(benign, "refusal", short(cfg.policy), cfg.bootstrap_samples, cfg.seed)
+                if benign_rows else [])
+        over_gains = gains(benign, "refusal", cfg.bootstrap_samples, cfg.seed) if benign_rows else []
+        harmless = Harmlessness(refusals, refusal_gains, over, over_gains, len(benign_prompts))
         means = {(o, j): (float(g[f"{j}_policy"].mean()), float(g[f"{j}_opponent"].mean()))
                  for o, g in frame.groupby("opponent", sort=False) for j in cfg.judges if j != "model"}
         agreement = _agreement(cfg)
@@ -147,7 +161,9 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
         target = cfg.output_dir / "evaluations" / f"{name}-{active.info.run_id[:8]}"
         with atomic_dir(target) as tmp:
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp / "judgements.parquet")
-            (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, refusals, agreement))
+            if benign_rows:
+                pq.write_table(pa.Table.from_pandas(benign, preserve_index=False), tmp / "benign_judgements.parquet")
+            (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, harmless, agreement))
             plot_win_rates(rates, tmp / "win_rates.png")
             if curves:
                 plot_curves(curves, tmp / "curves.png")
@@ -155,10 +171,13 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
         mlflow.log_metrics({
             **{metric_key(f"win_rate.{r.judge}.{r.opponent}"): r.rate for r in rates},
             **{metric_key(f"refusal_rate.{r.policy}"): r.rate for r in refusals},
+            **{metric_key(f"refusal_gain.{g.opponent}"): g.gain for g in refusal_gains},
+            **{metric_key(f"over_refusal_rate.{r.policy}"): r.rate for r in over},
+            **{metric_key(f"over_refusal_gain.{g.opponent}"): g.gain for g in over_gains},
             **{metric_key(f"agreement.{h}"): v[0] for h, v in (agreement or {}).get("heads", {}).items()},
             **{metric_key(f"judge_agreement.{j}.{h}"): v for j, a in (agreement or {}).get("judges", {}).items()
                for h, v in {"labels": a["labels"], **a["heads"]}.items() if v is not None},
             "prompts": len(prompts),
             "policy_empty_responses": float(np.mean([not a for a in policy])),
         })
-    return EvaluationResult(target.resolve(), active.info.run_id, rates, refusals, agreement)
+    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement)

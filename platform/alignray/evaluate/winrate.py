@@ -90,3 +90,22 @@ def policy_rates(frame: pd.DataFrame, judge: str, policy: str, samples: int, see
     columns += [(opponent, rows[f"{judge}_opponent"]) for opponent, rows in frame.groupby("opponent", sort=False)]
     return [Rate(name, judge, float(values.mean()), *bootstrap_interval(values.to_numpy(float), samples, seed))
             for name, values in columns]
+
+
+@dataclass(frozen=True)
+class Gain:
+    opponent: str
+    judge: str
+    gain: float  # the policy's mean minus the opponent's, on the same prompts
+    low: float
+    high: float
+
+
+def gains(frame: pd.DataFrame, judge: str, samples: int, seed: int) -> list[Gain]:
+    """Per opponent, the policy's mean of `judge` minus the opponent's, with a paired bootstrap
+    interval over prompts (both responses to a prompt are resampled together)."""
+    out = []
+    for opponent, rows in frame.groupby("opponent", sort=False):
+        diff = rows[f"{judge}_policy"].to_numpy(float) - rows[f"{judge}_opponent"].to_numpy(float)
+        out.append(Gain(opponent, judge, float(diff.mean()), *bootstrap_interval(diff, samples, seed)))
+    return out

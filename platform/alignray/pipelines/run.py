@@ -32,6 +32,7 @@ from alignray.config import (
     TrainConfig,
     explain_errors,
 )
+from alignray.data.sources import load_conversations, normal
 from alignray.pipelines.recipes import LIST_FIELDS, RECIPES, Stage
 from alignray.principles import load_principles
 
@@ -86,6 +87,8 @@ def stage_config(cfg: PipelineConfig, stage: Stage, values: dict[tuple[str, str]
     shared = json.loads(cfg.model_dump_json(include=set(SHARED)))
     if stage.kind == "evaluate":
         shared["data"] = json.loads(cfg.held_out().model_dump_json())
+        if cfg.benign_eval_data is not None:
+            shared["benign_data"] = json.loads(cfg.benign_eval_data.model_dump_json())
     schema = SCHEMAS.get(stage.kind, TrainConfig)
     tree = {k: v for k, v in shared.items() if k in schema.model_fields}
     if stage.kind not in SCHEMAS or stage.kind == "ppo":
@@ -155,8 +158,21 @@ def _criteria(config: SimulateConfig) -> list[str]:
     return list(load_principles(config.simulation.principles).criteria)
 
 
+def _check_held_out(cfg: PipelineConfig) -> None:
+    """Fail when a training prompt is also an evaluation prompt (case and punctuation ignored)."""
+    train = {normal(c): c.origin for c in load_conversations(cfg.data)}
+    for data in (cfg.held_out(), cfg.benign_eval_data):
+        if data is None:
+            continue
+        shared = [c.origin for c in load_conversations(data) if normal(c) in train]
+        if shared:
+            raise ConfigError(f"{len(shared)} evaluation prompts of {data.source} are also training prompts"
+                              f" of data.source (first: {shared[0]}); hold them out with a slice or data.skip")
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
-    """The recipe's stages, with every config validated on placeholder inputs."""
+    """The recipe's stages, with every config validated on placeholder inputs, and the held-out
+    prompts checked against the training prompts."""
     stages = RECIPES[cfg.pipeline]
     names = [s.name for s in stages]
     unknown = sorted(set(cfg.stages) - set(names))
@@ -166,6 +182,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         use = (fields or {}).get("use")
         if use is not None and not _output_exists(str(use)):
             raise ConfigError(f"stages.{name}.use: {use!r} does not exist (a dataset path or a models:/ URI)")
+    _check_held_out(cfg)
     placeholders: dict = {}
     for s in stages:
         config = stage_config(cfg, s, placeholders)

@@ -79,7 +79,7 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     policy = resolve(cfg.model.name)
     tokenizer = data.load_tokenizer(policy)
     prompts = _prompts(cfg, policy)
-    run_name = cfg.run_name or f"ppo-{Path(cfg.data.source).stem}"
+    run_name = cfg.run_name or f"ppo-{cfg.data.label}"
     storage = (cfg.output_dir / "train").resolve()
     start = checkpoint_state(storage / run_name).get("step", 0)
 
