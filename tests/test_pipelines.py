@@ -97,8 +97,10 @@ def store(tmp_path_factory):
 def test_rlcd_pipeline_stops_resumes_and_skips(store, capsys):
     config = str(CONFIGS / "rlcd_tiny.yaml")
     assert main(["run", config, f"output_dir={store}", "stages.ppo.ppo.stop_after_iterations=1"]) == 0
-    first = lines(capsys.readouterr().out)
+    printed_first = capsys.readouterr().out
+    first = lines(printed_first)
     assert first["ppo"].startswith("stopped before the end") and "evaluate" not in first
+    assert "label check by independent judges" in printed_first  # the simulation's data diagnostics
 
     assert main(["run", config, f"output_dir={store}"]) == 0
     printed = capsys.readouterr().out

@@ -97,3 +97,18 @@ def test_cli_train_bad_input_writes_nothing(tmp_path, tiny_model, capsys):
     assert "missing column(s) ['rejected']" in capsys.readouterr().err and not out.exists()
     assert main(["train", "dpo", f"model.name={tiny_model}"]) == 2
     assert "field 'dataset': Field required" in capsys.readouterr().err
+
+
+def test_length_balance_keeps_as_many_longer_as_shorter_chosen(tmp_path, tokenizer):
+    from alignray.train.data import length_balanced
+
+    chosen = ["a long answer"] * 7 + ["no"] * 3 + ["same"] * 2
+    rejected = ["short"] * 7 + ["a longer one"] * 3 + ["four"] * 2
+    keep = length_balanced(chosen, rejected, seed=0)
+    assert keep[7:].all() and keep[:7].sum() == 3  # the 3 shorter and 2 equal stay; 3 of the 7 longer
+    assert [length_balanced(chosen, rejected, seed=s)[:7].sum() for s in range(5)] == [3] * 5
+    rows = [{"prompt": P, "chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+    prepared = load("preference", cfg_for(write(tmp_path, rows), "preference.length_balance=true"), tokenizer)
+    assert prepared.filtered == 4 and len(prepared.train) + len(prepared.eval) == 8
+    with pytest.raises(ValueError, match="length_balance needs hard labels"):
+        cfg_for(write(tmp_path, rows), "preference.length_balance=true", "preference.soft_labels=true")

@@ -313,10 +313,18 @@ class PreferenceConfig(Strict):
         " format: every pair trains every head).",
     )
 
+    length_balance: bool = Field(
+        False,
+        description="Length-controlled preference model: train on a seeded subset with as many pairs whose"
+        " chosen answer is longer as pairs whose chosen answer is shorter (needs hard labels).",
+    )
+
     @model_validator(mode="after")
     def _one_label_source(self) -> PreferenceConfig:
         if self.soft_labels and self.margin_column:
             raise ValueError("preference.soft_labels and preference.margin_column cannot be combined")
+        if self.soft_labels and self.length_balance:
+            raise ValueError("preference.length_balance needs hard labels (chosen is the preferred side), not soft_labels")
         return self
 
 

@@ -136,12 +136,15 @@ def _done_before(key: str, experiment: str) -> tuple[str, str] | None:
     return None
 
 
-def _execute(kind: str, config) -> tuple[str | None, str]:
-    """Run one stage; (output or None when it stopped early, MLflow run id)."""
+def _execute(kind: str, config, say) -> tuple[str | None, str]:
+    """Run one stage; (output or None when it stopped early, MLflow run id). A simulation's
+    data diagnostics (and their warning) are said as `alignray simulate` prints them."""
     if kind == "simulate":
         from alignray.feedback.simulate import run
 
         result = run(config)
+        if result.diagnostics is not None:
+            say("\n".join(result.diagnostics.summary() + [f"warning: {w}" for w in result.diagnostics.warnings()]))
         return str(result.dataset), result.run_id
     if kind == "evaluate":
         from alignray.evaluate.stage import run
@@ -214,7 +217,7 @@ def run(cfg: PipelineConfig, say=print) -> list[StageOutcome]:
             if s.kind != "simulate" and s.kind != "evaluate":
                 config = config.model_copy(update={"run_name": f"{cfg.label}-{s.name}-{key[:8]}"})
             say(f"{head}: running")
-            output, run_id = _execute(s.kind, config)
+            output, run_id = _execute(s.kind, config, say)
             outcome = StageOutcome(s.name, output, run_id, False)
             if output is None:
                 say(f"{head}: stopped before the end (checkpoint kept); run the pipeline again to resume")

@@ -129,6 +129,19 @@ def _row_example(kind: str, row: dict, where: str, cfg: TrainConfig, tokenize: T
     return Example(seqs, values)
 
 
+def length_balanced(chosen: list[str], rejected: list[str], seed: int) -> np.ndarray:
+    """A keep-mask over pairs with as many pairs whose `chosen` is the longer answer (in
+    characters) as pairs whose `chosen` is the shorter one: the larger group is subsampled
+    (seeded); pairs of equal length all stay. A preference model trained on the kept pairs
+    cannot lower its loss by preferring the longer (or shorter) answer."""
+    diff = np.array([len(c) - len(r) for c, r in zip(chosen, rejected)])
+    longer, shorter = np.flatnonzero(diff > 0), np.flatnonzero(diff < 0)
+    big, small = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
+    keep = np.ones(len(diff), bool)
+    keep[np.random.default_rng(seed).choice(big, len(big) - len(small), replace=False)] = False
+    return keep
+
+
 def _probability(row: dict, column: str, where: str) -> float:
     p = row.get(column)
     if p is None or not isinstance(p, (int, float)) or math.isnan(p) or not 0 <= p <= 1:
@@ -153,7 +166,7 @@ class Prepared:
     train: list[Example]
     eval: list[Example]
     truncated: int  # sequences cut to max_length
-    filtered: int  # pairs dropped by the judge-agreement filter
+    filtered: int  # pairs dropped by the judge-agreement filter or the length balance
 
 
 def load(kind: str, cfg: TrainConfig, tokenizer) -> Prepared:
@@ -175,9 +188,13 @@ def load(kind: str, cfg: TrainConfig, tokenizer) -> Prepared:
     if table.num_rows == 0:
         raise DatasetError(f"{path}: the dataset is empty")
     tokenize = Tokenize(tokenizer, cfg.trainer.max_length, cfg.trainer.truncation_side)
+    rows = table.select(needed).to_pylist()
+    keep = np.ones(len(rows), bool)
+    if kind == "preference" and cfg.preference.length_balance:
+        keep = length_balanced([str(r["chosen"]) for r in rows], [str(r["rejected"]) for r in rows], cfg.trainer.seed)
     examples, filtered = [], 0
-    for i, row in enumerate(table.select(needed).to_pylist()):
-        ex = _row_example(kind, row, f"{path}: row {i}", cfg, tokenize)
+    for i, row in enumerate(rows):
+        ex = _row_example(kind, row, f"{path}: row {i}", cfg, tokenize) if keep[i] else None
         if ex is None:
             filtered += 1
         else:
