@@ -80,6 +80,18 @@ def _judge(frame: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
     return frame
 
 
+def _harmlessness(frame: pd.DataFrame, benign: pd.DataFrame, benign_prompts: int, cfg: EvaluateConfig) -> Harmlessness:
+    """Refusal rates and gains on the harmful prompts (`frame`) and the benign ones (may be empty);
+    none without the refusal judge."""
+    if "refusal" not in cfg.judges:
+        return Harmlessness([], [], [], [], 0)
+    name, samples, seed = short(cfg.policy), cfg.bootstrap_samples, cfg.seed
+    over = (policy_rates(benign, "refusal", name, samples, seed), gains(benign, "refusal", samples, seed)) \
+        if benign_prompts else ([], [])
+    return Harmlessness(policy_rates(frame, "refusal", name, samples, seed), gains(frame, "refusal", samples, seed),
+                        *over, benign_prompts)
+
+
 def _agreement(cfg: EvaluateConfig) -> dict | None:
     from alignray.rewards.scorers import LocalRewardModels
 
@@ -125,8 +137,8 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     convs = load_conversations(cfg.data)
     benign_convs = load_conversations(cfg.benign_data) if cfg.benign_data else []
     render = chat_renderer(base) if any(c.messages is not None for c in convs + benign_convs) else None
-    prompts = [c.transcript if c.messages is None else render(c.message_dicts()) for c in convs]
-    benign_prompts = [c.transcript if c.messages is None else render(c.message_dicts()) for c in benign_convs]
+    prompts, benign_prompts = ([c.transcript if c.messages is None else render(c.message_dicts()) for c in cs]
+                               for cs in (convs, benign_convs))
     name = cfg.name or f"evaluate-{metric_key(short(cfg.policy)).replace('/', '-')}"
 
     cluster.connect(cfg.address)
@@ -147,13 +159,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             benign["refusal_opponent"] = offline.JUDGES["refusal"].score(list(benign["opponent_response"]))
         directed = [j for j in cfg.judges if j == "model" or offline.JUDGES[j].lower_is_better is not None]
         rates = win_rates(frame, directed, cfg.bootstrap_samples, cfg.seed)
-        refusal = "refusal" in cfg.judges
-        refusals = policy_rates(frame, "refusal", short(cfg.policy), cfg.bootstrap_samples, cfg.seed) if refusal else []
-        refusal_gains = gains(frame, "refusal", cfg.bootstrap_samples, cfg.seed) if refusal else []
-        over = (policy_rates(benign, "refusal", short(cfg.policy), cfg.bootstrap_samples, cfg.seed)
-                if benign_rows else [])
-        over_gains = gains(benign, "refusal", cfg.bootstrap_samples, cfg.seed) if benign_rows else []
-        harmless = Harmlessness(refusals, refusal_gains, over, over_gains, len(benign_prompts))
+        harmless = _harmlessness(frame, benign, len(benign_prompts), cfg)
         means = {(o, j): (float(g[f"{j}_policy"].mean()), float(g[f"{j}_opponent"].mean()))
                  for o, g in frame.groupby("opponent", sort=False) for j in cfg.judges if j != "model"}
         agreement = _agreement(cfg)
@@ -170,14 +176,14 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
         mlflow.log_artifacts(str(target), artifact_path="evaluation")
         mlflow.log_metrics({
             **{metric_key(f"win_rate.{r.judge}.{r.opponent}"): r.rate for r in rates},
-            **{metric_key(f"refusal_rate.{r.policy}"): r.rate for r in refusals},
-            **{metric_key(f"refusal_gain.{g.opponent}"): g.gain for g in refusal_gains},
-            **{metric_key(f"over_refusal_rate.{r.policy}"): r.rate for r in over},
-            **{metric_key(f"over_refusal_gain.{g.opponent}"): g.gain for g in over_gains},
+            **{metric_key(f"refusal_rate.{r.policy}"): r.rate for r in harmless.refusals},
+            **{metric_key(f"refusal_gain.{g.opponent}"): g.gain for g in harmless.refusal_gains},
+            **{metric_key(f"over_refusal_rate.{r.policy}"): r.rate for r in harmless.over_refusals},
+            **{metric_key(f"over_refusal_gain.{g.opponent}"): g.gain for g in harmless.over_refusal_gains},
             **{metric_key(f"agreement.{h}"): v[0] for h, v in (agreement or {}).get("heads", {}).items()},
             **{metric_key(f"judge_agreement.{j}.{h}"): v for j, a in (agreement or {}).get("judges", {}).items()
                for h, v in {"labels": a["labels"], **a["heads"]}.items() if v is not None},
             "prompts": len(prompts),
-            "policy_empty_responses": float(np.mean([not a for a in policy])),
+            "policy_empty_responses": float(np.mean([not a for a in policy[:n]])),
         })
     return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement)
