@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from alignray.cli import main
 from alignray.evaluate.agreement import judge_agreement, load_pairs
-from alignray.evaluate.report import Harmlessness, markdown
+from alignray.evaluate.report import Harmlessness, markdown, plot_refusals
 from alignray.evaluate.winrate import bootstrap_interval, gains, outcomes, policy_rates, win_rates
 from alignray.train.data import DatasetError
 from mlflow.tracking import MlflowClient
@@ -73,7 +73,7 @@ def test_refusal_gains_are_paired_differences():
     assert (same.gain, same.low, same.high) == (0.0, 0.0, 0.0)
 
 
-def test_report_tables_refusal_and_over_refusal():
+def test_report_tables_refusal_and_over_refusal(tmp_path):
     from alignray.evaluate.winrate import Gain, Rate
 
     harmless = Harmlessness([Rate("mine", "refusal", 0.4, 0.3, 0.5), Rate("base", "refusal", 0.1, 0.05, 0.2)],
@@ -84,6 +84,8 @@ def test_report_tables_refusal_and_over_refusal():
     assert "over-refusal is measured on 40 held-out benign prompts" in report
     assert "| mine | 0.400 | [0.300, 0.500] | 0.200 | [0.100, 0.300] |" in report
     assert "| base | +0.300 | [+0.200, +0.400] | +0.150 | [+0.050, +0.250] |" in report
+    plot_refusals(harmless, tmp_path / "refusals.png")
+    assert (tmp_path / "refusals.png").stat().st_size > 1000
     without = markdown("t", "p", 150, [], {}, Harmlessness(harmless.refusals, harmless.refusal_gains, [], [], 0), None)
     assert "| mine | 0.400 | [0.300, 0.500] |\n" in without and "over-refusal on benign prompts" not in without
 
@@ -160,7 +162,7 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
     printed = capsys.readouterr().out
     [folder] = out.glob("evaluations/evaluate-aligned-*")
     assert {p.name for p in folder.iterdir()} == {"judgements.parquet", "benign_judgements.parquet", "report.md",
-                                                  "win_rates.png", "curves.png"}
+                                                  "win_rates.png", "refusals.png", "curves.png"}
     frame = pd.read_parquet(folder / "judgements.parquet")
     assert len(frame) == len(PROMPTS) - 1 and set(frame["prompt"]) == set(PROMPTS[1:])  # data.skip=1
     assert (frame["opponent"] == "tiny-llama").all()

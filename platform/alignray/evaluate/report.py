@@ -114,6 +114,29 @@ def plot_win_rates(rates: list[WinRate], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_refusals(h: Harmlessness, path: Path) -> None:
+    """Refusal rate per policy on the harmful prompts and, when measured, on the benign ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = [("harmful prompts (refusal)", h.refusals)] + ([("benign prompts (over-refusal)", h.over_refusals)]
+                                                          if h.over_refusals else [])
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.5 * len(h.refusals) * len(sets)))
+    for k, (label, rates) in enumerate(sets):
+        y = [i * len(sets) + k for i in range(len(rates))]
+        ax.errorbar([r.rate for r in rates], y, xerr=[[r.rate - r.low for r in rates], [r.high - r.rate for r in rates]],
+                    fmt="o", capsize=4, label=label)
+    ax.set_yticks([i * len(sets) + (len(sets) - 1) / 2 for i in range(len(h.refusals))], [r.policy for r in h.refusals])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("refusal rate (95% bootstrap CI)")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     """One panel per metric (e.g. reward, kl) against the iteration."""
     import matplotlib

@@ -26,7 +26,7 @@ from alignray.config import EvaluateConfig
 from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.data.sources import load_conversations
 from alignray.evaluate.agreement import judge_agreement, load_pairs
-from alignray.evaluate.report import Harmlessness, markdown, plot_curves, plot_win_rates
+from alignray.evaluate.report import Harmlessness, markdown, plot_curves, plot_refusals, plot_win_rates
 from alignray.evaluate.winrate import WinRate, bootstrap_interval, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
 from alignray.feedback.models import chat_renderer, open_model
@@ -171,6 +171,8 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
                 pq.write_table(pa.Table.from_pandas(benign, preserve_index=False), tmp / "benign_judgements.parquet")
             (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, harmless, agreement))
             plot_win_rates(rates, tmp / "win_rates.png")
+            if harmless.refusals:
+                plot_refusals(harmless, tmp / "refusals.png")
             if curves:
                 plot_curves(curves, tmp / "curves.png")
         mlflow.log_artifacts(str(target), artifact_path="evaluation")
