@@ -21,6 +21,11 @@ def logsig(x):
 
 
 def soft_min(xs, tau):
+    weights = [math.exp(-x / tau) for x in xs]
+    return sum(w * x for w, x in zip(weights, xs)) / sum(weights)
+
+
+def logsumexp_min(xs, tau):
     return -tau * math.log(sum(math.exp(-x / tau) for x in xs))
 
 
@@ -43,10 +48,13 @@ PARAMS = {"lexicographic": {"priority": [2, 0]}}
         ("min", {}, [-2.0, -0.05]),
         ("soft_min", {}, [soft_min(X0, 1.0), soft_min(X1, 1.0)]),
         ("soft_min", {"temperature": 0.5}, [soft_min(X0, 0.5), soft_min(X1, 0.5)]),
+        ("logsumexp_min", {}, [logsumexp_min(X0, 1.0), logsumexp_min(X1, 1.0)]),
+        ("logsumexp_min", {"temperature": 0.5}, [logsumexp_min(X0, 0.5), logsumexp_min(X1, 0.5)]),
         ("uncertainty_weighted", {}, [uncertainty(X0, 1.0), uncertainty(X1, 1.0)]),
         ("uncertainty_weighted", {"lam": 0.5}, [uncertainty(X0, 0.5), uncertainty(X1, 0.5)]),
-        ("lower_quantile", {}, [-2.0, -0.05]),  # ceil(0.25·3) = 1: the minimum
-        ("lower_quantile", {"q": 0.5}, [(-2.0 + 0.25) / 2, (-0.05 + 0.2) / 2]),  # ceil(1.5) = 2
+        ("lower_quantile", {}, [-2.0, -0.05]),  # floor(3 / 3) = 1: the minimum
+        ("lower_quantile", {"q": 0.5}, [-2.0, -0.05]),  # floor(1.5) = 1
+        ("lower_quantile", {"q": 0.7}, [(-2.0 + 0.25) / 2, (-0.05 + 0.2) / 2]),  # floor(2.1) = 2
         ("lower_quantile", {"q": 1.0}, [sum(X0) / 3, sum(X1) / 3]),
         ("median", {}, [0.25, 0.2]),
         (
@@ -68,8 +76,27 @@ def test_scalarizers_by_hand(method, params, expected):
     close(scalarize(R, method, torch.tensor(W), **params), expected)
 
 
-def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
-    close(scalarize(t([1.0, 4.0, 2.0, 3.0], [0.0, -1.0, 5.0, -1.0]), "median"), [2.5, -0.5])
+def test_median_of_an_even_count_is_the_lower_middle_value_as_torch_median():
+    rewards = t([1.0, 4.0, 2.0, 3.0], [0.0, -1.0, 5.0, -1.0])
+    close(scalarize(rewards, "median"), [2.0, -1.0])
+    close(scalarize(rewards, "median"), [torch.median(row) for row in rewards])
+
+
+def test_lower_quantile_default_is_morlaifs_lower_third():
+    # K = 12: the mean of the 4 lowest; K = 11 and 13: 11 // 3 = 3 and 13 // 3 = 4.
+    rewards = t([float(v) for v in (7, 0, 11, 3, 9, 1, 5, 2, 10, 6, 8, 4)])
+    close(scalarize(rewards, "lower_quantile"), [(0 + 1 + 2 + 3) / 4])
+    close(scalarize(rewards[:, :11], "lower_quantile"), [(0 + 1 + 2) / 3])  # without the 4
+    close(scalarize(torch.cat([rewards, t([-1.0])], 1), "lower_quantile"), [(-1 + 0 + 1 + 2) / 4])
+    close(scalarize(t([2.0, 1.0]), "lower_quantile"), [1.0])  # K < 3: still the minimum, not NaN
+
+
+def test_soft_min_is_morlaifs_softmin_weighted_mean():
+    # The log-sum-exp form gives -log 2 here; the softmin-weighted mean of equal values is that value.
+    close(scalarize(t([0.0, 0.0], [3.0, 3.0]), "soft_min"), [0.0, 3.0])
+    close(scalarize(t([0.0, 0.0]), "logsumexp_min"), [-math.log(2)])
+    # Softmin weights e^0, e^-1 over 1 + e^-1 on (0, 1).
+    close(scalarize(t([0.0, 1.0]), "soft_min"), [math.exp(-1) / (1 + math.exp(-1))])
 
 
 @pytest.mark.parametrize("method", SCALARIZERS)
@@ -97,14 +124,25 @@ def test_linear_with_one_principle_is_that_principle():
     close(scalarize(rewards, "linear", [1.0]), [0.7, -1.3, 0.0])
 
 
-def test_soft_min_is_below_min_and_tends_to_it():
+def test_soft_min_lies_between_min_and_mean_and_tends_to_each():
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    hard, mean = scalarize(rewards, "min"), rewards.mean(-1)
+    for tau in (100.0, 2.0, 1.0, 0.1, 0.01):
+        soft = scalarize(rewards, "soft_min", temperature=tau)
+        assert (soft >= hard).all() and (soft <= mean).all()
+    torch.testing.assert_close(scalarize(rewards, "soft_min", temperature=1e-4), hard, atol=1e-3, rtol=0)
+    torch.testing.assert_close(scalarize(rewards, "soft_min", temperature=1e4), mean, atol=1e-3, rtol=0)
+
+
+def test_logsumexp_min_is_below_min_and_tends_to_it():
     gen = torch.Generator().manual_seed(0)
     rewards = torch.randn(5, 4, generator=gen, dtype=torch.float64)
     hard = scalarize(rewards, "min")
     for tau in (2.0, 1.0, 0.1, 0.01):
-        soft = scalarize(rewards, "soft_min", temperature=tau)
+        soft = scalarize(rewards, "logsumexp_min", temperature=tau)
         assert (soft <= hard).all() and (soft >= hard - tau * math.log(4)).all()
-    torch.testing.assert_close(scalarize(rewards, "soft_min", temperature=1e-4), hard, atol=1e-3, rtol=0)
+    torch.testing.assert_close(scalarize(rewards, "logsumexp_min", temperature=1e-4), hard, atol=1e-3, rtol=0)
 
 
 def test_bernoulli_nash_is_finite_and_order_preserving_on_negative_rewards():
@@ -163,7 +201,8 @@ PAIRS, LABELS = torch.zeros(4, 2, 3), torch.tensor([1, 0, 1, 0])
         (lambda: scalarize(R3, "max"), r"^method must be one of \('linear', .*\), got 'max'"),
         (lambda: scalarize(R3, "linear", temperature=1.0), r"^unknown params \['temperature'\] for method 'linear'"),
         (lambda: scalarize(R3, "soft_min", tau=1.0), r"^unknown params \['tau'\] for method 'soft_min'"),
-        (lambda: scalarize(R3, "soft_min", temperature=0.0), "^temperature must be > 0"),
+        (lambda: scalarize(R3, "soft_min", temperature=0.0), "^temperature must be > 0, got 0.0"),
+        (lambda: scalarize(R3, "logsumexp_min", temperature=-1.0), "^temperature must be > 0, got -1.0"),
         (lambda: scalarize(R3, "uncertainty_weighted", lam=-1.0), "^lam must be >= 0"),
         (lambda: scalarize(R3, "lower_quantile", q=0.0), r"^q must be in \(0, 1\]"),
         (lambda: scalarize(R3, "lower_quantile", q=1.5), r"^q must be in \(0, 1\]"),

@@ -4,12 +4,17 @@
 of the methods in SCALARIZERS, and `fit_principle_weights` fits per-principle weights on a
 small labelled set of comparisons.
 
-Every method works per sample: row i's output depends only on row i. Two deliberate
-departures from the published MORLAIF code: there, soft-min takes its log-sum-exp over the
-whole batch, so a sample's score moves with its batch-mates; and Bernoulli–Nash multiplies
-raw reward logits, a product whose sign flips with the number of negative factors. Here
-Bernoulli–Nash is the log of the weighted product of win probabilities σ(r_k), which is
-finite, sign-safe and increasing in every r_k (for positive weights).
+"The published code" below is MORLAIF's `PPO_training/MORL_scalarizer.py` (repository
+marcus-jw/Multi-Objective-Reinforcement-Learning-from-AI-Feedback, as of its commit "added
+bernoulli-nash", 2024-06-08); `scalarize`'s docstring says which choices of soft_min,
+lower_quantile and median follow it. As there, each principle's reward is multiplied by its
+weight before the method combines them. The published functions are written for one sample's
+K rewards; here every method works row by row: row i's output depends only on row i.
+
+One deliberate departure: the published Bernoulli–Nash multiplies raw reward logits, a product
+whose sign flips with the number of negative factors. Here Bernoulli–Nash is the log of the
+weighted product of win probabilities σ(r_k), which is finite, sign-safe and increasing in
+every r_k (for positive weights).
 """
 
 from __future__ import annotations
@@ -31,9 +36,19 @@ def _min(rewards: Tensor, weights: Tensor) -> Tensor:
     return (rewards * weights).amin(-1)
 
 
-def _soft_min(rewards: Tensor, weights: Tensor, temperature: float = 1.0) -> Tensor:
+def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _soft_min(rewards: Tensor, weights: Tensor, temperature: float = 1.0) -> Tensor:
+    _check_temperature(temperature)
+    x = rewards * weights
+    return (torch.softmax(-x / temperature, dim=-1) * x).sum(-1)
+
+
+def _logsumexp_min(rewards: Tensor, weights: Tensor, temperature: float = 1.0) -> Tensor:
+    _check_temperature(temperature)
     return -temperature * torch.logsumexp(-(rewards * weights) / temperature, dim=-1)
 
 
@@ -44,18 +59,17 @@ def _uncertainty_weighted(rewards: Tensor, weights: Tensor, lam: float = 1.0) ->
     return x.mean(-1) - lam * x.var(-1, correction=0)
 
 
-def _lower_quantile(rewards: Tensor, weights: Tensor, q: float = 0.25) -> Tensor:
+def _lower_quantile(rewards: Tensor, weights: Tensor, q: float = 1 / 3) -> Tensor:
     if not 0 < q <= 1:
         raise ValueError(f"q must be in (0, 1], got {q}")
-    # The 1e-9 keeps float noise from adding a principle, e.g. 0.3 * 10 = 3.0000000000000004.
-    count = max(1, math.ceil(q * rewards.shape[-1] - 1e-9))
+    # The 1e-9 keeps float noise from dropping a principle, e.g. 0.29 * 100 = 28.999999999999996.
+    count = max(1, math.floor(q * rewards.shape[-1] + 1e-9))
     return (rewards * weights).sort(dim=-1).values[:, :count].mean(-1)
 
 
 def _median(rewards: Tensor, weights: Tensor) -> Tensor:
     ordered = (rewards * weights).sort(dim=-1).values
-    k = rewards.shape[-1]
-    return (ordered[:, (k - 1) // 2] + ordered[:, k // 2]) / 2
+    return ordered[:, (rewards.shape[-1] - 1) // 2]
 
 
 def _bernoulli_nash(rewards: Tensor, weights: Tensor) -> Tensor:
@@ -105,6 +119,7 @@ _METHODS = {
     "linear": _linear,
     "min": _min,
     "soft_min": _soft_min,
+    "logsumexp_min": _logsumexp_min,
     "uncertainty_weighted": _uncertainty_weighted,
     "lower_quantile": _lower_quantile,
     "median": _median,
@@ -123,12 +138,22 @@ def scalarize(
 
     - linear: Σ_k x_k.
     - min: min_k x_k, the worst principle.
-    - soft_min: -τ·logsumexp(-x / τ), τ = temperature > 0 (default 1.0). It lies in
-      [min - τ·log K, min] and tends to min as τ → 0.
+    - soft_min: MORLAIF's soft max-min, the softmin-weighted mean Σ_k p_k·x_k with
+      p = softmax(-x / τ), τ = temperature > 0 (default 1.0, the published default). As in the
+      published code (`soft_max_min`). It lies in [min, mean], equals x_k when all x_k are
+      equal (x = [0, 0] gives 0), tends to min as τ → 0 and to the mean as τ → ∞.
+    - logsumexp_min: the log-sum-exp smooth minimum -τ·logsumexp(-x / τ), τ = temperature > 0
+      (default 1.0); not MORLAIF's (x = [0, 0] gives -log 2). It lies in [min - τ·log K, min]
+      and tends to min as τ → 0.
     - uncertainty_weighted: mean_k x - λ·var_k x (population variance), λ = lam >= 0 (default 1.0).
-    - lower_quantile: the mean of the ceil(q·K) lowest x_k (at least one), q in (0, 1]
-      (default 0.25).
-    - median: the median of x; for even K, the mean of the two middle values.
+    - lower_quantile: the mean of the floor(q·K) lowest x_k (at least one), q in (0, 1]
+      (default 1/3). As in the published code (`lower_third`: the mean of the K // 3 lowest,
+      4 of MORLAIF's 12 principles), except that it keeps at least one principle where the
+      published slice would be empty (K < 3) and its mean NaN.
+    - median: the lower median, the ((K + 1) // 2)-th smallest x_k: the middle value for odd K,
+      the lower of the two middle values for even K (for MORLAIF's K = 12, the 6th smallest).
+      As in the published code (`max_median`, torch.median, which returns the lower one); not
+      the mean of the two middle values.
     - bernoulli_nash: Σ_k w_k·log σ(r_k), the log of Π_k σ(r_k)^w_k. Here the weights are
       exponents of the win probabilities σ(r_k), not multipliers of r.
     - lexicographic: params priority (distinct principle indices, highest priority first;
