@@ -62,3 +62,13 @@ def test_shipped_job_configs_validate():
         overrides = [] if ppo or path.name.startswith("rlcd") else ["dataset=x.parquet"]
         schema = PPOConfig if ppo else TrainConfig if overrides else SimulateConfig
         load_config(path, overrides, schema)
+
+
+def test_rrhf_sft_reduction_defaults_to_the_papers_sum_and_rejects_others():
+    from alignray.config import TrainConfig
+
+    assert load_config(None, ["dataset=x.parquet"], TrainConfig).rrhf.sft_reduction == "sum"
+    cfg = load_config(None, ["dataset=x.parquet", "rrhf.sft_reduction=mean"], TrainConfig)
+    assert cfg.rrhf.sft_reduction == "mean"
+    with pytest.raises(ConfigError, match="rrhf.sft_reduction"):
+        load_config(None, ["dataset=x.parquet", "rrhf.sft_reduction=token"], TrainConfig)

@@ -72,7 +72,7 @@ def test_rdpo_with_constant_p_is_dpo_with_label_smoothing_1_minus_p(p):
 
 
 # k = 3: logps (-2, -6, -4), lengths (4, 9, 2), rewards (0.5, 2, 1). Pairs with r_i < r_j:
-# (0, 1), (0, 2), (2, 1). Best candidate is 1, so sft = 6 / 9.
+# (0, 1), (0, 2), (2, 1). Best candidate is 1, so sft = 6 (summed NLL, the default).
 @pytest.mark.parametrize(
     "length_penalty, rank",
     [
@@ -87,14 +87,27 @@ def test_rrhf_by_hand(length_penalty, rank):
     total, rank_term, sft = rrhf_loss(logps, lengths, rewards, length_penalty, rank_weight=2.0)
     assert total.dim() == rank_term.dim() == sft.dim() == 0
     close(rank_term, rank)
-    close(sft, 6 / 9)
-    close(total, 2 * rank + 6 / 9)
+    close(sft, 6.0)
+    close(total, 2 * rank + 6.0)
+
+
+def test_rrhf_sft_is_the_summed_nll_by_default_or_the_mean_per_token():
+    # The best candidate (reward 2) has 9 tokens and summed log-prob -6: the paper's L_ft is 6,
+    # the per-token mean 6 / 9. The rank term does not depend on the choice.
+    logps, lengths, rewards = t(-2.0, -6.0, -4.0), t(4.0, 9.0, 2.0), t(0.5, 2.0, 1.0)
+    total, rank, sft = rrhf_loss(logps, lengths, rewards)
+    close(sft, 6.0)
+    close(total, rank + 6.0)
+    mean_total, mean_rank, mean_sft = rrhf_loss(logps, lengths, rewards, sft_reduction="mean")
+    close(mean_sft, 6 / 9)
+    close(mean_rank, rank)
+    close(mean_total, rank + 6 / 9)
 
 
 def test_rrhf_tied_best_reward_takes_first_and_ties_are_not_ranked():
     lengths = torch.tensor([4, 9, 2])  # integer lengths are fine
     _, rank, sft = rrhf_loss(t(-2.0, -6.0, -4.0), lengths, t(1.0, 3.0, 3.0))
-    close(sft, 6 / 9)
+    close(sft, 6.0)
     close(rank, (-2 / 4 + 6 / 9) + (-2 / 4 + 4 / 2))  # (0, 1) and (0, 2) only
 
 
@@ -162,6 +175,8 @@ IDS = torch.zeros(2, 3, dtype=torch.long)
         (lambda: rrhf_loss(TWO, t(3.0, 0.0), TWO), "^lengths must all be > 0"),
         (lambda: rrhf_loss(TWO, THREE, TWO), "^lengths has shape"),
         (lambda: rrhf_loss(TWO, TWO, t(0.5, 0.5)), "^rewards are all equal, so there is nothing to rank"),
+        (lambda: rrhf_loss(TWO, TWO, TWO, sft_reduction="token_mean"),
+         r"^sft_reduction must be one of \('sum', 'mean'\), got 'token_mean'"),
         (lambda: sequence_logps(torch.zeros(2, 3), IDS), "^logits must be 3-D"),
         (lambda: sequence_logps(torch.zeros(2, 3, 4), IDS[:, :2]), "^labels must have shape"),
         (lambda: sequence_logps(torch.zeros(2, 3, 4), torch.zeros(2, 3)), "^labels must be integer"),

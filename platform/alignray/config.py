@@ -338,8 +338,17 @@ class DPOConfig(Strict):
 
 
 class RRHFConfig(Strict):
-    length_penalty: float = Field(1.0, ge=0)
-    rank_weight: float = Field(1.0, ge=0)
+    """RRHF's loss (see alignray.train.losses.rrhf_loss): rank_weight · rank + sft."""
+
+    length_penalty: float = Field(
+        1.0, ge=0, description="A candidate's score is its summed log-prob / length ** length_penalty."
+    )
+    rank_weight: float = Field(1.0, ge=0, description="Weight of the ranking term against the SFT term.")
+    sft_reduction: Literal["sum", "mean"] = Field(
+        "sum",
+        description="SFT term on the best candidate: its summed token NLL (sum, the RRHF paper's"
+        " L_ft) or its mean token NLL (mean).",
+    )
 
 
 class TrainedRun(Strict):

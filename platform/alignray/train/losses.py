@@ -113,20 +113,31 @@ def _soft_logistic(h: Tensor, preference_prob: Tensor) -> Tensor:
     return -(p * F.logsigmoid(h) + (1 - p) * F.logsigmoid(-h))
 
 
+RRHF_SFT_REDUCTIONS = ("sum", "mean")
+
+
 def rrhf_loss(
     logps: Tensor,
     lengths: Tensor,
     rewards: Tensor,
     length_penalty: float = 1.0,
     rank_weight: float = 1.0,
+    sft_reduction: str = "sum",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """RRHF loss for one prompt's k candidates; returns 0-dim (total, rank, sft).
 
     Scores are s_i = logps_i / lengths_i ** length_penalty (logps summed over response tokens).
-    rank = Σ over pairs with r_i < r_j of max(0, s_i - s_j); sft = -logps_best / lengths_best,
-    the mean token NLL of the highest-reward candidate (the first one if tied);
-    total = rank_weight · rank + sft.
+    rank = Σ over pairs with r_i < r_j of max(0, s_i - s_j); total = rank_weight · rank + sft.
+    sft is the NLL of the highest-reward candidate b (the first one if tied):
+    - "sum" (default): -logps_b, summed over its tokens: the RRHF paper's fine-tuning loss
+      L_ft = -Σ_t log P(y_b,t | x, y_b,<t) (Yuan et al. 2023, arXiv 2304.05302), so a longer
+      best response weighs more against the rank term.
+    - "mean": -logps_b / lengths_b, the mean NLL per token of b.
+    (The authors' train.py in GanjinZero/RRHF does neither: it divides the best response's
+    summed log-prob by the batch's padded sequence length, prompt and padding included.)
     """
+    if sft_reduction not in RRHF_SFT_REDUCTIONS:
+        raise ValueError(f"sft_reduction must be one of {RRHF_SFT_REDUCTIONS}, got {sft_reduction!r}")
     _check_same_1d(logps=logps, lengths=lengths, rewards=rewards)
     if logps.numel() < 2:
         raise ValueError(f"logps must hold k >= 2 candidates to rank, got k = {logps.numel()}")
@@ -139,7 +150,7 @@ def rrhf_loss(
     worse_than = rewards[:, None] < rewards[None, :]  # [i, j]: r_i < r_j
     rank = (scores[:, None] - scores[None, :]).clamp(min=0)[worse_than].sum()
     best = torch.argmax(rewards)  # first index among ties
-    sft = -logps[best] / lengths[best]
+    sft = -logps[best] if sft_reduction == "sum" else -logps[best] / lengths[best]
     return rank_weight * rank + sft, rank, sft
 
 

@@ -24,7 +24,7 @@ class RRHFMethod(Method):
             rewards = torch.tensor(ex.values["rewards"], dtype=logps.dtype)
             total, rank, sft = rrhf_loss(
                 logps[start : start + k], lengths[start : start + k], rewards,
-                self.cfg.rrhf.length_penalty, self.cfg.rrhf.rank_weight,
+                self.cfg.rrhf.length_penalty, self.cfg.rrhf.rank_weight, self.cfg.rrhf.sft_reduction,
             )
             totals.append(total)
             ranks.append(rank.item())
