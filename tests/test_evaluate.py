@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from alignray.cli import main
-from alignray.evaluate.agreement import judge_agreement, load_pairs
+from alignray.data.pairs import load_pairs
+from alignray.evaluate.agreement import judge_agreement
 from alignray.evaluate.report import Harmlessness, markdown, plot_refusals
 from alignray.evaluate.winrate import bootstrap_interval, gains, outcomes, policy_rates, win_rates
 from alignray.train.data import DatasetError
@@ -93,11 +94,11 @@ def test_report_tables_refusal_and_over_refusal(tmp_path):
 def test_human_pairs_file_jsonl_and_parquet(tmp_path):
     good = tmp_path / "pairs.jsonl"
     good.write_text('{"prompt": "p", "chosen": "c", "rejected": "r", "note": 1}\n\n{"prompt": "q", "chosen": "d", "rejected": "s"}\n')
-    assert load_pairs(good).to_dict("records") == [{"prompt": "p", "chosen": "c", "rejected": "r"},
-                                                   {"prompt": "q", "chosen": "d", "rejected": "s"}]
+    assert load_pairs(good, "agreement.dataset").to_dict("records") == [
+        {"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "q", "chosen": "d", "rejected": "s"}]
     parquet = tmp_path / "pairs.parquet"
     pd.DataFrame({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"], "extra": [1]}).to_parquet(parquet)
-    assert list(load_pairs(parquet).columns) == ["prompt", "chosen", "rejected"]
+    assert list(load_pairs(parquet, "agreement.dataset").columns) == ["prompt", "chosen", "rejected"]
     cases = {
         '{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": "c"\n': "pairs.jsonl:2: malformed JSON",
         '{"prompt": "p", "chosen": "c", "rejected": "r"}\n["p", "c", "r"]\n': "pairs.jsonl:2: expected an object",
@@ -107,10 +108,10 @@ def test_human_pairs_file_jsonl_and_parquet(tmp_path):
     for text, message in cases.items():
         good.write_text(text)
         with pytest.raises(DatasetError, match=re.escape(message)):
-            load_pairs(good)
+            load_pairs(good, "agreement.dataset")
     with pytest.raises(DatasetError, match=r"pairs\.csv: agreement.dataset must be a \.parquet or \.jsonl"):
         (tmp_path / "pairs.csv").write_text("x")
-        load_pairs(tmp_path / "pairs.csv")
+        load_pairs(tmp_path / "pairs.csv", "agreement.dataset")
 
 
 def test_judge_agreement_on_decided_pairs_only():

@@ -24,8 +24,9 @@ import pyarrow.parquet as pq
 from alignray import cluster, tracking
 from alignray.config import EvaluateConfig
 from alignray.data.conversation import TURN_STOP, clean_output
+from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations
-from alignray.evaluate.agreement import judge_agreement, load_pairs
+from alignray.evaluate.agreement import judge_agreement
 from alignray.evaluate.report import Harmlessness, markdown, plot_curves, plot_refusals, plot_win_rates
 from alignray.evaluate.winrate import WinRate, bootstrap_interval, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
@@ -98,7 +99,7 @@ def _agreement(cfg: EvaluateConfig) -> dict | None:
     a = cfg.agreement
     if a is None:
         return None
-    rows = load_pairs(a.dataset)
+    rows = load_pairs(a.dataset, "agreement.dataset")
     folder = tracking.download_model(a.model) if a.model.startswith("models:/") else Path(a.model)
     scorer = LocalRewardModels([folder], max_length=cfg.sampler.max_model_len)
     prompts, chosen, rejected = list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"])

@@ -24,11 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from alignray.config import TrainConfig
-
-
-class DatasetError(ValueError):
-    """A training dataset is unusable; the message names the file, row and column."""
-
+from alignray.data.pairs import DatasetError
 
 COLUMNS = {
     "preference": ("prompt", "chosen", "rejected"),
