@@ -72,3 +72,19 @@ def test_rrhf_sft_reduction_defaults_to_the_papers_sum_and_rejects_others():
     assert cfg.rrhf.sft_reduction == "mean"
     with pytest.raises(ConfigError, match="rrhf.sft_reduction"):
         load_config(None, ["dataset=x.parquet", "rrhf.sft_reduction=token"], TrainConfig)
+
+
+def test_reward_fit_weights_is_a_file_for_ppo_and_excludes_given_weights():
+    from pathlib import Path
+
+    from alignray.config import PPOConfig
+
+    cfg = load_config(None, ["reward.models=[rm]", "reward.fit_weights=pairs.jsonl"], PPOConfig)
+    assert cfg.reward.fit_weights == Path("pairs.jsonl") and cfg.reward.fit_weights_l2 == 1e-3
+    assert load_config(None, ["reward.models=[rm]"], PPOConfig).reward.fit_weights is None
+    with pytest.raises(ConfigError, match=r"at most one of reward.weights \(given\) and reward.fit_weights"):
+        load_config(None, ["reward.models=[rm]", "reward.fit_weights=pairs.jsonl", "reward.weights=[1, 2]"], PPOConfig)
+    with pytest.raises(ConfigError, match="field 'reward.fit_weights_l2'"):
+        load_config(None, ["reward.models=[rm]", "reward.fit_weights=p.jsonl", "reward.fit_weights_l2=-1"], PPOConfig)
+    with pytest.raises(ConfigError, match="reward.fit_weights is fitted by PPO only"):
+        load_config(None, ["simulation.method=rrhf", "reward.models=[rm]", "reward.fit_weights=p.jsonl"], SimulateConfig)

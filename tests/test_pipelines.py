@@ -67,6 +67,30 @@ def test_stage_fields_beside_wired_inputs_are_kept_and_not_changed(tmp_path):
     plan(cfg)  # again: nothing left behind by the first build
 
 
+def test_ppo_stage_fits_reward_weights_from_a_stage_field(tmp_path):
+    import mlflow
+    from alignray.pipelines.recipes import RECIPES
+    from alignray.pipelines.run import stage_config, stage_key
+    from alignray.train.data import DatasetError
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Human: hi\\n\\nAssistant:", "chosen": "Hello.", "rejected": "Go away."}\n')
+    config = CONFIGS / "morlaif_tiny.yaml"
+    cfg = load_config(config, [f"stages.ppo.reward.fit_weights={pairs}"], PipelineConfig)
+    plan(cfg)
+    ppo = RECIPES["morlaif"][2]
+    inputs = {("preference", "output"): "models:/pm/1"}
+    built = stage_config(cfg, ppo, inputs)
+    assert built.reward.fit_weights == pairs and built.reward.models == ["models:/pm/1"]
+    plain = stage_config(load_config(config, [], PipelineConfig), ppo, inputs)
+    assert stage_key(ppo, built) != stage_key(ppo, plain)  # fitted weights are another PPO run
+    with pytest.raises(DatasetError, match=r"nothing\.jsonl: stages\.ppo\.reward\.fit_weights not found"):
+        plan(load_config(config, [f"stages.ppo.reward.fit_weights={tmp_path / 'nothing.jsonl'}"], PipelineConfig))
+    with pytest.raises(ConfigError, match=r"stages.ppo \(ppo stage\).*at most one of reward.weights"):
+        plan(load_config(config, [f"stages.ppo.reward.fit_weights={pairs}", "stages.ppo.reward.weights=[1]"], PipelineConfig))
+
+
 def test_evaluation_prompts_must_not_be_training_prompts(tmp_path):
     import mlflow
 

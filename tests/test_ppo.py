@@ -179,6 +179,45 @@ def test_three_reward_models_min_from_the_command_line(tiny_model, tmp_path, cap
     assert max(history(out, run.info.run_id, "sync_probe_diff")) < PROBE_TOLERANCE["bfloat16"]
 
 
+def test_fitted_reward_weights_are_recorded_used_by_the_workers_and_kept_on_resume(tiny_model, tmp_path, capsys):
+    import random
+
+    words = word_tokens(tiny_model)
+    models = [make_pattern_reward_model(tmp_path / f"likes-{k}", tiny_model, words[k::2], seed=k, steps=150)
+              for k in range(2)]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rng = random.Random(0)
+    pairs = tmp_path / "pairs.jsonl"  # chosen: words principle 0 likes; rejected: words principle 1 likes
+    pairs.write_text("".join(json.dumps({
+        "prompt": f"Human: Question number {i}, please?\n\nAssistant:",
+        "chosen": tok.decode(rng.sample(words[0::2], 8)), "rejected": tok.decode(rng.sample(words[1::2], 8)),
+    }) + "\n" for i in range(40)))
+    out = tmp_path / "runs"
+    extra = (f"reward.models=[{models[0]}, {models[1]}]", f"reward.fit_weights={pairs}", "critic.init=policy",
+             "ppo.iterations=2")
+    first = fit(ppo_config(tiny_model, out, *extra, "ppo.stop_after_iterations=1"))
+    assert first.model_uri is None  # stopped after one iteration, checkpointed
+    assert "reward weights fitted on 40 pairs of" in capsys.readouterr().err
+    result = fit(ppo_config(tiny_model, out, *extra))  # resumed: the same MLflow run, the weights it recorded
+    assert result.run_id == first.run_id and result.model_uri is not None
+    assert "reward weights recorded in this run: likes-0" in capsys.readouterr().err
+    import mlflow
+
+    run = client_of(out).get_run(result.run_id)
+    params, record = run.data.params, mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/fitted_weights.json")
+    w = record["weights"]
+    assert list(w) == ["likes-0", "likes-1"] and record["pairs"] == 40 and record["l2"] == 1e-3
+    assert w["likes-0"] > 0 > w["likes-1"]
+    assert params["reward.fitted_weight.likes-0"] == f"{w['likes-0']:.6g}" and params["reward.fit_weights"] == str(pairs)
+    # the workers scalarized with the fitted weights (linear): the mean reward is the weighted sum of the means
+    reward = history(out, result.run_id, "reward")
+    per_principle = [history(out, result.run_id, f"reward_likes-{k}") for k in range(2)]
+    assert len(reward) == 2
+    for step in range(2):
+        expected = w["likes-0"] * per_principle[0][step] + w["likes-1"] * per_principle[1][step]
+        assert abs(reward[step] - expected) < 1e-3 * max(1.0, abs(expected)), (step, reward, per_principle, w)
+
+
 class Endpoint(BaseHTTPRequestHandler):
     """A reward endpoint: two principles (length, share of 'e'), and NaN from its 5th call."""
 

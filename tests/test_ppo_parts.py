@@ -92,3 +92,66 @@ def test_critic_gets_the_backbone_and_a_zero_head_unless_a_one_head_reward_model
         assert not critic.score.weight.any()
     layer = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(critic.state_dict()[layer], original.state_dict()[layer])
+
+
+def test_driver_fits_reward_weights_records_them_and_a_resumed_run_reuses_them(tmp_path, capsys):
+    """The PPO driver's reward.fit_weights step against a real HTTP reward endpoint and a real
+    MLflow store (no Ray): fitted, recorded, handed to the workers as plain weights, reused."""
+    import hashlib
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import mlflow
+    from alignray.config import PPOConfig, load_config
+    from alignray.train.ppo import FITTED, _use_fitted_weights
+
+    calls = []
+
+    class Endpoint(BaseHTTPRequestHandler):  # principles: politeness, and noise unrelated to the labels
+        def do_POST(self):
+            responses = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["responses"]
+            calls.append(len(responses))
+            rows = [[r.count("please"), int.from_bytes(hashlib.sha256(r.encode()).digest()[:4]) / 2**31 - 1]
+                    for r in responses]
+            payload = json.dumps({"rewards": rows, "principles": ["polite", "noise"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    rng = random.Random(0)
+    pairs = tmp_path / "pairs.jsonl"
+    with pairs.open("w") as fh:
+        for i in range(400):
+            low, high = sorted(rng.sample(range(5), 2))
+            better, worse = (high, low) if rng.random() < 0.85 else (low, high)  # noisy labels
+            fh.write(json.dumps({"prompt": f"Human: question {i}\n\nAssistant:", "chosen": "please " * better + f"a{i}",
+                                 "rejected": "please " * worse + f"b{i}"}) + "\n")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cfg = load_config(None, [f"reward.endpoint=http://127.0.0.1:{server.server_port}/score",
+                             f"reward.fit_weights={pairs}", "critic.init=policy"], PPOConfig)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    experiment = mlflow.create_experiment("fit", artifact_location=(tmp_path / "artifacts").as_uri())
+    try:
+        with mlflow.start_run(experiment_id=experiment) as run:
+            used = _use_fitted_weights(cfg, [], run)
+        w = used.reward.weights
+        assert w[0] > 0.5 and abs(w[1]) < 0.25 * w[0] and used.reward.fit_weights is None
+        assert cfg.reward.weights is None and cfg.reward.fit_weights == pairs  # the given config is left as it was
+        assert PPOConfig.model_validate(used.model_dump(mode="json")).reward.weights == w  # what the workers get
+        assert max(calls) == 64 and sum(calls) == 800  # both sides of 400 pairs, 64 pairs a request
+        params = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+        assert params["reward.fitted_weight.polite"] == f"{w[0]:.6g}" and params["reward.fitted_weight.noise"] == f"{w[1]:.6g}"
+        record = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{FITTED}")
+        assert record == {"weights": {"polite": w[0], "noise": w[1]}, "pairs": 400, "l2": 1e-3, "file": str(pairs)}
+        assert f"reward weights fitted on 400 pairs of {pairs}: polite {w[0]:+.4f}  noise {w[1]:+.4f}" in capsys.readouterr().err
+        with mlflow.start_run(run_id=run.info.run_id) as resumed:  # a resumed run: no new fit, the same reward
+            assert _use_fitted_weights(cfg, [], resumed).reward.weights == w
+        assert sum(calls) == 800 and "reward weights recorded in this run: polite" in capsys.readouterr().err
+    finally:
+        server.shutdown()

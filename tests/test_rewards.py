@@ -1,11 +1,13 @@
 """MORLAIF scalarizers against hand-computed values, their properties, weight fitting and checks."""
 
+import hashlib
 import math
+import random
 import statistics
 
 import pytest
 import torch
-from alignray.rewards.scalarize import SCALARIZERS, fit_principle_weights, scalarize
+from alignray.rewards.scalarize import SCALARIZERS, fit_principle_weights, fitted_weights, scalarize
 
 
 def t(*rows):
@@ -191,6 +193,55 @@ def test_fit_principle_weights_recovers_the_generating_weights():
     assert torch.equal(w, fit_principle_weights(rewards, labels))  # deterministic
 
 
+def politeness_and_noise(prompts, responses):
+    """A plain scoring function of the texts: principle 0 counts "please", principle 1 is a
+    hash of the response in [-1, 1] (noise that has nothing to do with the labels)."""
+    assert len(prompts) == len(responses)
+    noise = [int.from_bytes(hashlib.sha256(r.encode()).digest()[:4]) / 2**31 - 1 for r in responses]
+    return torch.tensor([[r.count("please"), x] for r, x in zip(responses, noise)])
+
+
+def polite_pairs(n=1000, agree=0.85):
+    """Pairs whose chosen side is the politer one in `agree` of them (the labels are noisy)."""
+    rng = random.Random(0)
+    prompts, chosen, rejected = [], [], []
+    for i in range(n):
+        low, high = sorted(rng.sample(range(5), 2))
+        better, worse = (high, low) if rng.random() < agree else (low, high)
+        prompts.append(f"Human: question {i}\n\nAssistant:")
+        chosen.append("please " * better + f"answer {i} a")
+        rejected.append("please " * worse + f"answer {i} b")
+    return prompts, chosen, rejected
+
+
+def test_fitted_weights_follow_the_principle_that_tracks_the_labels():
+    w = fitted_weights(politeness_and_noise, *polite_pairs())
+    assert isinstance(w, list) and len(w) == 2 and all(isinstance(x, float) for x in w)
+    assert w[0] > 0.5 and abs(w[1]) < 0.25 * w[0]  # the noise principle: within its standard error (~0.09) of 0
+    assert fitted_weights(politeness_and_noise, *polite_pairs()) == w  # deterministic
+    assert fitted_weights(politeness_and_noise, *polite_pairs(agree=0.15))[0] < -0.5  # labels flipped, sign flips
+
+
+def test_fitted_weights_do_not_depend_on_which_side_is_swapped_or_on_the_batch():
+    pairs = polite_pairs()
+    w = torch.tensor(fitted_weights(politeness_and_noise, *pairs, seed=0), dtype=torch.float64)
+    # balanced labels vs. a different balanced swap vs. no swap at all (every label 1)
+    prompts, chosen, rejected = pairs
+    unswapped = torch.stack([politeness_and_noise(prompts, chosen), politeness_and_noise(prompts, rejected)], 1).double()
+    for other in (torch.tensor(fitted_weights(politeness_and_noise, *pairs, seed=1), dtype=torch.float64),
+                  fit_principle_weights(unswapped, torch.ones(len(prompts), dtype=torch.long))):
+        assert torch.equal(torch.sign(other), torch.sign(w))
+        torch.testing.assert_close(other, w, atol=1e-6, rtol=1e-6)
+    sizes = []
+
+    def counting(p, r):
+        sizes.append(len(r))
+        return politeness_and_noise(p, r)
+
+    torch.testing.assert_close(torch.tensor(fitted_weights(counting, *pairs, batch=7), dtype=torch.float64), w, atol=1e-9, rtol=0)
+    assert max(sizes) == 7 and sum(sizes) == 2 * len(prompts)
+
+
 R3 = torch.zeros(2, 3)
 PAIRS, LABELS = torch.zeros(4, 2, 3), torch.tensor([1, 0, 1, 0])
 
@@ -224,6 +275,11 @@ PAIRS, LABELS = torch.zeros(4, 2, 3), torch.tensor([1, 0, 1, 0])
         (lambda: fit_principle_weights(PAIRS, LABELS, l2=-1.0), "^l2 must be >= 0"),
         (lambda: fit_principle_weights(PAIRS, LABELS, steps=0), "^steps must be an int >= 1"),
         (lambda: fit_principle_weights(PAIRS, LABELS, lr=0.0), "^lr must be > 0"),
+        (lambda: fitted_weights(politeness_and_noise, ["p"], ["c"], []), "^need as many prompts, chosen and rejected"),
+        (lambda: fitted_weights(politeness_and_noise, [], [], []), "^need as many prompts, chosen and rejected"),
+        (lambda: fitted_weights(lambda p, r: torch.zeros(len(r)), ["p"], ["c"], ["r"]), r"^score must return \(len, K\)"),
+        (lambda: fitted_weights(lambda p, r: torch.full((len(r), 2), math.nan), ["p"], ["c"], ["r"]), "^score returned a non-finite"),
+        (lambda: fitted_weights(politeness_and_noise, ["p"], ["c"], ["r"], batch=0), "^batch must be an int >= 1"),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_argument(call, message):

@@ -180,6 +180,15 @@ class RewardConfig(Strict):
         "linear", description="How per-principle rewards combine (see alignray.rewards.scalarize)."
     )
     weights: list[float] | None = Field(None, description="Per-principle weights; default equal.")
+    fit_weights: Path | None = Field(
+        None,
+        description="PPO only: a labelled comparison file (.jsonl or .parquet with prompt, chosen,"
+        " rejected; chosen is the preferred side). Before training, the reward scores both sides"
+        " and per-principle weights are fitted on it by logistic regression, P(chosen) ="
+        " sigmoid(sum_k w_k (r_chosen,k - r_rejected,k)) (alignray.rewards.scalarize.fitted_weights);"
+        " the run uses them as reward.weights and records them in MLflow.",
+    )
+    fit_weights_l2: float = Field(1e-3, ge=0, description="The L2 penalty l2 * sum_k w_k^2 of that fit.")
     params: dict[str, float | list[int] | list[float]] = Field(
         default_factory=dict,
         description="Scalarizer parameters, e.g. {temperature: 0.5} or {priority: [0, 1]}.",
@@ -202,6 +211,11 @@ class RewardConfig(Strict):
     def _one_source(self) -> RewardConfig:
         if bool(self.models) == bool(self.endpoint):
             raise ValueError("set exactly one of reward.models (a list) and reward.endpoint")
+        if self.fit_weights is not None and self.weights is not None:
+            raise ValueError(
+                "set at most one of reward.weights (given) and reward.fit_weights (fitted on a labelled"
+                " comparison file)"
+            )
         return self
 
 
@@ -252,6 +266,8 @@ class SimulateConfig(Strict):
         if self.reward is None and (method == "rrhf" or (method == "rdpo" and self.judge.kind == "reward")):
             why = "to rank candidates" if method == "rrhf" else "for judge.kind=reward"
             raise ValueError(f"simulation.method={method} needs a reward section {why} (reward.models or reward.endpoint)")
+        if self.reward is not None and self.reward.fit_weights is not None:
+            raise ValueError("reward.fit_weights is fitted by PPO only; give a simulation reward.weights instead")
         return self
 
 

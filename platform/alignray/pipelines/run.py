@@ -32,6 +32,7 @@ from alignray.config import (
     TrainConfig,
     explain_errors,
 )
+from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations, normal
 from alignray.pipelines.recipes import LIST_FIELDS, RECIPES, Stage
 from alignray.principles import load_principles
@@ -174,8 +175,8 @@ def _check_held_out(cfg: PipelineConfig) -> None:
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
-    """The recipe's stages, with every config validated on placeholder inputs, and the held-out
-    prompts checked against the training prompts."""
+    """The recipe's stages, with every config validated on placeholder inputs, the held-out
+    prompts checked against the training prompts, and a PPO stage's reward.fit_weights file read."""
     stages = RECIPES[cfg.pipeline]
     names = [s.name for s in stages]
     unknown = sorted(set(cfg.stages) - set(names))
@@ -189,6 +190,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     placeholders: dict = {}
     for s in stages:
         config = stage_config(cfg, s, placeholders)
+        if s.kind == "ppo" and config.reward.fit_weights is not None:  # a bad file fails now, not after hours
+            load_pairs(config.reward.fit_weights, f"stages.{s.name}.reward.fit_weights")
         placeholders[(s.name, "output")] = PLACEHOLDER.format(s.name)
         placeholders[(s.name, "run")] = PLACEHOLDER.format(s.name)
         if s.kind == "simulate":

@@ -1,8 +1,8 @@
 """MORLAIF scalarization: one reward per sample from K per-principle rewards.
 
 `scalarize` turns a (batch, K) tensor of per-principle rewards into a (batch,) tensor with one
-of the methods in SCALARIZERS, and `fit_principle_weights` fits per-principle weights on a
-small labelled set of comparisons.
+of the methods in SCALARIZERS, `fit_principle_weights` fits per-principle weights on a small
+labelled set of comparisons, and `fitted_weights` does so from texts with any scorer.
 
 "The published code" below is MORLAIF's `PPO_training/MORL_scalarizer.py` (repository
 marcus-jw/Multi-Objective-Reinforcement-Learning-from-AI-Feedback, as of its commit "added
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -233,3 +233,49 @@ def fit_principle_weights(
     with torch.enable_grad():
         optimizer.step(closure)
     return w.detach().to(rewards.dtype)
+
+
+def fitted_weights(
+    score: Callable[[Sequence[str], Sequence[str]], Tensor],
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    l2: float = 1e-3,
+    seed: int = 0,
+    batch: int = 64,
+) -> list[float]:
+    """Per-principle weights fitted on labelled texts: `chosen[i]` is preferred to
+    `rejected[i]` as answers to `prompts[i]`. `score(prompts, responses)` returns the
+    per-principle rewards (len, K); it is called on at most `batch` pairs at a time.
+
+    The comparisons go to `fit_principle_weights` as (A, B) pairs with A the chosen side in a
+    seeded half of them (label 1) and the rejected side in the other half (label 0). For this
+    bias-free model the swap leaves the fit as it is (swapping a pair and flipping its label
+    keeps its loss term: BCE(σ(-z), 0) = BCE(σ(z), 1)); it is done so that both classes are
+    present, the well-posed problem `fit_principle_weights` describes, rather than a labelling
+    of all ones that would go wrong the moment a bias or a class-weighted loss were added.
+    """
+    n = len(prompts)
+    if n == 0 or len(chosen) != n or len(rejected) != n:
+        raise ValueError(f"need as many prompts, chosen and rejected (>= 1), got {n}, {len(chosen)}, {len(rejected)}")
+    if not (isinstance(batch, int) and batch >= 1):
+        raise ValueError(f"batch must be an int >= 1, got {batch}")
+
+    def rewards(responses: Sequence[str]) -> Tensor:
+        parts = [score(prompts[i : i + batch], responses[i : i + batch]) for i in range(0, n, batch)]
+        return torch.cat([torch.as_tensor(p, dtype=torch.float64) for p in parts])
+
+    good, bad = rewards(chosen), rewards(rejected)
+    if good.dim() != 2 or good.shape[0] != n or good.shape[1] == 0 or bad.shape != good.shape:
+        raise ValueError(
+            f"score must return (len, K) rewards with K >= 1, got {tuple(good.shape)} for the chosen and"
+            f" {tuple(bad.shape)} for the rejected of {n} pairs"
+        )
+    pairs = torch.stack([good, bad], dim=1)  # (n, 2, K), A = chosen
+    if not torch.isfinite(pairs).all():
+        raise ValueError("score returned a non-finite reward")
+    labels = torch.ones(n, dtype=torch.long)
+    swapped = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: n // 2]
+    labels[swapped] = 0
+    pairs[swapped] = pairs[swapped].flip(1)
+    return fit_principle_weights(pairs, labels, l2=l2).tolist()

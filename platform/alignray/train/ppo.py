@@ -3,11 +3,16 @@
 
 A run is identified by its name (`run_name`, default `ppo-<prompt source>`): running the same
 name again continues from its last checkpoint and keeps logging to the same MLflow run.
+
+With reward.fit_weights, the driver first fits the per-principle weights on that labelled file
+(the reward scores both sides of every pair, here on the driver, before any worker or sampler
+starts) and the run trains with them as reward.weights; they are recorded in MLflow.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import mlflow
@@ -15,9 +20,13 @@ import ray
 
 from alignray import cluster, tracking
 from alignray.config import PPOConfig
+from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations
 from alignray.feedback.models import chat_renderer
+from alignray.models.precision import torch_dtype
 from alignray.models.registry import ModelError, resolve
+from alignray.rewards.scalarize import fitted_weights
+from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels
 from alignray.sampling.pool import SamplerPool
 from alignray.train import data, placement
 from alignray.train.ppo_loop import ppo_loop
@@ -65,6 +74,34 @@ def _label(ref: str) -> str:
     return Path(ref).name
 
 
+FITTED = "fitted_weights.json"
+
+
+def _use_fitted_weights(cfg: PPOConfig, rewards: list[Path], run: mlflow.ActiveRun) -> PPOConfig:
+    """reward.fit_weights: the config whose reward.weights are fitted on that file, scored as the
+    workers score (same models, labels, max_length and dtype; or the endpoint), recorded in the
+    active run as params reward.fitted_weight.<principle> and the artifact fitted_weights.json.
+    A resumed run reuses the weights it recorded, so its reward does not change."""
+    r = cfg.reward
+    if any(a.path == FITTED for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)):
+        record, how = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{FITTED}"), "recorded in this run"
+    else:
+        rows = load_pairs(r.fit_weights, "reward.fit_weights")
+        scorer = HttpRewardModel(r.endpoint, r.endpoint_timeout_s) if r.endpoint else LocalRewardModels(
+            rewards, [_label(ref) for ref in r.models], cfg.sampler.max_model_len, torch_dtype(cfg.trainer.precision)
+        )
+        w = fitted_weights(scorer, list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"]), r.fit_weights_l2)
+        names = scorer.principles or [f"principle_{k}" for k in range(len(w))]
+        record, how = {"weights": dict(zip(names, w, strict=True)), "pairs": len(rows), "l2": r.fit_weights_l2,
+                       "file": str(r.fit_weights)}, f"fitted on {len(rows)} pairs of {r.fit_weights}"
+        mlflow.log_params({f"reward.fitted_weight.{name}": f"{v:.6g}" for name, v in record["weights"].items()})
+        mlflow.log_dict(record, FITTED)
+    print(f"reward weights {how}: " + "  ".join(f"{k} {v:+.4f}" for k, v in record["weights"].items()),
+          file=sys.stderr, flush=True)
+    update = {"weights": list(record["weights"].values()), "fit_weights": None}  # workers get plain weights
+    return cfg.model_copy(update={"reward": r.model_copy(update=update)})
+
+
 def _prompts(cfg: PPOConfig, policy: Path) -> list[str]:
     convs = load_conversations(cfg.data)
     render = chat_renderer(policy) if any(c.messages is not None for c in convs) else None
@@ -92,6 +129,8 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     params = {**tracking.flatten(cfg), "kind": "ppo", "model.path": str(policy)}
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
         mlflow.log_metrics({"prompts": len(prompts), "total_iterations": cfg.ppo.iterations})
+        if cfg.reward.fit_weights is not None:
+            cfg = _use_fitted_weights(cfg, rewards, active)
         mlflow.set_tags({"placement": "colocated" if where.colocated else "separate",
                          "sampler_threads": where.sampler_threads, "trainer_threads": where.trainer_threads})
         with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed, threads=where.sampler_threads,
