@@ -41,6 +41,8 @@ def test_every_pipeline_ships_tiny_and_smollm2_configs():
         ("stages.preference.use=models:/nothing-here/3", r"stages.preference.use: 'models:/nothing-here/3' does not exist"),
         ("stages.ppo.reward.models=[x]", r"stages.ppo.reward.models is the output of stage 'preference'"),
         ("stages.ppo.ppo.iterations=0", r"stages.ppo \(ppo stage\): field 'ppo.iterations'"),
+        ("stages.ppo.sampler.num_samplers=64", r"stages.ppo: trainer.num_workers x .* = 1 plus sampler.num_samplers x"
+                                               r" sampler.cpus_per_sampler = 64 CPUs, but this machine has \d+"),
     ],
 )
 def test_bad_pipeline_configs_are_named_before_anything_runs(override, message, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,23 @@ def _check_held_out(cfg: PipelineConfig) -> None:
                               f" of data.source (first: {shared[0]}); hold them out with a slice or data.skip")
 
 
+def _check_fits_here(cfg: PipelineConfig, stage: Stage, config) -> None:
+    """Without a cluster address the stages run on a local cluster of this machine's cores; a PPO
+    stage whose trainer and samplers together need more fails now, not after the stages before it
+    (in either placement they share the one node)."""
+    if stage.kind != "ppo" or cfg.address or os.environ.get("RAY_ADDRESS"):
+        return
+    t, s = config.trainer, config.sampler
+    need, have = t.num_workers * t.cpus_per_worker + s.num_samplers * s.cpus_per_sampler, len(os.sched_getaffinity(0))
+    if need > have:
+        raise ConfigError(
+            f"stages.{stage.name}: trainer.num_workers x trainer.cpus_per_worker = {t.num_workers * t.cpus_per_worker:g}"
+            f" plus sampler.num_samplers x sampler.cpus_per_sampler = {s.num_samplers * s.cpus_per_sampler:g} CPUs,"
+            f" but this machine has {have} (the local cluster's node); lower them for this stage, e.g."
+            f" stages.{stage.name}.sampler.num_samplers=1, or give an address"
+        )
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
     """The recipe's stages, with every config validated on placeholder inputs, the held-out
     prompts checked against the training prompts, and a PPO stage's reward.fit_weights file read."""
@@ -190,6 +208,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     placeholders: dict = {}
     for s in stages:
         config = stage_config(cfg, s, placeholders)
+        _check_fits_here(cfg, s, config)
         if s.kind == "ppo" and config.reward.fit_weights is not None:  # a bad file fails now, not after hours
             load_pairs(config.reward.fit_weights, f"stages.{s.name}.reward.fit_weights")
         placeholders[(s.name, "output")] = PLACEHOLDER.format(s.name)
