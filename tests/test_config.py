@@ -88,3 +88,16 @@ def test_reward_fit_weights_is_a_file_for_ppo_and_excludes_given_weights():
         load_config(None, ["reward.models=[rm]", "reward.fit_weights=p.jsonl", "reward.fit_weights_l2=-1"], PPOConfig)
     with pytest.raises(ConfigError, match="reward.fit_weights is fitted by PPO only"):
         load_config(None, ["simulation.method=rrhf", "reward.models=[rm]", "reward.fit_weights=p.jsonl"], SimulateConfig)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["simulation.method=rdpo"], "rdpo samples with simulation.teacher"),
+    (["simulation.method=rrhf"], "rrhf samples with ranking.policies"),
+    (["simulation.simulator=http://host:8000/v1"], "must be a local model"),
+])
+def test_simulator_is_a_local_model_for_pair_methods(extra, message):
+    from alignray.config import SimulateConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["simulation.simulator=smollm2-135m-instruct", *extra], SimulateConfig)
+    assert load_config(None, ["simulation.simulator=x"], SimulateConfig).simulation.simulator == "x"

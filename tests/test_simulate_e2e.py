@@ -90,6 +90,27 @@ def test_chat_format_with_response_prefix(tiny_model, tmp_path, capsys):
     assert all(p.endswith(f"({a}) {prefix}") for p, a in zip(frame.prompt_positive, frame.positive_affix))
 
 
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_separate_simulator_samples_in_its_own_template(tiny_model, tmp_path, capsys):
+    from alignray.models.tiny import make_tiny_llama
+
+    simulator = make_tiny_llama(tmp_path / "simulator", seed=5)
+    template = simulator / "chat_template.jinja"
+    template.write_text("SIM " + template.read_text())  # a chat template of its own, seen in p+ / p-
+    base = ["data.format=chat", "data.limit=3"]
+    assert main(["simulate", *overrides(tiny_model, tmp_path / "a", *base, f"simulation.simulator={simulator}")]) == 0
+    assert main(["simulate", *overrides(str(simulator), tmp_path / "b", *base)]) == 0
+    with_simulator, simulator_alone = (pd.read_parquet(next((tmp_path / d).glob("datasets/*/preferences.parquet")))
+                                           for d in "ab")
+    # the pairs are the simulator's own samples of the same contrast prompts...
+    for column in ("chosen", "rejected", "prompt_positive", "prompt_negative", "model", "positive_affix"):
+        assert list(with_simulator[column]) == list(simulator_alone[column])
+    assert with_simulator["prompt_positive"].str.startswith("SIM ").all() and (with_simulator["model"] == str(simulator)).all()
+    # ...while the prompt the preference model and PPO see stays in the policy's template
+    assert with_simulator["prompt"].str.endswith("<|im_start|>assistant\n").all()
+    assert not with_simulator["prompt"].str.startswith("SIM ").any() and simulator_alone["prompt"].str.startswith("SIM ").all()
+
+
 TRANSCRIPT_LINE = json.dumps({"prompt": TRANSCRIPTS[1]}) + "\n"
 
 

@@ -112,6 +112,12 @@ class SimulationConfig(Strict):
     teacher: str | None = Field(
         None, description="rdpo: the model that answers, critiques and revises (name, folder or URL); default: model.name."
     )
+    simulator: str | None = Field(
+        None,
+        description="rlcd / rlcd_rescore / rlaif / morlaif: the model that samples the pairs (a name, folder or"
+        " models:/ URI), prompted in its own chat template; default: model.name. The dataset's prompt"
+        " column stays in model.name's format, the one the preference model and PPO train on.",
+    )
     principles: str = Field(
         "harmlessness", description="A built-in principle set name or a path to a YAML file."
     )
@@ -126,6 +132,18 @@ class SimulationConfig(Strict):
     max_retries: int = Field(
         2, ge=0, description="Re-samples of an empty output before the prompt is dropped."
     )
+
+    @model_validator(mode="after")
+    def _simulator_samples_pairs(self) -> SimulationConfig:
+        if self.simulator is None:
+            return self
+        if self.method in ("rrhf", "rdpo"):
+            where = "ranking.policies" if self.method == "rrhf" else "simulation.teacher"
+            raise ValueError(f"simulation.simulator samples pairs; {self.method} samples with {where}")
+        if self.simulator.startswith(("http://", "https://")):
+            raise ValueError("simulation.simulator must be a local model (name, folder or models:/ URI): sampling"
+                             " through a URL is not supported yet (labeller, teacher and judge may be URLs)")
+        return self
 
 
 class EndpointConfig(Strict):

@@ -55,19 +55,21 @@ def label_pairs(score, plans, outputs, kept: list[int], questions: dict[str, tup
     return out
 
 
-def run(cfg: SimulateConfig, plans, principles: PrincipleSet) -> tuple[list[dict], int, dict]:
-    """Sample and label; returns (rows, dropped prompts, metrics)."""
+def run(cfg: SimulateConfig, plans, principles: PrincipleSet, sample_plans=None) -> tuple[list[dict], int, dict]:
+    """Sample (from `sample_plans`' prompts, default `plans`: the simulator's chat template) and
+    label; rows keep `plans`' prompts (the policy's format). Returns (rows, dropped prompts, metrics)."""
     sim = cfg.simulation
     base = SamplingSpec(
         temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens, stop=TURN_STOP
     )
     labelled = sim.method != "rlcd"
     questions = criteria(principles, sim.method)
-    own_labeller = sim.labeller in (None, cfg.model.name)
-    with open_model(cfg.model.name, cfg, cfg.simulation.seed) as policy:
+    simulator = sim.simulator or cfg.model.name
+    own_labeller = (sim.labeller or cfg.model.name) == simulator
+    with open_model(simulator, cfg, cfg.simulation.seed) as policy:
         pool: SamplerPool = policy.pool
         outputs, dropped = rlcd.sample_pairs(
-            lambda p, s, label: pool.generate(p, s, desc=label), plans, base, sim.seed, sim.max_retries
+            lambda p, s, label: pool.generate(p, s, desc=label), sample_plans or plans, base, sim.seed, sim.max_retries
         )
         restarts = pool.restarts
         kept = [i for i in range(len(plans)) if i not in dropped]
@@ -108,10 +110,10 @@ def run(cfg: SimulateConfig, plans, principles: PrincipleSet) -> tuple[list[dict
             "pair_index": p.pair_index,
             "positive_affix": pair.positive if pair else None,
             "negative_affix": pair.negative if pair else None,
-            "prompt_positive": p.prompts.positive,
-            "prompt_negative": p.prompts.negative,
+            "prompt_positive": (sample_plans or plans)[i].prompts.positive,
+            "prompt_negative": (sample_plans or plans)[i].prompts.negative,
             "source": p.conv.origin,
-            "model": cfg.model.name,
+            "model": simulator,
             "seed": sim.seed,
             "chosen_seed": chosen_seed,
             "rejected_seed": rejected_seed,

@@ -63,12 +63,17 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         principles.require(part, sim.method)
     convs = load_conversations(cfg.data)
     model_path = resolve(cfg.model.name)
+    simulator_path = resolve(sim.simulator) if sim.simulator else model_path
     for name in (sim.labeller, sim.teacher, cfg.judge.model, *cfg.ranking.policies):
         if name and not is_url(name):
             resolve(name)
     needs_chat = any(c.messages is not None for c in convs)
     render = chat_renderer(model_path) if needs_chat else None
-    plans = rlcd.plan(convs, principles, sim.seed, render, sim.method in ("rlcd", "rlcd_rescore"), sim.affix_placement)
+    contrast = sim.method in ("rlcd", "rlcd_rescore")
+    plans = rlcd.plan(convs, principles, sim.seed, render, contrast, sim.affix_placement)
+    # a separate simulator is prompted in its own chat template (same pairs: same seed)
+    sample_plans = plans if simulator_path == model_path or not needs_chat else rlcd.plan(
+        convs, principles, sim.seed, chat_renderer(simulator_path), contrast, sim.affix_placement)
 
     cluster.connect(cfg.address)
     params = tracking.flatten(cfg)
@@ -81,7 +86,7 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         elif sim.method == "rdpo":
             rows, dropped, metrics = critique.run(cfg, plans, principles)
         else:
-            rows, dropped, metrics = pairs.run(cfg, plans, principles)
+            rows, dropped, metrics = pairs.run(cfg, plans, principles, sample_plans)
         frame = pd.DataFrame(rows)
         name = "candidates" if sim.method == "rrhf" else "preferences"
         folder = cfg.output_dir / "datasets" / f"{run_name}-{active.info.run_id[:8]}"
