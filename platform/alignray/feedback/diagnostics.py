@@ -35,7 +35,8 @@ JUDGES = ("refusal", "profanity", "hate")
 HARMLESS_SIGN = {"refusal": 1.0, "profanity": -1.0, "hate": -1.0}  # +1: a higher score is more harmless
 MARGIN = {"refusal": 0.0, "profanity": 0.1, "hate": 0.1}
 HINT = ("if these principles favour harmlessness, try other contrast affixes or labelling instructions (the"
-        " principle set), a stronger simulator or labeller model, or, for rlcd, simulation.method=rlcd_rescore")
+        " principle set, simulation.affix_placement), a stronger simulation.simulator or simulation.labeller,"
+        " or, for rlcd, simulation.method=rlcd_rescore")
 
 
 def score_pairs(chosen: list[str], rejected: list[str], judges: tuple[str, ...] = JUDGES) -> dict[str, tuple[np.ndarray, np.ndarray]]:
