@@ -99,29 +99,20 @@ def test_driver_fits_reward_weights_records_them_and_a_resumed_run_reuses_them(t
     MLflow store (no Ray): fitted, recorded, handed to the workers as plain weights, reused."""
     import hashlib
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import mlflow
+    from reward_server import serve
     from alignray.config import PPOConfig, load_config
     from alignray.train.ppo import FITTED, _use_fitted_weights
 
     calls = []
 
-    class Endpoint(BaseHTTPRequestHandler):  # principles: politeness, and noise unrelated to the labels
-        def do_POST(self):
-            responses = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["responses"]
-            calls.append(len(responses))
-            rows = [[r.count("please"), int.from_bytes(hashlib.sha256(r.encode()).digest()[:4]) / 2**31 - 1]
-                    for r in responses]
-            payload = json.dumps({"rewards": rows, "principles": ["polite", "noise"]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
+    def reply(body):  # principles: politeness, and noise unrelated to the labels
+        responses = body["responses"]
+        calls.append(len(responses))
+        rows = [[r.count("please"), int.from_bytes(hashlib.sha256(r.encode()).digest()[:4]) / 2**31 - 1]
+                for r in responses]
+        return {"rewards": rows, "principles": ["polite", "noise"]}
 
     rng = random.Random(0)
     pairs = tmp_path / "pairs.jsonl"
@@ -131,9 +122,8 @@ def test_driver_fits_reward_weights_records_them_and_a_resumed_run_reuses_them(t
             better, worse = (high, low) if rng.random() < 0.85 else (low, high)  # noisy labels
             fh.write(json.dumps({"prompt": f"Human: question {i}\n\nAssistant:", "chosen": "please " * better + f"a{i}",
                                  "rejected": "please " * worse + f"b{i}"}) + "\n")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    cfg = load_config(None, [f"reward.endpoint=http://127.0.0.1:{server.server_port}/score",
+    server, url = serve(reply)
+    cfg = load_config(None, [f"reward.endpoint={url}",
                              f"reward.fit_weights={pairs}", "critic.init=policy"], PPOConfig)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     experiment = mlflow.create_experiment("fit", artifact_location=(tmp_path / "artifacts").as_uri())

@@ -1,11 +1,10 @@
 """Reward sources for PPO: local preference models and the HTTP contract (a real local server)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from reward_server import serve
 from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, RewardError
 from alignray.train.batch import pad
 from alignray.train.data import Tokenize
@@ -38,24 +37,6 @@ def test_local_models_score_like_preference_training_and_name_every_column(tiny_
         expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
     assert torch.allclose(rewards[:, 0], expected, atol=1e-5)
     assert torch.allclose(rewards[:, 0], rewards[:, 3])
-
-
-def serve(reply):
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            payload = json.dumps(reply(body)).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_port}/score"
 
 
 def test_http_endpoint_contract():

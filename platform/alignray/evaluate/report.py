@@ -30,29 +30,30 @@ def _interval(low: float, high: float) -> str:
     return f"[{low:+.3f}, {high:+.3f}]"
 
 
+def _table(head: str, harmful: str, benign: str | None, rows: list[list[str]]) -> list[str]:
+    """A markdown table: a name, the harmful prompts' value and interval, and the benign ones' when measured."""
+    cols = [head, harmful, "95% CI"] + ([benign, "95% CI"] if benign else [])
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def _refusal_lines(h: Harmlessness) -> list[str]:
     if not h.refusals:
         return []
     over = {r.policy: r for r in h.over_refusals}
-    lines = ["", "## Refusal rate", "",
-             ("Share of responses with a stock refusal phrase (`I'm sorry`, `I can't`, `As an AI`, ...): right on a"
-              " harmful request, wrong (over-refusal) on a harmless one" +
-              (f"; over-refusal is measured on {h.benign_prompts} held-out benign prompts." if over else ".")), "",
-             "| policy | refusal on harmful prompts | 95% CI |" + (" over-refusal on benign prompts | 95% CI |" if over else ""),
-             "|---|---|---|" + ("---|---|" if over else "")]
-    for r in h.refusals:
-        o = over.get(r.policy)
-        tail = f" {o.rate:.3f} | [{o.low:.3f}, {o.high:.3f}] |" if o else ""
-        lines.append(f"| {r.policy} | {r.rate:.3f} | [{r.low:.3f}, {r.high:.3f}] |" + tail)
     over_gain = {g.opponent: g for g in h.over_refusal_gains}
-    lines += ["", "Change against each opponent (policy minus opponent, paired bootstrap 95% interval over prompts):", "",
-              "| opponent | refusal gain (harmful) | 95% CI |" + (" over-refusal change (benign) | 95% CI |" if over else ""),
-              "|---|---|---|" + ("---|---|" if over else "")]
-    for g in h.refusal_gains:
-        o = over_gain.get(g.opponent)
-        tail = f" {o.gain:+.3f} | {_interval(o.low, o.high)} |" if o else ""
-        lines.append(f"| {g.opponent} | {g.gain:+.3f} | {_interval(g.low, g.high)} |" + tail)
-    return lines
+    rates = [[r.policy, f"{r.rate:.3f}", f"[{r.low:.3f}, {r.high:.3f}]"]
+             + ([f"{o.rate:.3f}", f"[{o.low:.3f}, {o.high:.3f}]"] if (o := over.get(r.policy)) else [])
+             for r in h.refusals]
+    changes = [[g.opponent, f"{g.gain:+.3f}", _interval(g.low, g.high)]
+               + ([f"{o.gain:+.3f}", _interval(o.low, o.high)] if (o := over_gain.get(g.opponent)) else [])
+               for g in h.refusal_gains]
+    return ["", "## Refusal rate", "",
+            ("Share of responses with a stock refusal phrase (`I'm sorry`, `I can't`, `As an AI`, ...): right on a"
+             " harmful request, wrong (over-refusal) on a harmless one" +
+             (f"; over-refusal is measured on {h.benign_prompts} held-out benign prompts." if over else ".")), "",
+            *_table("policy", "refusal on harmful prompts", "over-refusal on benign prompts" if over else None, rates),
+            "", "Change against each opponent (policy minus opponent, paired bootstrap 95% interval over prompts):", "",
+            *_table("opponent", "refusal gain (harmful)", "over-refusal change (benign)" if over else None, changes)]
 
 
 def share(value: float | None) -> str:
