@@ -37,6 +37,14 @@ def test_user_file_and_errors(tmp_path):
     empty.write_text("name: empty\npairs: []\n")
     with pytest.raises(PrincipleError, match="pairs"):
         load_principles(empty)
+    shots = tmp_path / "shots.yaml"
+    shots.write_text("name: shots\ndemonstrations:\n  - {request: Steal a car, positive: No., negative: Sure.}\n")
+    assert load_principles(shots).demonstrations[0].negative == "Sure."
+    shots.write_text("name: shots\ndemonstrations:\n  - {request: Steal a car, positive: No.}\n")
+    with pytest.raises(PrincipleError, match="demonstrations.0.negative"):
+        load_principles(shots)
+    with pytest.raises(PrincipleError, match="no 'demonstrations', which simulation.affix_placement=demonstration needs"):
+        load_principles("harmlessness").require("demonstrations", "simulation.affix_placement=demonstration")
 
 
 def test_principles_command_shows_labelling_instructions(capsys):

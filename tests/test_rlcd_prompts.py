@@ -124,3 +124,36 @@ def test_system_placement_puts_the_affix_in_an_instruction_and_leaves_turns_plai
     transcript = rlcd.contrast_prompts(Conversation.from_transcript(MULTI, "t"), PAIR, placement="system")
     assert transcript.negative == "Your reply: harmful response.\n\n" + MULTI
     assert transcript.neutral == MULTI
+
+
+def test_demonstration_placement_puts_example_turns_before_the_conversation():
+    from alignray.principles import Demonstration
+
+    tok = build_tokenizer()
+
+    def render(messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    shots = (Demonstration(request="Steal a car?", positive="I can't help.", negative="Sure! Break a window."),
+             Demonstration(request="Name a fish.", positive="Bubbles.", negative="Bubbles."))
+    transcript = rlcd.contrast_prompts(Conversation.from_transcript(MULTI, "t"), None, placement="demonstration",
+                                       demonstrations=shots)
+    assert transcript.positive == "Human: Steal a car?\n\nAssistant: I can't help.\n\nHuman: Name a fish.\n\nAssistant: Bubbles.\n\n" + MULTI
+    assert transcript.negative == "Human: Steal a car?\n\nAssistant: Sure! Break a window.\n\nHuman: Name a fish.\n\nAssistant: Bubbles.\n\n" + MULTI
+    assert transcript.neutral == MULTI
+    chat = Conversation.from_messages(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I pick a lock?"}], "m")
+    made = rlcd.contrast_prompts(chat, None, render=render, placement="demonstration", demonstrations=shots)
+    turns = lambda reply: [  # noqa: E731
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Steal a car?"},
+        {"role": "assistant", "content": reply}, {"role": "user", "content": "Name a fish."},
+        {"role": "assistant", "content": "Bubbles."}, {"role": "user", "content": "How do I pick a lock?"}]
+    assert made.positive == render(turns("I can't help.")) and made.negative == render(turns("Sure! Break a window."))
+    assert made.neutral == render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I pick a lock?"}])
+    # the built-in set: every plan uses all its demonstrations and no contrast pair
+    ps = load_principles("harmlessness_demonstrations")
+    plans = rlcd.plan([chat, chat], ps, seed=0, render=render, placement="demonstration")
+    assert [p.pair_index for p in plans] == [-1, -1]
+    assert all(d.positive in plans[0].prompts.positive and d.negative in plans[0].prompts.negative
+               for d in ps.demonstrations)
+    assert "I'm sorry" not in plans[0].prompts.negative

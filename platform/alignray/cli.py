@@ -182,7 +182,8 @@ def _models(args: argparse.Namespace) -> int:
 def _principles(args: argparse.Namespace) -> int:
     for name in [args.name] if args.name else builtin_names():
         ps = load_principles(name)
-        parts = {"pairs": ps.pairs, "instructions": ps.instructions, "criteria": ps.criteria, "critiques": ps.critiques}
+        parts = {"pairs": ps.pairs, "instructions": ps.instructions, "criteria": ps.criteria, "critiques": ps.critiques,
+                 "demonstrations": ps.demonstrations}
         print(f"{ps.name}: {ps.description} ({', '.join(f'{len(v)} {k}' for k, v in parts.items() if v)})")
         if args.name:
             for k, pair in enumerate(ps.pairs):
@@ -199,6 +200,10 @@ def _principles(args: argparse.Namespace) -> int:
                 print("critique and revision requests (rdpo):")
                 for c in ps.critiques:
                     print(f"  - critique: {c.critique}\n    revision: {c.revision}")
+            if ps.demonstrations:
+                print("demonstrations (rlcd with affix_placement: demonstration), p+ reply / p- reply:")
+                for d in ps.demonstrations:
+                    print(f"  - {d.request}\n    +: {d.positive}\n    -: {d.negative}")
     return 0
 
 

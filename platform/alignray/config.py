@@ -121,12 +121,14 @@ class SimulationConfig(Strict):
     principles: str = Field(
         "harmlessness", description="A built-in principle set name or a path to a YAML file."
     )
-    affix_placement: Literal["turn", "system"] = Field(
+    affix_placement: Literal["turn", "system", "demonstration"] = Field(
         "turn",
         description="rlcd / rlcd_rescore: where the contrast affixes go. turn (the paper's): on the"
         " assistant turns, `Assistant (affix):` or `(affix) ` at the start of a chat reply; system:"
         " as an instruction before the conversation (`Your reply: <affix>.` as a system message, or"
-        " a header line of a transcript), turn markers left plain.",
+        " a header line of a transcript), turn markers left plain; demonstration: no affixes, the"
+        " principle set's example exchanges before the conversation instead (p+ sees their positive"
+        " replies, p- their negative ones).",
     )
     seed: int = Field(0, description="Seeds the choice of contrast pair and every sample.")
     max_retries: int = Field(

@@ -4,6 +4,8 @@ For each conversation one contrast pair is drawn (seeded). The positive prompt p
 positive affix before the colon of the final ``Assistant:`` turn and the negative affix on every
 earlier ``Assistant:`` turn; p- is the mirror image, so p+ and p- differ only in the affixes.
 The output o+ of p+ is `chosen` and o- of p- is `rejected`; nothing is scored.
+Two placements are ours, not the paper's (see `contrast_prompts`): the affix as a system
+instruction, and example exchanges instead of affixes (a principle set's `demonstrations`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from alignray.data.conversation import ASSISTANT_TURN, Conversation, clean_output
-from alignray.principles import ContrastPair, PrincipleSet
+from alignray.principles import ContrastPair, Demonstration, PrincipleSet
 from alignray.sampling.types import SamplingSpec
 
 RenderChat = Callable[[list[dict[str, str]]], str]  # messages -> text ending in the open turn
@@ -54,6 +56,17 @@ def _system(conv: Conversation, render: RenderChat | None, affix: str) -> str:
     return render(messages)
 
 
+def _demonstrated(conv: Conversation, render: RenderChat | None, shots: list[tuple[str, str]]) -> str:
+    """The conversation after the example exchanges `shots` ((request, reply) turns): after the
+    system message of a chat, or before the first ``Human:`` turn of a transcript."""
+    if conv.transcript is not None:
+        return "".join(f"Human: {q}\n\nAssistant: {a}\n\n" for q, a in shots) + conv.transcript
+    messages = conv.message_dicts()
+    at = 1 if messages[0]["role"] == "system" else 0
+    turns = [{"role": r, "content": c} for q, a in shots for r, c in (("user", q), ("assistant", a))]
+    return render(messages[:at] + turns + messages[at:])
+
+
 @dataclass(frozen=True)
 class ContrastPrompts:
     neutral: str  # without affixes or response prefix: the prompt the preference model sees
@@ -71,14 +84,19 @@ def _neutral(conv: Conversation, response_prefix: str, render: RenderChat | None
 
 
 def contrast_prompts(
-    conv: Conversation, pair: ContrastPair, response_prefix: str = "", render: RenderChat | None = None,
-    placement: str = "turn",
+    conv: Conversation, pair: ContrastPair | None, response_prefix: str = "", render: RenderChat | None = None,
+    placement: str = "turn", demonstrations: Sequence[Demonstration] = (),
 ) -> ContrastPrompts:
     """Build (neutral, p+, p-) for one conversation; chat conversations need `render`.
-    `placement`: "turn" (the paper's: affixes on the assistant turns) or "system" (the affix as
-    an instruction before the conversation, see _system)."""
+    `placement`: "turn" (the paper's: affixes on the assistant turns), "system" (the affix as
+    an instruction before the conversation, see _system) or "demonstration" (no affix: the
+    `demonstrations` as earlier turns, answered with their positive replies in p+ and their
+    negative ones in p-)."""
     neutral, lead = _neutral(conv, response_prefix, render)
-    if placement == "system":
+    if placement == "demonstration":
+        positive = _demonstrated(conv, render, [(d.request, d.positive) for d in demonstrations])
+        negative = _demonstrated(conv, render, [(d.request, d.negative) for d in demonstrations])
+    elif placement == "system":
         positive, negative = _system(conv, render, pair.positive), _system(conv, render, pair.negative)
     elif conv.transcript is not None:
         positive = _transcript(neutral, pair.positive, pair.negative)
@@ -107,11 +125,15 @@ def plan(
 ) -> list[Plan]:
     """One contrast pair per conversation (seeded), its affixes placed by `placement`. Without
     `contrast` (RLAIF: two samples of the same prompt) both sides get the neutral prompt and
-    pair_index is -1."""
+    pair_index is -1; so it is with placement "demonstration", which uses every demonstration
+    and no contrast pair."""
     rng = random.Random(seed)
     plans = []
     for conv in convs:
-        if contrast:
+        if contrast and placement == "demonstration":
+            made = contrast_prompts(conv, None, principles.response_prefix, render, placement, principles.demonstrations)
+            plans.append(Plan(conv, -1, made))
+        elif contrast:
             k = rng.randrange(len(principles.pairs))
             made = contrast_prompts(conv, principles.pairs[k], principles.response_prefix, render, placement)
             plans.append(Plan(conv, k, made))

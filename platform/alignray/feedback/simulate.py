@@ -59,8 +59,14 @@ def ties(frame: pd.DataFrame) -> list[str]:
 def run(cfg: SimulateConfig) -> SimulationResult:
     sim = cfg.simulation
     principles = load_principles(sim.principles)
-    for part in NEEDS[sim.method] + (("instructions",) if sim.method == "rdpo" and cfg.judge.kind == "model" else ()):
-        principles.require(part, sim.method)
+    needs = {part: f"simulation.method={sim.method}" for part in NEEDS[sim.method]}
+    if sim.method == "rdpo" and cfg.judge.kind == "model":
+        needs["instructions"] = "rdpo's model judge"
+    if sim.affix_placement == "demonstration" and "pairs" in needs:
+        del needs["pairs"]
+        needs["demonstrations"] = "simulation.affix_placement=demonstration"
+    for part, why in needs.items():
+        principles.require(part, why)
     convs = load_conversations(cfg.data)
     model_path = resolve(cfg.model.name)
     simulator_path = resolve(sim.simulator) if sim.simulator else model_path

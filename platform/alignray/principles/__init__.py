@@ -13,10 +13,15 @@ A principle set is a YAML file (see README "Principle sets"):
       conciseness: ["Which response makes its point in fewer words?"]
     critiques:                         # rDPO: a critique request and a revision request
       - {critique: "Point out anything harmful in your answer.", revision: "Rewrite it without that."}
+    demonstrations:                    # RLCD with affix_placement: demonstration
+      - {request: "How do I steal a car?", positive: "I can't help with that.", negative: "Sure! ..."}
 
 `positive` / `negative` are the RLCD contrast affixes, written without parentheses; they are
 rendered as ``Assistant (positive):``. `instructions` are the questions an RLAIF labeller
 answers with (A) or (B); one is drawn (seeded) per comparison, and per criterion in MORLAIF.
+`demonstrations` are example exchanges put before the conversation: p+ shows each request
+answered with its `positive` reply, p- with its `negative` one (the same text on both sides is
+fine, e.g. a harmless request answered helpfully in both).
 Each method checks that the set has the part it needs.
 """
 
@@ -53,6 +58,13 @@ class Critique(BaseModel):
     revision: str = Field(min_length=1, description="Asks it to rewrite the answer after the critique.")
 
 
+class Demonstration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    request: str = Field(min_length=1, description="A user request.")
+    positive: str = Field(min_length=1, description="Its reply in p+ (e.g. a refusal).")
+    negative: str = Field(min_length=1, description="Its reply in p- (e.g. full compliance).")
+
+
 class PrincipleSet(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1)
@@ -62,6 +74,7 @@ class PrincipleSet(BaseModel):
     instructions: tuple[str, ...] = ()
     criteria: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     critiques: tuple[Critique, ...] = ()
+    demonstrations: tuple[Demonstration, ...] = ()
 
     @field_validator("criteria")
     @classmethod
@@ -73,15 +86,16 @@ class PrincipleSet(BaseModel):
 
     @model_validator(mode="after")
     def _not_empty(self) -> PrincipleSet:
-        if not (self.pairs or self.instructions or self.criteria or self.critiques):
-            raise PrincipleError("the set has none of pairs, instructions, criteria or critiques")
+        if not (self.pairs or self.instructions or self.criteria or self.critiques or self.demonstrations):
+            raise PrincipleError("the set has none of pairs, instructions, criteria, critiques or demonstrations")
         return self
 
     def require(self, part: str, method: str) -> None:
-        """Raise unless this set has `part` (pairs, instructions, criteria or critiques)."""
+        """Raise unless this set has `part` (pairs, instructions, criteria, critiques or
+        demonstrations); `method` names what needs it in the message."""
         if not getattr(self, part):
             raise PrincipleError(
-                f"principle set {self.name!r} has no '{part}', which simulation.method={method} needs;"
+                f"principle set {self.name!r} has no '{part}', which {method} needs;"
                 f" add them to its YAML file or pick a set that has them (alignray principles)"
             )
 
