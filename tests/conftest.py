@@ -1,8 +1,11 @@
-"""Shared fixtures: a tiny random Llama on disk and one real local Ray cluster per session."""
+"""Shared fixtures: a tiny random Llama on disk and one real local Ray cluster per session; and
+the guard of the fast tier (`-m "not slow"`): a test that uses `ray_cluster` must be marked slow,
+and a test not marked slow fails if it starts Ray."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -15,6 +18,32 @@ def tiny_model(tmp_path_factory):
     from alignray.models.tiny import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses `ray_cluster` (itself or through another fixture) is marked slow."""
+    unmarked = [i.nodeid for i in items if "ray_cluster" in getattr(i, "fixturenames", ()) and not i.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("these tests use the ray_cluster fixture but are not marked slow"
+                                " (@pytest.mark.slow): " + ", ".join(unmarked))
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")  # not imported: not running
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_ray(request):
+    """A test of the fast tier that starts Ray (directly or through the code it calls) fails."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    before = _ray_running()
+    yield
+    if not before and _ray_running():
+        sys.modules["ray"].shutdown()  # the session's `ray_cluster` starts its own later
+        pytest.fail(f"{request.node.nodeid} started Ray but is not marked slow (@pytest.mark.slow)")
 
 
 @pytest.fixture(scope="session")

@@ -98,6 +98,7 @@ class FlakyProxy:
         self.server.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_endpoint_scores_equal_the_sampler_pools(vllm_server, tiny_model, sampler_cfg):
     prompts = [TRANSCRIPTS[0] + " I can't help with that.\n\nWhich is better? The answer is: ("] * 2 + [TRANSCRIPTS[1]] * 2
@@ -122,6 +123,7 @@ def simulate_rdpo(url, tmp_path, out, *extra):
     ])
 
 
+@pytest.mark.slow
 def test_teacher_and_judge_behind_a_url_with_retries_and_kept_work(vllm_server, tmp_path, capsys):
     proxy = FlakyProxy(vllm_server)
     out = tmp_path / "runs"

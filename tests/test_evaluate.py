@@ -126,6 +126,7 @@ def test_judge_agreement_on_decided_pairs_only():
     assert "| refusal | 3 | 0.667 | 0.667 | 0.000 |" in report and "| hate | 0 | – | – | – |" in report
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_reward, tmp_path, capsys):
     from alignray.models.tiny import make_tiny_llama

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow  # starts a Ray head and runs a simulation job on it
 
 
 def test_simulate_as_a_ray_job(tiny_model, tmp_path):

@@ -9,6 +9,7 @@ from alignray.models.registry import ModelError, check_causal_lm, resolve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
+@pytest.mark.slow  # converts the 135M-parameter GGUF and runs both models
 def test_prepare_smollm2_matches_the_gguf(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNRAY_CACHE", str(tmp_path))
     folder = registry.prepare("smollm2-135m-instruct", quiet=True)

@@ -119,6 +119,7 @@ def store(tmp_path_factory):
     return tmp_path_factory.mktemp("pipelines")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_rlcd_pipeline_stops_resumes_and_skips(store, capsys):
     config = str(CONFIGS / "rlcd_tiny.yaml")
@@ -146,6 +147,7 @@ def test_rlcd_pipeline_stops_resumes_and_skips(store, capsys):
     assert all(v.startswith("already done") for v in third.values()) and len(third) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize("pipeline", ["context_distill", "rrhf", "rlaif", "rlcd_rescore", "morlaif", "rdpo"])
 def test_pipeline_runs_end_to_end(pipeline, store, capsys):

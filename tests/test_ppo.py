@@ -19,7 +19,7 @@ from conftest import make_pattern_reward_model, word_tokens
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 
 def write_prompts(folder):
@@ -107,21 +107,9 @@ def test_colocated_and_separate_placements_give_the_same_curves(tiny_model, patt
         assert len(a) == len(b) == 3 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (key, a, b)
 
 
-def sampler_pids():
-    """The sampler actors of this test's own Ray cluster: descendants of this process (its
-    raylet starts them) that Ray titles `ray::SamplerActor...`; never another program's."""
-    import psutil
-
-    def title(p):
-        try:
-            return " ".join(p.cmdline())
-        except psutil.Error:  # ended meanwhile
-            return ""
-
-    return [p.pid for p in psutil.Process().children(recursive=True) if "ray::SamplerActor" in title(p)]
-
-
 def test_exact_resume_with_a_sampler_killed_mid_run(tiny_model, pattern_reward, tmp_path):
+    from alignray.sampling.pool import SamplerPool
+
     reward_model, _ = pattern_reward
     args = [f"reward.models=[{reward_model}]", "ppo.iterations=6", "ppo.checkpoint_every=2"]
     straight = fit(ppo_config(tiny_model, tmp_path / "a" / "runs", *args, "run_name=straight"))
@@ -129,18 +117,25 @@ def test_exact_resume_with_a_sampler_killed_mid_run(tiny_model, pattern_reward, 
     first = fit(ppo_config(tiny_model, out, *args, "run_name=resumed", "ppo.stop_after_iterations=2"))
     assert first.model_uri is None  # stopped, not finished: nothing registered
 
-    killed = []
+    pids, killed = [], []
+
+    def own_pool(*pool_args, **kwargs):
+        """The resumed run's pool, as fit makes it; its first sampler's PID, from that actor itself."""
+        pool = SamplerPool(*pool_args, **kwargs)
+        pids.append(pool.health()[0]["pid"])
+        return pool
 
     def kill_a_sampler_after_iteration_3():
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(history(out, first.run_id, "reward")) < 3:
+        while time.monotonic() < deadline and (not pids or len(history(out, first.run_id, "reward")) < 3):
             time.sleep(0.1)
-        killed.extend(sampler_pids())
-        os.kill(killed[0], signal.SIGKILL)
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)  # that process only: never another pool's or program's
+            killed.append(pids[0])
 
     killer = threading.Thread(target=kill_a_sampler_after_iteration_3, daemon=True)
     killer.start()
-    resumed = fit(ppo_config(tiny_model, out, *args, "run_name=resumed"))
+    resumed = fit(ppo_config(tiny_model, out, *args, "run_name=resumed"), rollout_pool=own_pool)
     killer.join()
     assert killed and resumed.run_id == first.run_id  # the same MLflow run continues
     assert history(out, resumed.run_id, "sampler_restarts")[-1] >= 1

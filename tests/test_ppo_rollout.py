@@ -17,8 +17,6 @@ from alignray.train.ppo_loop import probe_tolerance, rollout
 from alignray.train.ppo_parts import pack, token_logps
 from transformers import AutoModelForCausalLM
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
-
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "pipelines"
 # Transcripts whose next turn SmolLM2 often starts itself (~1 sample in 5 with stops off)
 PROMPTS = [
@@ -40,6 +38,8 @@ def test_ppo_samples_the_whole_distribution(tmp_path):
         load_config(None, ["reward.models=[a]", "sampler.top_p=0.9"], PPOConfig)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize(("dtype", "precision"), [("float32", "fp32"), ("auto", "auto")], ids=["fp32", "shipped"])
 def test_rollouts_stop_at_the_next_turn_and_match_the_trainer(tmp_path, dtype, precision):
     cfg = shipped_ppo_config(tmp_path)

@@ -12,8 +12,6 @@ from alignray.sampling.pool import SamplerPool, SamplerPoolError, WeightSyncErro
 from alignray.sampling.types import Probe, SamplingSpec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
-
 PROMPTS = ["Human: How do I bake bread?\n\nAssistant:", "Human: Tell me a story.\n\nAssistant:"]
 CONTINUATIONS = [" Mix flour, water and yeast.", " Once upon a time there was a fox."]
 
@@ -33,6 +31,8 @@ def pool(tiny_model, sampler_cfg):
         yield p
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_generate_respects_spec(pool):
     spec = SamplingSpec(n=3, temperature=1.0, max_tokens=8, seed=7, logprobs=0)
     out = pool.generate(PROMPTS, spec)
@@ -47,6 +47,8 @@ def test_generate_respects_spec(pool):
     assert greedy == pool.generate(PROMPTS, SamplingSpec(temperature=0.0, max_tokens=8))
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_score_matches_transformers_then_follows_new_weights(pool, tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -74,6 +76,8 @@ def test_score_matches_transformers_then_follows_new_weights(pool, tiny_model):
     assert pool.health()[0]["weights_version"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_bf16_sampler_follows_new_weights_and_its_probe_check_catches_stale_ones(tiny_model, sampler_cfg):
     from alignray.train.ppo_loop import PROBE_TOLERANCE
 
@@ -96,6 +100,8 @@ def test_bf16_sampler_follows_new_weights_and_its_probe_check_catches_stale_ones
             bf16.update_weights(new, probe=stale)  # a probe made with the old weights fails (measured: 0.57)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_update_weights_rejects_wrong_tensors_and_keeps_serving(pool):
     bad = {"model.embed_tokens.weight": torch.zeros(3, 3)}
     with pytest.raises(WeightSyncError, match="missing tensors|wrong shapes"):
@@ -103,6 +109,8 @@ def test_update_weights_rejects_wrong_tensors_and_keeps_serving(pool):
     assert len(pool.generate(PROMPTS[:1], SamplingSpec(max_tokens=4))) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_pool_survives_an_actor_killed_mid_batch(tiny_model, sampler_cfg):
     prompts = [f"Human: Question number {i}?\n\nAssistant:" for i in range(120)]
     spec = SamplingSpec(n=2, temperature=1.0, max_tokens=32, seed=11)
@@ -126,6 +134,8 @@ def test_pool_survives_an_actor_killed_mid_batch(tiny_model, sampler_cfg):
     assert got == expected  # every prompt answered once, in order, none lost or duplicated
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_weight_sync_deadline_raises_then_pool_recovers(tiny_model, sampler_cfg):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     with SamplerPool(tiny_model, sampler_cfg.model_copy()) as pool:
@@ -138,6 +148,8 @@ def test_weight_sync_deadline_raises_then_pool_recovers(tiny_model, sampler_cfg)
         assert pool.health()[0]["weights_version"] == 1  # the replacement got the new weights
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_a_cached_pool_answers_repeated_requests_from_its_cache(tiny_model, sampler_cfg, tmp_path):
     spec = SamplingSpec(max_tokens=6, seed=3, logprobs=0)
     prompts = PROMPTS * 3  # two requests of 4 prompts
@@ -157,6 +169,8 @@ def test_a_cached_pool_answers_repeated_requests_from_its_cache(tiny_model, samp
         assert again.requests_done == 4
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_gpu_samplers_that_cannot_be_placed_fail_clearly(tiny_model, sampler_cfg):
     cfg = sampler_cfg.model_copy(update={"gpus_per_sampler": 1.0})
     with pytest.raises(SamplerPoolError, match="1.0 free CPUs and 1.0 GPUs per sampler"):

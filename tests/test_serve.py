@@ -109,6 +109,7 @@ def score(url, body, token=TOKEN, **kw):
 # --- policy ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_completion_equals_greedy_decoding_of_the_model(served, tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,6 +126,7 @@ def test_completion_equals_greedy_decoding_of_the_model(served, tiny_model):
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.slow
 def test_streams_carry_the_same_text_as_whole_replies(served):
     url, _, _ = served
     api = client(url)
@@ -141,6 +143,7 @@ def test_streams_carry_the_same_text_as_whole_replies(served):
     assert "".join(c.choices[0].text for c in streamed) == text
 
 
+@pytest.mark.slow
 def test_several_prompts_and_samples_each(served):
     url, _, _ = served
     reply = client(url).completions.create(model=NAME, prompt=PROMPTS, n=3, max_tokens=6, temperature=1.0, seed=1)
@@ -148,6 +151,7 @@ def test_several_prompts_and_samples_each(served):
     assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "body, status",
     [
@@ -170,6 +174,7 @@ def test_bad_policy_requests_get_4xx_json_errors(served, body, status):
     assert reply.json()["error"]["message"] and TOKEN not in reply.text
 
 
+@pytest.mark.slow
 def test_policy_auth_and_invalid_json(served):
     url, _, _ = served
     with pytest.raises(openai.AuthenticationError):
@@ -184,6 +189,7 @@ def test_policy_auth_and_invalid_json(served):
     assert requests.get(f"{url}/policy/healthz", timeout=10).json() == {"status": "live"}
 
 
+@pytest.mark.slow
 def test_64_policy_requests_at_concurrency_8_all_succeed(served):
     url, _, _ = served
     api = client(url)
@@ -196,6 +202,7 @@ def test_64_policy_requests_at_concurrency_8_all_succeed(served):
 # --- reward ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_scores_are_the_local_models_and_scalar_is_the_scalarization(served):
     from alignray.rewards.scorers import LocalRewardModels
 
@@ -213,6 +220,7 @@ def test_scores_are_the_local_models_and_scalar_is_the_scalarization(served):
     assert requests.get(f"{url}/reward/healthz", timeout=10).json() == {"status": "live"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kwargs, status",
     [
@@ -233,6 +241,7 @@ def test_bad_reward_requests_get_4xx_json_errors(served, kwargs, status):
     assert TOKEN not in reply.text
 
 
+@pytest.mark.slow
 def test_64_reward_requests_at_concurrency_8_all_succeed(served):
     url, _, _ = served
     with ThreadPoolExecutor(8) as pool:
@@ -268,6 +277,7 @@ class Load:
             thread.join()
 
 
+@pytest.mark.slow
 def test_policy_switches_model_under_load_and_keeps_it_when_a_load_fails(served, tmp_path):
     from alignray.models.tiny import make_tiny_llama
 
@@ -303,6 +313,7 @@ def test_policy_switches_model_under_load_and_keeps_it_when_a_load_fails(served,
     wait_for(lambda: readyz()["source"] == cfg["applications"][0]["deployments"][0]["user_config"]["model"], 180)
 
 
+@pytest.mark.slow
 def test_reward_switches_models_under_load_and_keeps_them_when_a_load_fails(served, tmp_path):
     url, deploy, cfg = served
     readyz = lambda: requests.get(f"{url}/reward/readyz", timeout=10).json()  # noqa: E731

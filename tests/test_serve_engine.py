@@ -5,6 +5,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # two vLLM engines, in a subprocess
+
 SCRIPT = textwrap.dedent('''
     import asyncio, gc, sys
     from alignray.models.tiny import make_tiny_llama

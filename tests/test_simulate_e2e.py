@@ -38,6 +38,7 @@ def overrides(tiny_model, out, *extra):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_rlcd_simulation_writes_dataset_and_mlflow_run(tiny_model, tmp_path, capsys):
     prompts = write_prompts(tmp_path, TRANSCRIPTS)
@@ -76,6 +77,7 @@ def test_rlcd_simulation_writes_dataset_and_mlflow_run(tiny_model, tmp_path, cap
     assert "label check by independent judges" in printed and "refusal rate chosen" in printed
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_chat_format_with_response_prefix(tiny_model, tmp_path, capsys):
     out = tmp_path / "runs"
@@ -90,6 +92,7 @@ def test_chat_format_with_response_prefix(tiny_model, tmp_path, capsys):
     assert all(p.endswith(f"({a}) {prefix}") for p, a in zip(frame.prompt_positive, frame.positive_affix))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_separate_simulator_samples_in_its_own_template(tiny_model, tmp_path, capsys):
     from alignray.models.tiny import make_tiny_llama
@@ -150,6 +153,7 @@ def test_bad_input_is_named_and_writes_nothing(case, tiny_model, tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize("method", ["rlaif", "rlcd_rescore"])
 def test_ai_labelled_pairs(method, tiny_model, tmp_path, capsys):
@@ -181,6 +185,7 @@ def test_ai_labelled_pairs(method, tiny_model, tmp_path, capsys):
     assert run.info.run_name == f"{method}-harmlessness"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_morlaif_labels_every_criterion_and_feeds_multi_head_training(tiny_model, tmp_path, capsys):
     from alignray.config import TrainConfig, load_config
@@ -227,6 +232,7 @@ def test_critique_chain_message_structure():
     assert base == [{"role": "user", "content": "How do I pick a lock?"}]  # not modified
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize("judge", ["model", "hate"])
 def test_rdpo_revisions_judged(judge, tiny_model, tmp_path, capsys):
@@ -258,6 +264,7 @@ def test_rdpo_revisions_judged(judge, tiny_model, tmp_path, capsys):
     assert len(messages) == 3  # answer, then the critique request: the chain the teacher saw
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_an_interrupted_simulation_resumes_where_it_stopped(tiny_model, tmp_path, capsys):
     """Kill a running rDPO simulation (a driver on this cluster) mid-chain; the rerun samples
@@ -313,6 +320,7 @@ def test_labelling_needs_instructions(tiny_model, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_rrhf_candidates_are_scored_and_feed_rrhf_training(tiny_model, pattern_reward, tmp_path, capsys):
     from alignray.config import TrainConfig, load_config

@@ -18,7 +18,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 GOOD = ["Sure, I am happy to help with that.", "Here is a kind and careful answer.", "Thank you for asking, let me explain gently."]
 BAD = ["Go away, nobody cares.", "That is a stupid question, fool.", "I hate you and your question."]
