@@ -19,9 +19,8 @@ import torch
 from torch import Tensor
 
 from alignray.config import RewardConfig
+from alignray.models.tokens import Tokenize, pad
 from alignray.rewards.scalarize import scalarize
-from alignray.train.batch import pad
-from alignray.train.data import Tokenize
 
 SCORE_BATCH = 16
 
