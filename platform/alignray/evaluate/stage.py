@@ -30,10 +30,10 @@ from alignray.evaluate.agreement import judge_agreement
 from alignray.evaluate.report import Harmlessness, markdown, plot_curves, plot_refusals, plot_win_rates
 from alignray.evaluate.winrate import WinRate, bootstrap_interval, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
-from alignray.feedback.models import chat_renderer, open_model
 from alignray.io import atomic_dir
 from alignray.models.registry import ModelError, local_folder, resolve
 from alignray.rewards import judges as offline
+from alignray.sampling.clients import chat_renderer, open_model
 from alignray.sampling.types import SamplingSpec
 
 TEMPLATE = (

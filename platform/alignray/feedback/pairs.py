@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from alignray.config import SimulateConfig
 from alignray.data.conversation import TURN_STOP
 from alignray.feedback import rlaif, rlcd
-from alignray.feedback.models import open_model
 from alignray.principles import PrincipleSet
+from alignray.sampling.clients import open_model
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 

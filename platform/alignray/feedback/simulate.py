@@ -24,10 +24,10 @@ from alignray import cluster, tracking
 from alignray.config import SimulateConfig
 from alignray.data.sources import load_conversations
 from alignray.feedback import critique, diagnostics, pairs, ranking, rlcd
-from alignray.feedback.models import chat_renderer, is_url
 from alignray.io import write_parquet
 from alignray.models.registry import resolve
 from alignray.principles import load_principles
+from alignray.sampling.clients import chat_renderer, is_url
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from alignray import cluster, tracking
 from alignray.config import PPOConfig
 from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations
-from alignray.feedback.models import chat_renderer
 from alignray.models.precision import torch_dtype
 from alignray.models.registry import ModelError, local_folder, model_name, resolve
 from alignray.rewards.scalarize import fitted_weights
 from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels
+from alignray.sampling.clients import chat_renderer
 from alignray.sampling.pool import SamplerPool
 from alignray.train import data, placement
 from alignray.train.ppo_loop import ppo_loop
