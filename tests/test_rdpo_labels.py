@@ -5,6 +5,7 @@ model: the dataset goes through the real loader and the real DPO method's loss."
 import pandas as pd
 import torch
 from alignray.config import TrainConfig, load_config
+from alignray.models.tokens import Tokenize
 from alignray.train import data
 from alignray.train.batch import response_logps
 from alignray.train.dpo import DPOMethod
@@ -35,7 +36,7 @@ def trained_shift(tiny_model, path, *overrides) -> dict[str, float]:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     method = DPOMethod(cfg, tok.pad_token_id)
-    tokenize = data.Tokenize(tok, 128, "left")
+    tokenize = Tokenize(tok, 128, "left")
     probe = [tokenize("Human: Question 99?\n\nAssistant:", text) for text in (DOUBTED, TRUSTED, REJECTED)]
 
     def probe_logps():
