@@ -75,8 +75,7 @@ def make_pattern_reward_model(path, policy, tokens, seed=0, steps=300):
     from alignray.config import DataConfig
     from alignray.data.sources import load_conversations
     from alignray.io import atomic_dir
-    from alignray.train.batch import pad
-    from alignray.train.data import Tokenize
+    from alignray.models.tokens import Tokenize, pad
     from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
 
     tok = AutoTokenizer.from_pretrained(policy)

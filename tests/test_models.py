@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from alignray.models import registry
-from alignray.models.registry import ModelError, check_causal_lm, resolve
+from alignray.models.registry import ModelError, check_causal_lm, local_folder, model_name, resolve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -48,3 +48,14 @@ def test_bad_model_names_and_folders(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
     with pytest.raises(ModelError, match="not a causal language model"):
         resolve(str(tmp_path))
+
+
+def test_models_uris_and_folders(tmp_path, monkeypatch):
+    import mlflow
+
+    assert model_name("models:/pm@champion") == model_name("models:/pm/3") == model_name(str(tmp_path / "pm")) == "pm"
+    monkeypatch.chdir(tmp_path)
+    assert local_folder("pm") == tmp_path / "pm"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(ModelError, match="'models:/pm/3': not found in the MLflow registry"):
+        local_folder("models:/pm/3")

@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 from reward_server import serve
+from alignray.models.tokens import Tokenize, pad
 from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, RewardError
-from alignray.train.batch import pad
-from alignray.train.data import Tokenize
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 

@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 import torch
-from alignray.rewards.scalarize import SCALARIZERS, fit_principle_weights, fitted_weights, scalarize
+from alignray.config import SCALARIZERS
+from alignray.rewards.scalarize import METHODS, fit_principle_weights, fitted_weights, scalarize
 
 
 def t(*rows):
@@ -101,7 +102,11 @@ def test_soft_min_is_morlaifs_softmin_weighted_mean():
     close(scalarize(t([0.0, 1.0]), "soft_min"), [math.exp(-1) / (1 + math.exp(-1))])
 
 
-@pytest.mark.parametrize("method", SCALARIZERS)
+def test_the_configs_scalarizer_names_are_the_methods():
+    assert SCALARIZERS == tuple(METHODS)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 def test_each_row_depends_only_on_itself(method):
     gen = torch.Generator().manual_seed(0)
     rewards = torch.randn(3, 4, generator=gen, dtype=torch.float64)
@@ -113,7 +118,7 @@ def test_each_row_depends_only_on_itself(method):
     assert before.shape == (3,)
 
 
-@pytest.mark.parametrize("method", SCALARIZERS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_gradients_flow(method):
     rewards = t([1.0, -2.0, 0.5], [0.3, 0.2, -0.1]).requires_grad_()
     scalarize(rewards, method, **PARAMS.get(method, {})).sum().backward()

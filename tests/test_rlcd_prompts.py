@@ -1,7 +1,8 @@
-"""RLCD prompt construction, output clean-up and re-sampling of empty outputs."""
+"""RLCD prompt construction, neutral plans, output clean-up and re-sampling of empty outputs."""
 
 from alignray.data.conversation import Conversation, clean_output
 from alignray.feedback import rlcd
+from alignray.feedback.plans import neutral_plans, request_seed, sample_pairs
 from alignray.models.tiny import build_tokenizer
 from alignray.principles import ContrastPair, PrincipleSet, load_principles
 from alignray.sampling.types import Completion, SamplingSpec
@@ -80,6 +81,13 @@ def test_pair_choice_is_seeded():
     assert len(set(a)) > 8
 
 
+def test_neutral_plans_sample_both_sides_from_the_neutral_prompt():
+    convs = [Conversation.from_question("q0", "transcript", "0"), Conversation.from_transcript(MULTI, "t")]
+    for conv, p in zip(convs, neutral_plans(convs, "Sure:", None), strict=True):
+        assert p.pair_index == -1 and p.prompts.neutral == conv.transcript
+        assert p.prompts.positive == p.prompts.negative == conv.transcript + " Sure:"
+
+
 def test_empty_outputs_are_resampled_then_dropped():
     """Scripted outputs through sample_pairs' generate callable: conversation 1's o- is empty
     once, conversation 2's o+ is always empty."""
@@ -99,12 +107,12 @@ def test_empty_outputs_are_resampled_then_dropped():
             outs.append([Completion(text, (1,), None, None, "stop")])
         return outs
 
-    done, dropped = rlcd.sample_pairs(generate, plans, SamplingSpec(), seed=5, max_retries=2)
+    done, dropped = sample_pairs(generate, plans, SamplingSpec(), seed=5, max_retries=2)
     assert calls == [6, 2, 1]  # everything, then the two empty ones, then the hopeless one
     assert dropped == {2}
     assert done[(1, 1)][2] == 2 and done[(0, 0)][2] == 1  # attempts
-    assert done[(1, 1)][1] == rlcd.request_seed(5, 1, 1, 1)
-    assert done[(0, 0)][0] == f"answer {rlcd.request_seed(5, 0, 0, 0)}"
+    assert done[(1, 1)][1] == request_seed(5, 1, 1, 1)
+    assert done[(0, 0)][0] == f"answer {request_seed(5, 0, 0, 0)}"
 
 
 def test_system_placement_puts_the_affix_in_an_instruction_and_leaves_turns_plain():

@@ -17,11 +17,11 @@ from alignray.config import (
     load_config,
 )
 from alignray.data.conversation import PromptError
+from alignray.data.pairs import DatasetError
 from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
 from alignray.principles import PrincipleError, builtin_names, load_principles
 from alignray.rewards.judges import JudgeError
 from alignray.sampling.endpoint import EndpointError
-from alignray.train.data import DatasetError
 
 USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError, EndpointError, JudgeError)
 KINDS = ("preference", "sft", "dpo", "rrhf", "ppo")

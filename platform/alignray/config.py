@@ -181,6 +181,14 @@ class TrackingConfig(Strict):
     run_name: str | None = None
 
 
+# the methods of alignray.rewards.scalarize, named here so that the config imports no torch
+# (tests/test_rewards.py keeps the two equal)
+SCALARIZERS = (
+    "linear", "min", "soft_min", "logsumexp_min", "uncertainty_weighted", "lower_quantile", "median",
+    "bernoulli_nash", "lexicographic",
+)
+
+
 class RewardConfig(Strict):
     """Where PPO's rewards come from: local preference models (each with one or several
     heads), or an HTTP scoring endpoint; per-principle rewards are scalarized per sample."""
@@ -221,8 +229,6 @@ class RewardConfig(Strict):
     @field_validator("scalarize")
     @classmethod
     def _known_scalarizer(cls, value: str) -> str:
-        from alignray.rewards.scalarize import SCALARIZERS
-
         if value not in SCALARIZERS:
             raise ValueError(f"unknown scalarizer {value!r}; choose from {', '.join(SCALARIZERS)}")
         return value

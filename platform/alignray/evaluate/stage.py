@@ -30,10 +30,10 @@ from alignray.evaluate.agreement import judge_agreement
 from alignray.evaluate.report import Harmlessness, markdown, plot_curves, plot_refusals, plot_win_rates
 from alignray.evaluate.winrate import WinRate, bootstrap_interval, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
-from alignray.feedback.models import chat_renderer, open_model
 from alignray.io import atomic_dir
-from alignray.models.registry import ModelError, resolve
+from alignray.models.registry import ModelError, local_folder, resolve
 from alignray.rewards import judges as offline
+from alignray.sampling.clients import chat_renderer, open_model
 from alignray.sampling.types import SamplingSpec
 
 TEMPLATE = (
@@ -100,8 +100,7 @@ def _agreement(cfg: EvaluateConfig) -> dict | None:
     if a is None:
         return None
     rows = load_pairs(a.dataset, "agreement.dataset")
-    folder = tracking.download_model(a.model) if a.model.startswith("models:/") else Path(a.model)
-    scorer = LocalRewardModels([folder], max_length=cfg.sampler.max_model_len)
+    scorer = LocalRewardModels([local_folder(a.model)], max_length=cfg.sampler.max_model_len)
     prompts, chosen, rejected = list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"])
     margins = (scorer(prompts, chosen) - scorer(prompts, rejected)).numpy()
     correct = (margins > 0).astype(float)

@@ -20,11 +20,11 @@ import random
 from alignray.config import SimulateConfig
 from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.feedback import rlaif
-from alignray.feedback.models import open_model
-from alignray.feedback.rlcd import Plan
+from alignray.feedback.plans import Plan
 from alignray.principles import Critique, PrincipleSet
 from alignray.rewards import judges
 from alignray.rewards.scorers import reward_source, scalar_reward
+from alignray.sampling.clients import open_model
 from alignray.sampling.types import SamplingSpec
 
 STEPS = ("answering", "critiquing", "revising")

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from alignray.config import SimulateConfig
 from alignray.data.conversation import TURN_STOP
-from alignray.feedback import rlaif, rlcd
-from alignray.feedback.models import open_model
+from alignray.feedback import rlaif
+from alignray.feedback.plans import sample_pairs
 from alignray.principles import PrincipleSet
+from alignray.sampling.clients import open_model
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 
@@ -68,7 +69,7 @@ def run(cfg: SimulateConfig, plans, principles: PrincipleSet, sample_plans=None)
     own_labeller = (sim.labeller or cfg.model.name) == simulator
     with open_model(simulator, cfg, cfg.simulation.seed) as policy:
         pool: SamplerPool = policy.pool
-        outputs, dropped = rlcd.sample_pairs(
+        outputs, dropped = sample_pairs(
             lambda p, s, label: pool.generate(p, s, desc=label), sample_plans or plans, base, sim.seed, sim.max_retries
         )
         restarts = pool.restarts

@@ -14,9 +14,9 @@ import json
 
 from alignray.config import SimulateConfig
 from alignray.data.conversation import TURN_STOP, clean_output
-from alignray.feedback.models import open_model
-from alignray.feedback.rlcd import Plan
+from alignray.feedback.plans import Plan
 from alignray.rewards.scorers import reward_source, scalar_reward
+from alignray.sampling.clients import open_model
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 

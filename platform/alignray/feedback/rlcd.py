@@ -3,7 +3,8 @@
 For each conversation one contrast pair is drawn (seeded). The positive prompt p+ puts the
 positive affix before the colon of the final ``Assistant:`` turn and the negative affix on every
 earlier ``Assistant:`` turn; p- is the mirror image, so p+ and p- differ only in the affixes.
-The output o+ of p+ is `chosen` and o- of p- is `rejected`; nothing is scored.
+The output o+ of p+ is `chosen` and o- of p- is `rejected` (sampled by
+`alignray.feedback.plans.sample_pairs`); nothing is scored.
 Two placements are ours, not the paper's (see `contrast_prompts`): the affix as a system
 instruction, and example exchanges instead of affixes (a principle set's `demonstrations`).
 """
@@ -11,14 +12,11 @@ instruction, and example exchanges instead of affixes (a principle set's `demons
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
 
-from alignray.data.conversation import ASSISTANT_TURN, Conversation, clean_output
+from alignray.data.conversation import ASSISTANT_TURN, Conversation
+from alignray.feedback.plans import ContrastPrompts, Plan, RenderChat, neutral_prompt
 from alignray.principles import ContrastPair, Demonstration, PrincipleSet
-from alignray.sampling.types import SamplingSpec
-
-RenderChat = Callable[[list[dict[str, str]]], str]  # messages -> text ending in the open turn
 
 
 def _transcript(text: str, final: str, earlier: str) -> str:
@@ -67,22 +65,6 @@ def _demonstrated(conv: Conversation, render: RenderChat | None, shots: list[tup
     return render(messages[:at] + turns + messages[at:])
 
 
-@dataclass(frozen=True)
-class ContrastPrompts:
-    neutral: str  # without affixes or response prefix: the prompt the preference model sees
-    positive: str  # p+, ending with the response prefix
-    negative: str  # p-, ending with the response prefix
-
-
-def _neutral(conv: Conversation, response_prefix: str, render: RenderChat | None) -> tuple[str, str]:
-    """(the prompt without affixes, what follows it before the response: the response prefix)."""
-    if conv.transcript is not None:
-        return conv.transcript, f" {response_prefix}" if response_prefix else ""
-    if render is None:
-        raise ValueError(f"{conv.origin}: chat conversations need the model's chat template")
-    return _chat(conv, render, None, None), response_prefix
-
-
 def contrast_prompts(
     conv: Conversation, pair: ContrastPair | None, response_prefix: str = "", render: RenderChat | None = None,
     placement: str = "turn", demonstrations: Sequence[Demonstration] = (),
@@ -92,7 +74,7 @@ def contrast_prompts(
     an instruction before the conversation, see _system) or "demonstration" (no affix: the
     `demonstrations` as earlier turns, answered with their positive replies in p+ and their
     negative ones in p-)."""
-    neutral, lead = _neutral(conv, response_prefix, render)
+    neutral, lead = neutral_prompt(conv, response_prefix, render)
     if placement == "demonstration":
         positive = _demonstrated(conv, render, [(d.request, d.positive) for d in demonstrations])
         negative = _demonstrated(conv, render, [(d.request, d.negative) for d in demonstrations])
@@ -107,69 +89,21 @@ def contrast_prompts(
     return ContrastPrompts(neutral, positive + lead, negative + lead)
 
 
-def request_seed(seed: int, index: int, side: int, attempt: int) -> int:
-    """The sampling seed of one output: fixed by (run seed, conversation, side, attempt)."""
-    return random.Random(f"rlcd:{seed}:{index}:{side}:{attempt}").randrange(2**31)
-
-
-@dataclass(frozen=True)
-class Plan:
-    conv: Conversation
-    pair_index: int
-    prompts: ContrastPrompts
-
-
 def plan(
-    convs: Sequence[Conversation], principles: PrincipleSet, seed: int, render: RenderChat | None, contrast: bool = True,
+    convs: Sequence[Conversation], principles: PrincipleSet, seed: int, render: RenderChat | None,
     placement: str = "turn",
 ) -> list[Plan]:
-    """One contrast pair per conversation (seeded), its affixes placed by `placement`. Without
-    `contrast` (RLAIF: two samples of the same prompt) both sides get the neutral prompt and
-    pair_index is -1; so it is with placement "demonstration", which uses every demonstration
-    and no contrast pair."""
+    """One contrast pair per conversation (seeded), its affixes placed by `placement`; with
+    placement "demonstration" every plan uses every demonstration and no contrast pair
+    (pair_index -1)."""
     rng = random.Random(seed)
     plans = []
     for conv in convs:
-        if contrast and placement == "demonstration":
+        if placement == "demonstration":
             made = contrast_prompts(conv, None, principles.response_prefix, render, placement, principles.demonstrations)
             plans.append(Plan(conv, -1, made))
-        elif contrast:
+        else:
             k = rng.randrange(len(principles.pairs))
             made = contrast_prompts(conv, principles.pairs[k], principles.response_prefix, render, placement)
             plans.append(Plan(conv, k, made))
-        else:
-            neutral, lead = _neutral(conv, principles.response_prefix, render)
-            plans.append(Plan(conv, -1, ContrastPrompts(neutral, neutral + lead, neutral + lead)))
     return plans
-
-
-def sample_pairs(
-    generate: Callable[[list[str], list[SamplingSpec], str], list],
-    plans: Sequence[Plan],
-    base: SamplingSpec,
-    seed: int,
-    max_retries: int,
-) -> tuple[dict[tuple[int, int], tuple[str, int, int]], set[int]]:
-    """Sample o+ (side 0) and o- (side 1) of every plan, re-sampling empty outputs.
-
-    Returns ({(plan index, side): (cleaned output, seed, attempts)}, indices of dropped plans).
-    """
-    done: dict[tuple[int, int], tuple[str, int, int]] = {}
-    pending = [(i, side) for i in range(len(plans)) for side in (0, 1)]
-    for attempt in range(max_retries + 1):
-        if not pending:
-            break
-        prompts = [(plans[i].prompts.positive, plans[i].prompts.negative)[s] for i, s in pending]
-        seeds = [request_seed(seed, i, s, attempt) for i, s in pending]
-        specs = [replace(base, seed=sd) for sd in seeds]
-        label = "sampling o+ / o-" if attempt == 0 else f"re-sampling empty outputs ({attempt})"
-        outs = generate(prompts, specs, label)
-        still = []
-        for (i, s), sd, out in zip(pending, seeds, outs, strict=True):
-            text = clean_output(out[0].text)
-            if text:
-                done[(i, s)] = (text, sd, attempt + 1)
-            else:
-                still.append((i, s))
-        pending = still
-    return done, {i for i, _ in pending}

@@ -22,12 +22,14 @@ import pyarrow as pa
 
 from alignray import cluster, tracking
 from alignray.config import SimulateConfig
+from alignray.data.conversation import Conversation
 from alignray.data.sources import load_conversations
 from alignray.feedback import critique, diagnostics, pairs, ranking, rlcd
-from alignray.feedback.models import chat_renderer, is_url
+from alignray.feedback.plans import Plan, RenderChat, neutral_plans
 from alignray.io import write_parquet
 from alignray.models.registry import resolve
-from alignray.principles import load_principles
+from alignray.principles import PrincipleSet, load_principles
+from alignray.sampling.clients import chat_renderer, is_url
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,14 @@ def ties(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith("preference_prob") and ((frame[c] - 0.5).abs() < TIE).all()]
 
 
+def _plans(cfg: SimulateConfig, convs: list[Conversation], principles: PrincipleSet, render: RenderChat | None) -> list[Plan]:
+    """RLCD's contrast prompts (rlcd, rlcd_rescore), else the neutral prompt on both sides."""
+    sim = cfg.simulation
+    if sim.method in ("rlcd", "rlcd_rescore"):
+        return rlcd.plan(convs, principles, sim.seed, render, sim.affix_placement)
+    return neutral_plans(convs, principles.response_prefix, render)
+
+
 def run(cfg: SimulateConfig) -> SimulationResult:
     sim = cfg.simulation
     principles = load_principles(sim.principles)
@@ -75,11 +85,10 @@ def run(cfg: SimulateConfig) -> SimulationResult:
             resolve(name)
     needs_chat = any(c.messages is not None for c in convs)
     render = chat_renderer(model_path) if needs_chat else None
-    contrast = sim.method in ("rlcd", "rlcd_rescore")
-    plans = rlcd.plan(convs, principles, sim.seed, render, contrast, sim.affix_placement)
+    plans = _plans(cfg, convs, principles, render)
     # a separate simulator is prompted in its own chat template (same pairs: same seed)
-    sample_plans = plans if simulator_path == model_path or not needs_chat else rlcd.plan(
-        convs, principles, sim.seed, chat_renderer(simulator_path), contrast, sim.affix_placement)
+    sample_plans = plans if simulator_path == model_path or not needs_chat else _plans(
+        cfg, convs, principles, chat_renderer(simulator_path))
 
     cluster.connect(cfg.address)
     params = tracking.flatten(cfg)

@@ -116,24 +116,36 @@ def check_causal_lm(folder: Path) -> Path:
     return folder
 
 
+def local_folder(ref: str) -> Path:
+    """The folder of a models:/ registry URI (downloaded from the current MLflow store) or of
+    a folder path: the one place models:/ URIs are resolved."""
+    if not ref.startswith("models:/"):
+        return Path(ref).expanduser().resolve()
+    from alignray.tracking import download_model
+
+    try:
+        return download_model(ref)
+    except Exception as exc:  # MLflow raises its own types for an unknown name or version
+        raise ModelError(f"model {ref!r}: not found in the MLflow registry ({exc})") from None
+
+
+def model_name(ref: str) -> str:
+    """A model's name in metrics and APIs: the registered name of a models:/ URI (without its
+    version or alias), else the folder's name."""
+    if ref.startswith("models:/"):
+        return ref.removeprefix("models:/").split("@")[0].split("/")[0]
+    return Path(ref).name
+
+
 def resolve(name_or_path: str) -> Path:
     """A known model name (prepared on first use), a models:/ registry URI (in the current
     MLflow store) or a local causal-LM folder."""
     if name_or_path in KNOWN:
         return prepare(name_or_path)
-    if name_or_path.startswith("models:/"):
-        from alignray.tracking import download_model
-
-        try:
-            return check_causal_lm(download_model(name_or_path))
-        except Exception as exc:  # MLflow raises its own types for an unknown name or version
-            if isinstance(exc, ModelError):
-                raise
-            raise ModelError(f"model {name_or_path!r}: not found in the MLflow registry ({exc})") from None
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
+    folder = local_folder(name_or_path)
+    if not folder.exists():
         raise ModelError(
             f"model {name_or_path!r} is neither a known model ({', '.join(KNOWN)}),"
             " a models:/ URI nor an existing folder"
         )
-    return check_causal_lm(path.resolve())
+    return check_causal_lm(folder)

@@ -1,7 +1,7 @@
 """MORLAIF scalarization: one reward per sample from K per-principle rewards.
 
 `scalarize` turns a (batch, K) tensor of per-principle rewards into a (batch,) tensor with one
-of the methods in SCALARIZERS, `fit_principle_weights` fits per-principle weights on a small
+of the methods in METHODS, `fit_principle_weights` fits per-principle weights on a small
 labelled set of comparisons, and `fitted_weights` does so from texts with any scorer.
 
 "The published code" below is MORLAIF's `PPO_training/MORL_scalarizer.py` (repository
@@ -115,7 +115,7 @@ def _lexicographic(
     return score
 
 
-_METHODS = {
+METHODS = {
     "linear": _linear,
     "min": _min,
     "soft_min": _soft_min,
@@ -126,7 +126,6 @@ _METHODS = {
     "bernoulli_nash": _bernoulli_nash,
     "lexicographic": _lexicographic,
 }
-SCALARIZERS = tuple(_METHODS)
 
 
 def scalarize(
@@ -171,8 +170,8 @@ def scalarize(
 
     Unknown methods and unknown or missing params raise ValueError naming them.
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {SCALARIZERS}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
     if not isinstance(rewards, Tensor):
         raise ValueError(f"rewards must be a torch.Tensor, got {type(rewards).__name__}")
     if rewards.dim() != 2 or rewards.shape[1] == 0:
@@ -183,7 +182,7 @@ def scalarize(
     weights = torch.ones(k) if weights is None else torch.as_tensor(weights)
     if weights.shape != (k,):
         raise ValueError(f"weights must have shape ({k},), one per principle, got {tuple(weights.shape)}")
-    fn = _METHODS[method]
+    fn = METHODS[method]
     allowed = list(inspect.signature(fn).parameters)[2:]
     unknown = sorted(set(params) - set(allowed))
     if unknown:

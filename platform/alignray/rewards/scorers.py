@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from alignray.config import RewardConfig
+from alignray.models.registry import local_folder
+from alignray.models.tokens import Tokenize, pad
 from alignray.rewards.scalarize import scalarize
-from alignray.train.batch import pad
-from alignray.train.data import Tokenize
 
 SCORE_BATCH = 16
 
@@ -107,9 +107,6 @@ class HttpRewardModel:
 
 def reward_source(cfg: RewardConfig, max_length: int) -> LocalRewardModels | HttpRewardModel:
     """The reward a config names: its endpoint, or its models (folders or models:/ URIs)."""
-    from alignray import tracking
-
     if cfg.endpoint:
         return HttpRewardModel(cfg.endpoint, cfg.endpoint_timeout_s)
-    folders = [tracking.download_model(m) if m.startswith("models:/") else Path(m) for m in cfg.models]
-    return LocalRewardModels(folders, max_length=max_length)
+    return LocalRewardModels([local_folder(m) for m in cfg.models], max_length=max_length)

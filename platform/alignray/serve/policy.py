@@ -21,7 +21,6 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
+from alignray.models.registry import model_name, resolve
 from alignray.serve.common import authorize, check_size, read_token, use_tracking
 from alignray.serve.engine import EngineClosed, EngineLoop
 from alignray.serve.openai_api import ChatRequest, CompletionRequest, Reply, Sampling
@@ -67,9 +67,7 @@ class PolicyModel(BaseModel):
     def served_name(self) -> str:
         if self.name:
             return self.name
-        if self.model.startswith("models:/"):
-            return self.model.removeprefix("models:/").split("@")[0].split("/")[0]
-        return Path(self.model).name
+        return model_name(self.model)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
@@ -107,8 +105,6 @@ class PolicyServer:
         logger.info("serving %s as %r", cfg.model, cfg.served_name)
 
     def _load(self, cfg: PolicyModel) -> EngineLoop:
-        from alignray.models.registry import resolve
-
         use_tracking(cfg.tracking_uri)
         return EngineLoop(str(resolve(cfg.model)), **self.engine_args)
 

@@ -1,4 +1,4 @@
-"""Padding examples into tensors, and the methods' shared interface."""
+"""The methods' shared interface, and the log-probs of responses."""
 
 from __future__ import annotations
 
@@ -9,24 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from alignray.config import TrainConfig
-from alignray.train.data import Example, Seq
+from alignray.models.tokens import IGNORE, Seq, pad
+from alignray.train.data import Example
 from alignray.train.losses import sequence_logps
-
-IGNORE = -100
-
-
-def pad(seqs: list[Seq], pad_id: int) -> dict[str, Tensor]:
-    """Right-padded input_ids, attention_mask, and labels that cover the responses only."""
-    width = max(len(s.ids) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        n, p = len(s.ids), len(s.prompt)
-        ids[i, :n] = torch.tensor(s.ids)
-        mask[i, :n] = 1
-        labels[i, p:n] = ids[i, p:n]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def response_logps(model: nn.Module, seqs: list[Seq], pad_id: int) -> tuple[Tensor, Tensor]:

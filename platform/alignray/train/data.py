@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from alignray.config import TrainConfig
 from alignray.data.pairs import DatasetError
+from alignray.models.tokens import Seq, Tokenize
 
 COLUMNS = {
     "preference": ("prompt", "chosen", "rejected"),
@@ -35,45 +36,9 @@ COLUMNS = {
 
 
 @dataclass
-class Seq:
-    """One prompt + response, as token ids; the loss covers the response only."""
-
-    prompt: list[int]
-    response: list[int]
-
-    @property
-    def ids(self) -> list[int]:
-        return self.prompt + self.response
-
-
-@dataclass
 class Example:
     seqs: list[Seq]  # sft: [chosen]; preference/dpo: [chosen, rejected]; rrhf: k candidates
     values: dict[str, float | list[float]] = field(default_factory=dict)  # labels per kind
-
-
-def joined(prompt: str, response: str) -> str:
-    """The response text as it follows the prompt."""
-    if prompt and response and not prompt[-1].isspace() and not response[0].isspace():
-        return " " + response
-    return response
-
-
-class Tokenize:
-    def __init__(self, tokenizer, max_length: int, side: str):
-        self.tok, self.max_length, self.side = tokenizer, max_length, side
-        self.truncated = 0
-
-    def __call__(self, prompt: str, response: str) -> Seq:
-        p = self.tok(prompt).input_ids
-        r = self.tok(joined(prompt, response), add_special_tokens=False).input_ids
-        r.append(self.tok.eos_token_id)
-        if len(p) + len(r) <= self.max_length:
-            return Seq(p, r)
-        self.truncated += 1
-        keep = max(1, self.max_length - len(r))
-        p = p[-keep:] if self.side == "left" else p[:keep]
-        return Seq(p, r[: self.max_length - len(p)])
 
 
 def _text(value, where: str) -> str:

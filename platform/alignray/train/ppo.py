@@ -22,11 +22,11 @@ from alignray import cluster, tracking
 from alignray.config import PPOConfig
 from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations
-from alignray.feedback.models import chat_renderer
 from alignray.models.precision import torch_dtype
-from alignray.models.registry import ModelError, resolve
+from alignray.models.registry import ModelError, local_folder, model_name, resolve
 from alignray.rewards.scalarize import fitted_weights
 from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels
+from alignray.sampling.clients import chat_renderer
 from alignray.sampling.pool import SamplerPool
 from alignray.train import data, placement
 from alignray.train.ppo_loop import ppo_loop
@@ -54,7 +54,7 @@ def _check_shapes(cfg: PPOConfig) -> None:
 
 def _reward_folder(ref: str) -> Path:
     """A local preference-model folder for a folder path or a models:/ URI."""
-    folder = tracking.download_model(ref) if ref.startswith("models:/") else Path(ref).expanduser().resolve()
+    folder = local_folder(ref)
     config = folder / "config.json"
     if not config.is_file():
         raise ModelError(f"reward model {ref!r}: {folder} is not a Hugging Face model folder (no config.json)")
@@ -65,13 +65,6 @@ def _reward_folder(ref: str) -> Path:
             " train one with `alignray train preference`"
         )
     return folder
-
-
-def _label(ref: str) -> str:
-    """A reward model's name in metrics: its registered name, or its folder's."""
-    if ref.startswith("models:/"):
-        return ref.removeprefix("models:/").split("@")[0].split("/")[0]
-    return Path(ref).name
 
 
 FITTED = "fitted_weights.json"
@@ -88,7 +81,7 @@ def _use_fitted_weights(cfg: PPOConfig, rewards: list[Path], run: mlflow.ActiveR
     else:
         rows = load_pairs(r.fit_weights, "reward.fit_weights")
         scorer = HttpRewardModel(r.endpoint, r.endpoint_timeout_s) if r.endpoint else LocalRewardModels(
-            rewards, [_label(ref) for ref in r.models], cfg.sampler.max_model_len, torch_dtype(cfg.trainer.precision)
+            rewards, [model_name(ref) for ref in r.models], cfg.sampler.max_model_len, torch_dtype(cfg.trainer.precision)
         )
         w = fitted_weights(scorer, list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"]), r.fit_weights_l2)
         names = scorer.principles or [f"principle_{k}" for k in range(len(w))]
@@ -140,7 +133,7 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
                 "policy_path": str(policy),
                 "critic_path": str(critic),
                 "reward_paths": [str(r) for r in rewards],
-                "reward_labels": [_label(ref) for ref in cfg.reward.models],
+                "reward_labels": [model_name(ref) for ref in cfg.reward.models],
                 "pad_id": tokenizer.pad_token_id,
                 "prompts": ray.put(prompts),
                 "pool": pool,

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from alignray.train.batch import Method, pad
+from alignray.models.tokens import pad
+from alignray.train.batch import Method
 from alignray.train.data import Example
 from alignray.train.losses import bradley_terry_loss, soft_bradley_terry_loss
 

@@ -1,5 +1,5 @@
-"""The labelling, teacher and judge models of the feedback stages: a local model on a vLLM
-sampler pool, or an OpenAI-compatible URL. Both offer `score` (log-probs of given
+"""Model clients: a model named by a config (policy, labeller, teacher, judge) as a local model on
+a vLLM sampler pool, or an OpenAI-compatible URL. Both offer `score` (log-probs of given
 continuations) and `chat` (one assistant reply per message list)."""
 
 from __future__ import annotations
