@@ -3,6 +3,7 @@ constant label smoothing (the same value for every pair) cannot do. In-process, 
 model: the dataset goes through the real loader and the real DPO method's loss."""
 
 import pandas as pd
+import pytest
 import torch
 from alignray.config import TrainConfig, load_config
 from alignray.models.tokens import Tokenize
@@ -66,6 +67,7 @@ def test_loader_keeps_each_pairs_probability(tiny_model, tmp_path):
     assert sorted(ex.values["preference_prob"] for ex in examples) == [0.1] * 4 + [0.9] * 12
 
 
+@pytest.mark.slow  # trains the tiny model three times, 25 steps each (over a minute on 2 cores)
 def test_per_pair_labels_train_differently_from_constant_smoothing(tiny_model, tmp_path):
     path = tmp_path / "pairs.parquet"
     pd.DataFrame(rows()).to_parquet(path)
