@@ -8,10 +8,14 @@ import ray
 
 
 def connect(address: str | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS); with neither, start an embedded local cluster."""
+    """Join `address` (or RAY_ADDRESS); with neither, start an embedded local cluster whose
+    workers run at normal priority (RAY_worker_niceness=0 unless set): Ray's default, niceness
+    15, lets any other process on the machine take the cores from sampling and training."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address=address, log_to_driver=True, configure_logging=False)
 
 
