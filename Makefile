@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/alignray models prepare smollm2-135m-instruct
-	$(BIN)/alignray simulate jobs/configs/rlcd_smollm2.yaml $(ARGS)
+	@$(BIN)/alignray models prepare smollm2-135m-instruct
+	@$(BIN)/alignray simulate jobs/configs/rlcd_smollm2.yaml $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

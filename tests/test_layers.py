@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "alignray"
 
 # Lowest first: a module may import from its own layer and the ones before it, never after.
 LAYERS = (
+    "logs",  # where output goes (standard library only)
     "config",  # typed config (pydantic only)
     "io",  # atomic writes
     "data",  # conversations, prompt sources, pair files

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from alignray import logs
 from alignray.config import (
     ConfigError,
     EvaluateConfig,
@@ -27,19 +28,24 @@ USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetErro
 KINDS = ("preference", "sft", "dpo", "rrhf", "ppo")
 
 
-def _load(items: list[str], address: str | None, schema):
+def _load(items: list[str], address: str | None, schema, command: str):
     """`[CONFIG] [key=value ...]` (the first item is the config file unless it is an override)
-    plus --address, validated against `schema`."""
+    plus --address, validated against `schema`; from here on, other libraries' output goes to
+    a log file under its output_dir (unless --log-level debug), and the path is printed."""
     path, overrides = (items[0], items[1:]) if items and "=" not in items[0] else (None, list(items))
     if address:
         overrides.append(f"address={address}")
-    return load_config(path, overrides, schema)
+    cfg = load_config(path, overrides, schema)
+    log = logs.log_to(cfg.output_dir / "logs", command)
+    if log is not None:
+        print(f"log: {log} (Ray workers: {log.parent / 'ray'}; --log-level debug shows both here)", file=sys.stderr)
+    return cfg
 
 
 def simulate(items: list[str], address: str | None = None) -> int:
     from alignray.feedback.simulate import run
 
-    cfg = _load(items, address, SimulateConfig)
+    cfg = _load(items, address, SimulateConfig, "simulate")
     result = run(cfg)
     if cfg.simulation.method == "rrhf":
         print(f"\n{result.pairs} prompts with ranked candidates ({result.dropped} dropped: fewer than two"
@@ -89,11 +95,11 @@ def train(kind: str, items: list[str], address: str | None = None) -> int:
     from alignray.train import ppo, runner
 
     if kind == "ppo":
-        cfg = _load(items, address, PPOConfig)
+        cfg = _load(items, address, PPOConfig, "train-ppo")
         run, label, hint = (lambda: ppo.fit(cfg)), "policy:", "the last iteration (ppo.stop_after_iterations)"
         shown = ["reward", "kl", "kl_coef", "response_length"]
     else:
-        cfg = _load(items, address, TrainConfig)
+        cfg = _load(items, address, TrainConfig, f"train-{kind}")
         run, label, hint = (lambda: runner.fit(cfg, kind)), "model:", "the last step (trainer.stop_after_steps)"
         shown = None
     try:
@@ -119,7 +125,7 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
 
     if "=" in items[0]:
         raise ConfigError("alignray run needs a pipeline config file first (see jobs/configs/pipelines/)")
-    cfg = _load(items, address, PipelineConfig)
+    cfg = _load(items, address, PipelineConfig, "run")
     try:
         outcomes = run(cfg)
     except TrainingError as exc:
@@ -139,7 +145,7 @@ def evaluate(items: list[str], address: str | None = None) -> int:
     from alignray.evaluate.report import JUDGE_NAMES, share
     from alignray.evaluate.stage import run
 
-    result = run(_load(items, address, EvaluateConfig))
+    result = run(_load(items, address, EvaluateConfig, "evaluate"))
     print(f"\n{'opponent':28s} {'judge':36s} win rate  95% CI")
     for r in result.rates:
         print(f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]")
@@ -213,10 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Align language models to written principles without human labels, on Ray.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", choices=("info", "debug"), default="info",
+        help="info (default): alignray's progress and results here, other libraries' output in a log file"
+        " under output_dir/logs; debug: everything here")
 
     def stage(name: str, help: str, description: str, nargs: str = "*", metavar: str = "[CONFIG] [KEY=VALUE]",
               kinds: tuple[str, ...] = ()):
-        parser = sub.add_parser(name, help=help, description=description)
+        parser = sub.add_parser(name, help=help, description=description, parents=[common])
         if kinds:
             parser.add_argument("kind", choices=kinds)
         parser.add_argument("items", nargs=nargs, metavar=metavar)
@@ -240,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
           " policy=models:/alignray-ppo/1 data.skip=64 data.limit=32.")
 
     serve = sub.add_parser(
-        "serve", help="serve the policy (OpenAI-compatible) and reward model with Ray Serve",
+        "serve", parents=[common], help="serve the policy (OpenAI-compatible) and reward model with Ray Serve",
         description="Run serving/config.yaml with `serve run`, adapted by the options below (the file itself is"
         " for GPU workers and an in-cluster MLflow). Example on a laptop: alignray serve --cpu --policy"
         " runs/models/ppo --reward runs/models/preference --tracking-uri sqlite:///runs/mlflow.db."
@@ -257,17 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list or prepare known models")
     msub = models.add_subparsers(dest="models_cmd", required=True)
-    msub.add_parser("list", help="known model names and whether they are prepared")
-    prep = msub.add_parser("prepare", help="convert a known model into a safetensors folder")
+    msub.add_parser("list", parents=[common], help="known model names and whether they are prepared")
+    prep = msub.add_parser("prepare", parents=[common], help="convert a known model into a safetensors folder")
     prep.add_argument("name", choices=sorted(KNOWN))
 
-    princ = sub.add_parser("principles", help="list the built-in principle sets, or show one")
+    princ = sub.add_parser("principles", parents=[common], help="list the built-in principle sets, or show one")
     princ.add_argument("name", nargs="?", help="a built-in set to show in full")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
     try:
         if args.command == "simulate":
             return simulate(args.items, args.address)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import ray
+
+from alignray import logs
 
 
 def connect(address: str | None = None) -> None:
@@ -16,7 +19,18 @@ def connect(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(address=address, log_to_driver=True, configure_logging=False)
+    logs.adopt()  # Ray's own logger, so its start-up notices go to the log file when quiet
+    context = ray.init(address=address, log_to_driver=not logs.quiet(), configure_logging=False)
+    if logs.quiet() and address is None and logs.folder() is not None:
+        _link(logs.folder() / "ray", Path(context.address_info["session_dir"]) / "logs")
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point `link` at `target`, replacing an older link in one step."""
+    fresh = link.with_name(f".{link.name}.{os.getpid()}")
+    fresh.unlink(missing_ok=True)
+    fresh.symlink_to(target, target_is_directory=True)
+    os.replace(fresh, link)
 
 
 def sampler_runtime_env(kvcache_gib: int) -> dict:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignray import logs
 from alignray.io import atomic_dir
+
+log = logs.get(__name__)
 
 
 class ModelError(ValueError):
@@ -76,7 +78,7 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
         return make_tiny_llama(target, seed=spec.seed)
     gguf = _gguf_path(spec)
     if not quiet:
-        print(f"preparing {name}: de-quantizing {gguf.name} into {target}", file=sys.stderr)
+        log.info("preparing %s: de-quantizing %s into %s", name, gguf.name, target)
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -93,7 +95,7 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     if not quiet:
-        print(f"prepared {name} in {target}", file=sys.stderr)
+        log.info("prepared %s in %s", name, target)
     return target
 
 

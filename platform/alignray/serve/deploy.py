@@ -14,7 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from alignray import logs
 from alignray.config import ConfigError
+
+log = logs.get(__name__)
 
 APPS = {"policy": "alignray.serve.policy:build", "reward": "alignray.serve.reward:build"}
 
@@ -69,11 +72,11 @@ def run(cfg: dict, address: str | None, write: Path | None) -> int:  # returns o
     text = yaml.safe_dump(cfg, sort_keys=False)
     if write is not None:
         write.write_text(text)
-        print(f"wrote {write}; deploy it with: serve deploy {write}  (or serve run {write})")
+        log.info("wrote %s; deploy it with: serve deploy %s  (or serve run %s)", write, write, write)
         return 0
     path = Path(tempfile.mkstemp(prefix="alignray-serve-", suffix=".yaml")[1])
     path.write_text(text)
     serve = shutil.which("serve", path=str(Path(sys.executable).parent)) or "serve"
     command = [serve, "run", str(path), *(["--address", address] if address else [])]
-    print(f"config {path}\n$ {' '.join(command)}", flush=True)
+    log.info("config %s\n$ %s", path, " ".join(command))
     os.execvp(serve, command)  # replaces this process

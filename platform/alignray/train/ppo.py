@@ -12,13 +12,12 @@ starts) and the run trains with them as reward.weights; they are recorded in MLf
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import mlflow
 import ray
 
-from alignray import cluster, tracking
+from alignray import cluster, logs, tracking
 from alignray.config import PPOConfig
 from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations
@@ -37,6 +36,8 @@ from alignray.train.runner import (
     run_workers,
 )
 from alignray.train.worker import STATE_FILE
+
+log = logs.get(__name__)
 
 
 def _check_shapes(cfg: PPOConfig) -> None:
@@ -89,8 +90,7 @@ def _use_fitted_weights(cfg: PPOConfig, rewards: list[Path], run: mlflow.ActiveR
                        "file": str(r.fit_weights)}, f"fitted on {len(rows)} pairs of {r.fit_weights}"
         mlflow.log_params({f"reward.fitted_weight.{name}": f"{v:.6g}" for name, v in record["weights"].items()})
         mlflow.log_dict(record, FITTED)
-    print(f"reward weights {how}: " + "  ".join(f"{k} {v:+.4f}" for k, v in record["weights"].items()),
-          file=sys.stderr, flush=True)
+    log.info("reward weights %s: %s", how, "  ".join(f"{k} {v:+.4f}" for k, v in record["weights"].items()))
     update = {"weights": list(record["weights"].values()), "fit_weights": None}  # workers get plain weights
     return cfg.model_copy(update={"reward": r.model_copy(update=update)})
 

@@ -1,0 +1,121 @@
+"""Where output goes. alignray's own messages (loggers under `alignray`) go to the terminal; with
+`quiet()` (every `alignray` command unless `--log-level debug`) other libraries' log records,
+Python warnings and the Ray workers' output go to a log file under `<output_dir>/logs/` instead.
+Standard library only: every layer may use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+import time
+from pathlib import Path
+
+# Settings the libraries read when they are imported or start: no MLflow console handler,
+# transformers and huggingface_hub without progress bars or notices.
+LIBRARY_ENV = {
+    "MLFLOW_CONFIGURE_LOGGING": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Console(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record arrives, so redirections (and pytest's
+    capture) see alignray's messages."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+_state: dict = {"quiet": False, "buffer": None, "folder": None, "file": None}
+
+
+def get(name: str) -> logging.Logger:
+    """The logger of an alignray module; its INFO and above reach the terminal."""
+    top = logging.getLogger("alignray")
+    if not any(isinstance(h, _Console) for h in top.handlers):
+        top.addHandler(_Console())
+        top.setLevel(logging.INFO)
+    return logging.getLogger(name)
+
+
+def quiet() -> bool:
+    """True once `setup` has sent other libraries' output to a file."""
+    return _state["quiet"]
+
+
+def setup(level: str = "info") -> None:
+    """Called first by the CLI. `info`: keep the libraries' records and warnings (in memory until
+    `log_to` names the file); `debug`: everything on the terminal, as the libraries print it."""
+    get("alignray")
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h is _state["buffer"] or h is _state["file"]]:
+        root.removeHandler(handler)
+        handler.close()
+    _state.update(quiet=level != "debug", buffer=None, folder=None, file=None)
+    if level == "debug":
+        logging.basicConfig(level=logging.DEBUG, format=_FORMAT, force=True)
+        logging.getLogger("alignray").setLevel(logging.DEBUG)
+        return
+    for key, value in LIBRARY_ENV.items():
+        os.environ.setdefault(key, value)
+    buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    root.addHandler(buffer)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    _state["buffer"] = buffer
+    adopt()
+
+
+def log_to(folder: Path, command: str) -> Path | None:
+    """Open `<folder>/<command>-<time>.log` for what `setup` keeps (with the records so far) and
+    return it; None when not quiet."""
+    if not _state["quiet"] or _state["file"] is not None:
+        return _state["file"] and Path(_state["file"].baseFilename)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    buffer, root = _state["buffer"], logging.getLogger()
+    buffer.setTarget(handler)
+    buffer.flush()
+    root.removeHandler(buffer)
+    buffer.close()
+    root.addHandler(handler)
+    _state.update(buffer=None, folder=folder, file=handler)
+    adopt()
+    return path
+
+
+def folder() -> Path | None:
+    """The folder of the current log file, if any."""
+    return _state["folder"]
+
+
+def adopt() -> None:
+    """When quiet, send every logger outside alignray (those created so far) to the root logger,
+    i.e. to the log file: libraries such as Ray and DeepSpeed give theirs a terminal handler
+    and stop propagation. Call again after importing such a library."""
+    if not _state["quiet"]:
+        return
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger) or name == "alignray" or name.startswith("alignray."):
+            continue
+        for handler in list(logger.handlers):
+            if type(handler) is not logging.FileHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True

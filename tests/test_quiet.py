@@ -1,0 +1,96 @@
+"""Quiet by default: a command shows alignray's own lines; other libraries' records, Python
+warnings and Ray workers' output go to a log file under output_dir/logs (`--log-level debug`
+shows them)."""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from alignray import logs
+
+from test_simulate_e2e import TRANSCRIPTS, overrides, write_prompts
+
+# Lines other libraries print when nothing catches them (Ray's worker prefix, Python warnings,
+# logging formats of Ray/MLflow/vLLM/DeepSpeed, tqdm bars of the model loaders).
+FOREIGN = re.compile(r"pid=|Warning|WARNING|INFO|Token authentication|checkpoint shards|\[W\d{4}")
+
+
+@pytest.fixture
+def root_restored():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    logs._state.update(quiet=False, buffer=None, folder=None, file=None)
+
+
+def chatty_library(name: str) -> logging.Logger:
+    """A logger set up the way Ray and DeepSpeed set theirs: own terminal handler, no propagation."""
+    logger = logging.getLogger(name)
+    logger.addHandler(logging.StreamHandler(sys.stderr))
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_quiet_sends_library_records_and_warnings_to_the_file_and_keeps_alignray_on_the_terminal(tmp_path, capfd):
+    early = chatty_library("chatty.early")
+    logs.setup("info")
+    early.warning("library notice before the file is known")
+    warnings.warn("a library's FutureWarning", FutureWarning, stacklevel=1)
+    path = logs.log_to(tmp_path / "logs", "simulate")
+    late = chatty_library("chatty.late")
+    logs.adopt()  # what cluster.connect does after importing Ray
+    late.info("library notice after the file is open")
+    logs.get("alignray.test").info("alignray's own progress")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "alignray's own progress\n"
+    assert path.parent == tmp_path / "logs" and path.name.startswith("simulate-")
+    text = path.read_text()
+    for line in ("library notice before the file is known", "a library's FutureWarning",
+                 "library notice after the file is open", "alignray's own progress"):
+        assert line in text, line
+    assert logs.log_to(tmp_path / "other", "simulate") == path  # one file per command
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_debug_leaves_the_libraries_on_the_terminal(tmp_path, capfd):
+    library = chatty_library("chatty.debug")
+    logs.setup("debug")
+    assert logs.log_to(tmp_path / "logs", "run") is None and not (tmp_path / "logs").exists()
+    library.warning("library notice")
+    logs.get("alignray.test").debug("alignray detail")
+    err = capfd.readouterr().err
+    assert "library notice" in err and "alignray detail" in err
+
+
+@pytest.mark.slow
+def test_a_real_simulate_prints_only_alignray_lines_and_logs_the_rest(tiny_model, tmp_path):
+    """`alignray simulate` as a user runs it: its own Ray cluster, vLLM samplers, MLflow."""
+    prompts = write_prompts(tmp_path, TRANSCRIPTS)
+    out = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    alignray = Path(sys.executable).with_name("alignray")
+    done = subprocess.run([alignray, "simulate", *overrides(tiny_model, out, f"data.source={prompts}")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in (done.stdout + done.stderr).replace("\r", "\n").splitlines() if line.strip()]
+    foreign = [line for line in lines if FOREIGN.search(line)]
+    assert not foreign, "\n".join(foreign)
+    [log] = (out / "logs").glob("simulate-*.log")
+    assert f"log: {log}" in done.stderr
+    text = log.read_text()
+    assert "Token authentication" in text and "mlflow" in text  # Ray's and MLflow's notices, kept
+    workers = out / "logs" / "ray"
+    assert workers.is_symlink()
+    assert any("vllm" in p.read_text(errors="replace").lower() for p in workers.glob("worker-*"))
