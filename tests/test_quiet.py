@@ -24,13 +24,14 @@ FOREIGN = re.compile(r"pid=|Warning|WARNING|INFO|Token authentication|checkpoint
 def root_restored():
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    logging.captureWarnings(False)  # undo an earlier in-process CLI run's capture
     yield
     for handler in [h for h in root.handlers if h not in handlers]:
         root.removeHandler(handler)
         handler.close()
     root.setLevel(level)
     logging.captureWarnings(False)
-    logs._state.update(quiet=False, buffer=None, folder=None, file=None)
+    logs._state.update(quiet=False, buffer=None, path=None, file=None)
 
 
 def chatty_library(name: str) -> logging.Logger:
@@ -49,25 +50,29 @@ def test_quiet_sends_library_records_and_warnings_to_the_file_and_keeps_alignray
     early.warning("library notice before the file is known")
     warnings.warn("a library's FutureWarning", FutureWarning, stacklevel=1)
     path = logs.log_to(tmp_path / "logs", "simulate")
+    assert not path.parent.exists()  # created when the work starts (cluster.connect)
     late = chatty_library("chatty.late")
-    logs.adopt()  # what cluster.connect does after importing Ray
+    logs.open_file()
     late.info("library notice after the file is open")
     logs.get("alignray.test").info("alignray's own progress")
     out, err = capfd.readouterr()
-    assert out == "" and err == "alignray's own progress\n"
+    assert out == "" and err == f"log: {path} (Ray workers: {path.parent / 'ray'}; --log-level debug shows both here)\n" \
+        "alignray's own progress\n"
     assert path.parent == tmp_path / "logs" and path.name.startswith("simulate-")
     text = path.read_text()
     for line in ("library notice before the file is known", "a library's FutureWarning",
                  "library notice after the file is open", "alignray's own progress"):
         assert line in text, line
-    assert logs.log_to(tmp_path / "other", "simulate") == path  # one file per command
+    assert logs.log_to(tmp_path / "other", "simulate") == path and logs.folder() == path.parent  # one per command
 
 
 @pytest.mark.usefixtures("root_restored")
 def test_debug_leaves_the_libraries_on_the_terminal(tmp_path, capfd):
     library = chatty_library("chatty.debug")
     logs.setup("debug")
-    assert logs.log_to(tmp_path / "logs", "run") is None and not (tmp_path / "logs").exists()
+    assert logs.log_to(tmp_path / "logs", "run") is None
+    logs.open_file()
+    assert not (tmp_path / "logs").exists()
     library.warning("library notice")
     logs.get("alignray.test").debug("alignray detail")
     err = capfd.readouterr().err
@@ -94,3 +99,17 @@ def test_a_real_simulate_prints_only_alignray_lines_and_logs_the_rest(tiny_model
     workers = out / "logs" / "ray"
     assert workers.is_symlink()
     assert any("vllm" in p.read_text(errors="replace").lower() for p in workers.glob("worker-*"))
+
+
+@pytest.mark.parametrize("problem", ["file", "system"])
+def test_an_unusable_output_dir_is_a_one_line_error_before_any_work(tmp_path, capsys, problem):
+    from alignray.cli import main
+
+    if problem == "file":
+        (tmp_path / "runs").write_text("not a folder")
+        target = tmp_path / "runs" / "sub"
+    else:
+        target = Path("/proc/alignray-runs")  # no user, root included, may create folders there
+    assert main(["simulate", "model.name=tiny-random-llama", f"output_dir={target}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"output_dir {target} cannot be used" in err, err

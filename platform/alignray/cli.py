@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -30,22 +32,31 @@ KINDS = ("preference", "sft", "dpo", "rrhf", "ppo")
 
 def _load(items: list[str], address: str | None, schema, command: str):
     """`[CONFIG] [key=value ...]` (the first item is the config file unless it is an override)
-    plus --address, validated against `schema`; from here on, other libraries' output goes to
-    a log file under its output_dir (unless --log-level debug), and the path is printed."""
+    plus --address, validated against `schema`; other libraries' output will go to a log file
+    under its output_dir (unless --log-level debug)."""
     path, overrides = (items[0], items[1:]) if items and "=" not in items[0] else (None, list(items))
     if address:
         overrides.append(f"address={address}")
     cfg = load_config(path, overrides, schema)
-    log = logs.log_to(cfg.output_dir / "logs", command)
-    if log is not None:
-        print(f"log: {log} (Ray workers: {log.parent / 'ray'}; --log-level debug shows both here)", file=sys.stderr)
+    _check_writable(cfg.output_dir)
+    logs.log_to(cfg.output_dir / "logs", command)
     return cfg
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before any work if output_dir cannot be created or written (it is not created here)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".alignray-check-", dir=existing))
+    except OSError as exc:
+        raise ConfigError(f"output_dir {folder} cannot be used: {exc.strerror} ({existing});"
+                          " choose another output_dir") from None
+
+
 def simulate(items: list[str], address: str | None = None) -> int:
+    cfg = _load(items, address, SimulateConfig, "simulate")
     from alignray.feedback.simulate import run
 
-    cfg = _load(items, address, SimulateConfig, "simulate")
     result = run(cfg)
     if cfg.simulation.method == "rrhf":
         print(f"\n{result.pairs} prompts with ranked candidates ({result.dropped} dropped: fewer than two"
@@ -92,14 +103,13 @@ def _show_example(k: int, row: dict) -> None:
 
 
 def train(kind: str, items: list[str], address: str | None = None) -> int:
+    cfg = _load(items, address, PPOConfig if kind == "ppo" else TrainConfig, f"train-{kind}")
     from alignray.train import ppo, runner
 
     if kind == "ppo":
-        cfg = _load(items, address, PPOConfig, "train-ppo")
         run, label, hint = (lambda: ppo.fit(cfg)), "policy:", "the last iteration (ppo.stop_after_iterations)"
         shown = ["reward", "kl", "kl_coef", "response_length"]
     else:
-        cfg = _load(items, address, TrainConfig, f"train-{kind}")
         run, label, hint = (lambda: runner.fit(cfg, kind)), "model:", "the last step (trainer.stop_after_steps)"
         shown = None
     try:
@@ -120,12 +130,12 @@ def train(kind: str, items: list[str], address: str | None = None) -> int:
 
 
 def run_pipeline(items: list[str], address: str | None = None) -> int:
-    from alignray.pipelines.run import run
-    from alignray.train.runner import TrainingError
-
     if "=" in items[0]:
         raise ConfigError("alignray run needs a pipeline config file first (see jobs/configs/pipelines/)")
     cfg = _load(items, address, PipelineConfig, "run")
+    from alignray.pipelines.run import run
+    from alignray.train.runner import TrainingError
+
     try:
         outcomes = run(cfg)
     except TrainingError as exc:
@@ -142,10 +152,11 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
 
 
 def evaluate(items: list[str], address: str | None = None) -> int:
+    cfg = _load(items, address, EvaluateConfig, "evaluate")
     from alignray.evaluate.report import JUDGE_NAMES, share
     from alignray.evaluate.stage import run
 
-    result = run(_load(items, address, EvaluateConfig, "evaluate"))
+    result = run(cfg)
     print(f"\n{'opponent':28s} {'judge':36s} win rate  95% CI")
     for r in result.rates:
         print(f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]")

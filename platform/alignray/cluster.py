@@ -19,7 +19,7 @@ def connect(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault("RAY_worker_niceness", "0")
-    logs.adopt()  # Ray's own logger, so its start-up notices go to the log file when quiet
+    logs.open_file()  # the command's work starts here; Ray's start-up notices go to the file
     context = ray.init(address=address, log_to_driver=not logs.quiet(), configure_logging=False)
     if logs.quiet() and address is None and logs.folder() is not None:
         _link(logs.folder() / "ray", Path(context.address_info["session_dir"]) / "logs")

@@ -41,7 +41,7 @@ class _Console(logging.StreamHandler):
         pass
 
 
-_state: dict = {"quiet": False, "buffer": None, "folder": None, "file": None}
+_state: dict = {"quiet": False, "buffer": None, "path": None, "file": None}
 
 
 def get(name: str) -> logging.Logger:
@@ -66,7 +66,7 @@ def setup(level: str = "info") -> None:
     for handler in [h for h in root.handlers if h is _state["buffer"] or h is _state["file"]]:
         root.removeHandler(handler)
         handler.close()
-    _state.update(quiet=level != "debug", buffer=None, folder=None, file=None)
+    _state.update(quiet=level != "debug", buffer=None, path=None, file=None)
     if level == "debug":
         logging.basicConfig(level=logging.DEBUG, format=_FORMAT, force=True)
         logging.getLogger("alignray").setLevel(logging.DEBUG)
@@ -82,12 +82,23 @@ def setup(level: str = "info") -> None:
 
 
 def log_to(folder: Path, command: str) -> Path | None:
-    """Open `<folder>/<command>-<time>.log` for what `setup` keeps (with the records so far) and
-    return it; None when not quiet."""
-    if not _state["quiet"] or _state["file"] is not None:
-        return _state["file"] and Path(_state["file"].baseFilename)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    """Name the log file, `<folder>/<command>-<time>.log`, and return it (None when not quiet).
+    It is created by `open_file` when the command starts its work, so a command that stops on
+    bad input leaves nothing behind."""
+    if not _state["quiet"]:
+        return None
+    if _state["path"] is None:
+        _state["path"] = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    return _state["path"]
+
+
+def open_file() -> None:
+    """Create the file `log_to` named and write into it what was kept so far, then all that follows."""
+    if _state["file"] is not None or _state["path"] is None:
+        adopt()
+        return
+    path = _state["path"]
+    path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(_FORMAT))
     buffer, root = _state["buffer"], logging.getLogger()
@@ -96,14 +107,14 @@ def log_to(folder: Path, command: str) -> Path | None:
     root.removeHandler(buffer)
     buffer.close()
     root.addHandler(handler)
-    _state.update(buffer=None, folder=folder, file=handler)
+    _state.update(buffer=None, file=handler)
     adopt()
-    return path
+    get("alignray").info("log: %s (Ray workers: %s; --log-level debug shows both here)", path, path.parent / "ray")
 
 
 def folder() -> Path | None:
-    """The folder of the current log file, if any."""
-    return _state["folder"]
+    """The folder of the open log file, if any."""
+    return _state["file"] and Path(_state["file"].baseFilename).parent
 
 
 def adopt() -> None:
