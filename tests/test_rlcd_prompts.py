@@ -2,10 +2,9 @@
 
 from alignray.data.conversation import Conversation, clean_output
 from alignray.feedback import rlcd
-from alignray.feedback.plans import neutral_plans, request_seed, sample_pairs
+from alignray.feedback.plans import neutral_plans
 from alignray.models.tiny import build_tokenizer
 from alignray.principles import ContrastPair, PrincipleSet, load_principles
-from alignray.sampling.types import Completion, SamplingSpec
 
 PAIR = ContrastPair(positive="harmless response", negative="harmful response")
 MULTI = "Human: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: How do I pick a lock?\n\nAssistant:"
@@ -86,33 +85,6 @@ def test_neutral_plans_sample_both_sides_from_the_neutral_prompt():
     for conv, p in zip(convs, neutral_plans(convs, "Sure:", None), strict=True):
         assert p.pair_index == -1 and p.prompts.neutral == conv.transcript
         assert p.prompts.positive == p.prompts.negative == conv.transcript + " Sure:"
-
-
-def test_empty_outputs_are_resampled_then_dropped():
-    """Scripted outputs through sample_pairs' generate callable: conversation 1's o- is empty
-    once, conversation 2's o+ is always empty."""
-    principles = PrincipleSet(name="p", pairs=(PAIR,))
-    convs = [Conversation.from_question(f"q{i}", "transcript", str(i)) for i in range(3)]
-    plans = rlcd.plan(convs, principles, 0, None)
-    calls = []
-
-    def generate(prompts, specs, label):
-        calls.append(len(prompts))
-        outs = []
-        for prompt, spec in zip(prompts, specs):
-            empty = ("q2" in prompt and "(harmless" in prompt) or (
-                "q1" in prompt and "(harmful" in prompt and len(calls) == 1
-            )
-            text = "\nHuman: more" if empty else f" answer {spec.seed}"
-            outs.append([Completion(text, (1,), None, None, "stop")])
-        return outs
-
-    done, dropped = sample_pairs(generate, plans, SamplingSpec(), seed=5, max_retries=2)
-    assert calls == [6, 2, 1]  # everything, then the two empty ones, then the hopeless one
-    assert dropped == {2}
-    assert done[(1, 1)][2] == 2 and done[(0, 0)][2] == 1  # attempts
-    assert done[(1, 1)][1] == request_seed(5, 1, 1, 1)
-    assert done[(0, 0)][0] == f"answer {request_seed(5, 0, 0, 0)}"
 
 
 def test_system_placement_puts_the_affix_in_an_instruction_and_leaves_turns_plain():

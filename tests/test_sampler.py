@@ -185,3 +185,50 @@ def test_weights_that_view_one_flat_buffer_are_sent_compactly():
     sent = compact(state)
     assert all(torch.equal(sent[k], state[k]) for k in state)
     assert len(pickle.dumps(sent)) < 2 * 20 * 100 * 4 + 10_000  # not 20 copies of the 4 MB buffer
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_rlaif_labels_from_the_real_engine_flip_with_the_order(pool):
+    """label(x, y) = 1 - label(y, x): both orders are asked and averaged, so the labeller's
+    position bias cancels, and nothing but the order of the pair may change the label."""
+    from alignray.feedback.rlaif import Comparison, label
+
+    pairs = [Comparison(PROMPTS[0], "Which response is more helpful?", "Mix flour and water.", "I cannot help."),
+             Comparison(PROMPTS[1], "Which response is less harmful?", "Once upon a time.", "Go away.")]
+    swapped = [Comparison(c.conversation, c.instruction, c.second, c.first) for c in pairs]
+    forward, backward = label(pool.score, pairs), label(pool.score, swapped)
+    for p, q in zip(forward, backward):
+        assert p + q == pytest.approx(1.0, abs=1e-4)
+    assert max(abs(p - 0.5) for p in forward) > 1e-3  # the random model does tell them apart
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_sample_pairs_resamples_empty_outputs_from_the_real_engine(pool):
+    """With stop=" ", vLLM cuts an output before its first space, so an output whose first
+    token starts with one is empty: about half of them here. Empty sides are sampled again
+    with a new seed; a plan whose side stays empty is dropped."""
+    from alignray.data.conversation import Conversation
+    from alignray.feedback import rlcd
+    from alignray.feedback.plans import request_seed, sample_pairs
+    from alignray.principles import load_principles
+
+    convs = [Conversation.from_question(f"Question {k}: how do I bake bread?", "transcript", str(k)) for k in range(12)]
+    plans = rlcd.plan(convs, load_principles("harmlessness"), 0, None)
+    batches = []
+
+    def generate(prompts, specs, label):
+        batches.append(len(prompts))
+        return pool.generate(prompts, specs)
+
+    base = SamplingSpec(temperature=1.0, max_tokens=4, stop=(" ",))
+    done, dropped = sample_pairs(generate, plans, base, seed=3, max_retries=2)
+    assert batches[0] == 24 and len(batches) == 3 and batches[0] > batches[1] > batches[2] > 0
+    assert 0 < len(dropped) < len(plans)
+    assert {i for i in range(len(plans)) if (i, 0) not in done or (i, 1) not in done} == dropped
+    for (i, side), (text, seed, attempts) in done.items():
+        assert text and seed == request_seed(3, i, side, attempts - 1)
+        prompt = (plans[i].prompts.positive, plans[i].prompts.negative)[side]
+        [[again]] = pool.generate([prompt], [SamplingSpec(temperature=1.0, max_tokens=4, stop=(" ",), seed=seed)])
+        assert again.text.strip() == text  # the kept output is the engine's sample for that seed

@@ -39,8 +39,9 @@ def local_config(port: int, token_file: Path, policy: Path, rewards: list[str]) 
         app["args"].pop("token_env")
         app["args"]["token_file"] = str(token_file)
         app["deployments"][0]["user_config"].pop("tracking_uri")
-    apps["policy"]["args"].update(max_tokens=64, max_model_len=256, kvcache_gib=1, max_body_bytes=65536)
-    apps["reward"]["args"]["max_batch"] = 16
+    # max_model_len as the shipped config has it (4096): the replica lowers it to the tiny model's 1024
+    apps["policy"]["args"].update(max_tokens=64, kvcache_gib=1, max_body_bytes=65536)
+    apps["reward"]["args"].update(max_batch=16, max_body_bytes=65536)
     apps["reward"]["deployments"][0]["user_config"]["scalarize"] = "min"
     return cfg
 
@@ -160,11 +161,13 @@ def test_several_prompts_and_samples_each(served):
         ({"model": NAME}, 400),
         ({"model": NAME, "prompt": "Hi", "logprobs": 2}, 400),
         ({"model": NAME, "prompt": "Hi", "temperature": 5}, 400),
-        ({"model": NAME, "prompt": "word " * 300, "max_tokens": 8}, 400),
+        ({"model": NAME, "prompt": "word " * 1100, "max_tokens": 8}, 400),
         ({"model": NAME, "prompt": "x" * 70000}, 413),
+        ({"model": NAME, "prompt": ["Hi"] * 65, "max_tokens": 1}, 400),
+        ({"model": NAME, "prompt": ["Hi"] * 9, "n": 8, "max_tokens": 1}, 400),
     ],
     ids=["max-tokens-above-cap", "unknown-model", "missing-prompt", "unknown-field", "bad-temperature",
-         "prompt-too-long", "body-too-large"],
+         "prompt-too-long", "body-too-large", "too-many-prompts", "prompts-times-n"],
 )
 def test_bad_policy_requests_get_4xx_json_errors(served, body, status):
     url, _, _ = served
@@ -172,6 +175,31 @@ def test_bad_policy_requests_get_4xx_json_errors(served, body, status):
                           headers={"Authorization": f"Bearer {TOKEN}"})
     assert reply.status_code == status, reply.text
     assert reply.json()["error"]["message"] and TOKEN not in reply.text
+    if body.get("prompt") == "word " * 1100:  # the context is the model's (1024), not the config's 4096
+        assert "above the model's context of 1024 tokens" in reply.json()["error"]["message"]
+
+
+def chunks(total: int, size: int = 8192):
+    """A body sent with Transfer-Encoding: chunked (no Content-Length)."""
+    for start in range(0, total, size):
+        yield b"x" * min(size, total - start)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["/policy/v1/completions", "/reward/v1/score"])
+def test_the_token_is_checked_before_the_body_and_chunked_bodies_are_counted(served, route):
+    url, _, _ = served
+    bad_body = {"model": NAME, "no-such-field": "SECRET-SHAPE"}
+    for headers in ({}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}):  # no Bearer scheme
+        reply = requests.post(f"{url}{route}", json=bad_body, headers=headers, timeout=30)
+        assert reply.status_code == 401 and "SECRET-SHAPE" not in reply.text and "no-such-field" not in reply.text
+    started = time.monotonic()
+    reply = requests.post(f"{url}{route}", data=chunks(10 << 20), timeout=120,
+                          headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    assert reply.status_code == 413 and "65536 bytes" in reply.text, reply.text[:300]
+    assert time.monotonic() - started < 30
+    models = requests.get(f"{url}/policy/v1/models", headers={"Authorization": f"bearer {TOKEN}"}, timeout=30)
+    assert models.status_code == 200  # the scheme is case-insensitive (RFC 7235)
 
 
 @pytest.mark.slow
@@ -190,13 +218,20 @@ def test_policy_auth_and_invalid_json(served):
 
 
 @pytest.mark.slow
-def test_64_policy_requests_at_concurrency_8_all_succeed(served):
+def test_64_policy_requests_at_concurrency_8_each_get_the_greedy_reply_of_their_own_prompt(served):
+    """Batched together, replies must not mix: each equals its prompt's greedy reply asked alone."""
     url, _, _ = served
     api = client(url)
+    prompts = [f"Question {i}: what is {i} plus {i}?" for i in range(16)]
+
+    def ask(prompt):
+        return api.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0).choices[0].text
+
+    alone = [ask(p) for p in prompts]
+    assert len(set(alone)) > 4  # the prompts get different replies, so a mix-up would show
     with ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda i: api.completions.create(model=NAME, prompt=f"Question {i}:", max_tokens=8,
-                                                                 temperature=1.0), range(64)))
-    assert len(replies) == 64 and all(r.choices[0].finish_reason in ("stop", "length") for r in replies)
+        together = list(pool.map(ask, prompts * 4))
+    assert together == alone * 4
 
 
 # --- reward ------------------------------------------------------------------------------------
@@ -231,14 +266,20 @@ def test_scores_are_the_local_models_and_scalar_is_the_scalarization(served):
         ({"body": {"prompts": PROMPTS, "messages": [[]], "responses": RESPONSES}}, 422),
         ({"body": {"prompts": PROMPTS, "responses": RESPONSES, "temperature": 1}}, 422),
         ({"body": {"prompts": ["p"] * 17, "responses": ["r"] * 17}}, 413),
+        ({"body": {"messages": [[{"content": "Hi"}]], "responses": ["r"]}}, 422),
+        ({"body": {"messages": [[{"role": "robot", "content": "Hi"}]], "responses": ["r"]}}, 422),
+        ({"body": {"messages": [[]], "responses": ["r"]}}, 422),
     ],
-    ids=["no-token", "wrong-token", "missing-responses", "count-mismatch", "both-prompt-forms", "unknown-field", "too-many"],
+    ids=["no-token", "wrong-token", "missing-responses", "count-mismatch", "both-prompt-forms", "unknown-field",
+         "too-many", "message-without-role", "unknown-role", "empty-conversation"],
 )
 def test_bad_reward_requests_get_4xx_json_errors(served, kwargs, status):
     url, _, _ = served
     reply = score(url, kwargs["body"], token=kwargs.get("token", TOKEN))
-    assert reply.status_code == status and "detail" in reply.json()
+    assert reply.status_code == status and isinstance(reply.json()["detail"], str), reply.text
     assert TOKEN not in reply.text
+    for value in kwargs["body"].get("prompts", []) + kwargs["body"].get("responses", []):
+        assert f'"{value}"' not in reply.text  # the problems are named, the request is not echoed
 
 
 @pytest.mark.slow

@@ -67,15 +67,29 @@ def adapt(cfg: dict, *, policy: str | None = None, rewards: list[str] | None = N
     return cfg
 
 
+def carry_tokens(cfg: dict, environ: dict) -> dict:
+    """A copy of `cfg` whose applications get their `token_env` variable from `environ` (the
+    shell that runs `alignray serve`) in their runtime_env, so the replicas see it."""
+    cfg = copy.deepcopy(cfg)
+    for app in cfg["applications"]:
+        name = app.get("args", {}).get("token_env")
+        if name and environ.get(name):
+            app.setdefault("runtime_env", {}).setdefault("env_vars", {})[name] = environ[name]
+    return cfg
+
+
 def run(cfg: dict, address: str | None, write: Path | None) -> int:  # returns only with `write`
-    """Write the adapted config to `write`, or run it with `serve run` (blocks, streams logs)."""
-    text = yaml.safe_dump(cfg, sort_keys=False)
+    """Write the adapted config to `write` (without secrets), or run it with `serve run`
+    (blocks, streams logs) with the token variables of this shell carried to the replicas."""
     if write is not None:
-        write.write_text(text)
-        log.info("wrote %s; deploy it with: serve deploy %s  (or serve run %s)", write, write, write)
+        write.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        log.info("wrote %s; deploy it with: serve deploy %s  (or serve run %s); the replicas need the token"
+                 " variable (token_env) in their own environment", write, write, write)
         return 0
-    path = Path(tempfile.mkstemp(prefix="alignray-serve-", suffix=".yaml")[1])
-    path.write_text(text)
+    fd, name = tempfile.mkstemp(prefix="alignray-serve-", suffix=".yaml")  # mode 0600: it may hold the token
+    path = Path(name)
+    with os.fdopen(fd, "w") as f:
+        f.write(yaml.safe_dump(carry_tokens(cfg, dict(os.environ)), sort_keys=False))
     serve = shutil.which("serve", path=str(Path(sys.executable).parent)) or "serve"
     command = [serve, "run", str(path), *(["--address", address] if address else [])]
     log.info("config %s\n$ %s", path, " ".join(command))

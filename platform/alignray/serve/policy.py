@@ -22,14 +22,14 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
 from alignray.models.registry import model_name, resolve
-from alignray.serve.common import authorize, check_size, read_token, use_tracking
+from alignray.serve.common import Guard, read_token, use_tracking, validation_problems
 from alignray.serve.engine import EngineClosed, EngineLoop
 from alignray.serve.openai_api import ChatRequest, CompletionRequest, Reply, Sampling
 
@@ -51,8 +51,11 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 @api.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
-    return _error(400, problems)
+    return _error(400, validation_problems(exc.errors()))
+
+
+GUARD = {"token": None, "limit": 1 << 20}  # this replica's token and body limit, set in __init__
+api.add_middleware(Guard, settings=GUARD, reply=_error)
 
 
 class PolicyModel(BaseModel):
@@ -76,9 +79,9 @@ class PolicyServer:
     def __init__(self, token_env: str | None = None, token_file: str | None = None, max_tokens: int = 1024,
                  max_body_bytes: int = 1 << 20, max_model_len: int = 2048, dtype: str = "auto",
                  enforce_eager: bool = True, kvcache_gib: int = 2, gpu_memory_utilization: float = 0.45,
-                 seed: int = 0):
-        self.token = read_token(token_env, token_file)
-        self.cap, self.max_body_bytes = max_tokens, max_body_bytes
+                 seed: int = 0, max_choices: int = 64, allow_unauthenticated: bool = False):
+        GUARD.update(token=read_token(token_env, token_file, allow_unauthenticated), limit=max_body_bytes)
+        self.cap, self.max_choices = max_tokens, max_choices
         self.engine_args = {"max_model_len": max_model_len, "dtype": dtype, "enforce_eager": enforce_eager,
                             "kvcache_gib": kvcache_gib, "gpu_memory_utilization": gpu_memory_utilization, "seed": seed}
         self.engine: EngineLoop | None = None
@@ -106,7 +109,14 @@ class PolicyServer:
 
     def _load(self, cfg: PolicyModel) -> EngineLoop:
         use_tracking(cfg.tracking_uri)
-        return EngineLoop(str(resolve(cfg.model)), **self.engine_args)
+        folder = resolve(cfg.model)
+        args = dict(self.engine_args)
+        context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+        if context and args["max_model_len"] > context:
+            logger.warning("max_model_len %d is above %s's context of %d tokens: using %d", args["max_model_len"],
+                           cfg.model, context, context)
+            args["max_model_len"] = context
+        return EngineLoop(str(folder), **args)
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -120,23 +130,25 @@ class PolicyServer:
         return JSONResponse(body, status_code=200 if self.engine is not None else 503)
 
     @api.get("/v1/models")
-    def models(self, authorization: str | None = Header(None)) -> dict:
-        authorize(self.token, authorization)
+    def models(self) -> dict:
         if self.served is None:
             raise HTTPException(503, "no model loaded: give one in the deployment's user_config")
         return {"object": "list", "data": [{"id": self.served.served_name, "object": "model", "created": 0,
                                             "owned_by": "alignray", "root": self.served.model}]}
 
     @api.post("/v1/completions")
-    async def completions(self, body: CompletionRequest, request: Request, authorization: str | None = Header(None)):
-        engine = self._admit(body, request, authorization)
+    async def completions(self, body: CompletionRequest):
+        engine = self._admit(body)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) * body.n > self.max_choices:
+            raise HTTPException(400, f"{len(prompts)} prompts x n={body.n} is {len(prompts) * body.n} completions;"
+                                     f" this server answers at most {self.max_choices} per request")
         ids = [engine.tokenizer.encode(p) for p in prompts]
         return await self._respond(body, ids, body.max_tokens or 16, chat=False)
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatRequest, request: Request, authorization: str | None = Header(None)):
-        engine = self._admit(body, request, authorization)
+    async def chat_completions(self, body: ChatRequest):
+        engine = self._admit(body)
         if not engine.tokenizer.chat_template:
             raise HTTPException(400, f"model {self.served.served_name!r} has no chat template; use /v1/completions")
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
@@ -144,9 +156,7 @@ class PolicyServer:
         ids = [engine.tokenizer.encode(text, add_special_tokens=False)]
         return await self._respond(body, ids, body.max_completion_tokens or body.max_tokens, chat=True)
 
-    def _admit(self, body: Sampling, request: Request, authorization: str | None) -> EngineLoop:
-        authorize(self.token, authorization)
-        check_size(request, self.max_body_bytes)
+    def _admit(self, body: Sampling) -> EngineLoop:
         if self.engine is None:
             raise HTTPException(503, "no model loaded: give one in the deployment's user_config")
         if body.model != self.served.served_name:
@@ -247,7 +257,8 @@ class PolicyServer:
 
 def build(args: dict) -> serve.Application:
     """`import_path: alignray.serve.policy:build`; `args` holds token_env / token_file /
-    max_tokens (the cap) / max_body_bytes / max_model_len / dtype / enforce_eager / kvcache_gib (CPU) /
-    gpu_memory_utilization (GPU; below one half, so that a switch can hold two models) / seed
-    (the model comes from the deployment's user_config)."""
+    allow_unauthenticated / max_tokens (the cap) / max_choices (prompts x n per request) /
+    max_body_bytes / max_model_len (lowered to the model's context) / dtype / enforce_eager /
+    kvcache_gib (CPU) / gpu_memory_utilization (GPU; below one half, so that a switch can hold two
+    models) / seed (the model comes from the deployment's user_config)."""
     return PolicyServer.bind(**args)

@@ -19,22 +19,44 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from alignray.config import RewardConfig
-from alignray.serve.common import authorize, check_size, read_token, use_tracking
+from alignray.serve.common import Guard, read_token, use_tracking, validation_problems
 
 api = FastAPI(title="alignray reward model")
 logger = logging.getLogger("ray.serve")
 
 
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(422, validation_problems(exc.errors()))  # the problems only, not the request back
+
+
+GUARD = {"token": None, "limit": 8 << 20}  # this replica's token and body limit, set in __init__
+api.add_middleware(Guard, settings=GUARD, reply=_error)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompts: list[str] | None = None
-    messages: list[list[dict[str, str]]] | None = None
+    messages: list[Annotated[list[ChatMessage], Field(min_length=1)]] | None = None
     responses: list[str] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -51,9 +73,9 @@ class ScoreRequest(BaseModel):
 @serve.ingress(api)
 class RewardServer:
     def __init__(self, token_env: str | None = None, token_file: str | None = None, max_batch: int = 256,
-                 max_length: int = 1024, max_body_bytes: int = 8 << 20):
-        self.token = read_token(token_env, token_file)
-        self.max_batch, self.max_length, self.max_body_bytes = max_batch, max_length, max_body_bytes
+                 max_length: int = 1024, max_body_bytes: int = 8 << 20, allow_unauthenticated: bool = False):
+        GUARD.update(token=read_token(token_env, token_file, allow_unauthenticated), limit=max_body_bytes)
+        self.max_batch, self.max_length = max_batch, max_length
         self.models, self.cfg, self.error = None, None, None
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -84,11 +106,9 @@ class RewardServer:
         return JSONResponse(body, status_code=200 if self.models is not None else 503)
 
     @api.post("/v1/score")
-    def score(self, body: ScoreRequest, request: Request, authorization: str | None = Header(None)) -> dict:
+    def score(self, body: ScoreRequest) -> dict:
         from alignray.rewards.scorers import scalar_reward
 
-        authorize(self.token, authorization)
-        check_size(request, self.max_body_bytes)
         if self.models is None:
             raise HTTPException(status_code=503, detail="no reward models: give them in the deployment's user_config")
         if len(body.responses) > self.max_batch:
@@ -98,7 +118,7 @@ class RewardServer:
         return {"rewards": rewards.tolist(), "principles": self.models.principles,
                 "scalar": scalar_reward(rewards, self.cfg).tolist()}
 
-    def _render(self, messages: list[dict[str, str]]) -> str:
+    def _render(self, messages: list[ChatMessage]) -> str:
         from alignray.rewards.scorers import LocalRewardModels
 
         if not isinstance(self.models, LocalRewardModels):
@@ -106,10 +126,12 @@ class RewardServer:
         tokenizer = self.models.models[0][0].tok
         if not tokenizer.chat_template:
             raise HTTPException(status_code=400, detail="the reward model's tokenizer has no chat template; send 'prompts'")
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template([m.model_dump() for m in messages], tokenize=False,
+                                             add_generation_prompt=True)
 
 
 def build(args: dict) -> serve.Application:
     """`import_path: alignray.serve.reward:build`; `args` holds token_env / token_file /
-    max_batch / max_length / max_body_bytes (the models come from the deployment's user_config)."""
+    allow_unauthenticated / max_batch / max_length / max_body_bytes (the models come from the
+    deployment's user_config)."""
     return RewardServer.bind(**args)
