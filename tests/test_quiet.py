@@ -112,4 +112,19 @@ def test_an_unusable_output_dir_is_a_one_line_error_before_any_work(tmp_path, ca
         target = Path("/proc/alignray-runs")  # no user, root included, may create folders there
     assert main(["simulate", "model.name=tiny-random-llama", f"output_dir={target}"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"output_dir {target} cannot be used" in err, err
+    assert err.count("\n") == 1 and f"output_dir: {target} cannot be used" in err, err
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("foo://host/x", "no tracking store for the scheme 'foo'"),
+    ("sqlite://runs/mlflow.db", "three slashes"),
+    ("sqlite:////proc/runs/mlflow.db", "tracking.uri: /proc/runs cannot be used"),
+])
+def test_a_bad_tracking_uri_is_a_one_line_error_before_any_work(tmp_path, capsys, uri, expected):
+    from alignray.cli import main
+
+    assert main(["simulate", "model.name=tiny-random-llama", f"output_dir={tmp_path / 'runs'}",
+                 f"tracking.uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") <= 2 and expected in err, err  # config errors: a heading, then the field
+    assert not (tmp_path / "runs").exists()

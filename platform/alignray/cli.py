@@ -39,18 +39,21 @@ def _load(items: list[str], address: str | None, schema, command: str):
         overrides.append(f"address={address}")
     cfg = load_config(path, overrides, schema)
     _check_writable(cfg.output_dir)
+    uri = cfg.tracking.uri or ""
+    if uri.startswith("sqlite:///"):
+        _check_writable(Path(uri.removeprefix("sqlite:///")).parent, "tracking.uri")
     logs.log_to(cfg.output_dir / "logs", command)
     return cfg
 
 
-def _check_writable(folder: Path) -> None:
-    """Fail before any work if output_dir cannot be created or written (it is not created here)."""
+def _check_writable(folder: Path, field: str = "output_dir") -> None:
+    """Fail before any work if `folder` cannot be created or written (it is not created here)."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".alignray-check-", dir=existing))
     except OSError as exc:
-        raise ConfigError(f"output_dir {folder} cannot be used: {exc.strerror} ({existing});"
-                          " choose another output_dir") from None
+        raise ConfigError(f"{field}: {folder} cannot be used: {exc.strerror} ({existing}); choose another"
+                          f" {field}") from None
 
 
 def simulate(items: list[str], address: str | None = None) -> int:

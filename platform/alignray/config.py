@@ -173,12 +173,29 @@ class JudgeConfig(Strict):
     temperature: float = Field(1.0, gt=0, description="tau in sigmoid((s_c - s_r) / tau).")
 
 
+# the tracking URI schemes MLflow 3 accepts (a database URL may name its driver: mysql+pymysql://)
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
+
+
 class TrackingConfig(Strict):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db."
     )
     experiment: str = "alignray"
     run_name: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        if uri is None or "://" not in uri and not uri.startswith("file:"):
+            return uri  # a plain path: MLflow's file store
+        scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in TRACKING_SCHEMES:
+            raise ValueError(f"MLflow has no tracking store for the scheme {scheme!r} in {uri!r}; use"
+                             " sqlite:///path/mlflow.db, http(s)://host:5000, a database URL or a folder")
+        if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+            raise ValueError(f"{uri!r}: a SQLite URI has three slashes and a path, sqlite:///path/mlflow.db")
+        return uri
 
 
 # the methods of alignray.rewards.scalarize, named here so that the config imports no torch
