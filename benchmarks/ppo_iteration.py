@@ -108,6 +108,10 @@ class HFGeneratePool:
         ray.get(self.actor.__ray_ready__.remote())  # loaded, like SamplerPool's start-up wait
         self.restarts, self.last_probe_diff = 0, None
 
+    def health(self) -> list[dict]:
+        return [{"alive": True, "node_id": ray.get(self.actor.__ray_call__.remote(
+            lambda _: ray.get_runtime_context().get_node_id()))}]
+
     def sleep(self) -> None:
         pass
 

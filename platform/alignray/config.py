@@ -50,6 +50,10 @@ class SamplerConfig(Strict):
         0.0, ge=0, description="Ray GPUs reserved by each actor (a fraction shares a GPU, e.g. with"
         " training); 0 runs vLLM on CPU."
     )
+    node_labels: dict[str, str] = Field(
+        {}, description="Start the samplers only on nodes with these Ray node labels (set by `ray start --labels`),"
+        " e.g. {role: rollout}; empty: any node."
+    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="Share of its GPU's memory each vLLM engine may use (lower it"
         " when the GPU is shared); unused on CPU."
@@ -319,6 +323,10 @@ class EngineConfig(Strict):
 
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DeepSpeed ranks).")
     cpus_per_worker: float = Field(1.0, gt=0)
+    node_labels: dict[str, str] = Field(
+        {}, description="Start the trainer workers only on nodes with these Ray node labels (set by `ray start --labels`),"
+        " e.g. {role: rollout}; empty: any node."
+    )
     use_gpu: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["auto", "fp32", "bf16"] = Field(

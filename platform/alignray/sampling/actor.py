@@ -138,6 +138,8 @@ class SamplerActor:
         self.llm.wake_up()
 
     def health(self) -> dict:
+        import ray
+
         return {
             "model": self.model_path,
             "weights_version": self.weights_version,
@@ -145,4 +147,5 @@ class SamplerActor:
             "threads": torch.get_num_threads(),
             "pid": os.getpid(),
             "node": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
         }

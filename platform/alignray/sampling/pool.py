@@ -76,6 +76,7 @@ class SamplerPool:
             max_restarts=0,
             runtime_env=sampler_runtime_env(cfg.kvcache_gib),
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else None,
+            **({"label_selector": dict(cfg.node_labels)} if cfg.node_labels else {}),
         )
         self._weights: tuple[ray.ObjectRef, int] | None = None
         self.actors = [self._remote.remote(*self._args) for _ in range(cfg.num_samplers)]

@@ -16,7 +16,11 @@
   a GPU, and vLLM sleeps between rollouts (weights offloaded, KV cache freed; woken before
   each weight sync), as OpenRLHF's and verl's colocated engines do. The GPU path is written
   but untested here: this machine has no GPU.
-- `auto` (default): colocated on a single-node cluster, separate on more nodes.
+- `auto` (default): colocated on a single-node cluster, separate on more nodes or when
+  `sampler.node_labels` or `trainer.node_labels` name where each part goes.
+
+`sampler.node_labels` / `trainer.node_labels` (Ray node labels, `ray start --labels`) restrict
+each part to matching nodes; colocated, the shared node must match both.
 """
 
 from __future__ import annotations
@@ -43,15 +47,17 @@ class Placement:
         return self.colocated and bool(self.worker_resources and "GPU" in self.worker_resources)
 
 
-def _nodes() -> list[dict]:
-    return [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+def _nodes(*selectors: dict[str, str]) -> list[dict]:
+    """Live nodes with CPUs whose labels match every selector."""
+    return [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0
+            and all(n.get("Labels", {}).get(k) == v for sel in selectors for k, v in sel.items())]
 
 
 def plan(mode: str, t: EngineConfig, s: SamplerConfig) -> Placement:
     """Decide the placement; raises TrainingError when it cannot fit (Ray would wait forever)."""
-    nodes = _nodes()
+    nodes = _nodes(s.node_labels, t.node_labels)
     if mode == "auto":
-        mode = "colocated" if len(nodes) == 1 else "separate"
+        mode = "colocated" if len(_nodes()) == 1 and not (s.node_labels or t.node_labels) else "separate"
     if mode == "separate":
         check_cpus({
             "trainer.num_workers x trainer.cpus_per_worker": t.num_workers * t.cpus_per_worker,
@@ -61,6 +67,9 @@ def plan(mode: str, t: EngineConfig, s: SamplerConfig) -> Placement:
     need = t.num_workers * t.cpus_per_worker + s.num_samplers * s.cpus_per_sampler
     here = ray.get_runtime_context().get_node_id()
     fits = sorted((n for n in nodes if n["Resources"]["CPU"] >= need), key=lambda n: n["NodeID"] != here)
+    if not nodes:
+        raise TrainingError(f"ppo.placement=colocated needs one node with the labels of sampler.node_labels"
+                            f" {s.node_labels} and trainer.node_labels {t.node_labels}; no live node has them")
     if not fits:
         largest = max((n["Resources"]["CPU"] for n in nodes), default=0)
         raise TrainingError(

@@ -103,7 +103,7 @@ def _prompts(cfg: PPOConfig, policy: Path) -> list[str]:
 
 def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     """Run (or resume) PPO. `rollout_pool` is the class that rolls out: SamplerPool, or any
-    class with its constructor and its generate / update_weights / sleep / wake_up / dtype /
+    class with its constructor and its generate / update_weights / sleep / wake_up / health / dtype /
     restarts / last_probe_diff (benchmarks/ppo_iteration.py plugs in transformers `generate`)."""
     _check_shapes(cfg)
     policy = resolve(cfg.model.name)
@@ -128,6 +128,7 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
                          "sampler_threads": where.sampler_threads, "trainer_threads": where.trainer_threads})
         with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed, threads=where.sampler_threads,
                           node_id=where.node_id, sleep_mode=where.sleep_samplers) as pool:
+            mlflow.set_tag("placement.sampler_nodes", ",".join(sorted({h["node_id"] for h in pool.health() if h["alive"]})))
             loop_config = {
                 "config": cfg.model_dump(mode="json"),
                 "policy_path": str(policy),

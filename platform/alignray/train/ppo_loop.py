@@ -291,6 +291,10 @@ def ppo_loop(lc: dict) -> None:
     if iteration:  # resumed: the samplers start from the initial policy
         tr.sync(pool, prompts[0])
     client = mlflow.MlflowClient(lc["tracking_uri"]) if rank == 0 else None
+    nodes = [None] * world
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    if rank == 0:
+        client.set_tag(lc["run_id"], "placement.trainer_nodes", ",".join(sorted(set(nodes))))
     stop = min(p.iterations, p.stop_after_iterations or p.iterations)
     n = p.prompts_per_step * p.samples_per_prompt
     mine = list(range(rank, n, world))

@@ -68,7 +68,8 @@ def run_workers(
         loop,
         train_loop_config={**loop_config, "progress": progress},
         scaling_config=ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker, **(resources or {})}
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker, **(resources or {})},
+            label_selector=dict(t.node_labels) or None,
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(
