@@ -206,9 +206,9 @@ def test_rlaif_labels_from_the_real_engine_flip_with_the_order(pool):
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_sample_pairs_resamples_empty_outputs_from_the_real_engine(pool):
-    """With stop=" ", vLLM cuts an output before its first space, so an output whose first
-    token starts with one is empty: about half of them here. Empty sides are sampled again
-    with a new seed; a plan whose side stays empty is dropped."""
+    """vLLM cuts an output before the first of its stop strings, so an output that starts with
+    one is empty: with the space and the commonest letters as stop strings, about half of them
+    here. Empty sides are sampled again with a new seed; a plan whose side stays empty is dropped."""
     from alignray.data.conversation import Conversation
     from alignray.feedback import rlcd
     from alignray.feedback.plans import request_seed, sample_pairs
@@ -222,7 +222,8 @@ def test_sample_pairs_resamples_empty_outputs_from_the_real_engine(pool):
         batches.append(len(prompts))
         return pool.generate(prompts, specs)
 
-    base = SamplingSpec(temperature=1.0, max_tokens=4, stop=(" ",))
+    stop = tuple(" etaoinshrdlu")
+    base = SamplingSpec(temperature=1.0, max_tokens=4, stop=stop)
     done, dropped = sample_pairs(generate, plans, base, seed=3, max_retries=2)
     assert batches[0] == 24 and len(batches) == 3 and batches[0] > batches[1] > batches[2] > 0
     assert 0 < len(dropped) < len(plans)
@@ -230,5 +231,5 @@ def test_sample_pairs_resamples_empty_outputs_from_the_real_engine(pool):
     for (i, side), (text, seed, attempts) in done.items():
         assert text and seed == request_seed(3, i, side, attempts - 1)
         prompt = (plans[i].prompts.positive, plans[i].prompts.negative)[side]
-        [[again]] = pool.generate([prompt], [SamplingSpec(temperature=1.0, max_tokens=4, stop=(" ",), seed=seed)])
+        [[again]] = pool.generate([prompt], [SamplingSpec(temperature=1.0, max_tokens=4, stop=stop, seed=seed)])
         assert again.text.strip() == text  # the kept output is the engine's sample for that seed
