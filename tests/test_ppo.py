@@ -58,8 +58,23 @@ def history(out, run_id, key):
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def word_share(model_path, words, prompts) -> float:
+    """The task's real target: the share of word tokens in sampled responses (seeded)."""
+    import torch
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    torch.manual_seed(0)
+    shares = []
+    for prompt in prompts:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=12, do_sample=True, temperature=1.0, top_p=1.0)[0, ids.shape[1]:]
+        shares.append(sum(int(t) in words for t in out) / max(1, len(out)))
+    return sum(shares) / len(shares)
+
+
 def test_reward_rises_kl_bounded_and_samplers_match_trainer(tiny_model, pattern_reward, tmp_path):
-    reward_model, _ = pattern_reward
+    reward_model, words = pattern_reward
     out = tmp_path / "runs"
     result = fit(ppo_config(tiny_model, out, f"reward.models=[{reward_model}]", "ppo.iterations=16",
                             "ppo.kl_target=3", "ppo.kl_horizon=64"))
@@ -80,10 +95,10 @@ def test_reward_rises_kl_bounded_and_samplers_match_trainer(tiny_model, pattern_
         assert len(history(out, result.run_id, key)) == 16, key
     assert history(out, result.run_id, "rollout_samples") == [64.0] * 16
     policy = download_model(result.model_uri)
-    model = AutoModelForCausalLM.from_pretrained(policy)
-    tok = AutoTokenizer.from_pretrained(policy)
-    ids = tok("Human: hi\n\nAssistant:", return_tensors="pt").input_ids
-    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+    # not only the reward model's score: the share of word tokens itself rises (held-out prompts)
+    held_out = [f"Human: Another question, number {i}?\n\nAssistant:" for i in range(48)]
+    before, after = word_share(tiny_model, set(words), held_out), word_share(policy, set(words), held_out)
+    assert after > before + 0.1, (before, after)
 
 
 def test_colocated_and_separate_placements_give_the_same_curves(tiny_model, pattern_reward, tmp_path):
