@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 
-
 def read_token(token_env: str | None, token_file: str | None, allow_unauthenticated: bool = False) -> str | None:
     """The bearer token from a mounted secret file, else from the replica's environment variable
     `token_env`. A configured token that is missing stops the replica from starting, unless
