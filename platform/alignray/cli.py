@@ -78,7 +78,6 @@ def simulate(items: list[str], address: str | None = None) -> int:
             print(f"warning: {line}", file=sys.stderr)
     print(f"dataset:     {result.dataset}")
     print(f"MLflow run:  {result.run_id} in experiment {result.experiment!r}")
-    print(f"             {result.tracking_uri}")
     print(f"             view with: mlflow ui --backend-store-uri {result.tracking_uri}")
     for k, row in enumerate(result.examples, 1):
         _show_example(k, row)
