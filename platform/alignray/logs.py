@@ -67,9 +67,11 @@ def setup(level: str = "info") -> None:
         root.removeHandler(handler)
         handler.close()
     _state.update(quiet=level != "debug", buffer=None, path=None, file=None)
+    ours = logging.getLogger("alignray")
+    ours.propagate = level != "debug"  # to the log file; in debug the root handler would print it twice
     if level == "debug":
         logging.basicConfig(level=logging.DEBUG, format=_FORMAT, force=True)
-        logging.getLogger("alignray").setLevel(logging.DEBUG)
+        ours.setLevel(logging.DEBUG)
         return
     for key, value in LIBRARY_ENV.items():
         os.environ.setdefault(key, value)
