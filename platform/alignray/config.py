@@ -325,7 +325,7 @@ class EngineConfig(Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     node_labels: dict[str, str] = Field(
         {}, description="Start the trainer workers only on nodes with these Ray node labels (set by `ray start --labels`),"
-        " e.g. {role: rollout}; empty: any node."
+        " e.g. {role: train}; empty: any node."
     )
     use_gpu: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 2

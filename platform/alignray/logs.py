@@ -116,7 +116,7 @@ def open_file() -> None:
 
 def folder() -> Path | None:
     """The folder of the open log file, if any."""
-    return _state["file"] and Path(_state["file"].baseFilename).parent
+    return _state["path"].parent if _state["file"] is not None else None
 
 
 def adopt() -> None:

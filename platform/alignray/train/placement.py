@@ -47,29 +47,32 @@ class Placement:
         return self.colocated and bool(self.worker_resources and "GPU" in self.worker_resources)
 
 
-def _nodes(*selectors: dict[str, str]) -> list[dict]:
-    """Live nodes with CPUs whose labels match every selector."""
-    return [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0
-            and all(n.get("Labels", {}).get(k) == v for sel in selectors for k, v in sel.items())]
+def _nodes() -> list[dict]:
+    return [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+
+
+def _labelled(node: dict, *selectors: dict[str, str]) -> bool:
+    return all(node.get("Labels", {}).get(k) == v for sel in selectors for k, v in sel.items())
 
 
 def plan(mode: str, t: EngineConfig, s: SamplerConfig) -> Placement:
     """Decide the placement; raises TrainingError when it cannot fit (Ray would wait forever)."""
-    nodes = _nodes(s.node_labels, t.node_labels)
+    live = _nodes()
     if mode == "auto":
-        mode = "colocated" if len(_nodes()) == 1 and not (s.node_labels or t.node_labels) else "separate"
+        mode = "colocated" if len(live) == 1 and not (s.node_labels or t.node_labels) else "separate"
     if mode == "separate":
         check_cpus({
             "trainer.num_workers x trainer.cpus_per_worker": t.num_workers * t.cpus_per_worker,
             "sampler.num_samplers x sampler.cpus_per_sampler": s.num_samplers * s.cpus_per_sampler,
         })
         return Placement(False, max(1, int(s.cpus_per_sampler)), max(1, int(t.cpus_per_worker)))
-    need = t.num_workers * t.cpus_per_worker + s.num_samplers * s.cpus_per_sampler
-    here = ray.get_runtime_context().get_node_id()
-    fits = sorted((n for n in nodes if n["Resources"]["CPU"] >= need), key=lambda n: n["NodeID"] != here)
+    nodes = [n for n in live if _labelled(n, s.node_labels, t.node_labels)]
     if not nodes:
         raise TrainingError(f"ppo.placement=colocated needs one node with the labels of sampler.node_labels"
                             f" {s.node_labels} and trainer.node_labels {t.node_labels}; no live node has them")
+    need = t.num_workers * t.cpus_per_worker + s.num_samplers * s.cpus_per_sampler
+    here = ray.get_runtime_context().get_node_id()
+    fits = sorted((n for n in nodes if n["Resources"]["CPU"] >= need), key=lambda n: n["NodeID"] != here)
     if not fits:
         largest = max((n["Resources"]["CPU"] for n in nodes), default=0)
         raise TrainingError(
