@@ -158,8 +158,16 @@ class EndpointConfig(Strict):
     model: str | None = Field(None, description="Served model name; default: the only one at /v1/models.")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key, if any.")
     timeout_s: float = Field(120, gt=0, description="Deadline of one request.")
-    retries: int = Field(4, ge=0, description="Retries of a failed request (backoff doubles each time).")
-    backoff_s: float = Field(1.0, ge=0, description="Wait before the first retry.")
+    retries: int = Field(
+        4, ge=0, description="Retries of a failed request (connection error, timeout, HTTP 408/409/429/5xx): the"
+        " openai client's backoff, 0.5 s doubling to 8 s, or the server's Retry-After."
+    )
+    logprobs: Literal["auto", "echo", "chat"] = Field(
+        "auto",
+        description="How an (A)/(B) labeller or judge URL is read: echo (vLLM's /tokenize and echoed"
+        " prompt log-probs; exact), chat (top_logprobs of the chat reply's first answer token; for"
+        " chat-only and hosted servers), auto (echo unless the server has no /tokenize).",
+    )
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
 
 
@@ -224,7 +232,10 @@ class RewardConfig(Strict):
         description="HTTP URL instead of local models: POST {prompts, responses} ->"
         " {rewards: [[float per principle] per response]}.",
     )
-    endpoint_timeout_s: float = Field(120, gt=0)
+    endpoint_timeout_s: float = Field(120, gt=0, description="Deadline of one reward request, seconds.")
+    endpoint_retries: int = Field(
+        4, ge=0, description="Retries of a failed reward request (connection error, timeout, HTTP 408/409/429/5xx)."
+    )
     scalarize: str = Field(
         "linear", description="How per-principle rewards combine (see alignray.rewards.scalarize)."
     )
