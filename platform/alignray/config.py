@@ -338,6 +338,10 @@ class EngineConfig(Strict):
         {}, description="Start the trainer workers only on nodes with these Ray node labels (set by `ray start --labels`),"
         " e.g. {role: train}; empty: any node."
     )
+    max_failures: int = Field(
+        0, ge=-1, description="Times Ray Train starts the workers again, from the last checkpoint, after a worker"
+        " or its node dies (-1: no limit). Any error counts, so a deterministic one is repeated this many times."
+    )
     use_gpu: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["auto", "fp32", "bf16"] = Field(
