@@ -74,7 +74,10 @@ class SamplerConfig(Strict):
         16, ge=1, description="Prompts sent to one actor at a time; a lost actor re-runs one."
     )
     temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this probability mass; 1 keeps all (PPO needs 1).")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this probability"
+        " mass; 1 keeps all (PPO needs 1)."
+    )
     max_tokens: int = Field(128, ge=1, description="Longest completion, tokens.")
     request_timeout_s: float = Field(
         900, gt=0, description="Deadline of one request to one actor, seconds; an actor that misses it is"
@@ -359,9 +362,13 @@ class EngineConfig(Strict):
     )
     warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up to learning_rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient's global norm to this (DeepSpeed gradient_clipping).")
-    seed: int = Field(0, description="Seeds torch (plus the rank), the eval split and data order; in PPO also the prompt"
-                      " order and the rollouts.")
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Clip the gradient's global norm to this (DeepSpeed gradient_clipping)."
+    )
+    seed: int = Field(
+        0, description="Seeds torch (plus the rank), the eval split and data order; in PPO also the prompt"
+        " order and the rollouts."
+    )
 
 
 class TrainerConfig(EngineConfig):
@@ -494,8 +501,10 @@ class PPOSettings(Strict):
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     minibatch_per_worker: int = Field(4, ge=1, description="Responses per optimizer step per worker.")
     clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip.")
-    value_clip_eps: float = Field(0.2, gt=0, description="Value clip: the clipped value term moves at most this far from the"
-                                    " rollout's value (the loss takes the larger of clipped and unclipped).")
+    value_clip_eps: float = Field(
+        0.2, gt=0, description="Value clip: the clipped value term moves at most this far from the rollout's"
+        " value (the loss takes the larger of clipped and unclipped)."
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount per token.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus in the policy loss.")
@@ -508,7 +517,9 @@ class PPOSettings(Strict):
         None, gt=0, description="Adaptive KL: per-response KL to aim for; fixed when unset."
     )
     kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon, samples.")
-    whiten_advantages: bool = Field(True, description="Normalise the advantages of each worker's rollout share to mean 0, variance 1.")
+    whiten_advantages: bool = Field(
+        True, description="Normalise the advantages of each worker's rollout share to mean 0, variance 1."
+    )
     checkpoint_every: int = Field(10, ge=1, description="Iterations between checkpoints.")
     sync_tolerance: float | None = Field(
         None, gt=0,
