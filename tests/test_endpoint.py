@@ -129,7 +129,7 @@ def test_teacher_and_judge_behind_a_url_with_retries_and_kept_work(vllm_server, 
     out = tmp_path / "runs"
     try:
         proxy.fail_after = 8  # /v1/models and 7 completions, then the endpoint is "down"
-        rc = simulate_rdpo(proxy.url, tmp_path, out, "endpoint.retries=2", "endpoint.backoff_s=0.05")
+        rc = simulate_rdpo(proxy.url, tmp_path, out, "endpoint.retries=2")
         err = capsys.readouterr().err
         assert rc == 2 and f"{proxy.url.removesuffix('/v1')}/v1/" in err and "failed 3 times" in err
         assert proxy.refused >= 3 and not list(out.glob("datasets/*/*.parquet"))
@@ -155,4 +155,4 @@ def test_teacher_and_judge_behind_a_url_with_retries_and_kept_work(vllm_server, 
 def test_an_endpoint_that_is_down_fails_fast_and_clearly(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EndpointError, match=f"GET {url}/models failed 2 times .*is the endpoint up"):
-        Endpoint(url, retries=1, backoff_s=0.01)
+        Endpoint(url, retries=1)

@@ -101,6 +101,51 @@ def test_reward_rises_kl_bounded_and_samplers_match_trainer(tiny_model, pattern_
     assert after > before + 0.1, (before, after)
 
 
+def twelve_heads(pattern_model, folder):
+    """A 12-head (MORLAIF) preference model from the pattern reward: head k scores 0.8 + 0.04 k
+    times the pattern's score for k < 11, head 11 minus it: a principle that dislikes words."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(pattern_model)
+    scales = torch.tensor([0.8 + 0.04 * k for k in range(11)] + [-1.0])
+    head = model.score.weight.data[0]
+    model.score = torch.nn.Linear(head.numel(), 12, bias=False)
+    model.score.weight.data = scales[:, None] * head[None, :]
+    model.config.num_labels = 12
+    model.config.id2label = {k: f"p{k}" for k in range(12)}
+    model.config.label2id = {f"p{k}": k for k in range(12)}
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(pattern_model).save_pretrained(folder)
+    return folder
+
+
+def test_a_12_head_preference_model_through_soft_min_weights_and_clip(tiny_model, pattern_reward, tmp_path):
+    """MORLAIF's shape: one preference model with 12 principle heads, combined per sample by
+    soft_min with per-principle weights, then clipped. Head 11 dislikes words; its weight -1
+    turns it around. Ignoring the weights, soft_min would follow head 11 and the policy would
+    lose words; with them, every weighted head likes words, and the share of words rises."""
+    reward_model, words = pattern_reward
+    heads = twelve_heads(reward_model, tmp_path / "twelve")
+    out = tmp_path / "runs"
+    clip = 0.4
+    result = fit(ppo_config(tiny_model, out, f"reward.models=[{heads}]", "reward.scalarize=soft_min",
+                            "reward.params={temperature: 2.0}", f"reward.weights=[{', '.join(['1'] * 11)}, -1]",
+                            f"reward.clip={clip}", "ppo.iterations=16", "ppo.kl_target=3", "ppo.kl_horizon=64"))
+    per_head = [history(out, result.run_id, f"reward_p{k}") for k in range(12)]
+    reward = history(out, result.run_id, "reward")
+    assert all(len(h) == 16 for h in per_head) and len(reward) == 16
+    for step in range(16):  # the heads are what they were built to be
+        assert abs(per_head[11][step] + per_head[0][step] / 0.8) < 1e-3, step
+        assert abs(per_head[10][step] - per_head[0][step] * 1.2 / 0.8) < 1e-3, step
+    assert max(reward) <= clip + 1e-6 and max(per_head[10]) > clip  # the clip bit
+    assert sum(reward[-3:]) / 3 > sum(reward[:3]) / 3 + 0.05, reward
+    held_out = [f"Human: Another question, number {i}?\n\nAssistant:" for i in range(48)]
+    before = word_share(tiny_model, set(words), held_out)
+    after = word_share(download_model(result.model_uri), set(words), held_out)
+    assert after > before + 0.1, (before, after)
+
+
 def test_colocated_and_separate_placements_give_the_same_curves(tiny_model, pattern_reward, tmp_path):
     reward_model, _ = pattern_reward
     curves, tags = {}, {}

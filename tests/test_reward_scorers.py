@@ -62,4 +62,4 @@ def test_http_endpoint_errors_name_the_url_and_the_problem(reply, message):
     finally:
         server.shutdown()
     with pytest.raises(RewardError, match="reward endpoint http://127.0.0.1:9/x"):
-        HttpRewardModel("http://127.0.0.1:9/x", timeout_s=5)(["p"], ["a"])
+        HttpRewardModel("http://127.0.0.1:9/x", timeout_s=5, retries=0)(["p"], ["a"])

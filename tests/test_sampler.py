@@ -189,15 +189,17 @@ def test_weights_that_view_one_flat_buffer_are_sent_compactly():
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
-def test_rlaif_labels_from_the_real_engine_flip_with_the_order(pool):
+def test_rlaif_labels_from_the_real_engine_flip_with_the_order(pool, tiny_model):
     """label(x, y) = 1 - label(y, x): both orders are asked and averaged, so the labeller's
     position bias cancels, and nothing but the order of the pair may change the label."""
     from alignray.feedback.rlaif import Comparison, label
+    from alignray.sampling.clients import LocalModel
 
     pairs = [Comparison(PROMPTS[0], "Which response is more helpful?", "Mix flour and water.", "I cannot help."),
              Comparison(PROMPTS[1], "Which response is less harmful?", "Once upon a time.", "Go away.")]
     swapped = [Comparison(c.conversation, c.instruction, c.second, c.first) for c in pairs]
-    forward, backward = label(pool.score, pairs), label(pool.score, swapped)
+    choose = LocalModel(pool, tiny_model).option_logprobs
+    forward, backward = label(choose, pairs), label(choose, swapped)
     for p, q in zip(forward, backward):
         assert p + q == pytest.approx(1.0, abs=1e-4)
     assert max(abs(p - 0.5) for p in forward) > 1e-3  # the random model does tell them apart

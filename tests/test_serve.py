@@ -145,6 +145,45 @@ def test_streams_carry_the_same_text_as_whole_replies(served):
 
 
 @pytest.mark.slow
+def test_echoed_and_sampled_logprobs_are_the_models(served, tiny_model):
+    """Completions with echo and logprobs: every token's log-prob equals transformers' float32
+    log-softmax of the same model; chat top_logprobs: sorted, the greedy token first, and a
+    stream carries the same log-probs as the whole reply."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    url, _, _ = served
+    api = client(url)
+    reply = api.completions.create(model=NAME, prompt=PROMPTS[1], max_tokens=4, temperature=0, echo=True, logprobs=2)
+    choice = reply.choices[0]
+    assert choice.text.startswith(PROMPTS[1])
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt_ids = tok(PROMPTS[1]).input_ids
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(prompt_ids) + reply.usage.completion_tokens and lp.token_logprobs[0] is None
+    assert lp.top_logprobs[0] is None and all(len(t) == 2 for t in lp.top_logprobs[1:])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    greedy = model.generate(torch.tensor([prompt_ids]), max_new_tokens=4, do_sample=False, eos_token_id=tok.eos_token_id)
+    ids = greedy[0, : len(lp.tokens)].tolist()  # the prompt and what the server sampled (greedy, as here)
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    expected = [logp[j - 1, ids[j]].item() for j in range(1, len(ids))]
+    assert lp.token_logprobs[1:] == pytest.approx(expected, abs=1e-3)
+
+    kwargs = dict(model=NAME, messages=CHAT, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    whole = api.chat.completions.create(**kwargs)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    for position in content:
+        values = [t.logprob for t in position.top_logprobs]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+        assert (position.token, position.logprob) == (position.top_logprobs[0].token, values[0])  # greedy
+    streamed = [c.choices[0].logprobs for c in api.chat.completions.create(**kwargs, stream=True) if c.choices]
+    assert [p.logprob for s in streamed if s for p in s.content] == pytest.approx([p.logprob for p in content], abs=1e-4)
+    no_logprobs = api.chat.completions.create(model=NAME, messages=CHAT, max_tokens=2, temperature=0)
+    assert no_logprobs.choices[0].logprobs is None
+
+
+@pytest.mark.slow
 def test_several_prompts_and_samples_each(served):
     url, _, _ = served
     reply = client(url).completions.create(model=NAME, prompt=PROMPTS, n=3, max_tokens=6, temperature=1.0, seed=1)
@@ -159,7 +198,7 @@ def test_several_prompts_and_samples_each(served):
         ({"model": NAME, "prompt": "Hi", "max_tokens": 65}, 400),
         ({"model": "other-model", "prompt": "Hi"}, 404),
         ({"model": NAME}, 400),
-        ({"model": NAME, "prompt": "Hi", "logprobs": 2}, 400),
+        ({"model": NAME, "prompt": "Hi", "best_of": 2}, 400),
         ({"model": NAME, "prompt": "Hi", "temperature": 5}, 400),
         ({"model": NAME, "prompt": "word " * 1100, "max_tokens": 8}, 400),
         ({"model": NAME, "prompt": "x" * 70000}, 413),

@@ -173,8 +173,16 @@ class EndpointConfig(Strict):
     model: str | None = Field(None, description="Served model name; default: the only one at /v1/models.")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key, if any.")
     timeout_s: float = Field(120, gt=0, description="Deadline of one request.")
-    retries: int = Field(4, ge=0, description="Retries of a failed request (backoff doubles each time).")
-    backoff_s: float = Field(1.0, ge=0, description="Wait before the first retry.")
+    retries: int = Field(
+        4, ge=0, description="Retries of a failed request (connection error, timeout, HTTP 408/409/429/5xx): the"
+        " openai client's backoff, 0.5 s doubling to 8 s, or the server's Retry-After."
+    )
+    logprobs: Literal["auto", "echo", "chat"] = Field(
+        "auto",
+        description="How an (A)/(B) labeller or judge URL is read: echo (vLLM's /tokenize and echoed"
+        " prompt log-probs; exact), chat (top_logprobs of the chat reply's first answer token; for"
+        " chat-only and hosted servers), auto (echo unless the server has no /tokenize).",
+    )
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
 
 
@@ -242,7 +250,10 @@ class RewardConfig(Strict):
         description="HTTP URL instead of local models: POST {prompts, responses} ->"
         " {rewards: [[float per principle] per response]}.",
     )
-    endpoint_timeout_s: float = Field(120, gt=0, description="Deadline of one request to reward.endpoint, seconds.")
+    endpoint_timeout_s: float = Field(120, gt=0, description="Deadline of one reward request, seconds.")
+    endpoint_retries: int = Field(
+        4, ge=0, description="Retries of a failed reward request (connection error, timeout, HTTP 408/409/429/5xx)."
+    )
     scalarize: str = Field(
         "linear", description="How per-principle rewards combine (see alignray.rewards.scalarize)."
     )
@@ -344,6 +355,10 @@ class EngineConfig(Strict):
     node_labels: dict[str, str] = Field(
         {}, description="Start the trainer workers only on nodes with these Ray node labels (set by `ray start --labels`),"
         " e.g. {role: train}; empty: any node."
+    )
+    max_failures: int = Field(
+        0, ge=-1, description="Times Ray Train starts the workers again, from the last checkpoint, after a worker"
+        " or its node dies (-1: no limit). Any error counts, so a deterministic one is repeated this many times."
     )
     use_gpu: bool = Field(False, description="One GPU per worker and the NCCL backend; false: CPU workers with gloo.")
     zero_stage: Literal[0, 1, 2, 3] = Field(

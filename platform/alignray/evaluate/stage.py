@@ -72,7 +72,7 @@ def _judge(frame: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
         comparisons = [rlaif.Comparison(p, cfg.judge.question, a, b)
                        for p, a, b in zip(frame["prompt"], frame["policy_response"], frame["opponent_response"])]
         with open_model(cfg.judge.model or cfg.model.name, cfg, cfg.seed) as judge:
-            frame["model_prob"] = rlaif.label(lambda p, c: judge.score(p, c, desc="AI judge"), comparisons, TEMPLATE)
+            frame["model_prob"] = rlaif.label(lambda p, o: judge.option_logprobs(p, o, desc="AI judge"), comparisons, TEMPLATE)
     for name in cfg.judges:
         if name != "model":
             judge = offline.JUDGES[name].score

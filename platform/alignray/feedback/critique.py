@@ -74,7 +74,7 @@ def _score_difference(cfg: SimulateConfig, prompts: list[str], chosen: list[str]
     questions = [random.Random(f"rdpo-judge:{cfg.simulation.seed}:{i}").choice(principles.instructions) for i in range(len(prompts))]
     comparisons = [rlaif.Comparison(p, q, c, r) for p, q, c, r in zip(prompts, questions, chosen, rejected)]
     with open_model(cfg.judge.model or cfg.model.name, cfg, cfg.simulation.seed) as judge_model:
-        probs = rlaif.label(lambda p, c: judge_model.score(p, c, desc="judging"), comparisons)
+        probs = rlaif.label(lambda p, o: judge_model.option_logprobs(p, o, desc="judging"), comparisons)
     eps = 1e-6
     return [math.log(min(max(p, eps), 1 - eps)) - math.log(1 - min(max(p, eps), 1 - eps)) for p in probs]
 

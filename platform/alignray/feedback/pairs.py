@@ -38,7 +38,7 @@ def criteria(principles: PrincipleSet, method: str) -> dict[str, tuple[str, ...]
     return dict(principles.criteria) if method == "morlaif" else {principles.name: principles.instructions}
 
 
-def label_pairs(score, plans, outputs, kept: list[int], questions: dict[str, tuple[str, ...]], seed: int) -> dict[int, Labels]:
+def label_pairs(choose, plans, outputs, kept: list[int], questions: dict[str, tuple[str, ...]], seed: int) -> dict[int, Labels]:
     """Label every kept pair under every criterion; one question is drawn per (pair, criterion)."""
     asked = {
         (i, name): random.Random(f"rlaif:{seed}:{i}:{name}").choice(options)
@@ -49,7 +49,7 @@ def label_pairs(score, plans, outputs, kept: list[int], questions: dict[str, tup
         rlaif.Comparison(plans[i].prompts.neutral, text, outputs[(i, 0)][0], outputs[(i, 1)][0])
         for (i, _), text in asked.items()
     ]
-    probs = rlaif.label(lambda p, c: score(p, c, desc="labelling (A)/(B)"), comparisons)
+    probs = rlaif.label(lambda p, o: choose(p, o, desc="labelling (A)/(B)"), comparisons)
     out = {i: Labels({}, {}) for i in kept}
     for ((i, name), text), prob in zip(asked.items(), probs):
         out[i].probs[name], out[i].instructions[name] = prob, text
@@ -75,10 +75,10 @@ def run(cfg: SimulateConfig, plans, principles: PrincipleSet, sample_plans=None)
         restarts = pool.restarts
         kept = [i for i in range(len(plans)) if i not in dropped]
         if labelled and own_labeller:
-            labels = label_pairs(policy.score, plans, outputs, kept, questions, sim.seed)
+            labels = label_pairs(policy.option_logprobs, plans, outputs, kept, questions, sim.seed)
     if labelled and not own_labeller:
         with open_model(sim.labeller, cfg, sim.seed) as labeller:
-            labels = label_pairs(labeller.score, plans, outputs, kept, questions, sim.seed)
+            labels = label_pairs(labeller.option_logprobs, plans, outputs, kept, questions, sim.seed)
 
     sampler_params = json.dumps({"temperature": base.temperature, "top_p": base.top_p, "max_tokens": base.max_tokens})
     prefix = principles.response_prefix

@@ -3,7 +3,7 @@
 The labelling model reads the conversation, a principle instruction and two candidate answers
 as options (A) and (B), and its next token after ``The answer is: (`` decides. No text is
 generated: the label is the softmax over the log-probs of the option tokens ``A`` and ``B``
-(from the sampler's `score`). Each pair is judged in both orders and the two probabilities that
+(a model client's `option_logprobs`). Each pair is judged in both orders and the two probabilities that
 the first response is better are averaged, which cancels a labeller's position bias: one that
 always prefers (A) labels every pair 0.5.
 """
@@ -14,9 +14,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from alignray.sampling.types import Score
-
-ScoreFn = Callable[[Sequence[str], Sequence[str]], list[Score]]  # (prompts, continuations)
+# (prompts, options) -> per prompt, each option's log-prob as the next token (`option_logprobs`)
+ChooseFn = Callable[[Sequence[str], Sequence[str]], list[list[float]]]
 
 JUDGE_TEMPLATE = (
     "Here is a conversation between a person and an AI assistant.\n\n{conversation}\n\n"
@@ -51,19 +50,14 @@ def option_a_probability(logp_a: float, logp_b: float) -> float:
     return ea / (ea + eb)
 
 
-def label(score: ScoreFn, comparisons: Sequence[Comparison], template: str = JUDGE_TEMPLATE) -> list[float]:
+def label(choose: ChooseFn, comparisons: Sequence[Comparison], template: str = JUDGE_TEMPLATE) -> list[float]:
     """For each comparison, the probability that `first` is the better response: the mean of
     P(A) with `first` shown as (A) and P(B) with it shown as (B)."""
-    prompts, continuations = [], []
-    for c in comparisons:
-        for swapped in (False, True):
-            for option in OPTIONS:
-                prompts.append(judge_prompt(c, swapped, template))
-                continuations.append(option)
-    scores = score(prompts, continuations)
+    prompts = [judge_prompt(c, swapped, template) for c in comparisons for swapped in (False, True)]
+    logps = choose(prompts, OPTIONS)
     out = []
     for k in range(len(comparisons)):
-        a, b, a_swapped, b_swapped = (scores[4 * k + j].total for j in range(4))
+        (a, b), (a_swapped, b_swapped) = logps[2 * k], logps[2 * k + 1]
         p_first_as_a = option_a_probability(a, b)
         p_first_as_b = 1.0 - option_a_probability(a_swapped, b_swapped)
         out.append(0.5 * (p_first_as_a + p_first_as_b))

@@ -4,14 +4,13 @@ Both score (prompt, response) texts and return a [batch, K] tensor, one column p
 
 The HTTP contract: ``POST <url>`` with JSON ``{"prompts": [str], "responses": [str]}`` answers
 ``{"rewards": [[float, ...], ...]}`` (one row per response, one value per principle) and may
-name its columns in ``"principles": [str]``.
+name its columns in ``"principles": [str]``. Requests go through one pooled HTTP client and
+are retried as `alignray.sampling.http` says (connection errors, timeouts, 408/409/429/5xx,
+honouring ``Retry-After``), `reward.endpoint_retries` times.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from alignray.config import RewardConfig
 from alignray.models.registry import local_folder
 from alignray.models.tokens import Tokenize, pad
 from alignray.rewards.scalarize import scalarize
+from alignray.sampling.http import HttpError, JsonClient
 
 SCORE_BATCH = 16
 
@@ -76,17 +76,18 @@ class LocalRewardModels:
 class HttpRewardModel:
     """A remote scorer: see the module docstring for the contract."""
 
-    def __init__(self, url: str, timeout_s: float):
-        self.url, self.timeout_s = url, timeout_s
+    def __init__(self, url: str, timeout_s: float, retries: int = 4):
+        self.url, self.client = url, JsonClient(timeout_s, retries)
         self.principles: list[str] | None = None
 
+    @classmethod
+    def of(cls, cfg: RewardConfig) -> HttpRewardModel:
+        return cls(cfg.endpoint, cfg.endpoint_timeout_s, cfg.endpoint_retries)
+
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
-        body = json.dumps({"prompts": list(prompts), "responses": list(responses)}).encode()
-        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
-                reply = json.loads(answer.read())
-        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
+            reply = self.client.post(self.url, {"prompts": list(prompts), "responses": list(responses)})
+        except HttpError as exc:
             raise RewardError(f"reward endpoint {self.url}: {exc}") from None
         rows = reply.get("rewards") if isinstance(reply, dict) else None
         if not isinstance(rows, list) or len(rows) != len(prompts):
@@ -108,5 +109,5 @@ class HttpRewardModel:
 def reward_source(cfg: RewardConfig, max_length: int) -> LocalRewardModels | HttpRewardModel:
     """The reward a config names: its endpoint, or its models (folders or models:/ URIs)."""
     if cfg.endpoint:
-        return HttpRewardModel(cfg.endpoint, cfg.endpoint_timeout_s)
+        return HttpRewardModel.of(cfg)
     return LocalRewardModels([local_folder(m) for m in cfg.models], max_length=max_length)

@@ -1,6 +1,7 @@
 """Model clients: a model named by a config (policy, labeller, teacher, judge) as a local model on
 a vLLM sampler pool, or an OpenAI-compatible URL. Both offer `score` (log-probs of given
-continuations) and `chat` (one assistant reply per message list)."""
+continuations), `option_logprobs` (log-probs of answer options, for (A)/(B) labels) and `chat`
+(one assistant reply per message list)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ class LocalModel:
     def score(self, prompts: Sequence[str], continuations: Sequence[str], desc: str | None = None) -> list[Score]:
         return self.pool.score(prompts, continuations, desc=desc)
 
+    def option_logprobs(self, prompts: Sequence[str], options: Sequence[str], desc: str | None = None) -> list[list[float]]:
+        """Each option's log-prob right after each prompt."""
+        k = len(options)
+        scores = self.score([p for p in prompts for _ in options], list(options) * len(prompts), desc)
+        return [[s.total for s in scores[i * k : (i + 1) * k]] for i in range(len(prompts))]
+
     def chat(self, conversations: Sequence[list[dict]], spec: SamplingSpec, desc: str | None = None) -> list[str]:
         self._render = self._render or chat_renderer(self.path)
         outs = self.pool.generate([self._render(m) for m in conversations], spec, desc=desc)
@@ -58,7 +65,7 @@ def open_model(name: str, cfg: SimulateConfig | EvaluateConfig, seed: int = 0) -
             raise ModelError(f"endpoint.api_key_env: the environment variable {e.api_key_env} is not set")
         digest = hashlib.sha256(f"{name}|{e.model}".encode()).hexdigest()[:16]
         cache = cfg.output_dir / "endpoint-cache" / f"{digest}.jsonl"
-        yield Endpoint(name, e.model, e.timeout_s, e.retries, e.backoff_s, e.concurrency, cache, key)
+        yield Endpoint(name, e.model, e.timeout_s, e.retries, e.concurrency, cache, key, e.logprobs)
         return
     path = resolve(name)
     with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=seed, cache_dir=cfg.output_dir / "sampler-cache") as pool:

@@ -1,36 +1,51 @@
 """An OpenAI-compatible HTTP endpoint (vLLM's server, a served alignray policy, a hosted API)
-as a labeller, teacher or judge: the same `score` and `chat` the local sampler pool offers.
+as a labeller, teacher or judge: the same `chat`, `score` and `option_logprobs` the local
+sampler pool offers, called through the official `openai` client.
 
-`score` needs a vLLM server (or one with its ``/tokenize`` route and ``echo`` of prompt
-log-probs): prompt and continuation are tokenized apart, their ids sent to ``/v1/completions``
-with ``echo``, and the continuation's echoed log-probs read back. `chat` calls
-``/v1/chat/completions`` (any OpenAI-compatible server).
+`option_logprobs` (the (A)/(B) labels of RLAIF, rDPO's judge and the AI judge) works two ways
+(`endpoint.logprobs`):
 
-A request that fails (connection error, timeout, HTTP 429 or 5xx) is retried with exponential
-backoff; when the retries are used up, `EndpointError` names the URL and the last error. Every
-answered request is appended to a JSONL cache, so running again after a failure re-sends only
-what had not been answered.
+- ``echo`` (vLLM's server): `score` tokenizes prompt and continuation apart on the server's
+  ``/tokenize`` route (the one raw call: the client has none for it), sends their ids to
+  ``/v1/completions`` with ``echo`` and reads the continuation's echoed log-probs back. Exact.
+- ``chat`` (any chat-only server, hosted ones too): the prompt is sent as one user message, the
+  reply's first answer token is read from ``top_logprobs``. An option missing from the top 20
+  gets the smallest listed log-prob (an upper bound). Approximate: the chat template wraps the
+  prompt, and only the top 20 tokens are known.
+- ``auto`` (default): ``echo`` unless the server has no ``/tokenize`` (HTTP 404/405), then ``chat``.
+
+Retries are the client's (see `alignray.sampling.http`); when they are used up, `EndpointError`
+names the URL and the last error. Every answered request is appended to a JSONL cache, so
+running again after a failure re-sends only what had not been answered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-import requests
+import openai
 from tqdm.auto import tqdm
 
+from alignray import logs
+from alignray.sampling.http import retryable
 from alignray.sampling.types import SamplingSpec, Score
 
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+log = logs.get(__name__)
+TOP_LOGPROBS = 20  # the most the OpenAI API (and vLLM by default) return per position
+ANSWER_TOKENS = 4  # room for "(" or "**" before the option letter
 
 
 class EndpointError(RuntimeError):
     """An endpoint kept failing; the message names its URL and the last error."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class Endpoint:
@@ -40,44 +55,46 @@ class Endpoint:
         model: str | None = None,
         timeout_s: float = 120.0,
         retries: int = 4,
-        backoff_s: float = 1.0,
         concurrency: int = 8,
         cache: Path | None = None,
         api_key: str | None = None,
+        logprobs: str = "auto",
     ):
         self.base = url.rstrip("/").removesuffix("/v1")
-        self.timeout_s, self.retries, self.backoff_s, self.concurrency = timeout_s, retries, backoff_s, concurrency
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key or "unused", timeout=timeout_s,
+                                    max_retries=retries)
+        self.retries, self.concurrency, self.logprobs = retries, concurrency, logprobs
         self.cache_path = cache
         self.cache: dict[str, dict] = _read_cache(cache) if cache else {}
         self.model = model or self._only_model()
 
     def _only_model(self) -> str:
-        models = [m["id"] for m in self._request("GET", "/v1/models", None)["data"]]
+        models = [m.id for m in self._call(lambda: list(self.client.models.list()), "GET", "/v1/models")]
         if len(models) != 1:
             raise EndpointError(f"{self.base}/v1/models serves {models}; set endpoint.model to the one to use")
         return models[0]
 
-    def _request(self, method: str, path: str, body: dict | None) -> dict:
-        url, last = f"{self.base}{path}", None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                reply = requests.request(method, url, json=body, headers=self.headers, timeout=self.timeout_s)
-            except requests.RequestException as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if reply.status_code in RETRY_STATUS:
-                last = f"HTTP {reply.status_code}: {reply.text[:200]}"
-                continue
-            if reply.status_code != 200:
-                raise EndpointError(f"{method} {url} answered HTTP {reply.status_code}: {reply.text[:300]}")
-            try:
-                return reply.json()
-            except ValueError:
-                raise EndpointError(f"{method} {url} answered something that is not JSON: {reply.text[:200]!r}") from None
-        raise EndpointError(f"{method} {url} failed {self.retries + 1} times (last: {last}); is the endpoint up?")
+    def _call(self, send, method: str, path: str):
+        what = f"{method} {self.base}{path}"
+        try:
+            return send()
+        except openai.APIStatusError as exc:
+            last = f"HTTP {exc.status_code}: {str(exc)[:300]}"
+            if retryable(exc.status_code):
+                raise EndpointError(f"{what} failed {self.retries + 1} times (last: {last}); is the endpoint up?",
+                                    exc.status_code) from None
+            raise EndpointError(f"{what} answered {last}", exc.status_code) from None
+        except openai.APIError as exc:  # connection errors and timeouts, retried by the client
+            raise EndpointError(f"{what} failed {self.retries + 1} times (last: {exc}); is the endpoint up?") from None
+
+    def _request(self, path: str, body: dict) -> dict:
+        if path == "/v1/chat/completions":
+            send = lambda: self.client.chat.completions.create(**body).model_dump()  # noqa: E731
+        elif path == "/v1/completions":
+            send = lambda: self.client.completions.create(**body).model_dump()  # noqa: E731
+        else:
+            send = lambda: self.client.post(f"{self.base}{path}", body=body, cast_to=object)  # noqa: E731
+        return self._call(send, "POST", path)
 
     def _post_all(self, path: str, bodies: list[dict], desc: str | None) -> list[dict]:
         """POST every body (concurrently), answering from and adding to the cache. On a failure
@@ -86,7 +103,7 @@ class Endpoint:
         todo = {k: b for k, b in zip(keys, bodies) if k not in self.cache}
         failure = None
         with ThreadPoolExecutor(self.concurrency) as threads, tqdm(total=len(todo), desc=desc, disable=desc is None) as bar:
-            futures = {threads.submit(self._request, "POST", path, body): key for key, body in todo.items()}
+            futures = {threads.submit(self._request, path, body): key for key, body in todo.items()}
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
@@ -144,6 +161,60 @@ class Endpoint:
             for i, m in enumerate(conversations)
         ]
         return [r["choices"][0]["message"]["content"] or "" for r in self._post_all("/v1/chat/completions", bodies, desc)]
+
+
+    def option_logprobs(self, prompts: Sequence[str], options: Sequence[str], desc: str | None = None) -> list[list[float]]:
+        """For each prompt, the log-prob of each option (e.g. "A", "B") as the answer's first
+        token; ``echo`` or ``chat`` as the module docstring says."""
+        if self.logprobs != "chat":
+            try:
+                scores = self.score([p for p in prompts for _ in options], list(options) * len(prompts), desc)
+            except EndpointError as exc:
+                if self.logprobs == "echo" or exc.status not in (404, 405) or "/tokenize" not in str(exc):
+                    raise
+                log.info("%s has no /tokenize: labelling from chat top_logprobs (endpoint.logprobs=chat)", self.base)
+                self.logprobs = "chat"
+            else:
+                k = len(options)
+                return [[s.total for s in scores[i * k : (i + 1) * k]] for i in range(len(prompts))]
+        unique = list(dict.fromkeys(prompts))
+        bodies = [{"model": self.model, "messages": [{"role": "user", "content": p}], "max_tokens": ANSWER_TOKENS,
+                   "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS} for p in unique]
+        answers = {p: self._first_answer(r, options) for p, r in zip(unique, self._post_all("/v1/chat/completions", bodies, desc))}
+        undecided = sum(a is None for a in answers.values())
+        if undecided:
+            log.warning("%d of %d chat answers from %s named none of %s: scored as a tie", undecided, len(answers),
+                        self.base, list(options))
+        return [answers[p] or [0.0] * len(options) for p in prompts]
+
+    def _first_answer(self, reply: dict, options: Sequence[str]) -> list[float] | None:
+        """Options' log-probs at the first answer token: skips tokens that are only brackets,
+        asterisks or spaces; None when the answer starts with anything else."""
+        content = ((reply["choices"][0].get("logprobs") or {}).get("content")) if reply.get("choices") else None
+        if not content or not content[0].get("top_logprobs"):
+            raise EndpointError(f"{self.base}: the chat reply has no top_logprobs; a chat-only labeller or judge needs a"
+                                " server that returns logprobs and top_logprobs in chat completions")
+        for position in content:
+            found: dict[str, float] = {}
+            for entry in position["top_logprobs"]:
+                option = _bare(entry["token"])
+                if option in options:
+                    found[option] = _logaddexp(found.get(option, -math.inf), entry["logprob"])
+            if found:
+                floor = min(e["logprob"] for e in position["top_logprobs"])
+                return [found.get(o, floor) for o in options]
+            if _bare(position["token"]):
+                return None
+        return None
+
+
+def _bare(token: str) -> str:
+    return token.strip().strip("()*").strip()
+
+
+def _logaddexp(a: float, b: float) -> float:
+    top = max(a, b)
+    return top + math.log(math.exp(a - top) + math.exp(b - top))
 
 
 def _read_cache(path: Path) -> dict[str, dict]:

@@ -2,7 +2,8 @@
 
 `POST /v1/completions`, `POST /v1/chat/completions` (``stream: true`` answers with server-sent
 events ending in ``data: [DONE]``), `GET /v1/models`; `GET /healthz` (live) and `GET /readyz`
-(model loaded). Errors are OpenAI-style JSON, ``{"error": {"message", "type", "code"}}``:
+(model loaded). Log-probs as OpenAI returns them: chat's ``logprobs`` / ``top_logprobs``, the
+completions' ``logprobs`` (and ``echo``, the prompt before the completion). Errors are OpenAI-style JSON, ``{"error": {"message", "type", "code"}}``:
 400 for a bad body or `max_tokens` above the server's cap, 401 without the bearer token (when
 one is configured), 404 for a model this server does not serve, 413 for a body too large.
 
@@ -31,7 +32,9 @@ from ray import serve
 from alignray.models.registry import model_name, resolve
 from alignray.serve.common import Guard, read_token, use_tracking, validation_problems
 from alignray.serve.engine import EngineClosed, EngineLoop
-from alignray.serve.openai_api import ChatRequest, CompletionRequest, Reply, Sampling
+from alignray.serve.openai_api import (
+    ChatRequest, CompletionRequest, Reply, Sampling, chat_logprobs, completion_logprobs,
+)
 
 api = FastAPI(title="alignray policy (OpenAI-compatible)")
 logger = logging.getLogger("ray.serve")
@@ -144,7 +147,10 @@ class PolicyServer:
             raise HTTPException(400, f"{len(prompts)} prompts x n={body.n} is {len(prompts) * body.n} completions;"
                                      f" this server answers at most {self.max_choices} per request")
         ids = [engine.tokenizer.encode(p) for p in prompts]
-        return await self._respond(body, ids, body.max_tokens or 16, chat=False)
+        if body.echo and body.stream:
+            raise HTTPException(400, "echo is not supported with stream: true")
+        return await self._respond(body, ids, body.max_tokens or 16, chat=False, top=body.logprobs,
+                                   echo=prompts if body.echo else None)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatRequest):
@@ -154,7 +160,8 @@ class PolicyServer:
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         text = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = [engine.tokenizer.encode(text, add_special_tokens=False)]
-        return await self._respond(body, ids, body.max_completion_tokens or body.max_tokens, chat=True)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        return await self._respond(body, ids, body.max_completion_tokens or body.max_tokens, chat=True, top=top)
 
     def _admit(self, body: Sampling) -> EngineLoop:
         if self.engine is None:
@@ -164,7 +171,10 @@ class PolicyServer:
                                      f" {self.served.served_name!r} (GET /v1/models)")
         return self.engine
 
-    async def _respond(self, body: Sampling, ids: list[list[int]], max_tokens: int | None, chat: bool):
+    async def _respond(self, body: Sampling, ids: list[list[int]], max_tokens: int | None, chat: bool,
+                       top: int | None = None, echo: list[str] | None = None):
+        """`top`: log-probs of the sampled tokens and the `top` likeliest at each position (None: no
+        log-probs); `echo`: the prompts, shown (with their log-probs) before each completion."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -179,7 +189,8 @@ class PolicyServer:
         try:
             params = SamplingParams(n=body.n, temperature=body.temperature, top_p=body.top_p, max_tokens=limit,
                                     stop=body.stop, seed=body.seed, presence_penalty=body.presence_penalty,
-                                    frequency_penalty=body.frequency_penalty, output_kind=RequestOutputKind.DELTA)
+                                    frequency_penalty=body.frequency_penalty, output_kind=RequestOutputKind.DELTA,
+                                    logprobs=top, prompt_logprobs=top if echo and top is not None else None)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
         reply = Reply(chat, self.served.served_name)
@@ -187,24 +198,44 @@ class PolicyServer:
         prompt_tokens = sum(map(len, ids))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._events(reply, outputs, body.n, prompt_tokens, include_usage),
+            return StreamingResponse(self._events(reply, outputs, body.n, prompt_tokens, include_usage, top),
                                      media_type="text/event-stream")
-        texts, reasons, generated = defaultdict(list), {}, 0
+        texts, tokens, positions, reasons, generated = defaultdict(list), defaultdict(list), defaultdict(list), {}, 0
+        prompt_positions: dict[int, list] = {}
         try:
             async for i, output in outputs:
+                if output.prompt_logprobs:
+                    prompt_positions[i] = list(output.prompt_logprobs)
                 for choice in output.outputs:
                     key = i * body.n + choice.index
                     texts[key].append(choice.text)
+                    tokens[key] += choice.token_ids
+                    positions[key] += list(choice.logprobs or [])
                     generated += len(choice.token_ids)
                     reasons[key] = choice.finish_reason
         except Exception as exc:
             logger.exception("generation failed")
             raise HTTPException(500, f"generation failed: {type(exc).__name__}: {exc}") from None
-        choices = [("".join(texts[k]), reasons.get(k)) for k in range(len(ids) * body.n)]
+        choices = []
+        for key in range(len(ids) * body.n):
+            text, i, logprobs = "".join(texts[key]), key // body.n, None
+            if chat and top is not None:
+                logprobs = chat_logprobs(tokens[key], positions[key], top, self._decode)
+            elif top is not None:
+                shown = (ids[i], prompt_positions.get(i, [None] * len(ids[i]))) if echo else ([], [])
+                logprobs = completion_logprobs(shown[0] + tokens[key], shown[1] + positions[key], top, self._decode)
+            if echo:
+                text = echo[i] + text
+            choices.append((text, reasons.get(key), logprobs))
         return reply.whole(choices, prompt_tokens, generated)
 
+    def _decode(self, token_id: int, logprob) -> str:
+        if logprob is not None and logprob.decoded_token is not None:
+            return logprob.decoded_token
+        return self.engine.tokenizer.decode([token_id])
+
     async def _events(self, reply: Reply, outputs: AsyncIterator, n: int, prompt_tokens: int,
-                      include_usage: bool) -> AsyncIterator[str]:
+                      include_usage: bool, top: int | None) -> AsyncIterator[str]:
         started, generated = set(), 0
         try:
             async for i, output in outputs:
@@ -212,7 +243,12 @@ class PolicyServer:
                     key = i * n + choice.index
                     generated += len(choice.token_ids)
                     if choice.text or choice.finish_reason or key not in started:
-                        yield f"data: {json.dumps(reply.chunk(key, choice.text, choice.finish_reason, key not in started))}\n\n"
+                        logprobs = None
+                        if top is not None:
+                            shape = chat_logprobs if reply.chat else completion_logprobs
+                            logprobs = shape(choice.token_ids, list(choice.logprobs or []), top, self._decode)
+                        chunk = reply.chunk(key, choice.text, choice.finish_reason, key not in started, logprobs)
+                        yield f"data: {json.dumps(chunk)}\n\n"
                         started.add(key)
             if include_usage:
                 yield f"data: {json.dumps(reply.usage_chunk(prompt_tokens, generated))}\n\n"

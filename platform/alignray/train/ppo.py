@@ -81,7 +81,7 @@ def _use_fitted_weights(cfg: PPOConfig, rewards: list[Path], run: mlflow.ActiveR
         record, how = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{FITTED}"), "recorded in this run"
     else:
         rows = load_pairs(r.fit_weights, "reward.fit_weights")
-        scorer = HttpRewardModel(r.endpoint, r.endpoint_timeout_s) if r.endpoint else LocalRewardModels(
+        scorer = HttpRewardModel.of(r) if r.endpoint else LocalRewardModels(
             rewards, [model_name(ref) for ref in r.models], cfg.sampler.max_model_len, torch_dtype(cfg.trainer.precision)
         )
         w = fitted_weights(scorer, list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"]), r.fit_weights_l2)

@@ -276,7 +276,7 @@ def ppo_loop(lc: dict) -> None:
     # colocated: the node's cores (alignray.train.placement), at most the cores this process may use
     torch.set_num_threads(min(lc["threads"], len(os.sched_getaffinity(0))))
     scorer = (
-        HttpRewardModel(cfg.reward.endpoint, cfg.reward.endpoint_timeout_s)
+        HttpRewardModel.of(cfg.reward)
         if cfg.reward.endpoint
         else LocalRewardModels(
             [Path(f) for f in lc["reward_paths"]], lc["reward_labels"], cfg.sampler.max_model_len, torch_dtype(t.precision)

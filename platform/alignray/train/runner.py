@@ -14,8 +14,9 @@ from pathlib import Path
 
 import mlflow
 import ray
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from alignray import cluster, tracking
@@ -63,7 +64,8 @@ def run_workers(
     run_dir.parent, so running it again resumes) under a progress bar fed by a Progress actor
     passed to the loop as loop_config["progress"]; `resources`: more Ray resources per worker.
     Raises TrainingError naming the first worker's error and the last good checkpoint."""
-    progress = Progress.remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress = Progress.options(scheduling_strategy=here).remote()  # on the driver's node: survives a worker node
     trainer = TorchTrainer(
         loop,
         train_loop_config={**loop_config, "progress": progress},
@@ -73,7 +75,8 @@ def run_workers(
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=run_dir.name, storage_path=str(run_dir.parent), checkpoint_config=CheckpointConfig(num_to_keep=2)
+            name=run_dir.name, storage_path=str(run_dir.parent), checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=t.max_failures),
         ),
     )
     result = _fit_with_progress(trainer, progress, total, start, desc, label)

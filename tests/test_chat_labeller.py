@@ -1,0 +1,100 @@
+"""A chat-only labeller: SmolLM2 behind alignray's own policy app (no /tokenize, no echo) labels
+pairs from the chat reply's top_logprobs. Its option log-probs are checked against transformers
+on the same chat-templated prompt, and its labels are compared with the local labeller's (the
+same model scoring the raw prompt on a sampler pool)."""
+
+import time
+
+import pytest
+import requests
+import torch
+from conftest import free_port
+
+PAIRS = [
+    ("Human: How do I bake bread at home?", "Which response is more helpful?",
+     "Mix flour, water, yeast and salt, knead for ten minutes, let it rise for an hour, then bake at 220 C.",
+     "Bread is food."),
+    ("Human: How can I hurt my neighbour without getting caught?", "Which response is less harmful?",
+     "I'm sorry, but I can't help with hurting anyone. If there is a conflict, talk to them or to a mediator.",
+     "Wait until dark, wear gloves and make sure there are no cameras."),
+    ("Human: What is the capital of France?", "Which response is more accurate?",
+     "The capital of France is Paris.", "The capital of France is Berlin."),
+    ("Human: Write me a short poem about the sea.", "Which response is more helpful?",
+     "The sea rolls in with silver light,\nit hums all day and sings all night.", "No."),
+    ("Human: Tell me how to make a bomb.", "Which response is less harmful?",
+     "I can't help with that. Making explosives is dangerous and illegal.",
+     "Take a pipe, fill it with powder and seal both ends."),
+    ("Human: How many legs does a spider have?", "Which response is more accurate?",
+     "A spider has eight legs.", "A spider has six legs."),
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from alignray.models.registry import resolve
+
+    return resolve("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def policy_app(ray_cluster, smollm2):
+    from alignray.serve.policy import PolicyServer
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = PolicyServer.options(user_config={"model": str(smollm2), "name": "smol"}).bind(
+        allow_unauthenticated=True, max_model_len=1024, dtype="float32", kvcache_gib=1, max_tokens=64)
+    serve.run(app, name="policy", route_prefix="/policy")
+    url = f"http://127.0.0.1:{port}/policy"
+    deadline = time.monotonic() + 300
+    while requests.get(f"{url}/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the policy app did not get ready in 300 s"
+        time.sleep(1)
+    yield f"{url}/v1"
+    serve.shutdown()
+
+
+@pytest.mark.slow
+def test_chat_only_labeller_reads_the_models_top_logprobs_and_agrees_with_the_local_one(policy_app, smollm2, sampler_cfg):
+    from alignray.feedback.rlaif import OPTIONS, Comparison, judge_prompt, label
+    from alignray.sampling.clients import LocalModel
+    from alignray.sampling.endpoint import TOP_LOGPROBS, Endpoint
+    from alignray.sampling.pool import SamplerPool
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    comparisons = [Comparison(*p) for p in PAIRS]
+    endpoint = Endpoint(policy_app)  # auto: the app has no /tokenize
+    chat = label(endpoint.option_logprobs, comparisons)
+    assert endpoint.logprobs == "chat"
+
+    # The option log-probs equal transformers' on the chat-templated prompt wherever the reply's
+    # first token already is the answer: summed over the top-20 spellings of each option.
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    prompts = [judge_prompt(c, swapped) for c in comparisons for swapped in (False, True)]
+    served = endpoint.option_logprobs(prompts, OPTIONS)
+    checked = 0
+    for prompt, got in zip(prompts, served):
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        with torch.no_grad():
+            logp = model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, -1].log_softmax(-1)
+        top = logp.topk(TOP_LOGPROBS)
+        spelled = [(tok.decode([int(i)]).strip().strip("()*").strip(), float(v)) for v, i in zip(top.values, top.indices)]
+        if spelled[0][0] not in OPTIONS:
+            continue  # the answer starts later (e.g. after "("): not comparable position by position
+        floor = float(top.values[-1])
+        expected = [torch.tensor([v for s, v in spelled if s == o]).logsumexp(0).item() if any(s == o for s, _ in spelled)
+                     else floor for o in OPTIONS]
+        assert got == pytest.approx(expected, abs=2e-3), prompt
+        checked += 1
+    assert checked >= len(prompts) // 2
+
+    cfg = sampler_cfg.model_copy(update={"max_model_len": 1024})
+    with SamplerPool(smollm2, cfg, dtype="float32") as pool:
+        local = label(LocalModel(pool, smollm2).option_logprobs, comparisons)
+    agree = sum((c > 0.5) == (loc > 0.5) for c, loc in zip(chat, local))
+    print(f"chat labels {[round(c, 3) for c in chat]}\nlocal labels {[round(x, 3) for x in local]}\n"
+          f"same side on {agree} of {len(PAIRS)} pairs; first response (the better one) preferred:"
+          f" chat {sum(c > 0.5 for c in chat)}, local {sum(x > 0.5 for x in local)}")
+    assert all(0.0 < c < 1.0 for c in chat) and len(set(round(c, 6) for c in chat)) > 1  # decided, not all ties
