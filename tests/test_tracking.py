@@ -32,6 +32,7 @@ def test_inputs_name_the_run_that_produced_them_and_runs_have_system_metrics(tmp
     with tracking.start_run(cfg, tmp_path, "train", {}) as consumer:
         tracking.log_input_file(produced, "training")
         tracking.log_input_file(plain, "extra")
+        tracking.log_prompts(["Human: Hi\n\nAssistant:", "Human: Bye\n\nAssistant:"], "sample", "prompts")
         tracking.log_model_input("models:/lineage-model@champion", "initial model")
         tracking.log_model_input("models:/lineage-model/latest", "reward model")
         tracking.log_model_input(str(model), "folder")  # a folder no registry knows: left to the params
@@ -39,13 +40,15 @@ def test_inputs_name_the_run_that_produced_them_and_runs_have_system_metrics(tmp
 
     by_context = {next(t.value for t in i.tags if t.key == CONTEXT): i
                   for i in mlflow.get_run(consumer.info.run_id).inputs.dataset_inputs}
-    assert set(by_context) == {"training", "extra", "initial model", "reward model"}
+    assert set(by_context) == {"training", "extra", "prompts", "initial model", "reward model"}
     producer_id = producer.info.run_id
     training = by_context["training"]
     assert training.dataset.source_type == "run_artifact"
     assert json.loads(training.dataset.source) == {"uri": f"runs:/{producer_id}/datasets/preferences.parquet"}
     assert pd.read_parquet(mlflow.data.get_source(training).load()).equals(frame)  # the producer's artifact
     assert by_context["extra"].dataset.source_type == "local"
+    prompts = by_context["prompts"].dataset
+    assert prompts.name == "sample" and json.loads(prompts.profile)["num_rows"] == 2
     assert json.loads(by_context["extra"].dataset.source)["uri"] == str(plain.resolve())
     for context, version in (("initial model", first), ("reward model", latest)):
         dataset = by_context[context].dataset

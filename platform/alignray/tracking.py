@@ -117,6 +117,12 @@ def log_dataset(path: Path, frame: pd.DataFrame, name: str, context: str) -> Non
     mlflow.log_input(dataset, context=context)
 
 
+def log_prompts(prompts: list[str], name: str, context: str) -> None:
+    """Log the prompts a stage reads, as its model sees them, as a dataset input (`name`: their
+    sources, e.g. donotanswer+advbench)."""
+    mlflow.log_input(mlflow.data.from_pandas(pd.DataFrame({"prompt": prompts}), name=name), context=context)
+
+
 def log_input_file(path: Path, context: str) -> None:
     """Log a Parquet file the active run reads as a dataset input; its source is the run that
     produced it (`runs:/<run id>/datasets/<name>`, see `stamped`), else the file itself."""

@@ -146,6 +146,9 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     with tracking.start_run(cfg.tracking, cfg.output_dir, name, tracking.flatten(cfg)) as active:
         for context, ref in [("policy", cfg.policy), *(("baseline", ref) for ref in opponents)]:
             tracking.log_model_input(ref, context)
+        tracking.log_prompts(prompts, cfg.data.label, "evaluation prompts")
+        if benign_prompts:
+            tracking.log_prompts(benign_prompts, cfg.benign_data.label, "benign prompts")
         n = len(prompts)
         policy = _responses(cfg.policy, paths[cfg.policy], prompts + benign_prompts, cfg)
         rows, benign_rows = [], []

@@ -107,6 +107,8 @@ def run(cfg: SimulateConfig) -> SimulationResult:
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params) as active:
         for context, ref in _model_inputs(cfg):
             tracking.log_model_input(ref, context)
+        tracking.log_prompts([c.transcript if c.messages is None else render(c.message_dicts()) for c in convs],
+                             cfg.data.label, "prompts")
         started = time.monotonic()
         if sim.method == "rrhf":
             rows, dropped, metrics = ranking.run(cfg, plans, principles.response_prefix)
