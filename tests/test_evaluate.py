@@ -128,7 +128,8 @@ def test_judge_agreement_on_decided_pairs_only():
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
-def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_reward, tmp_path, capsys):
+def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_reward, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     from alignray.models.tiny import make_tiny_llama
     from alignray.rewards.judges import hate, profanity
     from alignray.rewards.scorers import LocalRewardModels
@@ -208,6 +209,10 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
         assert run.data.metrics[f"over_refusal_rate.{name}"] == float(benign_frame[column].mean())
     assert "over-refusal is measured on 3 held-out benign prompts" in report
     assert "report:" in printed
+    # the judgements as MLflow tables (the run's Evaluation tab), and the run's system metrics
+    for table, expected in (("judgements.json", frame), ("benign_judgements.json", benign_frame)):
+        pd.testing.assert_frame_equal(mlflow.load_table(table, run_ids=[run.info.run_id]), expected, check_dtype=False)
+    assert "system/cpu_utilization_percentage" in run.data.metrics
 
 
 def judge_name(judge):

@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "alignray"
 LAYERS = (
     "logs",  # where output goes (standard library only)
     "config",  # typed config (pydantic only)
+    "configdoc",  # the config schemas described: `alignray config show`, the README tables
     "io",  # atomic writes
     "data",  # conversations, prompt sources, pair files
     "principles",  # principle sets

@@ -5,6 +5,7 @@ import math
 import re
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from alignray.cli import main
 from alignray.feedback import diagnostics
@@ -68,8 +69,12 @@ def test_rlcd_simulation_writes_dataset_and_mlflow_run(tiny_model, tmp_path, cap
     assert run.data.params["sampler.max_tokens"] == "16" and run.data.params["model.path"] == str(tiny_model)
     assert run.data.metrics["pairs"] == len(frame) and run.data.metrics["dropped_empty"] == dropped
     assert [a.path for a in client.list_artifacts(run.info.run_id, "datasets")] == ["datasets/preferences.parquet"]
-    [ds_input] = run.inputs.dataset_inputs
-    assert ds_input.dataset.name == "rlcd-harmlessness-preferences"
+    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in run.inputs.dataset_inputs}
+    assert inputs["preferences"].name == "rlcd-harmlessness-preferences"
+    assert inputs["prompts"].name == "prompts" and json.loads(inputs["prompts"].profile)["num_rows"] == len(TRANSCRIPTS)
+    # the file names its run, for the lineage of the training run that reads it (tests/test_tracking.py)
+    stamp = pq.read_schema(dataset).metadata[b"alignray.produced_by"].decode()
+    assert stamp == f"runs:/{run.info.run_id}/datasets/preferences.parquet"
     # the label check by independent judges: metrics recomputed from the dataset, artifact, summary
     for key, value in diagnostics.run(frame).metrics().items():
         assert abs(run.data.metrics[key] - value) < 1e-9, key

@@ -226,6 +226,21 @@ def _principles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from alignray import configdoc
+
+    if args.kind is None:
+        if args.markdown:
+            print(configdoc.readme_tables())
+            return 0
+        for kind, (schema, command) in configdoc.KINDS.items():
+            print(f"{kind:10s} {schema.__name__:16s} read by {command}")
+        print("\nalignray config show KIND prints its fields.")
+        return 0
+    print(configdoc.markdown(args.kind) if args.markdown else configdoc.text(args.kind))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignray",
@@ -285,6 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
     prep = msub.add_parser("prepare", parents=[common], help="convert a known model into a safetensors folder")
     prep.add_argument("name", choices=sorted(KNOWN))
 
+    from alignray.configdoc import KINDS as CONFIG_KINDS
+
+    config = sub.add_parser("config", help="describe the config files: every field's type, default and meaning")
+    csub = config.add_subparsers(dest="config_cmd", required=True)
+    show = csub.add_parser(
+        "show", parents=[common], help="the fields of one kind of config, or the kinds",
+        description="Print every field of a config KIND (dotted path, type, default, description), or, without"
+        " KIND, the kinds and the command that reads each. Kinds: " + "; ".join(
+            f"{k} ({cmd})" for k, (_, cmd) in CONFIG_KINDS.items()) + ". Example: alignray config show ppo.")
+    show.add_argument("kind", nargs="?", choices=list(CONFIG_KINDS), metavar="KIND",
+                      help="one of: " + ", ".join(CONFIG_KINDS))
+    show.add_argument("--markdown", action="store_true",
+                      help="a Markdown table instead (without KIND: the README's tables of every kind)")
+
     princ = sub.add_parser("principles", parents=[common], help="list the built-in principle sets, or show one")
     princ.add_argument("name", nargs="?", help="a built-in set to show in full")
     return parser
@@ -306,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             return _models(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "config":
+            return _config(args)
         return _principles(args)
     except USER_ERRORS as exc:
         print(f"alignray: error: {exc}", file=sys.stderr)

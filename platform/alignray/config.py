@@ -31,9 +31,12 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
+    """The policy model: the one sampled, trained or compared against."""
+
     name: str = Field(
         "smollm2-135m-instruct",
-        description="A known model name (see `alignray models list`) or a local HF model folder.",
+        description="A known model name (see `alignray models list`), a local HF model folder or a models:/"
+        " registry URI.",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
@@ -44,6 +47,8 @@ class ModelConfig(Strict):
 
 
 class SamplerConfig(Strict):
+    """The pool of vLLM sampler actors and how they sample."""
+
     num_samplers: int = Field(1, ge=1, description="vLLM sampler actors in the pool.")
     cpus_per_sampler: float = Field(1.0, gt=0, description="Ray CPUs reserved by each actor.")
     gpus_per_sampler: float = Field(
@@ -68,15 +73,23 @@ class SamplerConfig(Strict):
     prompts_per_request: int = Field(
         16, ge=1, description="Prompts sent to one actor at a time; a lost actor re-runs one."
     )
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this probability"
+        " mass; 1 keeps all (PPO needs 1)."
+    )
     max_tokens: int = Field(128, ge=1, description="Longest completion, tokens.")
-    request_timeout_s: float = Field(900, gt=0, description="Deadline of one request to one actor.")
-    weight_sync_timeout_s: float = Field(300, gt=0, description="Deadline of one weight update.")
+    request_timeout_s: float = Field(
+        900, gt=0, description="Deadline of one request to one actor, seconds; an actor that misses it is"
+        " replaced and the request re-run."
+    )
+    weight_sync_timeout_s: float = Field(300, gt=0, description="Deadline of one weight update, seconds.")
     max_restarts: int = Field(3, ge=0, description="Replacements of lost actors per pool call.")
 
 
 class DataConfig(Strict):
+    """Prompts: where they come from, how they are framed, which of them are used."""
+
     source: str | list[str] = Field(
         "sample",
         description="A built-in prompt set (sample, donotanswer, harmbench, advbench, mtbench)"
@@ -100,6 +113,8 @@ class DataConfig(Strict):
 
 
 class SimulationConfig(Strict):
+    """How preference data is simulated: the method, its models and its principle set."""
+
     method: Literal["rlcd", "rlaif", "rlcd_rescore", "morlaif", "rrhf", "rdpo"] = Field(
         "rlcd",
         description="rlcd: contrast prompts make the pair; rlaif: two samples of one prompt,"
@@ -190,11 +205,14 @@ TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "h
 
 
 class TrackingConfig(Strict):
+    """Where the stage's MLflow run goes."""
+
     uri: str | None = Field(
         None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db."
     )
-    experiment: str = "alignray"
-    run_name: str | None = None
+    experiment: str = Field("alignray", description="MLflow experiment of the run (created if missing).")
+    run_name: str | None = Field(None, description="MLflow run name shown in the UI; default: the stage's own name"
+                                 " (e.g. rlcd-harmlessness, ppo-<prompt source>).")
 
     @field_validator("uri")
     @classmethod
@@ -333,7 +351,7 @@ class EngineConfig(Strict):
     """The Ray Train workers and the DeepSpeed engine of every trained model."""
 
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DeepSpeed ranks).")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved by each worker.")
     node_labels: dict[str, str] = Field(
         {}, description="Start the trainer workers only on nodes with these Ray node labels (set by `ray start --labels`),"
         " e.g. {role: train}; empty: any node."
@@ -342,20 +360,30 @@ class EngineConfig(Strict):
         0, ge=-1, description="Times Ray Train starts the workers again, from the last checkpoint, after a worker"
         " or its node dies (-1: no limit). Any error counts, so a deterministic one is repeated this many times."
     )
-    use_gpu: bool = False
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    use_gpu: bool = Field(False, description="One GPU per worker and the NCCL backend; false: CPU workers with gloo.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage: 0 plain data parallel, 1 shards optimizer state, 2 also gradients,"
+        " 3 also parameters."
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Training compute dtype: auto = bf16 where the worker's device has it natively,"
         " else fp32. bf16 computes in bfloat16 and keeps float32 master weights and optimizer state"
         " (DeepSpeed's bf16 mode); exported models are bfloat16.",
     )
-    learning_rate: float = Field(1e-5, gt=0)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 0
+    learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (of the policy, in PPO).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="Learning-rate decay after warm-up, to 0 at the last step (constant: none)."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up to learning_rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Clip the gradient's global norm to this (DeepSpeed gradient_clipping)."
+    )
+    seed: int = Field(
+        0, description="Seeds torch (plus the rank), the eval split and data order; in PPO also the prompt"
+        " order and the rollouts."
+    )
 
 
 class TrainerConfig(EngineConfig):
@@ -365,15 +393,15 @@ class TrainerConfig(EngineConfig):
     micro_batch_per_worker: int = Field(
         4, ge=1, description="Examples (pairs, sequences or prompts) per worker per forward."
     )
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    epochs: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches summed into one optimizer step.")
+    epochs: int = Field(1, ge=1, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
     stop_after_steps: int | None = Field(
         None, ge=1, description="Stop (checkpointed) after this many steps; run again to resume."
     )
-    log_every_steps: int = Field(10, ge=1)
+    log_every_steps: int = Field(10, ge=1, description="Steps between training metrics logged to MLflow.")
     eval_every_steps: int | None = Field(None, ge=1, description="Default: at the end only.")
-    checkpoint_every_steps: int = Field(50, ge=1)
+    checkpoint_every_steps: int = Field(50, ge=1, description="Steps between checkpoints (and always at the end).")
     max_length: int = Field(512, ge=8, description="Longest prompt + response, tokens.")
     truncation_side: Literal["left", "right"] = Field(
         "left", description="Which end of the prompt to cut when an example is too long."
@@ -382,6 +410,8 @@ class TrainerConfig(EngineConfig):
 
 
 class PreferenceConfig(Strict):
+    """`train preference`: the preference (reward) model's heads and labels."""
+
     principles: list[str] | None = Field(
         None,
         description="MORLAIF mode: one reward head per principle, each pair trained on the head"
@@ -411,8 +441,12 @@ class PreferenceConfig(Strict):
 
 
 class DPOConfig(Strict):
-    beta: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, le=0.5)
+    """`train dpo`: the DPO loss (see alignray.train.losses.dpo_loss)."""
+
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL to the reference model.")
+    label_smoothing: float = Field(
+        0.0, ge=0, le=0.5, description="Assumed label noise eps: loss -(1-eps) logsigmoid(h) - eps logsigmoid(-h)."
+    )
     soft_labels: bool = Field(False, description="rDPO: weight each pair by `preference_prob`.")
     judge_agreement_filter: bool = Field(
         False, description="Keep only pairs whose preference_prob is above 0.5."
@@ -445,8 +479,9 @@ class TrainedRun(Strict):
         description="Ray Train run name (default <kind>-<dataset or prompt source>); running"
         " again with the same name resumes it.",
     )
-    output_dir: Path = Path("alignray-runs")
-    address: str | None = None
+    output_dir: Path = Field(Path("alignray-runs"), description="Where checkpoints (train/), logs and the default"
+                             " MLflow store go.")
+    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one.")
 
 
 class TrainConfig(TrainedRun):
@@ -461,33 +496,45 @@ class TrainConfig(TrainedRun):
 
 
 class CriticConfig(Strict):
+    """PPO's value model."""
+
     init: Literal["reward", "policy"] = Field(
         "reward", description="Start the value model from the (first) reward model or the policy."
     )
-    learning_rate: float = Field(1e-5, gt=0)
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of the value model.")
 
 
 class PPOSettings(Strict):
+    """PPO's rollouts, losses and KL penalty."""
+
     iterations: int = Field(20, ge=1, description="Rollout + update rounds.")
     stop_after_iterations: int | None = Field(
         None, ge=1, description="Stop (checkpointed) after this many; run again to resume."
     )
-    prompts_per_step: int = Field(8, ge=1)
-    samples_per_prompt: int = Field(2, ge=1)
+    prompts_per_step: int = Field(8, ge=1, description="Prompts rolled out per iteration.")
+    samples_per_prompt: int = Field(2, ge=1, description="Responses sampled per prompt.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     minibatch_per_worker: int = Field(4, ge=1, description="Responses per optimizer step per worker.")
     clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip.")
-    value_clip_eps: float = Field(0.2, gt=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    entropy_coef: float = Field(0.0, ge=0)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    value_clip_eps: float = Field(
+        0.2, gt=0, description="Value clip: the clipped value term moves at most this far from the rollout's"
+        " value (the loss takes the larger of clipped and unclipped)."
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount per token.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus in the policy loss.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="Per-token KL(policy || reference) estimate, d = log-prob difference: k1 d, k2 d^2/2,"
+        " k3 exp(-d) - 1 + d."
+    )
     kl_coef: float = Field(0.05, ge=0, description="Initial (or fixed) KL coefficient.")
     kl_target: float | None = Field(
         None, gt=0, description="Adaptive KL: per-response KL to aim for; fixed when unset."
     )
     kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon, samples.")
-    whiten_advantages: bool = True
+    whiten_advantages: bool = Field(
+        True, description="Normalise the advantages of each worker's rollout share to mean 0, variance 1."
+    )
     checkpoint_every: int = Field(10, ge=1, description="Iterations between checkpoints.")
     sync_tolerance: float | None = Field(
         None, gt=0,
@@ -573,8 +620,9 @@ class EvaluateConfig(Strict):
     name: str | None = Field(None, description="Report name; default evaluate-<policy>.")
     endpoint: EndpointConfig = EndpointConfig()
     tracking: TrackingConfig = TrackingConfig()
-    output_dir: Path = Path("alignray-runs")
-    address: str | None = None
+    output_dir: Path = Field(Path("alignray-runs"), description="Where reports (evaluations/), logs and the"
+                             " default MLflow store go.")
+    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one.")
 
     @model_validator(mode="after")
     def _benign_needs_refusal(self) -> EvaluateConfig:
@@ -605,8 +653,9 @@ class PipelineConfig(Strict):
         default_factory=dict, description="Per-stage fields, e.g. {ppo: {ppo: {iterations: 10}}}, or {use: URI} to take an existing output."
     )
     tracking: TrackingConfig = TrackingConfig()
-    output_dir: Path = Path("alignray-runs")
-    address: str | None = None
+    output_dir: Path = Field(Path("alignray-runs"), description="Where every stage's outputs, logs and the"
+                             " default MLflow store go.")
+    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one.")
 
     @model_validator(mode="after")
     def _held_out(self) -> PipelineConfig:

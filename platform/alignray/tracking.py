@@ -1,4 +1,7 @@
-"""MLflow: where runs go, their params, and datasets logged as artifacts and inputs."""
+"""MLflow: where runs go, their params and system metrics, and datasets logged as artifacts and
+as inputs. An input that another run produced names that run: a Parquet file a stage writes is
+stamped with its `runs:/<run id>/<artifact path>`, a registered model knows its run, and the run
+that reads either logs it as a dataset input whose source is that URI (lineage across stages)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,11 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import register_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from pydantic import BaseModel
 
 from alignray.config import TrackingConfig
@@ -30,14 +38,50 @@ def flatten(config: BaseModel, prefix: str = "") -> dict[str, str]:
 
 
 RUN_TAG = "alignray.run"
+PRODUCED_BY = b"alignray.produced_by"  # Parquet metadata: runs:/<run id>/<artifact path> of the file
+
+
+class RunArtifactSource(DatasetSource):
+    """A dataset (or model) that an MLflow run logged as an artifact, `runs:/<run id>/<path>`;
+    `mlflow.data.get_source(dataset_input).load()` downloads it from the current store."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "run_artifact"
+
+    def load(self, dst_path: str | None = None) -> str:
+        return mlflow.artifacts.download_artifacts(artifact_uri=self.uri, dst_path=dst_path)
+
+    @staticmethod
+    def _can_resolve(raw_source) -> bool:
+        return isinstance(raw_source, str) and raw_source.startswith("runs:/")
+
+    @classmethod
+    def _resolve(cls, raw_source: str) -> RunArtifactSource:
+        return cls(raw_source)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"uri": self.uri}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict) -> RunArtifactSource:
+        return cls(source_dict["uri"])
+
+
+register_dataset_source(RunArtifactSource)
 
 
 @contextmanager
 def start_run(
     cfg: TrackingConfig, output_dir: Path, run_name: str, params: dict[str, str], resume: bool = False
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run in `cfg.experiment`; a local store keeps artifacts beside its database.
-    With `resume`, an earlier run of the same name is continued instead of starting anew."""
+    """An MLflow run in `cfg.experiment`, sampling system metrics (CPU, memory, disk, network,
+    GPU; every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds, default 10); a local store keeps
+    artifacts beside its database. With `resume`, an earlier run of the same name is continued
+    instead of starting anew."""
     mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         location = None
@@ -51,12 +95,19 @@ def start_run(
             [experiment.experiment_id], f"tags.`{RUN_TAG}` = '{run_name}'", output_format="list"
         )
     if previous:
-        with mlflow.start_run(run_id=previous[0].info.run_id) as run:
+        with mlflow.start_run(run_id=previous[0].info.run_id, log_system_metrics=True) as run:
             yield run
         return
-    with mlflow.start_run(run_name=cfg.run_name or run_name, tags={RUN_TAG: run_name}) as run:
+    with mlflow.start_run(run_name=cfg.run_name or run_name, tags={RUN_TAG: run_name}, log_system_metrics=True) as run:
         mlflow.log_params(params)
         yield run
+
+
+def stamped(table: pa.Table, path: Path) -> pa.Table:
+    """`table`, marked as produced by the active run: `log_dataset(path, ...)` stores it as the
+    run's artifact datasets/<name>, and a run that reads the file (`log_input_file`) names it."""
+    uri = f"runs:/{mlflow.active_run().info.run_id}/datasets/{path.name}"
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), PRODUCED_BY: uri.encode()})
 
 
 def log_dataset(path: Path, frame: pd.DataFrame, name: str, context: str) -> None:
@@ -64,6 +115,45 @@ def log_dataset(path: Path, frame: pd.DataFrame, name: str, context: str) -> Non
     mlflow.log_artifact(str(path), artifact_path="datasets")
     dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=name)
     mlflow.log_input(dataset, context=context)
+
+
+def log_prompts(prompts: list[str], name: str, context: str) -> None:
+    """Log the prompts a stage reads, as its model sees them, as a dataset input (`name`: their
+    sources, e.g. donotanswer+advbench)."""
+    mlflow.log_input(mlflow.data.from_pandas(pd.DataFrame({"prompt": prompts}), name=name), context=context)
+
+
+def log_input_file(path: Path, context: str) -> None:
+    """Log a Parquet file the active run reads as a dataset input; its source is the run that
+    produced it (`runs:/<run id>/datasets/<name>`, see `stamped`), else the file itself."""
+    table = pq.read_table(path)
+    produced = (table.schema.metadata or {}).get(PRODUCED_BY)
+    source = RunArtifactSource(produced.decode()) if produced else str(Path(path).resolve())
+    mlflow.log_input(mlflow.data.from_pandas(table.to_pandas(), source=source, name=Path(path).stem), context=context)
+
+
+def log_model_input(ref: str, context: str) -> None:
+    """Log a registered model (models:/name/version, /latest or @alias) the active run reads as a
+    dataset input whose source is the `model` artifact of the run that registered it. Model
+    folders and known names produced by no run are left to the run's params, and so is a URI
+    the registry does not know (the stage's own loading of it says so)."""
+    from mlflow.exceptions import MlflowException
+
+    if not ref.startswith("models:/"):
+        return
+    client = mlflow.MlflowClient()
+    name, _, version = ref.removeprefix("models:/").partition("/")
+    try:
+        if "@" in name:
+            found = client.get_model_version_by_alias(*name.split("@", 1))
+        elif version == "latest":
+            found = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+        else:
+            found = client.get_model_version(name, version)
+    except (MlflowException, ValueError):  # ValueError: no version at all for /latest
+        return
+    source = RunArtifactSource(f"runs:/{found.run_id}/model")
+    mlflow.log_input(MetaDataset(source, name=f"{found.name}/{found.version}"), context=context)
 
 
 def register_model(

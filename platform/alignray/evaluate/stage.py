@@ -101,6 +101,7 @@ def _agreement(cfg: EvaluateConfig) -> dict | None:
         return None
     rows = load_pairs(a.dataset, "agreement.dataset")
     scorer = LocalRewardModels([local_folder(a.model)], max_length=cfg.sampler.max_model_len)
+    tracking.log_model_input(a.model, "preference model")
     prompts, chosen, rejected = list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"])
     margins = (scorer(prompts, chosen) - scorer(prompts, rejected)).numpy()
     correct = (margins > 0).astype(float)
@@ -143,6 +144,11 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
 
     cluster.connect(cfg.address)
     with tracking.start_run(cfg.tracking, cfg.output_dir, name, tracking.flatten(cfg)) as active:
+        for context, ref in [("policy", cfg.policy), *(("baseline", ref) for ref in opponents)]:
+            tracking.log_model_input(ref, context)
+        tracking.log_prompts(prompts, cfg.data.label, "evaluation prompts")
+        if benign_prompts:
+            tracking.log_prompts(benign_prompts, cfg.benign_data.label, "benign prompts")
         n = len(prompts)
         policy = _responses(cfg.policy, paths[cfg.policy], prompts + benign_prompts, cfg)
         rows, benign_rows = [], []
@@ -176,6 +182,9 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             if curves:
                 plot_curves(curves, tmp / "curves.png")
         mlflow.log_artifacts(str(target), artifact_path="evaluation")
+        mlflow.log_table(frame, "judgements.json")  # also as an MLflow table: mlflow.load_table reads it
+        if benign_rows:
+            mlflow.log_table(benign, "benign_judgements.json")
         mlflow.log_metrics({
             **{metric_key(f"win_rate.{r.judge}.{r.opponent}"): r.rate for r in rates},
             **{metric_key(f"refusal_rate.{r.policy}"): r.rate for r in harmless.refusals},

@@ -66,6 +66,16 @@ def _plans(cfg: SimulateConfig, convs: list[Conversation], principles: Principle
     return neutral_plans(convs, principles.response_prefix, render)
 
 
+def _model_inputs(cfg: SimulateConfig) -> list[tuple[str, str]]:
+    """(role, reference) of every model the simulation reads."""
+    sim = cfg.simulation
+    found = [("policy", cfg.model.name), ("simulator", sim.simulator), ("labeller", sim.labeller),
+             ("teacher", sim.teacher), ("judge", cfg.judge.model)]
+    found += [("ranking policy", ref) for ref in cfg.ranking.policies]
+    found += [("reward model", ref) for ref in (cfg.reward.models if cfg.reward else [])]
+    return [(role, ref) for role, ref in found if ref]
+
+
 def run(cfg: SimulateConfig) -> SimulationResult:
     sim = cfg.simulation
     principles = load_principles(sim.principles)
@@ -95,6 +105,10 @@ def run(cfg: SimulateConfig) -> SimulationResult:
     params["model.path"] = str(model_path)
     run_name = f"{sim.method}-{principles.name}"
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params) as active:
+        for context, ref in _model_inputs(cfg):
+            tracking.log_model_input(ref, context)
+        tracking.log_prompts([c.transcript if c.messages is None else render(c.message_dicts()) for c in convs],
+                             cfg.data.label, "prompts")
         started = time.monotonic()
         if sim.method == "rrhf":
             rows, dropped, metrics = ranking.run(cfg, plans, principles.response_prefix)
@@ -105,7 +119,8 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         frame = pd.DataFrame(rows)
         name = "candidates" if sim.method == "rrhf" else "preferences"
         folder = cfg.output_dir / "datasets" / f"{run_name}-{active.info.run_id[:8]}"
-        dataset = write_parquet(pa.Table.from_pandas(frame, preserve_index=False), folder / f"{name}.parquet")
+        target = folder / f"{name}.parquet"
+        dataset = write_parquet(tracking.stamped(pa.Table.from_pandas(frame, preserve_index=False), target), target)
         tracking.log_dataset(dataset, frame, name=f"{run_name}-{name}", context=name)
         tied = ties(frame)
         if tied:

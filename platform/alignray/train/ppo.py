@@ -122,6 +122,10 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     params = {**tracking.flatten(cfg), "kind": "ppo", "model.path": str(policy)}
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
         mlflow.log_metrics({"prompts": len(prompts), "total_iterations": cfg.ppo.iterations})
+        tracking.log_prompts(prompts, cfg.data.label, "prompts")
+        tracking.log_model_input(cfg.model.name, "initial policy")
+        for ref in cfg.reward.models:
+            tracking.log_model_input(ref, "reward model")
         if cfg.reward.fit_weights is not None:
             cfg = _use_fitted_weights(cfg, rewards, active)
         mlflow.set_tags({"placement": "colocated" if where.colocated else "separate",

@@ -154,6 +154,8 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
     check_cpus({"trainer.num_workers x trainer.cpus_per_worker": t.num_workers * t.cpus_per_worker})
     params = {**tracking.flatten(cfg), "kind": kind, "model.path": str(model_path)}
     with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
+        tracking.log_input_file(Path(cfg.dataset), "training")
+        tracking.log_model_input(cfg.model.name, "initial model")
         mlflow.log_metrics(
             {"train_examples": len(prepared.train), "eval_examples": len(prepared.eval),
              "truncated_sequences": prepared.truncated, "filtered_examples": prepared.filtered,

@@ -1,0 +1,60 @@
+"""MLflow on a real SQLite store (no Ray): inputs name the run that produced them, and every run
+samples system metrics."""
+
+import json
+import time
+
+import mlflow
+import pandas as pd
+import pyarrow as pa
+from alignray import tracking
+from alignray.config import TrackingConfig
+from alignray.io import write_parquet
+
+CONTEXT = "mlflow.data.context"
+
+
+def test_inputs_name_the_run_that_produced_them_and_runs_have_system_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    cfg = TrackingConfig(experiment="lineage")
+    frame = pd.DataFrame({"prompt": ["a", "b"], "chosen": ["x", "y"], "rejected": ["p", "q"]})
+    produced = tmp_path / "datasets" / "preferences.parquet"
+    plain = write_parquet(pa.Table.from_pandas(frame), tmp_path / "mine.parquet")  # made by no run
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with tracking.start_run(cfg, tmp_path, "simulate", {}) as producer:
+        write_parquet(tracking.stamped(pa.Table.from_pandas(frame), produced), produced)
+        tracking.log_dataset(produced, frame, "prefs", "preferences")
+        first, _ = tracking.register_model(model, "lineage-model", 0.5, "eval_accuracy", True)  # @champion
+        latest, _ = tracking.register_model(model, "lineage-model", 0.4, "eval_accuracy", True)
+        time.sleep(1.0)  # a few samples of system metrics
+    with tracking.start_run(cfg, tmp_path, "train", {}) as consumer:
+        tracking.log_input_file(produced, "training")
+        tracking.log_input_file(plain, "extra")
+        tracking.log_prompts(["Human: Hi\n\nAssistant:", "Human: Bye\n\nAssistant:"], "sample", "prompts")
+        tracking.log_model_input("models:/lineage-model@champion", "initial model")
+        tracking.log_model_input("models:/lineage-model/latest", "reward model")
+        tracking.log_model_input(str(model), "folder")  # a folder no registry knows: left to the params
+        tracking.log_model_input("models:/nobody/1", "unknown")  # left to the stage, whose loading names it
+
+    by_context = {next(t.value for t in i.tags if t.key == CONTEXT): i
+                  for i in mlflow.get_run(consumer.info.run_id).inputs.dataset_inputs}
+    assert set(by_context) == {"training", "extra", "prompts", "initial model", "reward model"}
+    producer_id = producer.info.run_id
+    training = by_context["training"]
+    assert training.dataset.source_type == "run_artifact"
+    assert json.loads(training.dataset.source) == {"uri": f"runs:/{producer_id}/datasets/preferences.parquet"}
+    assert pd.read_parquet(mlflow.data.get_source(training).load()).equals(frame)  # the producer's artifact
+    assert by_context["extra"].dataset.source_type == "local"
+    prompts = by_context["prompts"].dataset
+    assert prompts.name == "sample" and json.loads(prompts.profile)["num_rows"] == 2
+    assert json.loads(by_context["extra"].dataset.source)["uri"] == str(plain.resolve())
+    for context, version in (("initial model", first), ("reward model", latest)):
+        dataset = by_context[context].dataset
+        assert (dataset.name, json.loads(dataset.source)) == (f"lineage-model/{version}",
+                                                              {"uri": f"runs:/{producer_id}/model"})
+    assert (first, latest) == (1, 2)
+
+    metrics = mlflow.get_run(producer_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics), metrics
