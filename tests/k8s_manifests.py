@@ -94,8 +94,9 @@ def nodes(doc: dict) -> list[Node]:
     return out
 
 
-def job_pipeline(job: dict, docs) -> "PipelineConfig":  # noqa: F821
-    """The pipeline config a RayJob runs: the ConfigMap file its entrypoint's --config names."""
+def job_pipeline(job: dict, docs, overrides: dict | None = None) -> "PipelineConfig":  # noqa: F821
+    """The pipeline config a RayJob runs: the ConfigMap file its entrypoint's --config names
+    (with `overrides`, {dotted key: value}, applied)."""
     from alignray.config import PipelineConfig
 
     config_path = job["spec"]["entrypoint"].partition(" --config ")[2]
@@ -103,7 +104,14 @@ def job_pipeline(job: dict, docs) -> "PipelineConfig":  # noqa: F821
     [mount] = [m for m in head["containers"][0]["volumeMounts"] if config_path.startswith(m["mountPath"] + "/")]
     [volume] = [v for v in head["volumes"] if v["name"] == mount["name"]]
     [config_map] = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]]
-    return PipelineConfig.model_validate(yaml.safe_load(config_map["data"][Path(config_path).name]))
+    tree = yaml.safe_load(config_map["data"][Path(config_path).name])
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return PipelineConfig.model_validate(tree)
 
 
 def jobs() -> list[tuple[str, dict, "PipelineConfig"]]:  # noqa: F821
