@@ -25,7 +25,8 @@ pytestmark = [
 ]
 
 SECRETS = {("alignray-postgres", "password"): "pg-secret", ("alignray-mlflow-auth", "username"): "alignray",
-           ("alignray-mlflow-auth", "password"): "a-long-test-password-0123"}
+           ("alignray-mlflow-auth", "password"): "a-long-test-password-0123",
+           ("alignray-mlflow-auth", "secret-key"): "a-test-csrf-key"}
 
 
 def manifest_server():
