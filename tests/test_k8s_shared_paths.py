@@ -6,7 +6,8 @@ temp folders are an empty tmpfs, so it cannot see them, as a worker pod cannot s
 pod's. Both get the RayJob manifest's ALIGNRAY_* environment, with the shared mount
 (/mnt/alignray) mapped to a folder both see. The driver then runs the simulate entrypoint
 (jobs/simulate.py: the smallest stage that hands a model folder to sampler actors) on a
-models:/ URI, which it downloads before starting the samplers."""
+models:/ URI of an MLflow server that serves its artifacts over HTTP, as the in-cluster one
+does (a local file store would hand out its own folder instead of downloading)."""
 
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 from conftest import free_port
 from k8s_manifests import KUBECTL, ROOT, containers, of_kind, render
 from mlflow.tracking import MlflowClient
@@ -45,17 +47,23 @@ def manifest_env(shared: Path) -> dict[str, str]:
     return envs[0]
 
 
-def register(folder: Path, store: str, artifacts: Path) -> str:
+def register(folder: Path, store: str) -> str:
     """Register a model folder as `tiny-policy` @champion in the store; its models:/ URI."""
     client = MlflowClient(store)
-    experiment = client.create_experiment("models", artifact_location=str(artifacts))
-    run = client.create_run(experiment)
+    run = client.create_run(client.create_experiment("models"))
     client.log_artifacts(run.info.run_id, str(folder), "model")
     client.create_registered_model("tiny-policy")
     version = client.create_model_version("tiny-policy", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     client.set_registered_model_alias("tiny-policy", "champion", version.version)
     client.set_terminated(run.info.run_id)
     return "models:/tiny-policy@champion"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).ok
+    except requests.ConnectionError:
+        return False
 
 
 def start(command: list, env: dict, log: Path) -> subprocess.Popen:
@@ -66,10 +74,14 @@ def test_a_jobs_driver_hands_actors_on_another_node_only_paths_on_the_shared_vol
     shared, head_private, worker_private = tmp_path / "shared", tmp_path / "head", tmp_path / "worker"
     for folder in (shared, head_private / "home", head_private / "tmp", worker_private / "home", worker_private / "tmp"):
         folder.mkdir(parents=True)
-    store = f"sqlite:///{shared / 'mlflow.db'}"
-    model = register(tiny_model, store, shared / "artifacts")
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ALIGNRAY_CACHE", "ALIGNRAY_DOWNLOADS")}
     base["PATH"] = f"{BIN}:{os.environ['PATH']}"
+    port = free_port()
+    store = f"http://127.0.0.1:{port}"
+    server = start([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                    "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "--artifacts-destination", str(tmp_path / "served-artifacts"), "--serve-artifacts"],
+                   base, tmp_path / "mlflow.log")
     alignray_env = manifest_env(shared)
     head_env = {**base, **alignray_env, "HOME": str(head_private / "home"), "TMPDIR": str(head_private / "tmp")}
     worker_env = {**base, **alignray_env, "HOME": str(worker_private / "home"), "TMPDIR": str(worker_private / "tmp")}
@@ -81,11 +93,16 @@ def test_a_jobs_driver_hands_actors_on_another_node_only_paths_on_the_shared_vol
                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
                 "--disable-usage-stats", f"--temp-dir={ray_tmp}", "--block"]
 
-    head = start([BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=0",
-                  "--include-dashboard=false", f"--ray-client-server-port={free_port()}", *node_ports()],
-                 head_env, tmp_path / "head.log")
-    worker = None
+    head = worker = None
     try:
+        deadline = time.monotonic() + 300
+        while not _answers(f"{store}/health"):
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "mlflow.log").read_text()[-2000:]
+            time.sleep(1)
+        model = register(tiny_model, store)
+        head = start([BIN / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=0",
+                      "--include-dashboard=false", f"--ray-client-server-port={free_port()}", *node_ports()],
+                     head_env, tmp_path / "head.log")
         time.sleep(5)
         hide = f"mount -t tmpfs tmpfs {head_private} && exec {BIN / 'ray'} start --address=127.0.0.1:{gcs} --num-cpus=2 "
         worker = start(["unshare", "-m", "sh", "-c", hide + " ".join(node_ports())], worker_env, tmp_path / "worker.log")
@@ -96,15 +113,14 @@ def test_a_jobs_driver_hands_actors_on_another_node_only_paths_on_the_shared_vol
              "sampler.num_samplers=1", "sampler.max_tokens=8", "sampler.max_model_len=256", "sampler.enforce_eager=true",
              "sampler.prompts_per_request=4", "sampler.request_timeout_s=600"],
             env={**head_env, "RAY_ADDRESS": f"127.0.0.1:{gcs}", "MLFLOW_TRACKING_URI": store},  # as the pods have it
-            cwd=head_private / "home", capture_output=True,
-            text=True, timeout=900)
+            cwd=head_private / "home", capture_output=True, text=True, timeout=900)
         logs = f"{driver.stdout[-2000:]}{driver.stderr[-4000:]}\nworker log:\n{(tmp_path / 'worker.log').read_text()[-1500:]}"
         assert driver.returncode == 0, logs
     finally:
-        for node in (worker, head):
-            if node is not None and node.poll() is None:
-                os.killpg(node.pid, signal.SIGTERM)
-                node.wait(timeout=120)
+        for process in (worker, head, server):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     downloads = Path(alignray_env["ALIGNRAY_DOWNLOADS"])
     assert list(downloads.glob("*/config.json"))  # the model went to the shared volume
