@@ -55,16 +55,30 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
     """(where, pod spec) of every pod a document creates."""
     name = f"{doc['kind']} {doc['metadata']['name']}"
     if doc["kind"] in RAY_KINDS:
-        return [(f"{name} {g.get('groupName', 'head')}", g["template"]["spec"]) for g in groups(doc)]
+        pods = [(f"{name} {g.get('groupName', 'head')}", g["template"]["spec"]) for g in groups(doc)]
+        if doc["kind"] == "RayJob":  # KubeRay's submitter pod (K8sJobMode) is made from this template
+            pods.append((f"{name} submitter", doc["spec"].get("submitterPodTemplate", {}).get("spec", {"containers": []})))
+        return pods
     if doc["kind"] in ("Deployment", "StatefulSet"):
         return [(name, doc["spec"]["template"]["spec"])]
     return []
 
 
 def containers(doc: dict) -> list[tuple[str, dict, dict]]:
-    """(where, container, its pod spec) of every container a document creates."""
-    return [(f"{where} container {c['name']}", c, pod) for where, pod in pod_specs(doc)
-            for c in pod.get("initContainers", []) + pod["containers"]]
+    """(where, container, its pod spec) of every container a document creates, KubeRay's
+    autoscaler sidecar in the head pod included (its securityContext is autoscalerOptions')."""
+    out = [(f"{where} container {c['name']}", c, pod) for where, pod in pod_specs(doc)
+           for c in pod.get("initContainers", []) + pod["containers"]]
+    if doc["kind"] in RAY_KINDS and ray_cluster_spec(doc).get("enableInTreeAutoscaling"):
+        sidecar = {"name": "autoscaler", "securityContext": ray_cluster_spec(doc).get("autoscalerOptions", {}).get("securityContext", {})}
+        out.append((f"{doc['kind']} {doc['metadata']['name']} head container autoscaler", sidecar, pod_specs(doc)[0][1]))
+    return out
+
+
+def ray_containers(doc: dict) -> list[tuple[str, dict, dict]]:
+    """(where, container, its pod spec) of the Ray containers of the head and worker groups."""
+    return [(f"{doc['kind']} {doc['metadata']['name']} {g.get('groupName', 'head')} container {c['name']}", c,
+             g["template"]["spec"]) for g in groups(doc) for c in g["template"]["spec"]["containers"]]
 
 
 @dataclass(frozen=True)

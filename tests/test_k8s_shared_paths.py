@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import requests
 from conftest import free_port
-from k8s_manifests import KUBECTL, ROOT, containers, of_kind, render
+from k8s_manifests import KUBECTL, ROOT, of_kind, ray_containers, render
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
@@ -39,7 +39,7 @@ def manifest_env(shared: Path) -> dict[str, str]:
     """The ALIGNRAY_* variables the RLCD RayJob's pods get, the shared mount mapped to `shared`."""
     [job] = of_kind(render("jobs/rlcd"), "RayJob")
     envs = []
-    for _, container, pod in containers(job):
+    for _, container, pod in ray_containers(job):
         [mount] = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "shared"]
         envs.append({e["name"]: e["value"].replace(mount, str(shared)) for e in container["env"]
                      if e["name"].startswith("ALIGNRAY_")})
