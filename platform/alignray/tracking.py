@@ -5,6 +5,8 @@ that reads either logs it as a dataset input whose source is that URI (lineage a
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,5 +191,12 @@ def register_model(
 
 
 def download_model(uri: str) -> Path:
-    """A local folder holding the model behind a `models:/name@alias` (or /version) URI."""
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    """A local folder holding the model behind a `models:/name@alias` (or /version) URI: a new
+    folder under $ALIGNRAY_DOWNLOADS when it is set (on a cluster, a volume every node mounts,
+    since the folder is handed to actors on other nodes), else a temporary one."""
+    downloads = os.environ.get("ALIGNRAY_DOWNLOADS")
+    target = None
+    if downloads:
+        Path(downloads).mkdir(parents=True, exist_ok=True)
+        target = tempfile.mkdtemp(prefix="model-", dir=downloads)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=target))

@@ -205,17 +205,26 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         if use is not None and not _output_exists(str(use)):
             raise ConfigError(f"stages.{name}.use: {use!r} does not exist (a dataset path or a models:/ URI)")
     _check_held_out(cfg)
-    placeholders: dict = {}
-    for s in stages:
-        config = stage_config(cfg, s, placeholders)
+    for s, config in stage_configs(cfg):
         _check_fits_here(cfg, s, config)
         if s.kind == "ppo" and config.reward.fit_weights is not None:  # a bad file fails now, not after hours
             load_pairs(config.reward.fit_weights, f"stages.{s.name}.reward.fit_weights")
+    return stages
+
+
+def stage_configs(cfg: PipelineConfig) -> list[tuple[Stage, Any]]:
+    """Every stage of the recipe with its validated config, wired to placeholder inputs (what
+    each stage will ask Ray for and register, before anything runs)."""
+    placeholders: dict = {}
+    out = []
+    for s in RECIPES[cfg.pipeline]:
+        config = stage_config(cfg, s, placeholders)
+        out.append((s, config))
         placeholders[(s.name, "output")] = PLACEHOLDER.format(s.name)
         placeholders[(s.name, "run")] = PLACEHOLDER.format(s.name)
         if s.kind == "simulate":
             placeholders[(s.name, "criteria")] = _criteria(config)
-    return stages
+    return out
 
 
 def run(cfg: PipelineConfig, say=print) -> list[StageOutcome]:

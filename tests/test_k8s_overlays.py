@@ -1,0 +1,209 @@
+"""The k8s/ overlays as an operator applies them (rendered by `kubectl kustomize`): one step at
+a time, storage every Ray pod can mount, pods at the "restricted" Pod Security level, the paths
+the driver hands to actors on the shared volume, authenticated Ray and MLflow, bounded jobs,
+pinned images, and served model names that the jobs register."""
+
+import re
+
+import pytest
+from k8s_manifests import (
+    K8S,
+    KUBECTL,
+    OVERLAYS,
+    RAY_KINDS,
+    ROOT,
+    STORAGE_CLASSES,
+    containers,
+    files,
+    jobs,
+    of_kind,
+    pod_specs,
+    render,
+    ray_cluster_spec,
+    ray_containers,
+)
+
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (renders the kustomize overlays offline)")
+
+# Provisioners whose volumes can be mounted read-write by many nodes.
+RWX_PROVISIONERS = {"efs.csi.aws.com", "filestore.csi.storage.gke.io", "file.csi.azure.com", "nfs.csi.k8s.io",
+                    "cephfs.csi.ceph.com"}
+
+
+def every_doc():
+    return [(overlay, d) for overlay in OVERLAYS for d in render(overlay)]
+
+
+def test_overlays_apply_one_step_at_a_time():
+    kinds = {overlay: {d["kind"] for d in render(overlay)} for overlay in OVERLAYS}
+    assert not kinds["base"] & set(RAY_KINDS), "k8s/base holds no Ray cluster: it is applied before any GPU is asked for"
+    assert {"Namespace", "PersistentVolumeClaim", "StatefulSet", "Deployment", "Service"} <= kinds["base"]
+    for cloud in STORAGE_CLASSES:
+        assert kinds[f"storage-classes/{cloud}"] == kinds["base"] | {"StorageClass"}
+    for overlay in (o for o in OVERLAYS if o.startswith("jobs/")):
+        assert len(of_kind(render(overlay), "RayJob")) == 1 and kinds[overlay] == {"RayJob", "ConfigMap"}, overlay
+    assert kinds["serving"] == {"RayService"} and kinds["cluster"] == {"RayCluster"}
+    for overlay in OVERLAYS:
+        assert {d["metadata"].get("namespace") for d in render(overlay)
+                if d["kind"] not in ("Namespace", "StorageClass")} <= {"alignray"}, overlay
+    assert not (K8S / "kustomization.yaml").exists(), "no k8s/kustomization.yaml: applying everything at once asks for every GPU"
+
+
+def test_every_manifest_file_is_in_an_overlay():
+    rendered = {(d["kind"], d["metadata"]["name"]) for _, d in every_doc()}
+    for path, doc in files():
+        assert (doc["kind"], doc["metadata"]["name"]) in rendered, f"k8s/{path}: {doc['kind']} is in no overlay"
+
+
+def test_shared_volume_asks_a_class_that_offers_read_write_many():
+    [claim] = [d for d in render("base") if d["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in d["spec"]["accessModes"]]
+    name = claim["spec"].get("storageClassName")
+    assert name, ("k8s/base/storage.yaml: a ReadWriteMany claim without storageClassName gets the default class,"
+                  " which on EKS, GKE and AKS cannot give it (the pods stay Pending); name a class")
+    for cloud in STORAGE_CLASSES:
+        [cls] = of_kind(render(f"storage-classes/{cloud}"), "StorageClass")
+        assert cls["metadata"]["name"] == name and cls["provisioner"] in RWX_PROVISIONERS, cloud
+
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def restricted_violations(container: dict, pod: dict) -> list[str]:
+    """What keeps a container from the "restricted" Pod Security Standard (Kubernetes docs,
+    "Pod Security Standards"), pod-level settings counting where the standard allows them."""
+    sc, psc = container.get("securityContext", {}), pod.get("securityContext", {})
+    problems = []
+    if sc.get("allowPrivilegeEscalation") is not False:
+        problems.append("securityContext.allowPrivilegeEscalation must be false")
+    if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+        problems.append("securityContext.capabilities.drop must include ALL")
+    if set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+        problems.append("securityContext.capabilities.add may only hold NET_BIND_SERVICE")
+    if sc.get("privileged"):
+        problems.append("securityContext.privileged must not be true")
+    if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+        problems.append("runAsNonRoot must be true (container or pod securityContext)")
+    if 0 in (sc.get("runAsUser"), psc.get("runAsUser")):
+        problems.append("runAsUser must not be 0")
+    if sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") not in ("RuntimeDefault", "Localhost"):
+        problems.append("seccompProfile.type must be RuntimeDefault or Localhost (container or pod securityContext)")
+    if any(p.get("hostPort") for p in container.get("ports", [])):
+        problems.append("ports must not set hostPort")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"pod {key} must not be true")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']}: {kinds} is not allowed")
+    return problems
+
+
+def test_every_container_meets_the_restricted_pod_security_standard():
+    checked = 0
+    for overlay, doc in every_doc():
+        for where, container, pod in containers(doc):
+            problems = restricted_violations(container, pod)
+            assert not problems, f"k8s/{overlay} {where}: {'; '.join(problems)}"
+            checked += 1
+    assert checked >= 18  # ray head, workers, the jobs' submitters, the autoscaler sidecars, MLflow, PostgreSQL
+    [namespace] = of_kind(render("base"), "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_the_restricted_check_catches_a_root_container():
+    pod = {"securityContext": {"runAsNonRoot": True}, "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    problems = restricted_violations({"name": "c", "securityContext": {"runAsUser": 0}}, pod)
+    assert len(problems) == 5  # escalation, capabilities, runAsUser 0, seccomp, hostPath
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_driver_and_actors_see_the_same_cache_and_downloads_on_the_shared_volume():
+    """The driver runs on the head, its actors on the workers: the prepared model
+    (ALIGNRAY_CACHE) and registry downloads (ALIGNRAY_DOWNLOADS) must be on a volume both mount,
+    at the same path."""
+    for overlay in [o for o in OVERLAYS if o.startswith("jobs/")] + ["cluster"]:
+        [doc] = [d for d in render(overlay) if d["kind"] in RAY_KINDS]
+        seen = set()
+        for where, container, pod in ray_containers(doc):
+            shared = {v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "alignray-shared"}
+            mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in shared]
+            env = _env(container)
+            for var in ("ALIGNRAY_CACHE", "ALIGNRAY_DOWNLOADS"):
+                assert isinstance(env.get(var), str) and any(env[var].startswith(m + "/") for m in mounts), (
+                    f"k8s/{overlay} {where}: set {var} to a folder under the alignray-shared mount {mounts}")
+                seen.add((var, env[var]))
+        assert len(seen) == 2, f"k8s/{overlay}: every pod needs the same ALIGNRAY_CACHE and ALIGNRAY_DOWNLOADS: {seen}"
+
+
+def test_ray_clusters_require_a_token_and_mlflow_a_user():
+    [mlflow] = [d for d in render("base") if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow"]
+    [(_, server, _)] = containers(mlflow)
+    assert "--app-name basic-auth" in " ".join(server["args"]), "k8s/base/mlflow.yaml: run mlflow server --app-name basic-auth"
+    admin = _env(server)["MLFLOW_AUTH_ADMIN_PASSWORD"]["secretKeyRef"]["name"]
+    for overlay, doc in every_doc():
+        if doc["kind"] in RAY_KINDS:
+            assert ray_cluster_spec(doc).get("authOptions", {}).get("mode") == "token", (
+                f"k8s/{overlay}: set authOptions.mode: token (else anyone in the cluster submits jobs)")
+            for where, container, _ in ray_containers(doc):
+                env = _env(container)
+                for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                    assert env.get(var, {}).get("secretKeyRef", {}).get("name") == admin, f"k8s/{overlay} {where}: {var}"
+
+
+def test_jobs_end_and_free_their_gpus():
+    for pipeline, job, _ in jobs():
+        spec = job["spec"]
+        assert 0 < spec.get("activeDeadlineSeconds", 0) <= 24 * 3600, f"k8s/jobs/{pipeline}: set activeDeadlineSeconds"
+        assert spec["shutdownAfterJobFinishes"] and spec["ttlSecondsAfterFinished"] <= 300, (
+            f"k8s/jobs/{pipeline}: its GPUs idle ttlSecondsAfterFinished={spec['ttlSecondsAfterFinished']} s after the job")
+    [cluster] = of_kind(render("cluster"), "RayCluster")
+    assert cluster["spec"]["enableInTreeAutoscaling"] and all(g["minReplicas"] == 0 for g in cluster["spec"]["workerGroupSpecs"])
+
+
+def test_images_are_pinned_to_a_version_or_digest():
+    for overlay, doc in every_doc():
+        for where, container, _ in containers(doc):
+            image = container.get("image")
+            if image is None:  # the autoscaler sidecar runs the head's image
+                continue
+            name, _, tag = image.rpartition(":") if "@" not in image else (image, "", "")
+            assert "@sha256:" in image or (name and re.search(r"\d+\.\d+", tag)), (
+                f"k8s/{overlay} {where}: image {image} moves; pin a versioned tag or a digest in"
+                " k8s/components/release (kustomize images:)")
+
+
+def test_jobs_run_their_pipelines_and_track_to_the_in_cluster_mlflow():
+    for pipeline, job, cfg in jobs():
+        script = job["spec"]["entrypoint"].removeprefix("python ").partition(" --config ")[0]
+        assert script == f"jobs/{pipeline}.py" and (ROOT / script).is_file()
+        assert cfg.pipeline == pipeline and cfg.tracking.uri == "http://mlflow:5000"
+        assert str(cfg.output_dir).startswith("/mnt/alignray/")
+
+
+def test_served_models_are_the_models_the_jobs_register():
+    """RayService asks for models:/<name>@champion; a RayJob's pipeline registers
+    <pipeline name>-<stage> (rendered by the pipeline code)."""
+    import yaml
+    from alignray.models.registry import model_name
+    from alignray.pipelines.run import stage_configs
+
+    registered = {config.registered_model for _, _, cfg in jobs() for _, config in stage_configs(cfg)
+                  if getattr(config, "registered_model", None)}
+    [service] = of_kind(render("serving"), "RayService")
+    served = [ref for app in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"] for d in app["deployments"]
+              for ref in [d["user_config"].get("model"), *d["user_config"].get("models", [])] if ref]
+    assert len(served) == 2
+    for ref in served:
+        assert model_name(ref) in registered, (
+            f"k8s/serving serves {ref}, which no job registers (they register {sorted(registered)}):"
+            " edit serving/config.yaml and paste it into k8s/serving/rayservice.yaml")
+
+
+def test_pod_templates_are_found_for_each_kind():
+    # guards the helpers above: every workload kind we ship has its pods found
+    kinds = {d["kind"] for _, d in every_doc() if pod_specs(d)}
+    assert kinds == {"Deployment", "StatefulSet", *RAY_KINDS}
