@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the sent state dict")
     parser.add_argument("--bucket-mb", type=int, default=256, help="sampler.weight_bucket_mb")
+    parser.add_argument("--address", default="local", help="Ray cluster (default: start a new local one)")
     args = parser.parse_args()
 
     model_path = prepare("smollm2-135m-instruct")
@@ -54,18 +55,19 @@ def main() -> None:
     state = model.state_dict()
     params = sum(p.numel() for p in model.parameters())
     nbytes = sum(t.nbytes for t in state.values())  # lm_head ties to the embedding: sent twice
-    cluster.connect()
+    print(f"SmolLM2-135M-Instruct weight sync: {params / 1e6:.1f}M parameters, state dict {nbytes / 1e6:.0f} MB"
+          f" ({args.dtype}), buckets of {args.bucket_mb} MiB, mean of {args.repeats} after a warm-up")
+    print(f"{'transport':<13} {'samplers':>8} {'first s':>8} {'s/sync':>8} {'delivered MB':>13} {'MB/s':>8}", flush=True)
+    cluster.connect(args.address)
     rows = {}
     for samplers in args.samplers:
         for transport in ("object_store", "collective"):
-            rows[transport, samplers] = measure(model_path, state, transport, samplers, args.repeats, args.bucket_mb)
-
-    print(f"\nSmolLM2-135M-Instruct weight sync: {params / 1e6:.1f}M parameters, state dict {nbytes / 1e6:.0f} MB"
-          f" ({args.dtype}), buckets of {args.bucket_mb} MiB, mean of {args.repeats} after a warm-up")
-    print(f"{'transport':<13} {'samplers':>8} {'first s':>8} {'s/sync':>8} {'delivered MB':>13} {'MB/s':>8}")
-    for (transport, samplers), (first, mean) in rows.items():
-        delivered = nbytes * samplers / 1e6
-        print(f"{transport:<13} {samplers:>8} {first:>8.2f} {mean:>8.2f} {delivered:>13.0f} {delivered / mean:>8.0f}")
+            first, mean = rows[transport, samplers] = measure(
+                model_path, state, transport, samplers, args.repeats, args.bucket_mb
+            )
+            delivered = nbytes * samplers / 1e6
+            print(f"{transport:<13} {samplers:>8} {first:>8.2f} {mean:>8.2f} {delivered:>13.0f} {delivered / mean:>8.0f}",
+                  flush=True)
     for samplers in args.samplers:
         ratio = rows["object_store", samplers][1] / rows["collective", samplers][1]
         print(f"ratio (object_store / collective s/sync), {samplers} sampler(s): {ratio:.2f}x")
