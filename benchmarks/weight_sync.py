@@ -2,7 +2,8 @@
 SmolLM2-135M-Instruct, for 1 and 2 samplers, and the bytes moved.
 
 This process is the sender, as the trainer's rank 0 is in PPO: it holds the full HF state dict
-(float32 by default, as a fp32 trainer's; `--dtype bfloat16` for a bf16 one) and calls
+(float32 by default, as a fp32 trainer's; `--dtype bfloat16` for a bf16 one; the samplers
+compute in the same dtype) and calls
 `SamplerPool.update_weights` without a probe (the probe check sits above the transport and
 costs the same on both). `object_store`: `ray.put` of a CPU copy, every sampler fetches it and
 reloads; `collective`: the gloo broadcast in buckets through vLLM's weight-transfer engine API
@@ -26,13 +27,13 @@ from alignray.sampling.pool import SamplerPool
 from transformers import AutoModelForCausalLM
 
 
-def measure(model_path, state: dict, transport: str, samplers: int, repeats: int, bucket_mb: int) -> tuple[float, float]:
+def measure(model_path, state: dict, dtype: str, transport: str, samplers: int, repeats: int, bucket_mb: int) -> tuple[float, float]:
     """(seconds of the first update, mean seconds of the next `repeats`)."""
     cfg = SamplerConfig(
         num_samplers=samplers, cpus_per_sampler=1, max_model_len=256, kvcache_gib=1,
         weight_transfer=transport, weight_bucket_mb=bucket_mb,
     )
-    with SamplerPool(model_path, cfg, dtype="float32", seed=0) as pool:
+    with SamplerPool(model_path, cfg, dtype=dtype, seed=0) as pool:
         times = []
         for _ in range(repeats + 1):
             start = time.perf_counter()
@@ -44,8 +45,9 @@ def measure(model_path, state: dict, transport: str, samplers: int, repeats: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samplers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--transports", nargs="+", choices=["object_store", "collective"], default=["object_store", "collective"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the sent state dict")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the sent state dict and the samplers")
     parser.add_argument("--bucket-mb", type=int, default=256, help="sampler.weight_bucket_mb")
     parser.add_argument("--address", default="local", help="Ray cluster (default: start a new local one)")
     args = parser.parse_args()
@@ -61,16 +63,17 @@ def main() -> None:
     cluster.connect(args.address)
     rows = {}
     for samplers in args.samplers:
-        for transport in ("object_store", "collective"):
+        for transport in args.transports:
             first, mean = rows[transport, samplers] = measure(
-                model_path, state, transport, samplers, args.repeats, args.bucket_mb
+                model_path, state, args.dtype, transport, samplers, args.repeats, args.bucket_mb
             )
             delivered = nbytes * samplers / 1e6
             print(f"{transport:<13} {samplers:>8} {first:>8.2f} {mean:>8.2f} {delivered:>13.0f} {delivered / mean:>8.0f}",
                   flush=True)
     for samplers in args.samplers:
-        ratio = rows["object_store", samplers][1] / rows["collective", samplers][1]
-        print(f"ratio (object_store / collective s/sync), {samplers} sampler(s): {ratio:.2f}x")
+        if len(args.transports) == 2:
+            ratio = rows["object_store", samplers][1] / rows["collective", samplers][1]
+            print(f"ratio (object_store / collective s/sync), {samplers} sampler(s): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ class ObjectStoreTransport(WeightTransport):
 
 
 class _StateDictSource:
-    """A vLLM `WeightSource` over the state dict of the current update."""
+    """The state dict of the current update as a vLLM `WeightSource` (duck-typed, so that
+    importing this module does not import vLLM): `metadata()` and iteration, in the same order,
+    which is what the nccl and gloo trainer engines read."""
 
     def __init__(self) -> None:
         self.state_dict: Mapping[str, torch.Tensor] = {}
