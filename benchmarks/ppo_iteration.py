@@ -43,7 +43,7 @@ from typing import Self
 
 import ray
 import torch
-from alignray.sampling.pool import compact
+from alignray.sampling.transport import compact
 from alignray.sampling.types import Completion, Probe, SamplingSpec
 from flops import linear_params, peak_flops
 

@@ -8,7 +8,8 @@ import time
 import pytest
 import ray
 import torch
-from alignray.sampling.pool import SamplerPool, SamplerPoolError, WeightSyncError, compact
+from alignray.sampling.pool import SamplerPool, SamplerPoolError, WeightSyncError
+from alignray.sampling.transport import compact
 from alignray.sampling.types import Probe, SamplingSpec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

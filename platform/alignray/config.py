@@ -84,6 +84,17 @@ class SamplerConfig(Strict):
         " replaced and the request re-run."
     )
     weight_sync_timeout_s: float = Field(300, gt=0, description="Deadline of one weight update, seconds.")
+    weight_transfer: Literal["object_store", "collective"] = Field(
+        "object_store",
+        description="How the trainer's weights reach the samplers: object_store (a CPU copy in Ray's"
+        " object store, fetched by each sampler) or collective (the trainer's rank 0 and every sampler"
+        " form one process group through vLLM's weight-transfer engine API and the weights are"
+        " broadcast in buckets: gloo on CPU samplers, NCCL on GPU ones). See"
+        " alignray.sampling.transport and benchmarks/weight_sync.py.",
+    )
+    weight_bucket_mb: int = Field(
+        256, ge=1, description="collective: MiB per broadcast bucket (a larger tensor travels alone)."
+    )
     max_restarts: int = Field(3, ge=0, description="Replacements of lost actors per pool call.")
 
 

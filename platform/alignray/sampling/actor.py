@@ -36,11 +36,17 @@ class SamplerActor:
     def __init__(
         self, model_path: str, dtype: str, max_model_len: int, enforce_eager: bool, seed: int,
         gpu_memory_utilization: float = 0.9, sleep_mode: bool = False, threads: int | None = None,
+        transfer_backend: str | None = None,
     ):
+        """`transfer_backend`: the vLLM weight-transfer engine for collective updates (`gloo`, ours,
+        registered here; `nccl`), or None to load only state dicts (`update_weights`)."""
         from vllm import LLM
+        from vllm.config.weight_transfer import WeightTransferConfig
 
         from alignray.models.precision import resolve_dtype
 
+        if transfer_backend == "gloo":  # registers the engine; the in-process worker builds it
+            import alignray.sampling.gloo_engine  # noqa: F401
         if threads:  # before the engine starts (vLLM's CPU worker then locks the thread count)
             torch.set_num_threads(min(threads, len(os.sched_getaffinity(0))))
         self.model_path = model_path
@@ -54,6 +60,7 @@ class SamplerActor:
             gpu_memory_utilization=gpu_memory_utilization,
             distributed_executor_backend="uni",
             enable_sleep_mode=sleep_mode,
+            weight_transfer_config=WeightTransferConfig(backend=transfer_backend) if transfer_backend else None,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.shapes, self.stored = _expected_shapes(model_path)
@@ -99,13 +106,14 @@ class SamplerActor:
             scores.append(Score(token_ids=tuple(c_ids), token_logprobs=lps))
         return scores
 
-    def _check(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        unknown = sorted(set(state_dict) - set(self.shapes))
-        missing = sorted(self.stored - set(state_dict))
+    def check_weights(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Raise ValueError unless tensors of these names and shapes make a full state dict."""
+        unknown = sorted(set(shapes) - set(self.shapes))
+        missing = sorted(self.stored - set(shapes))
         wrong = [
-            f"{k}: {tuple(v.shape)} (expected {self.shapes[k]})"
-            for k, v in state_dict.items()
-            if k in self.shapes and tuple(v.shape) != self.shapes[k]
+            f"{k}: {tuple(v)} (expected {self.shapes[k]})"
+            for k, v in shapes.items()
+            if k in self.shapes and tuple(v) != self.shapes[k]
         ]
         problems = []
         if unknown:
@@ -121,7 +129,7 @@ class SamplerActor:
 
     def update_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> int:
         """Load a full HF-format state dict in place; return the new weights version."""
-        self._check(state_dict)
+        self.check_weights({k: tuple(v.shape) for k, v in state_dict.items()})
         self.llm.collective_rpc(
             "reload_weights",
             kwargs={"weights_iterator": iter(state_dict.items()), "is_checkpoint_format": True},
@@ -129,6 +137,26 @@ class SamplerActor:
         self.llm.reset_prefix_cache()
         self.weights_version = version
         return version
+
+    # A collective update (alignray.sampling.transport): vLLM's weight-transfer engine calls.
+    def join_transfer(self, init_info: dict) -> None:
+        """Join the sender's group; returns once every member has joined."""
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def leave_transfer(self) -> None:
+        self.llm.shutdown_weight_transfer_engine()
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def receive_weights(self, update_info: dict) -> None:
+        """Receive the broadcast of every tensor `update_info` lists and load it."""
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, version: int) -> None:
+        self.llm.finish_weight_update()
+        self.llm.reset_prefix_cache()
+        self.weights_version = version
 
     def sleep(self) -> None:
         """Offload the weights to CPU and free the KV cache (GPU only; vLLM's sleep level 1)."""

@@ -23,22 +23,12 @@ from alignray.cluster import sampler_runtime_env
 from alignray.config import SamplerConfig
 from alignray.sampling.actor import SamplerActor
 from alignray.sampling.cache import RequestCache, model_identity
+from alignray.sampling.transport import WeightsRejected, WeightSyncError, make_transport
 from alignray.sampling.types import Completion, Probe, SamplingSpec, Score
 
 
 class SamplerPoolError(RuntimeError):
     """The pool lost more actors than allowed, or one could not start."""
-
-
-class WeightSyncError(RuntimeError):
-    """A weight update failed or missed its deadline on some sampler."""
-
-
-def compact(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A CPU copy of every tensor with storage of its own. A tensor that views a larger buffer
-    (DeepSpeed ZeRO-1/2 flatten all parameters into one) would otherwise pickle the whole
-    buffer, once per tensor: 137 GB for SmolLM2-135M's 0.6 GB."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
 class SamplerPool:
@@ -64,9 +54,10 @@ class SamplerPool:
         self.restarts = 0  # actors replaced so far
         self.requests_done = 0  # requests answered so far
         self.last_probe_diff: float | None = None  # of the last verified weight update
+        self._transport = make_transport(cfg.weight_transfer, cfg.gpus_per_sampler, cfg.weight_bucket_mb)
         self._args = (
             str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization, sleep_mode,
-            threads,
+            threads, getattr(self._transport, "backend", None),
         )
         self._startup_timeout_s = startup_timeout_s
         self._sleep_mode = sleep_mode
@@ -78,7 +69,7 @@ class SamplerPool:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else None,
             **({"label_selector": dict(cfg.node_labels)} if cfg.node_labels else {}),
         )
-        self._weights: tuple[ray.ObjectRef, int] | None = None
+        self.weights_version = 0  # of the last update sent (0: the initial weights)
         self.actors = [self._remote.remote(*self._args) for _ in range(cfg.num_samplers)]
         self.dtype = self._wait_ready(self.actors)[0]["dtype"]  # what `auto` resolved to
         self._cache = None
@@ -107,12 +98,19 @@ class SamplerPool:
                 f" (sampler.max_restarts): {cause}"
             ) from cause
         ray.kill(self.actors[slot], no_restart=True)
+        self._transport.close()  # a collective group is formed again, with the new actor
         actor = self._remote.remote(*self._args)
         self._wait_ready([actor])
-        if self._weights is not None:
-            ref, version = self._weights
-            ray.get(actor.update_weights.remote(ref, version), timeout=self.cfg.weight_sync_timeout_s)
+        ref = self._transport.last()
+        if ref is not None:
+            ray.get(actor.update_weights.remote(ref, self.weights_version), timeout=self.cfg.weight_sync_timeout_s)
         self.actors[slot] = actor
+
+    def _replace_in_sync(self, slot: int, cause: BaseException) -> None:
+        try:
+            self._replace(slot, cause)
+        except SamplerPoolError as lost:
+            raise WeightSyncError(f"a sampler died while loading weights v{self.weights_version}: {lost}") from cause
 
     def _run(self, method: str, columns: Sequence[Sequence], desc: str | None) -> list:
         """Call `method` over row-aligned `columns`, spread over the actors, in input order."""
@@ -122,7 +120,7 @@ class SamplerPool:
         request = lambda cid: [[col[i] for i in chunks[cid]] for col in columns]  # noqa: E731
         # Answers depend only on the request while the weights are the initial ones and every
         # sample has a seed: only then may an earlier run's answers stand in.
-        cache = self._cache if self._weights is None and (
+        cache = self._cache if self.weights_version == 0 and (
             method == "score" or all(spec.seed is not None for spec in columns[1])) else None
         keys = [cache.key(method, request(cid)) for cid in range(len(chunks))] if cache else []
         results: list = [None] * n
@@ -206,32 +204,12 @@ class SamplerPool:
         call, so the pool never mixes versions silently), or, given a `probe`, a sampler
         scores the probe differently from the trainer (mean absolute log-prob difference over
         its tokens above `probe.tolerance`); `last_probe_diff` keeps the largest seen."""
-        previous = self._weights
-        version = (previous[1] if previous else 0) + 1
-        ref = ray.put(compact(state_dict))
-        self._weights = (ref, version)
-        calls = [a.update_weights.remote(ref, version) for a in self.actors]
-        ready, late = ray.wait(calls, num_returns=len(calls), timeout=self.cfg.weight_sync_timeout_s)
-        for slot, call in enumerate(calls):
-            if call in late:
-                ray.kill(self.actors[slot], no_restart=True)
-        if late:
-            raise WeightSyncError(
-                f"{len(late)} of {len(calls)} samplers did not load weights v{version} within"
-                f" {self.cfg.weight_sync_timeout_s:.0f} s (sampler.weight_sync_timeout_s);"
-                " they were stopped and will restart with these weights"
-            )
-        for slot, call in enumerate(calls):
-            try:
-                ray.get(call)
-            except RayActorError as exc:
-                try:
-                    self._replace(slot, exc)
-                except SamplerPoolError as lost:
-                    raise WeightSyncError(f"a sampler died while loading weights v{version}: {lost}") from exc
-            except ValueError as exc:  # rejected before loading, by every sampler alike
-                self._weights = previous
-                raise WeightSyncError(str(exc)) from exc
+        version = self.weights_version = self.weights_version + 1  # what stopped samplers restart with
+        try:
+            self._transport.send(self.actors, state_dict, version, self.cfg.weight_sync_timeout_s, self._replace_in_sync)
+        except WeightsRejected:
+            self.weights_version -= 1
+            raise
         if probe is not None:
             self._verify(probe, version)
         return version
@@ -277,6 +255,7 @@ class SamplerPool:
         return out
 
     def shutdown(self) -> None:
+        self._transport.close()
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
