@@ -18,6 +18,7 @@ import os
 from typing import Literal
 
 from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -28,7 +29,7 @@ from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from alignray.models.registry import model_name, resolve
-from alignray.serve.common import Guard, read_token, use_tracking
+from alignray.serve.common import Guard, read_token, use_tracking, validation_problems
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                413: "request_too_large", 503: "service_unavailable"}
@@ -47,6 +48,11 @@ api.add_middleware(Guard, settings=GUARD, reply=_error)  # added last: runs firs
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return _error(exc.status_code, str(exc.detail))
+
+
+@api.exception_handler(RequestValidationError)  # Ray's handler repeats the offending input
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(400, validation_problems(exc.errors()))
 
 
 class PolicyArgs(BaseModel):
