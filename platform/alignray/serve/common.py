@@ -42,7 +42,9 @@ class Guard:
     """ASGI middleware in front of an application's routes (all but `open_paths`): the bearer
     token is checked before the body is read or validated, and a body is refused with 413 as
     soon as the bytes received pass `limit`, whatever Content-Length says (chunked bodies too).
-    `settings` is read per request: {"token": str | None, "limit": int}, filled by the replica."""
+    `settings()` is called per request: {"token": str | None, "limit": int}, filled by the replica.
+    It must be a module-level function: Serve may pickle the app by value, and a function is
+    pickled by name, so it reads the replica's own settings, not a copy made at deploy time."""
 
     def __init__(self, app, settings: dict, reply, open_paths: tuple[str, ...] = ("/healthz", "/readyz")):
         self.app, self.settings, self.reply, self.open_paths = app, settings, reply, open_paths
@@ -51,9 +53,10 @@ class Guard:
         if scope["type"] != "http" or scope["path"].endswith(self.open_paths):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if not authorized(self.settings.get("token"), headers.get("authorization")):
+        settings = self.settings()
+        if not authorized(settings.get("token"), headers.get("authorization")):
             return await self.reply(401, "missing or wrong bearer token")(scope, receive, send)
-        limit, received, refused = self.settings.get("limit", 1 << 20), 0, False
+        limit, received, refused = settings.get("limit", 1 << 20), 0, False
         if int(headers.get("content-length") or 0) > limit:
             return await self.reply(413, f"request body above {limit} bytes")(scope, receive, send)
 

@@ -42,7 +42,13 @@ def _error(status: int, message: str) -> JSONResponse:
 
 api = ray_llm_fastapi_app()  # Ray's app: its error handling turns exceptions into OpenAI-style errors
 GUARD = {"token": None, "limit": 1 << 20}  # this replica's token and body limit, set in __init__
-api.add_middleware(Guard, settings=GUARD, reply=_error)  # added last: runs first
+
+
+def guard_settings() -> dict:
+    return GUARD
+
+
+api.add_middleware(Guard, settings=guard_settings, reply=_error)  # added last: runs first
 
 
 @api.exception_handler(HTTPException)

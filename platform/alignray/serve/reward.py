@@ -44,7 +44,13 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
 
 
 GUARD = {"token": None, "limit": 8 << 20}  # this replica's token and body limit, set in __init__
-api.add_middleware(Guard, settings=GUARD, reply=_error)
+
+
+def guard_settings() -> dict:
+    return GUARD
+
+
+api.add_middleware(Guard, settings=guard_settings, reply=_error)
 
 
 class ChatMessage(BaseModel):
