@@ -29,7 +29,7 @@ from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from alignray.models.registry import model_name, resolve
-from alignray.serve.common import Guard, read_token, use_tracking, validation_problems
+from alignray.serve.common import Guard, read_token, set_guard, use_tracking, validation_problems
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                413: "request_too_large", 503: "service_unavailable"}
@@ -41,14 +41,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 api = ray_llm_fastapi_app()  # Ray's app: its error handling turns exceptions into OpenAI-style errors
-GUARD = {"token": None, "limit": 1 << 20}  # this replica's token and body limit, set in __init__
-
-
-def guard_settings() -> dict:
-    return GUARD
-
-
-api.add_middleware(Guard, settings=guard_settings, reply=_error)  # added last: runs first
+api.add_middleware(Guard, name="policy", reply=_error)  # added last: runs first
 
 
 @api.exception_handler(HTTPException)
@@ -101,7 +94,7 @@ class PolicyIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, token_env: str | None = None, token_file: str | None = None,
                  allow_unauthenticated: bool = False, max_body_bytes: int = 1 << 20, max_tokens: int = 1024,
                  max_choices: int = 64, **kwargs):
-        GUARD.update(token=read_token(token_env, token_file, allow_unauthenticated), limit=max_body_bytes)
+        set_guard("policy", read_token(token_env, token_file, allow_unauthenticated), max_body_bytes)
         super().__init__(llm_deployments, model_cards, **kwargs)
         self.cap, self.max_choices = max_tokens, max_choices
         [self.server] = llm_deployments.values()
