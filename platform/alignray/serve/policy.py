@@ -91,6 +91,9 @@ def _prompts(prompt) -> int:
 
 
 class PolicyIngress(OpenAiIngress):
+    """Ray Serve LLM's OpenAI ingress, plus this replica's token and body limit (the Guard in
+    front of `api`), the caps per request, and the health routes."""
+
     def __init__(self, llm_deployments, model_cards, *, token_env: str | None = None, token_file: str | None = None,
                  allow_unauthenticated: bool = False, max_body_bytes: int = 1 << 20, max_tokens: int = 1024,
                  max_choices: int = 64, **kwargs):
