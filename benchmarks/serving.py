@@ -1,5 +1,5 @@
-"""Serving throughput and latency: alignray's policy app (Ray Serve + a vLLM engine per
-replica) vs vLLM's own OpenAI-compatible server, on SmolLM2-135M-Instruct with the same
+"""Serving throughput and latency: alignray's policy app (Ray Serve LLM: an ingress and a
+vLLM engine per replica) vs vLLM's own OpenAI-compatible server, on SmolLM2-135M-Instruct with the same
 settings (float32, eager, same context length and KV cache, all of this machine's CPUs),
 started one after the other by this script.
 
@@ -77,14 +77,14 @@ def wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout_s: flo
 
 def ours(model: str, port: int, args) -> Result:
     import ray
-    from alignray.serve.policy import PolicyServer
+    from alignray.serve.policy import build
     from ray import serve
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = PolicyServer.options(ray_actor_options={"num_cpus": os.cpu_count()}, user_config={"model": model, "name": MODEL})
-    serve.run(app.bind(max_tokens=args.max_tokens, max_model_len=MAX_MODEL_LEN, dtype="float32", enforce_eager=True,
-                       kvcache_gib=KV_GIB), name="policy", route_prefix="/policy")
+    serve.run(build({"model": model, "name": MODEL, "allow_unauthenticated": True, "max_tokens": args.max_tokens,
+                     "max_model_len": MAX_MODEL_LEN, "dtype": "float32", "enforce_eager": True, "accelerator": "cpu",
+                     "cpus": os.cpu_count(), "kvcache_gib": KV_GIB}), name="policy", route_prefix="/policy")
     wait_until_up(f"http://127.0.0.1:{port}/policy/readyz")
     try:
         return measure(f"http://127.0.0.1:{port}/policy/v1", args.questions, args.concurrency, args.max_tokens)

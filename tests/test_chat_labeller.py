@@ -1,7 +1,8 @@
-"""A chat-only labeller: SmolLM2 behind alignray's own policy app (no /tokenize, no echo) labels
-pairs from the chat reply's top_logprobs. Its option log-probs are checked against transformers
-on the same chat-templated prompt, and its labels are compared with the local labeller's (the
-same model scoring the raw prompt on a sampler pool)."""
+"""Labellers behind alignray's policy app (SmolLM2). Read as a chat-only server
+(`endpoint.logprobs=chat`), it labels pairs from the chat reply's top_logprobs: its option
+log-probs are checked against transformers on the same chat-templated prompt, and its labels are
+compared with the local labeller's (the same model scoring the raw prompt on a sampler pool). Read
+by default, the app's /tokenize and echo score the raw prompt exactly as the local labeller does."""
 
 import time
 
@@ -38,13 +39,13 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def policy_app(ray_cluster, smollm2):
-    from alignray.serve.policy import PolicyServer
+    from alignray.serve.policy import build
     from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = PolicyServer.options(user_config={"model": str(smollm2), "name": "smol"}).bind(
-        allow_unauthenticated=True, max_model_len=1024, dtype="float32", kvcache_gib=1, max_tokens=64)
+    app = build({"model": str(smollm2), "name": "smol", "allow_unauthenticated": True, "max_model_len": 1024,
+                 "dtype": "float32", "enforce_eager": True, "accelerator": "cpu", "kvcache_gib": 1, "max_tokens": 64})
     serve.run(app, name="policy", route_prefix="/policy")
     url = f"http://127.0.0.1:{port}/policy"
     deadline = time.monotonic() + 300
@@ -64,9 +65,8 @@ def test_chat_only_labeller_reads_the_models_top_logprobs_and_agrees_with_the_lo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     comparisons = [Comparison(*p) for p in PAIRS]
-    endpoint = Endpoint(policy_app)  # auto: the app has no /tokenize
+    endpoint = Endpoint(policy_app, logprobs="chat")
     chat = label(endpoint.option_logprobs, comparisons)
-    assert endpoint.logprobs == "chat"
 
     # The option log-probs equal transformers' on the chat-templated prompt wherever the reply's
     # first token already is the answer: summed over the top-20 spellings of each option.
@@ -93,6 +93,8 @@ def test_chat_only_labeller_reads_the_models_top_logprobs_and_agrees_with_the_lo
     cfg = sampler_cfg.model_copy(update={"max_model_len": 1024})
     with SamplerPool(smollm2, cfg, dtype="float32") as pool:
         local = label(LocalModel(pool, smollm2).option_logprobs, comparisons)
+    echo = Endpoint(policy_app)  # auto: the app has /tokenize, so echo
+    assert label(echo.option_logprobs, comparisons) == pytest.approx(local, abs=1e-3) and echo.logprobs == "auto"
     agree = sum((c > 0.5) == (loc > 0.5) for c, loc in zip(chat, local))
     print(f"chat labels {[round(c, 3) for c in chat]}\nlocal labels {[round(x, 3) for x in local]}\n"
           f"same side on {agree} of {len(PAIRS)} pairs; first response (the better one) preferred:"

@@ -151,22 +151,25 @@ def test_rayservice_embeds_serving_config_whose_apps_import_and_validate():
     import importlib
 
     from alignray.config import RewardConfig
-    from alignray.serve.policy import PolicyModel
+    from alignray.serve.policy import PolicyArgs
+    from alignray.serve.reward import build as reward_app
     from ray.serve.schema import ServeDeploySchema
 
     [service] = [d for _, d in documents() if d["kind"] == "RayService"]
     text = service["spec"]["serveConfigV2"]
     assert text == (ROOT / "serving" / "config.yaml").read_text(), "paste serving/config.yaml into k8s/serving/rayservice.yaml"
     schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
-    checks = {"policy": PolicyModel.model_validate,
-              "reward": lambda c: RewardConfig.model_validate({k: v for k, v in c.items() if k != "tracking_uri"})}
-    assert sorted(app.name for app in schema.applications) == sorted(checks)
+    policy, reward = schema.applications
+    assert (policy.name, reward.name) == ("policy", "reward")
     for app in schema.applications:
         module, _, attr = app.import_path.partition(":")
-        assert getattr(importlib.import_module(module), attr)(app.args) is not None
-        [deployment] = app.deployments
-        checks[app.name](deployment.user_config)
-        assert deployment.user_config.get("tracking_uri") == "http://mlflow:5000"
+        assert callable(getattr(importlib.import_module(module), attr))
+    # the policy's build resolves its model from the registry: its args are checked, it is not built here
+    assert PolicyArgs.model_validate(policy.args).tracking_uri == "http://mlflow:5000" and not policy.deployments
+    assert reward_app(reward.args) is not None
+    [deployment] = reward.deployments
+    RewardConfig.model_validate({k: v for k, v in deployment.user_config.items() if k != "tracking_uri"})
+    assert deployment.user_config.get("tracking_uri") == "http://mlflow:5000"
     token_sources = [e["valueFrom"]["secretKeyRef"]["name"] for group in
                      [service["spec"]["rayClusterConfig"]["headGroupSpec"], *service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
                      for e in group["template"]["spec"]["containers"][0]["env"] if e["name"] == "ALIGNRAY_SERVE_TOKEN"]

@@ -38,22 +38,35 @@ def authorized(token: str | None, authorization: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+_GUARDS: dict[str, dict] = {}  # per application, in this replica's process: {"token", "limit"}
+
+
+def set_guard(app: str, token: str | None, limit: int) -> None:
+    """The token and body limit `Guard(app=...)` enforces in this replica (called by its __init__)."""
+    _GUARDS[app] = {"token": token, "limit": limit}
+
+
 class Guard:
     """ASGI middleware in front of an application's routes (all but `open_paths`): the bearer
     token is checked before the body is read or validated, and a body is refused with 413 as
     soon as the bytes received pass `limit`, whatever Content-Length says (chunked bodies too).
-    `settings` is read per request: {"token": str | None, "limit": int}, filled by the replica."""
+    The settings are looked up per request under `app` (`set_guard`), in this module: Serve may
+    pickle an app and its deployment class by value, and a copy of a settings object made at
+    deploy time would not be the one the replica fills in."""
 
-    def __init__(self, app, settings: dict, reply, open_paths: tuple[str, ...] = ("/healthz", "/readyz")):
-        self.app, self.settings, self.reply, self.open_paths = app, settings, reply, open_paths
+    def __init__(self, app, name: str, reply, open_paths: tuple[str, ...] = ("/healthz", "/readyz")):
+        self.app, self.name, self.reply, self.open_paths = app, name, reply, open_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].endswith(self.open_paths):
             return await self.app(scope, receive, send)
+        settings = _GUARDS.get(self.name)
+        if settings is None:  # fail closed
+            return await self.reply(503, "this replica is not configured yet")(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if not authorized(self.settings.get("token"), headers.get("authorization")):
+        if not authorized(settings["token"], headers.get("authorization")):
             return await self.reply(401, "missing or wrong bearer token")(scope, receive, send)
-        limit, received, refused = self.settings.get("limit", 1 << 20), 0, False
+        limit, received, refused = settings["limit"], 0, False
         if int(headers.get("content-length") or 0) > limit:
             return await self.reply(413, f"request body above {limit} bytes")(scope, receive, send)
 

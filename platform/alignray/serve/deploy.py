@@ -46,12 +46,12 @@ def _app(cfg: dict, name: str) -> dict:
 def adapt(cfg: dict, *, policy: str | None = None, rewards: list[str] | None = None, cpu: bool = False,
           host: str | None = None, port: int | None = None, tracking_uri: str | None = None) -> dict:
     """A copy of the Serve config `cfg` with the given models, HTTP address and tracking URI;
-    `cpu` makes every replica CPU-only (one CPU, one replica, float32, eager)."""
+    `cpu` makes every replica CPU-only (one CPU, one replica; the policy float32, eager)."""
     cfg = copy.deepcopy(cfg)
     http = cfg.setdefault("http_options", {})
     http.update({k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     if policy:
-        _app(cfg, "policy")["deployments"][0]["user_config"]["model"] = policy
+        _app(cfg, "policy")["args"]["model"] = policy
     if rewards:
         _app(cfg, "reward")["deployments"][0]["user_config"]["models"] = list(rewards)
     for app in cfg["applications"]:
@@ -62,8 +62,14 @@ def adapt(cfg: dict, *, policy: str | None = None, rewards: list[str] | None = N
                 deployment["ray_actor_options"] = {**deployment.get("ray_actor_options", {}), "num_cpus": 1, "num_gpus": 0}
                 deployment.pop("autoscaling_config", None)
                 deployment["num_replicas"] = 1
-    if cpu and any(app["import_path"] == APPS["policy"] for app in cfg["applications"]):
-        _app(cfg, "policy").setdefault("args", {}).update(dtype="float32", enforce_eager=True)
+    if any(app["import_path"] == APPS["policy"] for app in cfg["applications"]):
+        args = _app(cfg, "policy").setdefault("args", {})
+        if tracking_uri is not None:
+            args["tracking_uri"] = tracking_uri
+        if cpu:
+            args.update(accelerator="cpu", cpus=1, dtype="float32", enforce_eager=True,
+                        deployment={**args.get("deployment", {}), "num_replicas": 1})
+            args["deployment"].pop("autoscaling_config", None)
     return cfg
 
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from alignray.config import RewardConfig
-from alignray.serve.common import Guard, read_token, use_tracking, validation_problems
+from alignray.serve.common import Guard, read_token, set_guard, use_tracking, validation_problems
 
 api = FastAPI(title="alignray reward model")
 logger = logging.getLogger("ray.serve")
@@ -43,8 +43,7 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
     return _error(422, validation_problems(exc.errors()))  # the problems only, not the request back
 
 
-GUARD = {"token": None, "limit": 8 << 20}  # this replica's token and body limit, set in __init__
-api.add_middleware(Guard, settings=GUARD, reply=_error)
+api.add_middleware(Guard, name="reward", reply=_error)
 
 
 class ChatMessage(BaseModel):
@@ -74,7 +73,7 @@ class ScoreRequest(BaseModel):
 class RewardServer:
     def __init__(self, token_env: str | None = None, token_file: str | None = None, max_batch: int = 256,
                  max_length: int = 1024, max_body_bytes: int = 8 << 20, allow_unauthenticated: bool = False):
-        GUARD.update(token=read_token(token_env, token_file, allow_unauthenticated), limit=max_body_bytes)
+        set_guard("reward", read_token(token_env, token_file, allow_unauthenticated), max_body_bytes)
         self.max_batch, self.max_length = max_batch, max_length
         self.models, self.cfg, self.error = None, None, None
 
