@@ -194,8 +194,8 @@ def test_served_models_are_the_models_the_jobs_register():
     registered = {config.registered_model for _, _, cfg in jobs() for _, config in stage_configs(cfg)
                   if getattr(config, "registered_model", None)}
     [service] = of_kind(render("serving"), "RayService")
-    served = [ref for app in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"] for d in app["deployments"]
-              for ref in [d["user_config"].get("model"), *d["user_config"].get("models", [])] if ref]
+    apps = {app["name"]: app for app in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]}
+    served = [apps["policy"]["args"]["model"], *apps["reward"]["deployments"][0]["user_config"]["models"]]
     assert len(served) == 2
     for ref in served:
         assert model_name(ref) in registered, (
