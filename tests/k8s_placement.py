@@ -63,12 +63,15 @@ def stage_asks(kind: str, config) -> list[Ask]:
 def serve_asks(service: dict) -> list[Ask]:
     asks = []
     for app in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]:
-        for d in app["deployments"]:
+        # the policy's model replicas are ray.serve.llm's LLMServer: on GPU, one bundle of its replica
+        # actor (1 CPU) merged with the engine's one GPU; the other apps list their deployments
+        deployments = [{"name": "LLMServer", **app["args"].get("deployment", {}),
+                        "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}] if "model" in app.get("args", {}) else app["deployments"]
+        for d in deployments:
             options = d.get("ray_actor_options", {})
             count = d.get("autoscaling_config", {}).get("min_replicas", d.get("num_replicas", 1))
             bundle = {"CPU": options.get("num_cpus", 1), "GPU": options.get("num_gpus", 0)}
-            asks.append(Ask(f"{app['name']}/{d['name']}: {count} replicas x ray_actor_options {bundle}",
-                            [bundle] * count, "SPREAD", {}))
+            asks.append(Ask(f"{app['name']}/{d['name']}: {count} replicas x {bundle}", [bundle] * count, "SPREAD", {}))
     return asks
 
 
