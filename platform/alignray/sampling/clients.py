@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alignray.config import EvaluateConfig, SimulateConfig
 from alignray.models.registry import ModelError, resolve
-from alignray.sampling.endpoint import Endpoint
+from alignray.sampling.endpoint import Endpoint, option_totals
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec, Score
 
@@ -39,9 +39,7 @@ class LocalModel:
 
     def option_logprobs(self, prompts: Sequence[str], options: Sequence[str], desc: str | None = None) -> list[list[float]]:
         """Each option's log-prob right after each prompt."""
-        k = len(options)
-        scores = self.score([p for p in prompts for _ in options], list(options) * len(prompts), desc)
-        return [[s.total for s in scores[i * k : (i + 1) * k]] for i in range(len(prompts))]
+        return option_totals(self.score, prompts, options, desc)
 
     def chat(self, conversations: Sequence[list[dict]], spec: SamplingSpec, desc: str | None = None) -> list[str]:
         self._render = self._render or chat_renderer(self.path)

@@ -168,15 +168,12 @@ class Endpoint:
         token; ``echo`` or ``chat`` as the module docstring says."""
         if self.logprobs != "chat":
             try:
-                scores = self.score([p for p in prompts for _ in options], list(options) * len(prompts), desc)
+                return option_totals(self.score, prompts, options, desc)
             except EndpointError as exc:
                 if self.logprobs == "echo" or exc.status not in (404, 405) or "/tokenize" not in str(exc):
                     raise
                 log.info("%s has no /tokenize: labelling from chat top_logprobs (endpoint.logprobs=chat)", self.base)
                 self.logprobs = "chat"
-            else:
-                k = len(options)
-                return [[s.total for s in scores[i * k : (i + 1) * k]] for i in range(len(prompts))]
         unique = list(dict.fromkeys(prompts))
         bodies = [{"model": self.model, "messages": [{"role": "user", "content": p}], "max_tokens": ANSWER_TOKENS,
                    "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS} for p in unique]
@@ -206,6 +203,13 @@ class Endpoint:
             if _bare(position["token"]):
                 return None
         return None
+
+
+def option_totals(score, prompts: Sequence[str], options: Sequence[str], desc: str | None) -> list[list[float]]:
+    """Each option's summed log-prob after each prompt, from a `score(prompts, continuations, desc)`."""
+    k = len(options)
+    scores = score([p for p in prompts for _ in options], list(options) * len(prompts), desc)
+    return [[s.total for s in scores[i * k : (i + 1) * k]] for i in range(len(prompts))]
 
 
 def _bare(token: str) -> str:
