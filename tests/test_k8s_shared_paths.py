@@ -10,6 +10,7 @@ models:/ URI of an MLflow server that serves its artifacts over HTTP, as the in-
 does (a local file store would hand out its own folder instead of downloading)."""
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -74,8 +75,11 @@ def test_a_jobs_driver_hands_actors_on_another_node_only_paths_on_the_shared_vol
     shared, head_private, worker_private = tmp_path / "shared", tmp_path / "head", tmp_path / "worker"
     for folder in (shared, head_private / "home", head_private / "tmp", worker_private / "home", worker_private / "tmp"):
         folder.mkdir(parents=True)
-    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ALIGNRAY_CACHE", "ALIGNRAY_DOWNLOADS")}
-    base["PATH"] = f"{BIN}:{os.environ['PATH']}"
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RAY_ADDRESS", "ALIGNRAY_CACHE", "ALIGNRAY_DOWNLOADS") and not k.startswith("RAY_AUTH")}
+    # Token auth as KubeRay's authOptions sets it up: every pod gets the mode and the token in its environment
+    # (the homes here are private, so a token file in one would not reach the others).
+    base.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     port = free_port()
     store = f"http://127.0.0.1:{port}"
     server = start([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
