@@ -12,9 +12,9 @@ import pytest
 from alignray.cli import main
 from alignray.config import ConfigError, PPOConfig, load_config
 from alignray.tracking import download_model
+from alignray.train.launch import TrainingError
 from alignray.train.ppo import fit
 from alignray.train.ppo_loop import PROBE_TOLERANCE
-from alignray.train.runner import TrainingError
 from conftest import make_pattern_reward_model, word_tokens
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -9,7 +9,8 @@ import torch
 from alignray.cli import main
 from alignray.config import TrainConfig, load_config
 from alignray.tracking import download_model
-from alignray.train.runner import TrainingError, fit
+from alignray.train.launch import TrainingError
+from alignray.train.runner import fit
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from transformers import (

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import ray
 
 from alignray.config import EngineConfig, SamplerConfig
-from alignray.train.runner import TrainingError, check_cpus
+from alignray.train.launch import TrainingError, check_cpus
 
 
 @dataclass(frozen=True)

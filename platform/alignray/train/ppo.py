@@ -29,13 +29,7 @@ from alignray.sampling.clients import chat_renderer
 from alignray.sampling.pool import SamplerPool
 from alignray.train import data, placement
 from alignray.train.ppo_loop import ppo_loop
-from alignray.train.runner import (
-    TrainingError,
-    TrainResult,
-    checkpoint_state,
-    run_workers,
-)
-from alignray.train.worker import STATE_FILE
+from alignray.train.launch import Launch, TrainingError, TrainResult
 
 log = logs.get(__name__)
 
@@ -109,9 +103,7 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     policy = resolve(cfg.model.name)
     tokenizer = data.load_tokenizer(policy)
     prompts = _prompts(cfg, policy)
-    run_name = cfg.run_name or f"ppo-{cfg.data.label}"
-    storage = (cfg.output_dir / "train").resolve()
-    start = checkpoint_state(storage / run_name).get("step", 0)
+    launch = Launch(cfg, "ppo", cfg.run_name or f"ppo-{cfg.data.label}", policy)
 
     cluster.connect(cfg.address)
     t, s = cfg.trainer, cfg.sampler
@@ -119,11 +111,9 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))  # for models:/ URIs
     rewards = [_reward_folder(ref) for ref in cfg.reward.models]
     critic = rewards[0] if cfg.critic.init == "reward" else policy
-    params = {**tracking.flatten(cfg), "kind": "ppo", "model.path": str(policy)}
-    with tracking.start_run(cfg.tracking, cfg.output_dir, run_name, params, resume=True) as active:
+    with launch.tracked("initial policy") as active:
         mlflow.log_metrics({"prompts": len(prompts), "total_iterations": cfg.ppo.iterations})
         tracking.log_prompts(prompts, cfg.data.label, "prompts")
-        tracking.log_model_input(cfg.model.name, "initial policy")
         for ref in cfg.reward.models:
             tracking.log_model_input(ref, "reward model")
         if cfg.reward.fit_weights is not None:
@@ -144,15 +134,6 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
                 "pool": pool,
                 "sampler_dtype": pool.dtype,
                 "threads": where.trainer_threads,
-                "tracking_uri": tracking.tracking_uri(cfg.tracking, cfg.output_dir),
-                "run_id": active.info.run_id,
             }
-            result = run_workers(
-                ppo_loop, loop_config, t, storage / run_name, cfg.ppo.iterations, start, "ppo", "reward", where.worker_resources
-            )
-        folder = Path(result.checkpoint.path)
-        if not json.loads((folder / STATE_FILE).read_text())["final"]:
-            return TrainResult(active.info.run_id, folder, None, result.metrics, False)
-        registered = cfg.registered_model or "alignray-ppo"
-        version, champion = tracking.register_model(folder / "hf", registered, result.metrics.get("reward"), "reward", True)
-    return TrainResult(active.info.run_id, folder, f"models:/{registered}/{version}", result.metrics, champion)
+            result = launch.workers(ppo_loop, loop_config, cfg.ppo.iterations, "ppo", "reward", where.worker_resources)
+        return launch.result(result, cfg.registered_model or "alignray-ppo", "reward", True)

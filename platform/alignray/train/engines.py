@@ -1,0 +1,158 @@
+"""What every training loop on a Ray Train worker shares (:mod:`alignray.train.worker` for
+preference / SFT / DPO / RRHF, :mod:`alignray.train.ppo_loop` for PPO): DeepSpeed engines with
+their optimiser and schedule, checkpoints that resume exactly (engines with optimisers and
+schedulers, RNG, the loop's own state), the non-finite guard and reductions over ranks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+
+from alignray.config import EngineConfig
+from alignray.models.precision import resolve_dtype
+
+STATE_FILE = "trainer_state.json"  # the loop's state in a checkpoint: step, final, and what the loop adds
+
+
+def deepspeed_config(t: EngineConfig, micro_batch: int, accumulation: int = 1) -> dict:
+    zero: dict = {"stage": t.zero_stage}
+    if t.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": resolve_dtype(t.precision) == "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel (CPU and GPU): one pass over the weights instead of one
+    per operation; on SmolLM2's 135M float32 master weights a step takes 0.76 s instead of 1.28 s
+    (2 CPU threads)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def lr_lambda(t: EngineConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / (t.warmup_steps + 1)
+        progress = (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps)
+        if t.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if t.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def engine(model: torch.nn.Module, t: EngineConfig, lr: float, total_steps: int, micro_batch: int, accumulation: int = 1):
+    """A DeepSpeed engine over the model's trainable parameters: fused AdamW at `lr` under
+    trainer.lr_schedule over `total_steps` optimiser steps."""
+    import deepspeed
+
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr, t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, total_steps))
+    config = deepspeed_config(t, micro_batch, accumulation)
+    return deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)[0]
+
+
+def hf_state_dict(engine, zero_stage: int) -> dict | None:
+    """The full model state dict on rank 0 (gathered from ZeRO-3 shards), None elsewhere.
+    Every rank must call it (ZeRO-3 gathers collectively)."""
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict()
+    return state if dist.get_rank() == 0 else None
+
+
+def rank_sums(values: list[float]) -> list[float]:
+    """Element-wise sums over every rank (in float64)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def rank_means(metrics: dict[str, float]) -> dict[str, float]:
+    keys = sorted(metrics)
+    return {k: v / dist.get_world_size() for k, v in zip(keys, rank_sums([metrics[k] for k in keys]))}
+
+
+def check_finite(value: torch.Tensor, message: str) -> None:
+    """Raise FloatingPointError(message) on every rank when any rank's value has a NaN or inf,
+    so all stop together and the last checkpoint stays the last good one."""
+    if rank_sums([0.0 if bool(torch.isfinite(value).all()) else 1.0])[0]:
+        raise FloatingPointError(message)
+
+
+def save_checkpoint(engines: dict, zero_stage: int, tokenizer, state: dict, metrics: dict) -> None:
+    """Report a checkpoint to Ray Train: every engine (weights, optimiser, scheduler) in a
+    folder of its name, every rank's RNG, and on rank 0 the first engine's model as a Hugging
+    Face folder `hf` and `state` (with at least step and final) as STATE_FILE. Every rank calls it."""
+    rank = dist.get_rank()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, e in engines.items():
+            e.save_checkpoint(os.path.join(tmp, name), tag="state")
+        torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))
+        first = next(iter(engines.values()))
+        weights = hf_state_dict(first, zero_stage)
+        if rank == 0:
+            first.module.save_pretrained(os.path.join(tmp, "hf"), state_dict=weights, safe_serialization=True)
+            tokenizer.save_pretrained(os.path.join(tmp, "hf"))
+            Path(tmp, STATE_FILE).write_text(json.dumps(state))
+        ray.train.report({**metrics, "step": state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def restore_checkpoint(engines: dict) -> dict:
+    """Load the run's last checkpoint into the engines and this rank's RNG; the loop's state,
+    or {} when the run starts fresh."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as folder:
+        for name, e in engines.items():
+            e.load_checkpoint(os.path.join(folder, name), tag="state")
+        torch.set_rng_state(torch.load(os.path.join(folder, f"rng_rank{dist.get_rank()}.pt")))
+        return json.loads(Path(folder, STATE_FILE).read_text())
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """One MLflow batch of the step's metrics (rank 0 calls it)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+class Phases:
+    """Wall seconds of the named phases of one iteration: `with phases("rollout"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.started = time.monotonic()
+
+    @contextmanager
+    def __call__(self, name: str):
+        tick = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - tick
+
+    def total(self) -> float:
+        return time.monotonic() - self.started
