@@ -4,9 +4,15 @@ and a test not marked slow fails if it starts Ray."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
+import threading
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,3 +142,53 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def with_dropout(model: Path, folder: Path) -> Path:
+    """A copy of `model` whose config turns attention dropout on (0.1)."""
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["attention_dropout"] = 0.1
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def train_workers() -> list:
+    """This test session's Ray Train worker processes (descendants of this process: the
+    ray_cluster fixture's raylet started them)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.cmdline() and p.cmdline()[0].startswith("ray::RayTrainWorker"):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def when(ready, act, timeout: float = 600) -> threading.Thread:
+    """Run act() once ready() holds (polled), in a thread."""
+    def wait():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                act()
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread
+
+
+def logged_metrics(out: Path, experiment: str, run_name: str, key: str) -> list:
+    """Every value of `key` logged in the run named run_name of the MLflow store in `out` (as
+    alignray's local store keeps it: out/mlflow.db), in logging order; [] before the run exists."""
+    from mlflow.tracking import MlflowClient
+
+    if not (out / "mlflow.db").exists():
+        return []
+    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], f"tags.mlflow.runName = '{run_name}'") if found else []
+    return sorted(client.get_metric_history(runs[0].info.run_id, key), key=lambda m: m.timestamp) if runs else []

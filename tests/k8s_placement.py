@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import ray
 import yaml
-from k8s_manifests import RAY_KINDS, job_pipeline, nodes, of_kind, render
+from k8s_manifests import RAY_KINDS, job_pipeline, nodes, render
 from ray.cluster_utils import Cluster
 from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
 
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
         key, _, value = assignment.partition("=")
         overrides.setdefault(overlay, {})[key] = yaml.safe_load(value)
     planned = [(overlay, *shapes(overlay, overrides.get(overlay, {}))) for overlay in args.overlays]
-    for layout in dict.fromkeys(tuple(nodes) for _, nodes, _ in planned):  # one cluster per node layout
+    for layout in dict.fromkeys(tuple(layout) for _, layout, _ in planned):  # one cluster per node layout
         with cluster_of(layout):
             for overlay, _, steps in (p for p in planned if tuple(p[1]) == layout):
                 print(f"k8s/{overlay}: nodes {list(layout)}", flush=True)

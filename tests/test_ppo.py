@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -15,7 +14,14 @@ from alignray.tracking import download_model
 from alignray.train.launch import TrainingError
 from alignray.train.ppo import fit
 from alignray.train.ppo_loop import PROBE_TOLERANCE
-from conftest import make_pattern_reward_model, word_tokens
+from conftest import (
+    logged_metrics,
+    make_pattern_reward_model,
+    train_workers,
+    when,
+    with_dropout,
+    word_tokens,
+)
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -167,44 +173,61 @@ def test_colocated_and_separate_placements_give_the_same_curves(tiny_model, patt
         assert len(a) == len(b) == 3 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (key, a, b)
 
 
-def test_exact_resume_with_a_sampler_killed_mid_run(tiny_model, pattern_reward, tmp_path):
+def test_exact_resume_after_a_trainer_worker_and_a_sampler_are_killed(tiny_model, pattern_reward, tmp_path):
+    """SIGKILL, not a graceful stop, of a Ray Train worker in iteration 4 (the last checkpoint is
+    iteration 2's) and then of a sampler, with every piece of restored state in play: an
+    adaptive KL target, reward normalisation, a cosine learning rate after warm-up, dropout on
+    and ZeRO-3. The run restarts its workers by itself (trainer.max_failures) and replaces the
+    sampler; every iteration's last logged values equal an uninterrupted run's."""
     from alignray.sampling.pool import SamplerPool
 
     reward_model, _ = pattern_reward
-    args = [f"reward.models=[{reward_model}]", "ppo.iterations=6", "ppo.checkpoint_every=2"]
-    straight = fit(ppo_config(tiny_model, tmp_path / "a" / "runs", *args, "run_name=straight"))
+    model = with_dropout(tiny_model, tmp_path / "dropout-model")
+    args = [f"reward.models=[{reward_model}]", f"model.name={model}", "ppo.iterations=6", "ppo.checkpoint_every=2",
+            "ppo.kl_target=0.5", "ppo.kl_horizon=64", "reward.normalize=true", "trainer.lr_schedule=cosine",
+            "trainer.warmup_steps=2", "trainer.zero_stage=3", "trainer.max_failures=1"]
+    fit(ppo_config(tiny_model, tmp_path / "a" / "runs", *args, "run_name=straight"))
     out = tmp_path / "b" / "runs"
-    first = fit(ppo_config(tiny_model, out, *args, "run_name=resumed", "ppo.stop_after_iterations=2"))
-    assert first.model_uri is None  # stopped, not finished: nothing registered
-
     pids, killed = [], []
 
     def own_pool(*pool_args, **kwargs):
-        """The resumed run's pool, as fit makes it; its first sampler's PID, from that actor itself."""
+        """The run's pool, as fit makes it; its first sampler's PID, from that actor itself."""
         pool = SamplerPool(*pool_args, **kwargs)
         pids.append(pool.health()[0]["pid"])
         return pool
 
-    def kill_a_sampler_after_iteration_3():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and (not pids or len(history(out, first.run_id, "reward")) < 3):
-            time.sleep(0.1)
-        if pids:
-            os.kill(pids[0], signal.SIGKILL)  # that process only: never another pool's or program's
-            killed.append(pids[0])
+    def logged(key="reward"):
+        return last_per_step(out, "killed", key)
 
-    killer = threading.Thread(target=kill_a_sampler_after_iteration_3, daemon=True)
-    killer.start()
-    resumed = fit(ppo_config(tiny_model, out, *args, "run_name=resumed"), rollout_pool=own_pool)
-    killer.join()
-    assert killed and resumed.run_id == first.run_id  # the same MLflow run continues
-    assert history(out, resumed.run_id, "sampler_restarts")[-1] >= 1
-    assert history(out, resumed.run_id, "rollout_samples") == [64.0] * 6  # none lost or doubled
-    a_out = tmp_path / "a" / "runs"
-    for key in ("reward", "kl", "policy_loss", "value_loss", "kl_coef"):
-        a, b = history(a_out, straight.run_id, key), history(out, resumed.run_id, key)
-        assert len(a) == len(b) == 6, key
-        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (key, a, b)
+    def kill_a_sampler():
+        os.kill(pids[0], signal.SIGKILL)  # that process only: never another pool's or program's
+        killed.append("sampler")
+
+    def kill_a_trainer_worker():
+        train_workers()[0].send_signal(signal.SIGKILL)  # this session's own Ray Train worker
+        killed.append("trainer")
+        when(lambda: len(history_of(out, "killed", "reward")) >= 6, kill_a_sampler)  # iteration 5, after the restart
+
+    killer = when(lambda: pids and 3 in logged() and train_workers(), kill_a_trainer_worker)
+    resumed = fit(ppo_config(tiny_model, out, *args, "run_name=killed"), rollout_pool=own_pool)
+    killer.join(timeout=5)
+    assert killed == ["trainer", "sampler"] and resumed.model_uri is not None
+    assert len(history_of(out, "killed", "reward")) > 6  # the iterations after the checkpoint ran twice
+    assert logged("sampler_restarts")[6] >= 1
+    assert list(logged("rollout_samples").values()) == [64.0] * 6  # none lost or doubled
+    for key in ("reward", "kl", "kl_coef", "policy_loss", "value_loss", "entropy"):
+        a, b = last_per_step(tmp_path / "a" / "runs", "straight", key), logged(key)
+        assert sorted(a) == sorted(b) == list(range(1, 7)), key
+        assert max(abs(a[i] - b[i]) for i in a) < 1e-4, (key, a, b)
+    assert len(set(logged("kl_coef").values())) > 1  # the adaptive controller moved (and was restored)
+
+
+def history_of(out, run_name, key):
+    return logged_metrics(out, "ppo", run_name, key)
+
+
+def last_per_step(out, run_name, key):
+    return {m.step: m.value for m in history_of(out, run_name, key)}
 
 
 def test_three_reward_models_min_from_the_command_line(tiny_model, tmp_path, capsys):

@@ -1,6 +1,5 @@
 """Reward sources for PPO: local preference models and the HTTP contract (a real local server)."""
 
-import json
 
 import pytest
 import torch

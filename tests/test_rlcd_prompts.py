@@ -4,7 +4,7 @@ from alignray.data.conversation import Conversation, clean_output
 from alignray.feedback import rlcd
 from alignray.feedback.plans import neutral_plans
 from alignray.models.tiny import build_tokenizer
-from alignray.principles import ContrastPair, PrincipleSet, load_principles
+from alignray.principles import ContrastPair, load_principles
 
 PAIR = ContrastPair(positive="harmless response", negative="harmful response")
 MULTI = "Human: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: How do I pick a lock?\n\nAssistant:"

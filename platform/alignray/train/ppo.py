@@ -28,8 +28,8 @@ from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels
 from alignray.sampling.clients import chat_renderer
 from alignray.sampling.pool import SamplerPool
 from alignray.train import data, placement
-from alignray.train.ppo_loop import ppo_loop
 from alignray.train.launch import Launch, TrainingError, TrainResult
+from alignray.train.ppo_loop import ppo_loop
 
 log = logs.get(__name__)
 

@@ -26,8 +26,21 @@ from alignray.config import PPOConfig
 from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.models.precision import resolve_dtype, torch_dtype
 from alignray.sampling.types import Probe, SamplingSpec
-from alignray.train.engines import Phases, engine, hf_state_dict, log_metrics, restore_checkpoint, save_checkpoint
-from alignray.train.ppo_parts import KLController, RunningMoments, critic_model, pack, token_logps
+from alignray.train.engines import (
+    Phases,
+    engine,
+    hf_state_dict,
+    log_metrics,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from alignray.train.ppo_parts import (
+    KLController,
+    RunningMoments,
+    critic_model,
+    pack,
+    token_logps,
+)
 from alignray.train.ppo_steps import Rollouts, experience, iteration_metrics, update
 
 PROBE_TEXT = (
@@ -111,6 +124,7 @@ class _Trainer:
         """The trainer's raw log-probs of a fixed text after `prompt` (every rank calls it)."""
         ids = self.tokenizer(prompt).input_ids
         cont = self.tokenizer(PROBE_TEXT, add_special_tokens=False).input_ids
+        self.actor.eval()  # as the sampler computes: no dropout
         with torch.no_grad():
             _, raw, _ = token_logps(self.actor, pack([ids], [cont], self.pad_id), 1.0)
         return Probe(prompt, PROBE_TEXT, tuple(raw[0].tolist()), self.tolerance)

@@ -18,8 +18,21 @@ from torch import Tensor
 from alignray.config import PPOConfig
 from alignray.rewards.scorers import scalar_reward
 from alignray.train.engines import check_finite, rank_means, rank_sums
-from alignray.train.losses import gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss
-from alignray.train.ppo_parts import KLController, Packed, RunningMoments, pack, token_logps, token_values
+from alignray.train.losses import (
+    gae,
+    kl_penalty,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from alignray.train.ppo_parts import (
+    KLController,
+    Packed,
+    RunningMoments,
+    pack,
+    token_logps,
+    token_values,
+)
 
 
 @dataclass
@@ -83,6 +96,8 @@ def experience(tr, scorer, ro: Rollouts, mine: list[int], cfg: PPOConfig, kl_coe
 
     batch = pack([ro.prompt_ids[i] for i in mine], [ro.response_ids[i] for i in mine], tr.pad_id)
     mask, mb = batch.response_mask, p.minibatch_per_worker
+    tr.actor.eval()  # the experience without dropout; the update trains with it (if the config has any)
+    tr.critic.eval()
     with torch.no_grad():
         old, raw, _ = _chunked(lambda b: token_logps(tr.actor, b, temperature), batch, mb)
         ref, _, _ = _chunked(lambda b: token_logps(tr.reference, b, temperature), batch, mb)
@@ -106,6 +121,8 @@ def update(tr, cfg: PPOConfig, exp: Experience, iteration: int) -> dict[str, flo
     p, mask, mb = cfg.ppo, exp.batch.response_mask, cfg.ppo.minibatch_per_worker
     sums = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "approx_kl": 0.0}
     updates = 0
+    tr.actor.train()
+    tr.critic.train()
     for epoch in range(p.ppo_epochs):
         seed = cfg.trainer.seed * 7919 + iteration * 101 + epoch
         order = torch.randperm(len(mask), generator=torch.Generator().manual_seed(seed))
