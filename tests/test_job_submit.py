@@ -1,4 +1,7 @@
-"""`ray job submit -- python jobs/simulate.py` against a real Ray head started for this test."""
+"""`ray job submit` of a whole pipeline (`jobs/rlcd.py`) and of PPO (`jobs/ppo.py`) to a real
+multi-node Ray cluster started for this test: a head with no CPUs (it runs the job drivers, as a
+RayJob's head pod does), a `rollout` node and a `train` node. PPO puts its sampler on one and
+its trainer workers on the other and sends the weights by the collective (gloo) transport."""
 
 import os
 import shutil
@@ -9,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from conftest import free_port
 from mlflow.tracking import MlflowClient
@@ -17,27 +19,30 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.slow  # starts a Ray head and runs a simulation job on it
+pytestmark = pytest.mark.slow  # starts a three-node Ray cluster and runs two jobs on it
 
 
-def test_simulate_as_a_ray_job(tiny_model, tmp_path):
+def test_a_pipeline_and_ppo_as_ray_jobs_on_a_multinode_cluster(tiny_model, tmp_path):
     # Every port of its own: the session's Ray (other tests) already holds the default ones,
     # and a second dashboard agent on 52365 fails to start ("No available agent to submit job").
-    gcs, dashboard, agent_http, agent_grpc, runtime_env, metrics, client = (free_port() for _ in range(7))
+    gcs, dashboard = free_port(), free_port()
     address = f"http://127.0.0.1:{dashboard}"
-    # The head's Python (the activated .venv) runs the entrypoint and has alignray installed.
+    # The nodes' Python (the activated .venv) runs the entrypoints and has alignray installed.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     ray_tmp = tempfile.mkdtemp(prefix="arj", dir="/tmp")  # Ray's socket paths must stay short
-    head_log = (tmp_path / "head.log").open("w")
-    head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent_http}",
-         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-         f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
-         "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-        env=env, start_new_session=True, stdout=head_log, stderr=subprocess.STDOUT,
-    )
+
+    def node(name: str, *args: str) -> subprocess.Popen:
+        ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+        return subprocess.Popen(
+            [BIN / "ray", "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+             f"--temp-dir={ray_tmp}", *ports, *args],
+            env=env, start_new_session=True, stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+        )
+
+    nodes = [node("head", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}", "--num-cpus=0",
+                  f"--ray-client-server-port={free_port()}")]
     out = tmp_path / "runs"
 
     def ray_job(command, *args):
@@ -45,37 +50,49 @@ def test_simulate_as_a_ray_job(tiny_model, tmp_path):
                               capture_output=True, text=True, timeout=120)
         return done.returncode, done.stdout + done.stderr
 
-    def explain():
-        return f"job logs:\n{ray_job('logs', 'simulate-1')[1][-3000:]}\nhead log:\n{(tmp_path / 'head.log').read_text()[-2000:]}"
+    def explain(job):
+        logs = "".join(f"\n{p.name}:\n{p.read_text()[-1500:]}" for p in sorted(tmp_path.glob("*.log")))
+        return f"job logs:\n{ray_job('logs', job)[1][-3000:]}{logs}"
 
-    try:
-        submit = [
-            "submit", "--no-wait", "--submission-id", "simulate-1", "--working-dir", str(ROOT), "--",
-            "python", "jobs/simulate.py", "--config", "jobs/configs/rlcd_smollm2.yaml",
-            f"model.name={tiny_model}", f"output_dir={out}", "data.limit=3",
-            "sampler.num_samplers=1", "sampler.max_tokens=8", "sampler.max_model_len=256",
-        ]
+    def run_job(job: str, *entrypoint: str) -> None:
+        submit = ["submit", "--no-wait", "--submission-id", job, "--working-dir", str(ROOT), "--", "python", *entrypoint]
         deadline = time.monotonic() + 180  # the job API and the node's agent come up after the head
-        while True:
-            assert head.poll() is None, explain()
-            code, output = ray_job(*submit)
-            if code == 0 or time.monotonic() > deadline:
-                break
+        while (code := ray_job(*submit))[0] != 0 and time.monotonic() < deadline:
+            assert all(n.poll() is None for n in nodes), explain(job)
             time.sleep(2)
-        assert code == 0, output[-3000:] + explain()
-        deadline = time.monotonic() + 600
-        while (status := ray_job("status", "simulate-1")[1].lower()) and time.monotonic() < deadline:
+        assert code[0] == 0, code[1][-3000:] + explain(job)
+        deadline = time.monotonic() + 900
+        while (status := ray_job("status", job)[1].lower()) and time.monotonic() < deadline:
             if any(state in status for state in ("succeeded", "failed", "stopped")):
                 break
             time.sleep(5)
-        assert "succeeded" in status, status + explain()
+        assert "succeeded" in status, status + explain(job)
+
+    try:
+        time.sleep(3)
+        for role in ("rollout", "train"):
+            nodes.append(node(role, f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f"--labels=role={role}"))
+        run_job("rlcd-1", "jobs/rlcd.py", "--config", "jobs/configs/pipelines/rlcd_tiny.yaml",
+                f"model.name={tiny_model}", f"output_dir={out}")
+        store = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+        [preference] = [m.name for m in store.search_registered_models() if m.name.endswith("-preference")]
+        run_job("ppo-1", "jobs/ppo.py", "--config", "jobs/configs/ppo_smollm2.yaml", f"model.name={tiny_model}",
+                f"output_dir={out}", f"reward.models=[models:/{preference}@champion]", "run_name=ppo-job",
+                "ppo.iterations=2", "ppo.prompts_per_step=4", "ppo.minibatch_per_worker=4", "sampler.max_tokens=8",
+                "sampler.max_model_len=256", "trainer.num_workers=2", "ppo.placement=separate",
+                "sampler.node_labels={role: rollout}", "trainer.node_labels={role: train}",
+                "sampler.weight_transfer=collective")  # the gloo broadcast from the train node to the rollout node
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=120)
+        for n in reversed(nodes):
+            os.killpg(n.pid, signal.SIGTERM)
+            n.wait(timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    [dataset] = out.glob("datasets/*/preferences.parquet")
-    assert 1 <= len(pd.read_parquet(dataset)) <= 3
-    # The MLflow run the job produced: finished, with the dataset logged as its input.
-    store = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
-    [run] = store.search_runs([e.experiment_id for e in store.search_experiments()])
-    assert run.info.status == "FINISHED" and run.inputs.dataset_inputs
+    runs = {r.info.run_name: r for r in store.search_runs([e.experiment_id for e in store.search_experiments()])}
+    assert all(r.info.status == "FINISHED" for r in runs.values()), {k: r.info.status for k, r in runs.items()}
+    for stage in ("simulate", "preference", "ppo", "evaluate"):  # the pipeline's stage runs: rlcd-tiny-<stage>...
+        assert any(f"rlcd-tiny-{stage}" in name for name in runs), (stage, sorted(runs))
+    ppo = runs["ppo-job"].data.tags
+    assert ppo["placement.sampler_nodes"] != ppo["placement.trainer_nodes"]  # the rollout node, the train node
+    synced = store.get_metric_history(runs["ppo-job"].info.run_id, "sync_probe_diff")
+    assert len(synced) == 2 and all(m.value < 0.3 for m in synced)  # every sync passed the probe (bf16 bound)
+    assert [m.version for m in store.search_model_versions("name='alignray-ppo'")]  # the job's policy, registered
