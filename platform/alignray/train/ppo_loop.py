@@ -99,7 +99,7 @@ def rollout(pool, tokenizer, prompts: list[str], cfg: PPOConfig, iteration: int)
 
 
 class _Trainer:
-    """The actor, critic and reference of one worker, and the steps that use them."""
+    """The actor, critic and reference of one worker, and the weight sync from the actor to the samplers."""
 
     def __init__(self, lc: dict, cfg: PPOConfig, world: int):
         from transformers import AutoModelForCausalLM, AutoTokenizer
