@@ -53,3 +53,10 @@ def test_simulate_resolves_models_in_its_own_tracking_store(tiny_model, tmp_path
     # the policy resolves in the config's store; the next model checked, the labeller, does not exist
     with pytest.raises(ModelError, match="nowhere.* is neither a known model"):
         run(cfg)
+
+
+def test_the_training_kinds_agree_with_their_trainers_and_readers():
+    from alignray.train.data import READERS
+    from alignray.train.methods import METHODS
+
+    assert set(READERS) == set(METHODS) == set(TRAIN_KINDS) - {"ppo"}
