@@ -30,6 +30,7 @@ LAYERS = (
     "train",  # losses, trainers, PPO
     "evaluate",  # win rates, reports
     "serve",  # Ray Serve applications
+    "stages",  # the stage registry: name, config schema, run(cfg) -> StageResult
     "pipelines",  # the recipes that chain stages
     "cli",  # the `alignray` command
 )

@@ -6,28 +6,19 @@ import argparse
 import os
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 from alignray import logs
-from alignray.config import (
-    ConfigError,
-    EvaluateConfig,
-    PipelineConfig,
-    PPOConfig,
-    SimulateConfig,
-    TrainConfig,
-    load_config,
-)
+from alignray.config import ConfigError, PipelineConfig, load_config
 from alignray.data.conversation import PromptError
 from alignray.data.pairs import DatasetError
 from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
 from alignray.principles import PrincipleError, builtin_names, load_principles
 from alignray.rewards.judges import JudgeError
 from alignray.sampling.endpoint import EndpointError
+from alignray.stages import STAGES, TRAIN_KINDS, StageResult
 
 USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError, EndpointError, JudgeError)
-KINDS = ("preference", "sft", "dpo", "rrhf", "ppo")
 
 
 def _load(items: list[str], address: str | None, schema, command: str):
@@ -56,79 +47,31 @@ def _check_writable(folder: Path, field: str = "output_dir") -> None:
                           f" {field}") from None
 
 
-def simulate(items: list[str], address: str | None = None) -> int:
-    cfg = _load(items, address, SimulateConfig, "simulate")
-    from alignray.feedback.simulate import run
-
-    result = run(cfg)
-    if cfg.simulation.method == "rrhf":
-        print(f"\n{result.pairs} prompts with ranked candidates ({result.dropped} dropped: fewer than two"
-              " candidates, or all with the same reward)")
-    elif cfg.simulation.method == "rdpo":
-        print(f"\n{result.pairs} revision pairs ({result.dropped} prompts dropped: an empty step, or a revision"
-              " that repeats the answer)")
-    else:
-        print(f"\n{result.pairs} preference pairs ({result.dropped} prompts dropped for empty outputs)")
-    for column in result.all_ties:
-        print(f"warning: every label in {column} is a tie (0.5): the labeller or judge cannot tell the"
-              " responses apart; try a stronger labeller or other instructions", file=sys.stderr)
-    if result.diagnostics is not None:
-        print("\n".join(result.diagnostics.summary()))
-        for line in result.diagnostics.warnings():
-            print(f"warning: {line}", file=sys.stderr)
-    print(f"dataset:     {result.dataset}")
-    print(f"MLflow run:  {result.run_id} in experiment {result.experiment!r}")
-    print(f"             view with: mlflow ui --backend-store-uri {result.tracking_uri}")
-    for k, row in enumerate(result.examples, 1):
-        _show_example(k, row)
+def _show(result: StageResult) -> int:
+    """Print a stage's summary (its warnings to stderr)."""
+    for line in result.summary():
+        print(line)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
-def _show_example(k: int, row: dict) -> None:
-    if "candidates" in row:
-        print(f"\n--- example {k} ---")
-        print("prompt:  ", textwrap.shorten(row["prompt"], 300))
-        for reward, text in sorted(zip(row["rewards"], row["candidates"]), reverse=True):
-            print(f"  {reward:+.3f}", textwrap.shorten(text, 200))
-        return
-    how = (f"p = {row['preference_prob']:.2f}" if "preference_prob" in row
-           else f"{row['positive_affix']} / {row['negative_affix']}")
-    print(f"\n--- example {k} ({how}) ---")
-    print("prompt:  ", textwrap.shorten(row["prompt"], 300))
-    print("chosen:  ", textwrap.shorten(row["chosen"], 300))
-    print("rejected:", textwrap.shorten(row["rejected"], 300))
-    if "critique" in row:
-        print("critique:", textwrap.shorten(row["critique"], 300))
-    per_criterion = {c.removeprefix("preference_prob_"): v for c, v in row.items() if c.startswith("preference_prob_")}
-    if per_criterion:
-        print("labels:  ", "  ".join(f"{name} {v:.2f}" for name, v in per_criterion.items()))
+def simulate(items: list[str], address: str | None = None) -> int:
+    stage = STAGES["simulate"]
+    return _show(stage.run(_load(items, address, stage.schema, "simulate")))
 
 
 def train(kind: str, items: list[str], address: str | None = None) -> int:
-    cfg = _load(items, address, PPOConfig if kind == "ppo" else TrainConfig, f"train-{kind}")
-    from alignray.train import ppo, runner
+    stage = STAGES[kind]
+    cfg = _load(items, address, stage.schema, f"train-{kind}")
+    from alignray.train.runner import TrainingError
 
-    if kind == "ppo":
-        run, label, hint = (lambda: ppo.fit(cfg)), "policy:", "the last iteration (ppo.stop_after_iterations)"
-        shown = ["reward", "kl", "kl_coef", "response_length"]
-    else:
-        run, label, hint = (lambda: runner.fit(cfg, kind)), "model:", "the last step (trainer.stop_after_steps)"
-        shown = None
     try:
-        result = run()
-    except runner.TrainingError as exc:
+        result = stage.run(cfg)
+    except TrainingError as exc:
         print(f"alignray: {kind} training failed: {exc}", file=sys.stderr)
         return 1
-    print(f"\nMLflow run:  {result.run_id}")
-    print(f"checkpoint:  {result.checkpoint}")
-    if result.model_uri is None:
-        print(f"stopped before {hint}; run again to resume")
-    else:
-        print(f"{label:12s} {result.model_uri}{' (new champion)' if result.champion else ''}")
-    for key in shown or sorted(k for k in result.metrics if k.startswith("eval_")):
-        if key in result.metrics:
-            print(f"{key + ':':12s} {result.metrics[key]:.4f}")
-    return 0
+    return _show(result)
 
 
 def run_pipeline(items: list[str], address: str | None = None) -> int:
@@ -154,30 +97,8 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
 
 
 def evaluate(items: list[str], address: str | None = None) -> int:
-    cfg = _load(items, address, EvaluateConfig, "evaluate")
-    from alignray.evaluate.report import JUDGE_NAMES, share
-    from alignray.evaluate.stage import run
-
-    result = run(cfg)
-    print(f"\n{'opponent':28s} {'judge':36s} win rate  95% CI")
-    for r in result.rates:
-        print(f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]")
-    h = result.harmless
-    for r in h.refusals:
-        print(f"refusal rate of {r.policy}: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]")
-    for r in h.over_refusals:
-        print(f"over-refusal rate of {r.policy} on benign prompts: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]")
-    for kind, found in (("refusal gain", h.refusal_gains), ("over-refusal change", h.over_refusal_gains)):
-        for g in found:
-            print(f"{kind} over {g.opponent}: {g.gain:+.3f} [{g.low:+.3f}, {g.high:+.3f}]")
-    for head, (acc, low, high) in (result.agreement or {}).get("heads", {}).items():
-        print(f"preference-model agreement ({head}): {acc:.3f} [{low:.3f}, {high:.3f}]")
-    for judge, a in (result.agreement or {}).get("judges", {}).items():
-        shares = ", ".join(f"{h} {share(v)}" for h, v in {"labels": a["labels"], **a["heads"]}.items())
-        print(f"agreement with the {judge} judge on {a['decided']} decided pairs: {shares}")
-    print(f"\nreport:      {result.folder / 'report.md'}")
-    print(f"MLflow run:  {result.run_id}")
-    return 0
+    stage = STAGES["evaluate"]
+    return _show(stage.run(_load(items, address, stage.schema, "evaluate")))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -268,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("train", "train on Ray Train + DeepSpeed: preference model, sft, dpo (rDPO), rrhf, or ppo",
           "Train one model. CONFIG is a YAML file (see jobs/configs/); KEY=VALUE items override it, e.g."
           " dataset=prefs.parquet trainer.zero_stage=3. Running again with the same run_name resumes from"
-          " the last checkpoint.", kinds=KINDS)
+          " the last checkpoint.", kinds=TRAIN_KINDS)
     stage("run", "run a whole pipeline (rlcd, rlcd_rescore, rlaif, context_distill, morlaif, rrhf, rdpo)",
           "Run a pipeline config (see jobs/configs/pipelines/): its stages in order, each fed by the outputs"
           " before it. Stages already done for the same inputs and config are skipped (and say so); an"

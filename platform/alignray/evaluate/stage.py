@@ -27,7 +27,15 @@ from alignray.data.conversation import TURN_STOP, clean_output
 from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations
 from alignray.evaluate.agreement import judge_agreement
-from alignray.evaluate.report import Harmlessness, markdown, plot_curves, plot_refusals, plot_win_rates
+from alignray.evaluate.report import (
+    JUDGE_NAMES,
+    Harmlessness,
+    markdown,
+    plot_curves,
+    plot_refusals,
+    plot_win_rates,
+    share,
+)
 from alignray.evaluate.winrate import WinRate, bootstrap_interval, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
 from alignray.io import atomic_dir
@@ -51,6 +59,25 @@ class EvaluationResult:
     rates: list[WinRate]
     harmless: Harmlessness  # refusal rates, when `refusal` is among the judges
     agreement: dict | None
+    metrics: dict[str, float]  # as logged to the MLflow run
+
+    def summary(self) -> list[str]:
+        """The win rates, refusal rates and agreements, one per line."""
+        lines = [f"{'opponent':28s} {'judge':36s} win rate  95% CI"]
+        lines += [f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]"
+                  for r in self.rates]
+        h = self.harmless
+        lines += [f"refusal rate of {r.policy}: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]" for r in h.refusals]
+        lines += [f"over-refusal rate of {r.policy} on benign prompts: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]"
+                  for r in h.over_refusals]
+        for kind, found in (("refusal gain", h.refusal_gains), ("over-refusal change", h.over_refusal_gains)):
+            lines += [f"{kind} over {g.opponent}: {g.gain:+.3f} [{g.low:+.3f}, {g.high:+.3f}]" for g in found]
+        for head, (acc, low, high) in (self.agreement or {}).get("heads", {}).items():
+            lines.append(f"preference-model agreement ({head}): {acc:.3f} [{low:.3f}, {high:.3f}]")
+        for judge, a in (self.agreement or {}).get("judges", {}).items():
+            shares = ", ".join(f"{h} {share(v)}" for h, v in {"labels": a["labels"], **a["heads"]}.items())
+            lines.append(f"agreement with the {judge} judge on {a['decided']} decided pairs: {shares}")
+        return lines
 
 
 def short(ref: str) -> str:
@@ -185,7 +212,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
         mlflow.log_table(frame, "judgements.json")  # also as an MLflow table: mlflow.load_table reads it
         if benign_rows:
             mlflow.log_table(benign, "benign_judgements.json")
-        mlflow.log_metrics({
+        metrics = {
             **{metric_key(f"win_rate.{r.judge}.{r.opponent}"): r.rate for r in rates},
             **{metric_key(f"refusal_rate.{r.policy}"): r.rate for r in harmless.refusals},
             **{metric_key(f"refusal_gain.{g.opponent}"): g.gain for g in harmless.refusal_gains},
@@ -196,5 +223,6 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
                for h, v in {"labels": a["labels"], **a["heads"]}.items() if v is not None},
             "prompts": len(prompts),
             "policy_empty_responses": float(np.mean([not a for a in policy[:n]])),
-        })
-    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement)
+        }
+        mlflow.log_metrics(metrics)
+    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement, metrics)

@@ -28,6 +28,7 @@ from alignray.sampling.clients import open_model
 from alignray.sampling.types import SamplingSpec
 
 STEPS = ("answering", "critiquing", "revising")
+TALLY = "{kept} revision pairs ({dropped} prompts dropped: an empty step, or a revision that repeats the answer)"
 
 
 def critique_messages(base: list[dict], answer: str, request: Critique) -> list[dict]:

@@ -22,6 +22,8 @@ from alignray.sampling.clients import open_model
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 
+TALLY = "{kept} preference pairs ({dropped} prompts dropped for empty outputs)"
+
 
 @dataclass(frozen=True)
 class Labels:

@@ -20,6 +20,8 @@ from alignray.sampling.clients import open_model
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 
+TALLY = "{kept} prompts with ranked candidates ({dropped} dropped: fewer than two candidates, or all with the same reward)"
+
 
 def sample_candidates(pool: SamplerPool, prompts: list[str], cfg: SimulateConfig) -> list[list[str]]:
     """k cleaned, non-empty candidates per prompt (fewer where some came out empty)."""

@@ -1,7 +1,8 @@
 """The preference-data simulation stage: prompts -> a Parquet dataset, tracked in MLflow.
 
 The methods live in `pairs` (rlcd, rlaif, rlcd_rescore, morlaif), `ranking` (rrhf) and
-`critique` (rdpo); this module validates the inputs, runs one, and writes and logs its rows.
+`critique` (rdpo), registered in `methods`; this module validates the inputs, runs one, checks
+its rows against the method's dataset format, and writes and logs them.
 A dataset of pairs (every method but rrhf) is then checked by independent judges
 (`diagnostics`): metrics `diag_*`, artifact `diagnostics.json`, and a `diagnostics_warning` tag
 when a judge finds the labels inverted more often than not.
@@ -12,6 +13,7 @@ so a bad input or a failed run leaves no dataset behind.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,10 @@ import pyarrow as pa
 from alignray import cluster, tracking
 from alignray.config import SimulateConfig
 from alignray.data.conversation import Conversation
+from alignray.data.formats import Format
 from alignray.data.sources import load_conversations
-from alignray.feedback import critique, diagnostics, pairs, ranking, rlcd
+from alignray.feedback import diagnostics, rlcd
+from alignray.feedback.methods import METHODS
 from alignray.feedback.plans import Plan, RenderChat, neutral_plans
 from alignray.io import write_parquet
 from alignray.models.registry import resolve
@@ -38,18 +42,13 @@ class SimulationResult:
     run_id: str
     tracking_uri: str
     experiment: str
-    pairs: int
-    dropped: int
+    tally: str  # how many rows were written and how many prompts dropped, in the method's words
+    metrics: dict[str, float]  # as logged to the MLflow run
     examples: list[dict]
     all_ties: list[str]  # label columns where every pair is a tie
     diagnostics: diagnostics.Diagnostics | None  # None for rrhf's candidates
 
 
-# what each method needs from the principle set
-NEEDS = {
-    "rlcd": ("pairs",), "rlaif": ("instructions",), "rlcd_rescore": ("pairs", "instructions"),
-    "morlaif": ("criteria",), "rrhf": (), "rdpo": ("critiques",),
-}
 TIE = 1e-6
 
 
@@ -61,7 +60,7 @@ def ties(frame: pd.DataFrame) -> list[str]:
 def _plans(cfg: SimulateConfig, convs: list[Conversation], principles: PrincipleSet, render: RenderChat | None) -> list[Plan]:
     """RLCD's contrast prompts (rlcd, rlcd_rescore), else the neutral prompt on both sides."""
     sim = cfg.simulation
-    if sim.method in ("rlcd", "rlcd_rescore"):
+    if METHODS[sim.method].contrast:
         return rlcd.plan(convs, principles, sim.seed, render, sim.affix_placement)
     return neutral_plans(convs, principles.response_prefix, render)
 
@@ -76,10 +75,37 @@ def _model_inputs(cfg: SimulateConfig) -> list[tuple[str, str]]:
     return [(role, ref) for role, ref in found if ref]
 
 
+def write_dataset(frame: pd.DataFrame, fmt: Format, target: Path) -> Path:
+    """Check `frame` against its format (DatasetError naming `target` and the column: nothing is
+    written), then write it atomically, stamped with the active MLflow run."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    fmt.check(table.schema, str(target))
+    return write_parquet(tracking.stamped(table, target), target)
+
+
+def show_example(k: int, row: dict) -> list[str]:
+    """A written row, shortened for the terminal."""
+    if "candidates" in row:
+        lines = ["", f"--- example {k} ---", "prompt:   " + textwrap.shorten(row["prompt"], 300)]
+        return lines + [f"  {reward:+.3f} " + textwrap.shorten(text, 200)
+                        for reward, text in sorted(zip(row["rewards"], row["candidates"]), reverse=True)]
+    how = (f"p = {row['preference_prob']:.2f}" if "preference_prob" in row
+           else f"{row['positive_affix']} / {row['negative_affix']}")
+    lines = ["", f"--- example {k} ({how}) ---", "prompt:   " + textwrap.shorten(row["prompt"], 300),
+             "chosen:   " + textwrap.shorten(row["chosen"], 300), "rejected: " + textwrap.shorten(row["rejected"], 300)]
+    if "critique" in row:
+        lines.append("critique: " + textwrap.shorten(row["critique"], 300))
+    per_criterion = {c.removeprefix("preference_prob_"): v for c, v in row.items() if c.startswith("preference_prob_")}
+    if per_criterion:
+        lines.append("labels:   " + "  ".join(f"{name} {v:.2f}" for name, v in per_criterion.items()))
+    return lines
+
+
 def run(cfg: SimulateConfig) -> SimulationResult:
     sim = cfg.simulation
+    method = METHODS[sim.method]
     principles = load_principles(sim.principles)
-    needs = {part: f"simulation.method={sim.method}" for part in NEEDS[sim.method]}
+    needs = {part: f"simulation.method={sim.method}" for part in method.needs}
     if sim.method == "rdpo" and cfg.judge.kind == "model":
         needs["instructions"] = "rdpo's model judge"
     if sim.affix_placement == "demonstration" and "pairs" in needs:
@@ -88,6 +114,7 @@ def run(cfg: SimulateConfig) -> SimulationResult:
     for part, why in needs.items():
         principles.require(part, why)
     convs = load_conversations(cfg.data)
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))  # models:/ names are in this stage's store
     model_path = resolve(cfg.model.name)
     simulator_path = resolve(sim.simulator) if sim.simulator else model_path
     for name in (sim.labeller, sim.teacher, cfg.judge.model, *cfg.ranking.policies):
@@ -110,18 +137,11 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         tracking.log_prompts([c.transcript if c.messages is None else render(c.message_dicts()) for c in convs],
                              cfg.data.label, "prompts")
         started = time.monotonic()
-        if sim.method == "rrhf":
-            rows, dropped, metrics = ranking.run(cfg, plans, principles.response_prefix)
-        elif sim.method == "rdpo":
-            rows, dropped, metrics = critique.run(cfg, plans, principles)
-        else:
-            rows, dropped, metrics = pairs.run(cfg, plans, principles, sample_plans)
+        rows, dropped, metrics = method.run(cfg, plans, principles, sample_plans)
         frame = pd.DataFrame(rows)
-        name = "candidates" if sim.method == "rrhf" else "preferences"
-        folder = cfg.output_dir / "datasets" / f"{run_name}-{active.info.run_id[:8]}"
-        target = folder / f"{name}.parquet"
-        dataset = write_parquet(tracking.stamped(pa.Table.from_pandas(frame, preserve_index=False), target), target)
-        tracking.log_dataset(dataset, frame, name=f"{run_name}-{name}", context=name)
+        target = cfg.output_dir / "datasets" / f"{run_name}-{active.info.run_id[:8]}" / method.format.file
+        dataset = write_dataset(frame, method.format, target)
+        tracking.log_dataset(dataset, frame, name=f"{run_name}-{target.stem}", context=target.stem)
         tied = ties(frame)
         if tied:
             mlflow.set_tag("all_ties", ",".join(tied))
@@ -133,18 +153,16 @@ def run(cfg: SimulateConfig) -> SimulationResult:
             metrics |= diag.metrics() | {"diagnostics_seconds": time.monotonic() - started - seconds}
             if diag.warnings():
                 mlflow.set_tag("diagnostics_warning", "\n".join(diag.warnings()))
-        mlflow.log_metrics({
-            **metrics,
-            "seconds": seconds,
-            **{f"{c}_mean": float(frame[c].mean()) for c in frame.columns if c.startswith("preference_prob")},
-        })
+        metrics |= {"seconds": seconds,
+                    **{f"{c}_mean": float(frame[c].mean()) for c in frame.columns if c.startswith("preference_prob")}}
+        mlflow.log_metrics(metrics)
     return SimulationResult(
         dataset=dataset.resolve(),
         run_id=active.info.run_id,
         tracking_uri=tracking.tracking_uri(cfg.tracking, cfg.output_dir),
         experiment=cfg.tracking.experiment,
-        pairs=len(rows),
-        dropped=dropped,
+        tally=method.tally.format(kept=len(rows), dropped=dropped),
+        metrics=metrics,
         examples=rows[:3],
         all_ties=tied,
         diagnostics=diag,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str  # simulate, preference, sft, dpo, rrhf, ppo or evaluate
+    kind: str  # a stage of alignray.stages.STAGES: simulate, preference, sft, dpo, rrhf, ppo or evaluate
     defaults: dict = field(default_factory=dict)  # the recipe's settings; `stages.<name>` overrides them
     # dotted field -> (earlier stage, what): "output" (dataset path or model URI), "run" (its
     # MLflow run id) or "criteria" (the criterion names of its principle set)

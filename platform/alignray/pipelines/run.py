@@ -24,21 +24,13 @@ from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
 from alignray import tracking
-from alignray.config import (
-    ConfigError,
-    EvaluateConfig,
-    PipelineConfig,
-    PPOConfig,
-    SimulateConfig,
-    TrainConfig,
-    explain_errors,
-)
+from alignray.config import ConfigError, PipelineConfig, SimulateConfig, explain_errors
 from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations, normal
 from alignray.pipelines.recipes import LIST_FIELDS, RECIPES, Stage
 from alignray.principles import load_principles
+from alignray.stages import STAGES
 
-SCHEMAS = {"simulate": SimulateConfig, "ppo": PPOConfig, "evaluate": EvaluateConfig}
 SHARED = ("model", "sampler", "data", "tracking", "output_dir", "address")
 VOLATILE = {"address", "run_name", "tracking.run_name", "registered_model", "trainer.stop_after_steps", "ppo.stop_after_iterations"}
 KEY_TAG, OUTPUT_TAG = "alignray.stage_key", "alignray.stage_output"
@@ -91,9 +83,9 @@ def stage_config(cfg: PipelineConfig, stage: Stage, values: dict[tuple[str, str]
         shared["data"] = json.loads(cfg.held_out().model_dump_json())
         if cfg.benign_eval_data is not None:
             shared["benign_data"] = json.loads(cfg.benign_eval_data.model_dump_json())
-    schema = SCHEMAS.get(stage.kind, TrainConfig)
+    schema = STAGES[stage.kind].schema
     tree = {k: v for k, v in shared.items() if k in schema.model_fields}
-    if stage.kind not in SCHEMAS or stage.kind == "ppo":
+    if STAGES[stage.kind].trains:
         tree["registered_model"] = f"{cfg.label}-{stage.name}"
     tree = copy.deepcopy(_merge(_merge(tree, stage.defaults), _user_fields(cfg, stage)))  # the inputs go in below
     tree.setdefault("tracking", {})["run_name"] = f"{cfg.label}-{stage.name}"
@@ -136,27 +128,6 @@ def _done_before(key: str, experiment: str) -> tuple[str, str] | None:
         if output and _output_exists(output):
             return run.info.run_id, output
     return None
-
-
-def _execute(kind: str, config, say) -> tuple[str | None, str]:
-    """Run one stage; (output or None when it stopped early, MLflow run id). A simulation's
-    data diagnostics (and their warning) are said as `alignray simulate` prints them."""
-    if kind == "simulate":
-        from alignray.feedback.simulate import run
-
-        result = run(config)
-        if result.diagnostics is not None:
-            say("\n".join(result.diagnostics.summary() + [f"warning: {w}" for w in result.diagnostics.warnings()]))
-        return str(result.dataset), result.run_id
-    if kind == "evaluate":
-        from alignray.evaluate.stage import run
-
-        result = run(config)
-        return str(result.folder), result.run_id
-    from alignray.train import ppo, runner
-
-    result = ppo.fit(config) if kind == "ppo" else runner.fit(config, kind)
-    return result.model_uri, result.run_id
 
 
 def _criteria(config: SimulateConfig) -> list[str]:
@@ -245,10 +216,13 @@ def run(cfg: PipelineConfig, say=print) -> list[StageOutcome]:
             say(f"{head}: already done for these inputs and config (MLflow run {previous[0][:8]}), skipping -> {previous[1]}")
             outcome = StageOutcome(s.name, previous[1], previous[0], True)
         else:
-            if s.kind != "simulate" and s.kind != "evaluate":
+            if STAGES[s.kind].trains:
                 config = config.model_copy(update={"run_name": f"{cfg.label}-{s.name}-{key[:8]}"})
             say(f"{head}: running")
-            output, run_id = _execute(s.kind, config, say)
+            result = STAGES[s.kind].run(config)
+            if result.notes:
+                say("\n".join(result.notes))
+            output, run_id = result.output, result.run_id
             outcome = StageOutcome(s.name, output, run_id, False)
             if output is None:
                 say(f"{head}: stopped before the end (checkpoint kept); run the pipeline again to resume")

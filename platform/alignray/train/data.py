@@ -1,13 +1,14 @@
 """Training datasets: validated on the driver, tokenized once, split into train and eval.
 
-Each kind reads its columns from a Parquet file (the output of a feedback stage):
+Each kind reads one of the formats of `alignray.data.formats` (the output of a feedback stage),
+checked on read, plus the label columns its config asks for:
 
-| kind | columns |
-|---|---|
-| preference | prompt, chosen, rejected [, principle] [, margin column] [, preference_prob[_<principle>]] |
-| sft | prompt, chosen |
-| dpo | prompt, chosen, rejected [, preference_prob] |
-| rrhf | prompt, candidates (list of str), rewards (list of float) |
+| kind | format | label columns |
+|---|---|---|
+| preference | pairs | principle, a margin column or preference_prob[_<principle>], by `preference.*` |
+| sft | sft | |
+| dpo | pairs | preference_prob with `dpo.soft_labels` or `dpo.judge_agreement_filter` |
+| rrhf | candidates | |
 
 A response follows its prompt directly, after one space when neither side has whitespace at
 the join, and ends with the tokenizer's EOS token. Examples longer than `max_length` are cut:
@@ -17,6 +18,7 @@ the prompt from `truncation_side` first, then the response's tail; they are coun
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,15 +26,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from alignray.config import TrainConfig
+from alignray.data.formats import CANDIDATES, PAIRS, SFT, Format, Kind
 from alignray.data.pairs import DatasetError
 from alignray.models.tokens import Seq, Tokenize
-
-COLUMNS = {
-    "preference": ("prompt", "chosen", "rejected"),
-    "sft": ("prompt", "chosen"),
-    "dpo": ("prompt", "chosen", "rejected"),
-    "rrhf": ("prompt", "candidates", "rewards"),
-}
 
 
 @dataclass
@@ -47,47 +43,57 @@ def _text(value, where: str) -> str:
     return value
 
 
-def _row_example(kind: str, row: dict, where: str, cfg: TrainConfig, tokenize: Tokenize) -> Example | None:
+def _pair(row: dict, where: str, tokenize: Tokenize) -> list[Seq]:
     prompt = _text(row["prompt"], f"{where} column 'prompt'")
-    if kind == "sft":
-        return Example([tokenize(prompt, _text(row["chosen"], f"{where} column 'chosen'"))])
-    if kind == "rrhf":
-        cands, rewards = row["candidates"], row["rewards"]
-        if not isinstance(cands, list) or len(cands) < 2:
-            raise DatasetError(f"{where} column 'candidates': RRHF needs at least 2 candidates per prompt")
-        if not isinstance(rewards, list) or len(rewards) != len(cands):
-            raise DatasetError(f"{where} column 'rewards': needs one reward per candidate ({len(cands)})")
-        if any(r is None or not math.isfinite(r) for r in rewards):
-            raise DatasetError(f"{where} column 'rewards': rewards must be finite numbers")
-        if len(set(rewards)) == 1:
-            raise DatasetError(
-                f"{where} column 'rewards': all {len(rewards)} candidates have the same reward"
-                f" ({rewards[0]}), so there is nothing to rank"
-            )
-        seqs = [tokenize(prompt, _text(c, f"{where} candidate {i}")) for i, c in enumerate(cands)]
-        return Example(seqs, {"rewards": [float(r) for r in rewards]})
-    seqs = [
-        tokenize(prompt, _text(row["chosen"], f"{where} column 'chosen'")),
-        tokenize(prompt, _text(row["rejected"], f"{where} column 'rejected'")),
-    ]
+    return [tokenize(prompt, _text(row[side], f"{where} column '{side}'")) for side in ("chosen", "rejected")]
+
+
+def _sft_example(row: dict, where: str, cfg: TrainConfig, tokenize: Tokenize) -> Example:
+    prompt = _text(row["prompt"], f"{where} column 'prompt'")
+    return Example([tokenize(prompt, _text(row["chosen"], f"{where} column 'chosen'"))])
+
+
+def _rrhf_example(row: dict, where: str, cfg: TrainConfig, tokenize: Tokenize) -> Example:
+    prompt = _text(row["prompt"], f"{where} column 'prompt'")
+    cands, rewards = row["candidates"], row["rewards"]
+    if not isinstance(cands, list) or len(cands) < 2:
+        raise DatasetError(f"{where} column 'candidates': RRHF needs at least 2 candidates per prompt")
+    if not isinstance(rewards, list) or len(rewards) != len(cands):
+        raise DatasetError(f"{where} column 'rewards': needs one reward per candidate ({len(cands)})")
+    if any(r is None or not math.isfinite(r) for r in rewards):
+        raise DatasetError(f"{where} column 'rewards': rewards must be finite numbers")
+    if len(set(rewards)) == 1:
+        raise DatasetError(
+            f"{where} column 'rewards': all {len(rewards)} candidates have the same reward"
+            f" ({rewards[0]}), so there is nothing to rank"
+        )
+    seqs = [tokenize(prompt, _text(c, f"{where} candidate {i}")) for i, c in enumerate(cands)]
+    return Example(seqs, {"rewards": [float(r) for r in rewards]})
+
+
+def _preference_example(row: dict, where: str, cfg: TrainConfig, tokenize: Tokenize) -> Example:
     values: dict = {}
-    if kind == "preference":
-        names = cfg.preference.principles
-        if cfg.preference.soft_labels:
-            values["probs"] = [_probability(row, c, where) for c in label_columns(kind, cfg)]
-        elif names:
-            principle = row.get("principle")
-            if principle not in names:
-                raise DatasetError(f"{where} column 'principle': {principle!r} is not one of {names}")
-            values["head"] = float(names.index(principle))
-        if cfg.preference.margin_column:
-            values["margin"] = float(row[cfg.preference.margin_column])
-    elif kind == "dpo" and (cfg.dpo.soft_labels or cfg.dpo.judge_agreement_filter):
-        p = _probability(row, "preference_prob", where)
-        if cfg.dpo.judge_agreement_filter and p <= 0.5:
-            return None
-        values["preference_prob"] = p
-    return Example(seqs, values)
+    names = cfg.preference.principles
+    if cfg.preference.soft_labels:
+        values["probs"] = [_probability(row, c, where) for c in _preference_labels(cfg)]
+    elif names:
+        principle = row.get("principle")
+        if principle not in names:
+            raise DatasetError(f"{where} column 'principle': {principle!r} is not one of {names}")
+        values["head"] = float(names.index(principle))
+    if cfg.preference.margin_column:
+        values["margin"] = float(row[cfg.preference.margin_column])
+    return Example(_pair(row, where, tokenize), values)
+
+
+def _dpo_example(row: dict, where: str, cfg: TrainConfig, tokenize: Tokenize) -> Example | None:
+    seqs = _pair(row, where, tokenize)
+    if not _dpo_labels(cfg):
+        return Example(seqs)
+    p = _probability(row, "preference_prob", where)
+    if cfg.dpo.judge_agreement_filter and p <= 0.5:
+        return None
+    return Example(seqs, {"preference_prob": p})
 
 
 def length_balanced(chosen: list[str], rejected: list[str], seed: int) -> np.ndarray:
@@ -110,16 +116,34 @@ def _probability(row: dict, column: str, where: str) -> float:
     return float(p)
 
 
-def label_columns(kind: str, cfg: TrainConfig) -> list[str]:
-    """The label columns the config asks for, beyond the kind's text columns."""
-    if kind == "dpo":
-        return ["preference_prob"] if cfg.dpo.soft_labels or cfg.dpo.judge_agreement_filter else []
-    if kind != "preference":
-        return []
+def _preference_labels(cfg: TrainConfig) -> dict[str, Kind]:
     pc = cfg.preference
     if pc.soft_labels:
-        return [f"preference_prob_{n}" for n in pc.principles] if pc.principles else ["preference_prob"]
-    return (["principle"] if pc.principles else []) + ([pc.margin_column] if pc.margin_column else [])
+        names = [f"preference_prob_{n}" for n in pc.principles] if pc.principles else ["preference_prob"]
+        return dict.fromkeys(names, Kind.NUMBER)
+    return ({"principle": Kind.TEXT} if pc.principles else {}) | ({pc.margin_column: Kind.NUMBER} if pc.margin_column else {})
+
+
+def _dpo_labels(cfg: TrainConfig) -> dict[str, Kind]:
+    return {"preference_prob": Kind.NUMBER} if cfg.dpo.soft_labels or cfg.dpo.judge_agreement_filter else {}
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one training kind reads a dataset: its format, the label columns (and their types) its
+    config asks for beyond the format's required ones, and one row as an Example (None: filtered)."""
+    format: Format
+    labels: Callable[[TrainConfig], dict[str, Kind]]
+    example: Callable[[dict, str, TrainConfig, Tokenize], Example | None]
+    balances: bool = False  # honours preference.length_balance
+
+
+READERS = {
+    "preference": Reader(PAIRS, _preference_labels, _preference_example, balances=True),
+    "sft": Reader(SFT, lambda cfg: {}, _sft_example),
+    "dpo": Reader(PAIRS, _dpo_labels, _dpo_example),
+    "rrhf": Reader(CANDIDATES, lambda cfg: {}, _rrhf_example),
+}
 
 
 @dataclass
@@ -139,23 +163,19 @@ def load(kind: str, cfg: TrainConfig, tokenizer) -> Prepared:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from None
-    needed = list(COLUMNS[kind]) + label_columns(kind, cfg)
-    missing = [c for c in needed if c not in table.column_names]
-    if missing:
-        raise DatasetError(
-            f"{path}: missing column(s) {missing} needed for {kind} training"
-            f" (has: {', '.join(table.column_names)})"
-        )
+    reader = READERS[kind]
+    labels = reader.labels(cfg)
+    reader.format.check(table.schema, str(path), labels, f" needed for {kind} training")
     if table.num_rows == 0:
         raise DatasetError(f"{path}: the dataset is empty")
     tokenize = Tokenize(tokenizer, cfg.trainer.max_length, cfg.trainer.truncation_side)
-    rows = table.select(needed).to_pylist()
+    rows = table.select(list(dict.fromkeys([*reader.format.required, *labels]))).to_pylist()
     keep = np.ones(len(rows), bool)
-    if kind == "preference" and cfg.preference.length_balance:
+    if reader.balances and cfg.preference.length_balance:
         keep = length_balanced([str(r["chosen"]) for r in rows], [str(r["rejected"]) for r in rows], cfg.trainer.seed)
     examples, filtered = [], 0
     for i, row in enumerate(rows):
-        ex = _row_example(kind, row, f"{path}: row {i}", cfg, tokenize) if keep[i] else None
+        ex = reader.example(row, f"{path}: row {i}", cfg, tokenize) if keep[i] else None
         if ex is None:
             filtered += 1
         else:
