@@ -33,11 +33,13 @@ def test_a_pipeline_and_ppo_as_ray_jobs_on_a_multinode_cluster(tiny_model, tmp_p
     ray_tmp = tempfile.mkdtemp(prefix="arj", dir="/tmp")  # Ray's socket paths must stay short
 
     def node(name: str, *args: str) -> subprocess.Popen:
+        # A temp folder per node, as on separate machines: in a shared one, a worker node's
+        # runtime-env agent deletes a job's working_dir that the head's driver still runs in.
         ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                  f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
         return subprocess.Popen(
             [BIN / "ray", "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-             f"--temp-dir={ray_tmp}", *ports, *args],
+             f"--temp-dir={ray_tmp}/{name}", *ports, *args],
             env=env, start_new_session=True, stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
         )
 
