@@ -64,7 +64,7 @@ def simulate(items: list[str], address: str | None = None) -> int:
 def train(kind: str, items: list[str], address: str | None = None) -> int:
     stage = STAGES[kind]
     cfg = _load(items, address, stage.schema, f"train-{kind}")
-    from alignray.train.runner import TrainingError
+    from alignray.train.launch import TrainingError
 
     try:
         result = stage.run(cfg)
@@ -79,7 +79,7 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
         raise ConfigError("alignray run needs a pipeline config file first (see jobs/configs/pipelines/)")
     cfg = _load(items, address, PipelineConfig, "run")
     from alignray.pipelines.run import run
-    from alignray.train.runner import TrainingError
+    from alignray.train.launch import TrainingError
 
     try:
         outcomes = run(cfg)

@@ -16,7 +16,7 @@ from alignray import cluster, tracking
 from alignray.config import TrainConfig
 from alignray.models.registry import resolve
 from alignray.train import data
-from alignray.train.launch import Launch, TrainingError, TrainResult, check_cpus
+from alignray.train.launch import Launch, TrainResult, check_cpus
 from alignray.train.methods import METHODS
 from alignray.train.worker import plan_steps, train_loop
 
@@ -53,5 +53,3 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
         return launch.result(result, cfg.registered_model or f"alignray-{kind}", f"eval_{method.eval_metric}",
                              method.higher_is_better)
 
-
-__all__ = ["TrainingError", "TrainResult", "fit"]
