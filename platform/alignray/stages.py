@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from alignray.config import EvaluateConfig, PPOConfig, SimulateConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from alignray.train.runner import TrainResult
+    from alignray.train.launch import TrainResult
 
 
 @dataclass(frozen=True)
