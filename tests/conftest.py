@@ -192,3 +192,8 @@ def logged_metrics(out: Path, experiment: str, run_name: str, key: str) -> list:
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id], f"tags.mlflow.runName = '{run_name}'") if found else []
     return sorted(client.get_metric_history(runs[0].info.run_id, key), key=lambda m: m.timestamp) if runs else []
+
+
+def last_per_step(out: Path, experiment: str, run_name: str, key: str) -> dict[int, float]:
+    """step -> the last value of `key` logged at that step (steps re-run after a restart are logged twice)."""
+    return {m.step: m.value for m in logged_metrics(out, experiment, run_name, key)}

@@ -15,6 +15,7 @@ from alignray.train.launch import TrainingError
 from alignray.train.ppo import fit
 from alignray.train.ppo_loop import PROBE_TOLERANCE
 from conftest import (
+    last_per_step,
     logged_metrics,
     make_pattern_reward_model,
     train_workers,
@@ -197,7 +198,7 @@ def test_exact_resume_after_a_trainer_worker_and_a_sampler_are_killed(tiny_model
         return pool
 
     def logged(key="reward"):
-        return last_per_step(out, "killed", key)
+        return last_per_step(out, "ppo", "killed", key)
 
     def kill_a_sampler():
         os.kill(pids[0], signal.SIGKILL)  # that process only: never another pool's or program's
@@ -216,7 +217,7 @@ def test_exact_resume_after_a_trainer_worker_and_a_sampler_are_killed(tiny_model
     assert logged("sampler_restarts")[6] >= 1
     assert list(logged("rollout_samples").values()) == [64.0] * 6  # none lost or doubled
     for key in ("reward", "kl", "kl_coef", "policy_loss", "value_loss", "entropy"):
-        a, b = last_per_step(tmp_path / "a" / "runs", "straight", key), logged(key)
+        a, b = last_per_step(tmp_path / "a" / "runs", "ppo", "straight", key), logged(key)
         assert sorted(a) == sorted(b) == list(range(1, 7)), key
         assert max(abs(a[i] - b[i]) for i in a) < 1e-4, (key, a, b)
     assert len(set(logged("kl_coef").values())) > 1  # the adaptive controller moved (and was restored)
@@ -224,10 +225,6 @@ def test_exact_resume_after_a_trainer_worker_and_a_sampler_are_killed(tiny_model
 
 def history_of(out, run_name, key):
     return logged_metrics(out, "ppo", run_name, key)
-
-
-def last_per_step(out, run_name, key):
-    return {m.step: m.value for m in history_of(out, run_name, key)}
 
 
 def test_three_reward_models_min_from_the_command_line(tiny_model, tmp_path, capsys):

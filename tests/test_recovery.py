@@ -20,7 +20,7 @@ import pytest
 import ray
 from alignray.config import TrainConfig, load_config
 from alignray.train.runner import fit
-from conftest import logged_metrics, train_workers, when, with_dropout
+from conftest import last_per_step, logged_metrics, train_workers, when, with_dropout
 from test_train import pref_rows, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
@@ -42,8 +42,7 @@ def history(out: Path, run_name: str, key: str = "train_loss") -> list:
 
 
 def curve(out: Path, run_name: str, key: str = "train_loss") -> dict[int, float]:
-    """step -> the last value logged at that step."""
-    return {m.step: m.value for m in history(out, run_name, key)}
+    return last_per_step(out, "recovery", run_name, key)
 
 
 def assert_same_curve(straight: dict[int, float], other: dict[int, float]) -> None:
