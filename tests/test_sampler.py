@@ -79,6 +79,54 @@ def test_score_matches_transformers_then_follows_new_weights(pool, tiny_model):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
+def test_a_model_of_the_same_architecture_is_loaded_into_the_running_engines(tiny_model, sampler_cfg, tmp_path):
+    from alignray.models.tiny import make_tiny_llama
+
+    other = make_tiny_llama(tmp_path / "other", seed=3)  # the same architecture and tokenizer, other weights
+    spec = SamplingSpec(temperature=0.0, max_tokens=8, logprobs=0)
+    with SamplerPool(other, sampler_cfg, dtype="float32") as fresh:
+        want = fresh.generate(PROMPTS, spec), fresh.score(PROMPTS, CONTINUATIONS)
+    with SamplerPool(tiny_model, sampler_cfg, dtype="float32", cache_dir=tmp_path / "cache") as pool:
+        first = pool.generate(PROMPTS, spec)
+        pid = pool.health()[0]["pid"]
+        assert pool.switch_model(other)
+        got = pool.generate(PROMPTS, spec), pool.score(PROMPTS, CONTINUATIONS)
+        assert [[c.token_ids for c in cs] for cs in got[0]] == [[c.token_ids for c in cs] for cs in want[0]] != \
+               [[c.token_ids for c in cs] for cs in first]
+        for a, b in zip(got[1], want[1]):
+            assert max(abs(x - y) for x, y in zip(a.token_logprobs, b.token_logprobs, strict=True)) < 1e-5
+        [health] = pool.health()
+        assert health["pid"] == pid and health["model"] == str(other)  # the same engine, no new one
+        assert pool.switch_model(tiny_model) and pool.generate(PROMPTS, spec) == first  # and back
+        pool.update_weights(AutoModelForCausalLM.from_pretrained(other).state_dict())
+        assert not pool.switch_model(other) and pool.model_path == str(tiny_model)  # updated weights stay
+
+
+def test_models_are_interchangeable_when_only_weights_and_save_details_differ(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    from alignray.sampling.pool import interchangeable
+
+    def changed(name: str, edit) -> object:
+        folder = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_model, folder)
+        path = folder / name
+        path.write_text(edit(path.read_text()))
+        return folder
+
+    def keyed(key, value):
+        return lambda text: json.dumps({**json.loads(text), key: value})
+
+    assert interchangeable(tiny_model, changed("tokenizer_config.json", keyed("is_local", True)))
+    assert interchangeable(tiny_model, changed("config.json", keyed("dtype", "bfloat16")))
+    assert not interchangeable(tiny_model, changed("config.json", keyed("num_hidden_layers", 1)))
+    assert not interchangeable(tiny_model, changed("generation_config.json", keyed("eos_token_id", 5)))
+    assert not interchangeable(tiny_model, changed("chat_template.jinja", lambda t: t + " "))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_bf16_sampler_follows_new_weights_and_its_probe_check_catches_stale_ones(tiny_model, sampler_cfg):
     from alignray.train.ppo_loop import PROBE_TOLERANCE
 

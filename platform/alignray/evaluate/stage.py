@@ -41,7 +41,7 @@ from alignray.feedback import diagnostics, rlaif
 from alignray.io import atomic_dir
 from alignray.models.registry import ModelError, local_folder, resolve
 from alignray.rewards import judges as offline
-from alignray.sampling.clients import chat_renderer, open_model
+from alignray.sampling.clients import Models, chat_renderer
 from alignray.sampling.types import SamplingSpec
 
 TEMPLATE = (
@@ -85,21 +85,20 @@ def short(ref: str) -> str:
     return ref.removeprefix("models:/") if ref.startswith("models:/") else Path(ref).name or ref
 
 
-def _responses(ref: str, path: str, prompts: list[str], cfg: EvaluateConfig) -> list[str]:
+def _responses(ref: str, path: str, prompts: list[str], cfg: EvaluateConfig, models: Models) -> list[str]:
     spec = SamplingSpec(temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens,
                         stop=TURN_STOP, seed=cfg.seed)
-    with open_model(path, cfg, cfg.seed) as model:
-        outs = model.pool.generate(prompts, spec, desc=f"responses of {short(ref)}")
+    outs = models.get(path).pool.generate(prompts, spec, desc=f"responses of {short(ref)}")
     return [clean_output(o[0].text) for o in outs]
 
 
-def _judge(frame: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
+def _judge(frame: pd.DataFrame, cfg: EvaluateConfig, models: Models) -> pd.DataFrame:
     """Add the judges' columns to the (prompt, opponent, responses) rows."""
     if "model" in cfg.judges:
         comparisons = [rlaif.Comparison(p, cfg.judge.question, a, b)
                        for p, a, b in zip(frame["prompt"], frame["policy_response"], frame["opponent_response"])]
-        with open_model(cfg.judge.model or cfg.model.name, cfg, cfg.seed) as judge:
-            frame["model_prob"] = rlaif.label(lambda p, o: judge.option_logprobs(p, o, desc="AI judge"), comparisons, TEMPLATE)
+        judge = models.get(cfg.judge.model or cfg.model.name)
+        frame["model_prob"] = rlaif.label(lambda p, o: judge.option_logprobs(p, o, desc="AI judge"), comparisons, TEMPLATE)
     for name in cfg.judges:
         if name != "model":
             judge = offline.JUDGES[name].score
@@ -170,22 +169,25 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     name = cfg.name or f"evaluate-{metric_key(short(cfg.policy)).replace('/', '-')}"
 
     cluster.connect(cfg.address)
-    with tracking.start_run(cfg.tracking, cfg.output_dir, name, tracking.flatten(cfg)) as active:
+    # one sampler pool for the policy, the opponents and the judge when they share an architecture
+    with tracking.start_run(cfg.tracking, cfg.output_dir, name, tracking.flatten(cfg)) as active, \
+            Models(cfg, cfg.seed) as models:
         for context, ref in [("policy", cfg.policy), *(("baseline", ref) for ref in opponents)]:
             tracking.log_model_input(ref, context)
         tracking.log_prompts(prompts, cfg.data.label, "evaluation prompts")
         if benign_prompts:
             tracking.log_prompts(benign_prompts, cfg.benign_data.label, "benign prompts")
         n = len(prompts)
-        policy = _responses(cfg.policy, paths[cfg.policy], prompts + benign_prompts, cfg)
+        policy = _responses(cfg.policy, paths[cfg.policy], prompts + benign_prompts, cfg, models)
         rows, benign_rows = [], []
         for ref in opponents:
-            answers = _responses(ref, paths[ref], prompts + benign_prompts, cfg)
+            answers = _responses(ref, paths[ref], prompts + benign_prompts, cfg, models)
             for out, ps, cs, a, b in ((rows, prompts, convs, policy[:n], answers[:n]),
                                       (benign_rows, benign_prompts, benign_convs, policy[n:], answers[n:])):
                 out += [{"prompt": p, "source": c.origin, "opponent": short(ref), "policy_response": x,
                          "opponent_response": y} for p, c, x, y in zip(ps, cs, a, b)]
-        frame = _judge(pd.DataFrame(rows), cfg)
+        frame = _judge(pd.DataFrame(rows), cfg, models)
+        models.close()
         benign = pd.DataFrame(benign_rows)
         if benign_rows:
             benign["refusal_policy"] = offline.JUDGES["refusal"].score(list(benign["policy_response"]))

@@ -24,7 +24,7 @@ from alignray.feedback.plans import Plan
 from alignray.principles import Critique, PrincipleSet
 from alignray.rewards import judges
 from alignray.rewards.scorers import reward_source, scalar_reward
-from alignray.sampling.clients import open_model
+from alignray.sampling.clients import Models
 from alignray.sampling.types import SamplingSpec
 
 STEPS = ("answering", "critiquing", "revising")
@@ -62,7 +62,8 @@ def _chain(teacher, bases: list[list[dict]], requests: list[Critique], cfg: Simu
     return [(answers[i], critiques.get(i, ""), revisions.get(i, "")) for i in range(len(bases))]
 
 
-def _score_difference(cfg: SimulateConfig, prompts: list[str], chosen: list[str], rejected: list[str], principles: PrincipleSet) -> list[float]:
+def _score_difference(cfg: SimulateConfig, prompts: list[str], chosen: list[str], rejected: list[str], principles: PrincipleSet,
+                      models: Models) -> list[float]:
     """s_chosen - s_rejected for every pair, by the configured judge."""
     kind = cfg.judge.kind
     if kind in ("profanity", "hate"):
@@ -74,8 +75,8 @@ def _score_difference(cfg: SimulateConfig, prompts: list[str], chosen: list[str]
         return [c - r for c, r in zip(s[: len(prompts)], s[len(prompts) :])]
     questions = [random.Random(f"rdpo-judge:{cfg.simulation.seed}:{i}").choice(principles.instructions) for i in range(len(prompts))]
     comparisons = [rlaif.Comparison(p, q, c, r) for p, q, c, r in zip(prompts, questions, chosen, rejected)]
-    with open_model(cfg.judge.model or cfg.model.name, cfg, cfg.simulation.seed) as judge_model:
-        probs = rlaif.label(lambda p, o: judge_model.option_logprobs(p, o, desc="judging"), comparisons)
+    judge_model = models.get(cfg.judge.model or cfg.model.name)  # the teacher's engines, when it is the same model
+    probs = rlaif.label(lambda p, o: judge_model.option_logprobs(p, o, desc="judging"), comparisons)
     eps = 1e-6
     return [math.log(min(max(p, eps), 1 - eps)) - math.log(1 - min(max(p, eps), 1 - eps)) for p in probs]
 
@@ -85,14 +86,16 @@ def run(cfg: SimulateConfig, plans: list[Plan], principles: PrincipleSet) -> tup
     seed = cfg.simulation.seed
     requests = [random.Random(f"rdpo:{seed}:{i}").choice(principles.critiques) for i in range(len(plans))]
     bases = [p.conv.message_dicts() for p in plans]
-    with open_model(cfg.simulation.teacher or cfg.model.name, cfg, cfg.simulation.seed) as teacher:
-        chains = _chain(teacher, bases, requests, cfg)
-    kept = [i for i, (a, c, r) in enumerate(chains) if a and c and r and r != a]
-    if not kept:
-        raise RuntimeError(f"none of {len(plans)} prompts got an answer, a critique and a different revision; nothing to write")
-    prompts = [plans[i].prompts.neutral for i in kept]
-    chosen, rejected = [chains[i][2] for i in kept], [chains[i][0] for i in kept]
-    diffs = _score_difference(cfg, prompts, chosen, rejected, principles)
+    with Models(cfg, seed) as models:
+        chains = _chain(models.get(cfg.simulation.teacher or cfg.model.name), bases, requests, cfg)
+        kept = [i for i, (a, c, r) in enumerate(chains) if a and c and r and r != a]
+        if not kept:
+            raise RuntimeError(f"none of {len(plans)} prompts got an answer, a critique and a different revision; nothing to write")
+        prompts = [plans[i].prompts.neutral for i in kept]
+        chosen, rejected = [chains[i][2] for i in kept], [chains[i][0] for i in kept]
+        if cfg.judge.kind != "model":
+            models.close()  # the other judges need no engine
+        diffs = _score_difference(cfg, prompts, chosen, rejected, principles, models)
     tau = cfg.judge.temperature
     rows = [
         {

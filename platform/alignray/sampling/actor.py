@@ -138,6 +138,26 @@ class SamplerActor:
         self.weights_version = version
         return version
 
+    def load_model(self, model_path: str) -> None:
+        """Load another checkpoint of this model's architecture (the pool checked that config
+        and tokenizer match) from its safetensors files; it becomes weights version 0."""
+        from safetensors import safe_open
+
+        files = sorted(os.path.join(model_path, f) for f in os.listdir(model_path) if f.endswith(".safetensors"))
+        shapes, stored = _expected_shapes(model_path)
+        if shapes != self.shapes or stored != self.stored:
+            raise ValueError(f"{model_path} does not have the tensors of {self.model_path}")
+
+        def tensors():
+            for file in files:
+                with safe_open(file, framework="pt") as fh:
+                    for name in fh.keys():
+                        yield name, fh.get_tensor(name)
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors(), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        self.model_path, self.weights_version = model_path, 0
+
     # A collective update (alignray.sampling.transport): vLLM's weight-transfer engine calls.
     def join_transfer(self, init_info: dict) -> None:
         """Join the sender's group; returns once every member has joined."""

@@ -32,7 +32,13 @@ class LocalModel:
     """A sampler pool seen through the same interface as an `Endpoint`."""
 
     def __init__(self, pool: SamplerPool, path: Path):
-        self.pool, self.path, self._render = pool, path, None
+        self._pool, self.path, self._render = pool, path, None
+
+    @property
+    def pool(self) -> SamplerPool:
+        if self._pool.model_path != str(self.path):  # `Models.get` loaded another model into it
+            raise RuntimeError(f"the sampler pool of {self.path} now holds {self._pool.model_path}")
+        return self._pool
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str], desc: str | None = None) -> list[Score]:
         return self.pool.score(prompts, continuations, desc=desc)
@@ -51,20 +57,49 @@ def is_url(name: str) -> bool:
     return name.startswith(("http://", "https://"))
 
 
+class Models:
+    """Models by name, folder, models:/ URI or URL, used one after another (a policy, its
+    opponents, a judge): `get(name)`. A local model gets a sampler pool of `cfg.sampler`; the
+    next local one is loaded into that pool's running engines when it can be
+    (`SamplerPool.switch_model`), else the pool is closed and a new one started, so a model
+    got earlier must not be used after the next `get`. Answers are kept under
+    `cfg.output_dir` (endpoint-cache/, sampler-cache/), so an interrupted stage run again
+    resumes."""
+
+    def __init__(self, cfg: SimulateConfig | EvaluateConfig, seed: int = 0):
+        self.cfg, self.seed, self._pool = cfg, seed, None
+
+    def get(self, name: str) -> LocalModel | Endpoint:
+        cfg = self.cfg
+        if is_url(name):
+            e = cfg.endpoint
+            key = os.environ.get(e.api_key_env) if e.api_key_env else None
+            if e.api_key_env and not key:
+                raise ModelError(f"endpoint.api_key_env: the environment variable {e.api_key_env} is not set")
+            digest = hashlib.sha256(f"{name}|{e.model}".encode()).hexdigest()[:16]
+            cache = cfg.output_dir / "endpoint-cache" / f"{digest}.jsonl"
+            return Endpoint(name, e.model, e.timeout_s, e.retries, e.concurrency, cache, key, e.logprobs)
+        path = resolve(name)
+        if self._pool is None or not self._pool.switch_model(path):
+            self.close()
+            self._pool = SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=self.seed,
+                                     cache_dir=cfg.output_dir / "sampler-cache")
+        return LocalModel(self._pool, path)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> Models:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @contextmanager
 def open_model(name: str, cfg: SimulateConfig | EvaluateConfig, seed: int = 0) -> Iterator[LocalModel | Endpoint]:
-    """A model by name, folder, models:/ URI or URL, for as long as the block runs; a local
-    one gets a sampler pool of `cfg.sampler`. Both keep their answers under `cfg.output_dir`
-    (endpoint-cache/, sampler-cache/), so an interrupted stage run again resumes."""
-    if is_url(name):
-        e = cfg.endpoint
-        key = os.environ.get(e.api_key_env) if e.api_key_env else None
-        if e.api_key_env and not key:
-            raise ModelError(f"endpoint.api_key_env: the environment variable {e.api_key_env} is not set")
-        digest = hashlib.sha256(f"{name}|{e.model}".encode()).hexdigest()[:16]
-        cache = cfg.output_dir / "endpoint-cache" / f"{digest}.jsonl"
-        yield Endpoint(name, e.model, e.timeout_s, e.retries, e.concurrency, cache, key, e.logprobs)
-        return
-    path = resolve(name)
-    with SamplerPool(path, cfg.sampler, dtype=cfg.model.dtype, seed=seed, cache_dir=cfg.output_dir / "sampler-cache") as pool:
-        yield LocalModel(pool, path)
+    """One model (see `Models`) for as long as the block runs."""
+    with Models(cfg, seed) as models:
+        yield models.get(name)

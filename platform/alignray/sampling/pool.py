@@ -8,6 +8,7 @@ results come back in input order, each prompt exactly once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,30 @@ from alignray.sampling.types import Completion, Probe, SamplingSpec, Score
 
 class SamplerPoolError(RuntimeError):
     """The pool lost more actors than allowed, or one could not start."""
+
+
+# Keys that saving a checkpoint again may add or change without changing the model.
+_SAVE_KEYS = {"dtype", "torch_dtype", "transformers_version", "_name_or_path", "name_or_path", "is_local",
+              "local_files_only"}
+
+
+def _settings(folder: Path, name: str) -> object:
+    """A JSON file of a model folder without the keys a save may add; a text file as is; None if absent."""
+    path = folder / name
+    if not path.is_file():
+        return None
+    if name.endswith(".json") and name != "tokenizer.json":
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in _SAVE_KEYS}
+    return path.read_bytes()
+
+
+def interchangeable(a: Path, b: Path) -> bool:
+    """Whether the model in folder `b` can be loaded into an engine started on `a`: the same
+    config, tokenizer, chat template and generation settings (only their weights differ)."""
+    names = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt",
+             "tokenizer.model")
+    return a == b or all(_settings(a, n) == _settings(b, n) for n in names)
 
 
 class SamplerPool:
@@ -72,10 +97,33 @@ class SamplerPool:
         self.weights_version = 0  # of the last update sent (0: the initial weights)
         self.actors = [self._remote.remote(*self._args) for _ in range(cfg.num_samplers)]
         self.dtype = self._wait_ready(self.actors)[0]["dtype"]  # what `auto` resolved to
-        self._cache = None
-        if cache_dir is not None:
-            model = model_identity(str(model_path))
-            self._cache = RequestCache(cache_dir / f"{model[:16]}.jsonl", f"{model}|{self.dtype}|{cfg.max_model_len}|{seed}")
+        self.model_path, self._cache_dir, self._seed = str(model_path), cache_dir, seed
+        self._cache = self._open_cache()
+
+    def _open_cache(self) -> RequestCache | None:
+        if self._cache_dir is None:
+            return None
+        model = model_identity(self.model_path)
+        return RequestCache(self._cache_dir / f"{model[:16]}.jsonl",
+                            f"{model}|{self.dtype}|{self.cfg.max_model_len}|{self._seed}")
+
+    def switch_model(self, model_path: str | Path) -> bool:
+        """Load another model into the running engines instead of starting new ones (each
+        start imports vLLM again: ~10 s on CPU), when it is a checkpoint of this model's
+        architecture with its tokenizer and generation settings (`interchangeable`) and the
+        pool holds a model's own weights (no update since). The pool is then as if started on
+        it. Returns False, with nothing changed, otherwise."""
+        if self.weights_version != 0 or not interchangeable(Path(self.model_path), Path(model_path)):
+            return False
+        self.model_path = str(model_path)
+        self._args = (self.model_path, *self._args[1:])  # a replacement starts on the new model
+        for slot, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.load_model.remote(self.model_path), timeout=self.cfg.weight_sync_timeout_s)
+            except (RayActorError, GetTimeoutError) as exc:
+                self._replace(slot, exc)
+        self._cache = self._open_cache()
+        return True
 
     def _wait_ready(self, actors: list) -> list[dict]:
         try:
