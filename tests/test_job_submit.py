@@ -1,7 +1,8 @@
-"""`ray job submit` of a whole pipeline (`jobs/rlcd.py`) and of PPO (`jobs/ppo.py`) to a real
-multi-node Ray cluster started for this test: a head with no CPUs (it runs the job drivers, as a
-RayJob's head pod does), a `rollout` node and a `train` node. PPO puts its sampler on one and
-its trainer workers on the other and sends the weights by the collective (gloo) transport."""
+"""`ray job submit` of a whole pipeline (`jobs/rlcd.py`) to a real multi-node Ray cluster started
+for this test: a head with no CPUs (it runs the job driver, as a RayJob's head pod does), a
+`rollout` node and a `train` node. The pipeline's PPO stage puts its sampler on one and its
+trainer workers on the other and sends the weights by the collective (gloo) transport.
+(`jobs/ppo.py` is the same `alignray train ppo` that test_multinode runs on a cluster.)"""
 
 import os
 import shutil
@@ -22,7 +23,7 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow  # starts a three-node Ray cluster and runs two jobs on it
 
 
-def test_a_pipeline_and_ppo_as_ray_jobs_on_a_multinode_cluster(tiny_model, tmp_path):
+def test_a_pipeline_as_a_ray_job_on_a_multinode_cluster(tiny_model, tmp_path):
     # Every port of its own: the session's Ray (other tests) already holds the default ones,
     # and a second dashboard agent on 52365 fails to start ("No available agent to submit job").
     gcs, dashboard = free_port(), free_port()
@@ -75,26 +76,22 @@ def test_a_pipeline_and_ppo_as_ray_jobs_on_a_multinode_cluster(tiny_model, tmp_p
         for role in ("rollout", "train"):
             nodes.append(node(role, f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f"--labels=role={role}"))
         run_job("rlcd-1", "jobs/rlcd.py", "--config", "jobs/configs/pipelines/rlcd_tiny.yaml",
-                f"model.name={tiny_model}", f"output_dir={out}")
-        store = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
-        [preference] = [m.name for m in store.search_registered_models() if m.name.endswith("-preference")]
-        run_job("ppo-1", "jobs/ppo.py", "--config", "jobs/configs/ppo_smollm2.yaml", f"model.name={tiny_model}",
-                f"output_dir={out}", f"reward.models=[models:/{preference}@champion]", "run_name=ppo-job",
-                "ppo.iterations=2", "ppo.prompts_per_step=4", "ppo.minibatch_per_worker=4", "sampler.max_tokens=8",
-                "sampler.max_model_len=256", "trainer.num_workers=2", "ppo.placement=separate",
-                "sampler.node_labels={role: rollout}", "trainer.node_labels={role: train}",
-                "sampler.weight_transfer=collective")  # the gloo broadcast from the train node to the rollout node
+                f"model.name={tiny_model}", f"output_dir={out}", "stages.ppo.trainer.num_workers=2",
+                "stages.ppo.ppo.placement=separate", "stages.ppo.sampler.node_labels={role: rollout}",
+                "stages.ppo.trainer.node_labels={role: train}",
+                "stages.ppo.sampler.weight_transfer=collective")  # the gloo broadcast from the train node to the rollout node
     finally:
         for n in reversed(nodes):
             os.killpg(n.pid, signal.SIGTERM)
             n.wait(timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    store = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
     runs = {r.info.run_name: r for r in store.search_runs([e.experiment_id for e in store.search_experiments()])}
     assert all(r.info.status == "FINISHED" for r in runs.values()), {k: r.info.status for k, r in runs.items()}
     for stage in ("simulate", "preference", "ppo", "evaluate"):  # the pipeline's stage runs: rlcd-tiny-<stage>...
         assert any(f"rlcd-tiny-{stage}" in name for name in runs), (stage, sorted(runs))
-    ppo = runs["ppo-job"].data.tags
-    assert ppo["placement.sampler_nodes"] != ppo["placement.trainer_nodes"]  # the rollout node, the train node
-    synced = store.get_metric_history(runs["ppo-job"].info.run_id, "sync_probe_diff")
+    [ppo] = [r for name, r in runs.items() if name.startswith("rlcd-tiny-ppo")]
+    assert ppo.data.tags["placement.sampler_nodes"] != ppo.data.tags["placement.trainer_nodes"]  # rollout, train
+    synced = store.get_metric_history(ppo.info.run_id, "sync_probe_diff")
     assert len(synced) == 2 and all(m.value < 0.3 for m in synced)  # every sync passed the probe (bf16 bound)
-    assert [m.version for m in store.search_model_versions("name='alignray-ppo'")]  # the job's policy, registered
+    assert [m.version for m in store.search_model_versions("name='rlcd-tiny-ppo'")]  # the job's policy, registered

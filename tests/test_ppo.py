@@ -153,25 +153,29 @@ def test_a_12_head_preference_model_through_soft_min_weights_and_clip(tiny_model
     assert after > before + 0.1, (before, after)
 
 
-def test_colocated_and_separate_placements_give_the_same_curves(tiny_model, pattern_reward, tmp_path):
+def test_colocated_and_separate_placements_and_both_weight_transports_give_the_same_curves(tiny_model, pattern_reward, tmp_path):
     reward_model, _ = pattern_reward
     curves, tags = {}, {}
-    for placement in ("colocated", "separate"):
+    for placement, transport in (("colocated", "object_store"), ("separate", "collective")):
         out = tmp_path / placement / "runs"
         result = fit(ppo_config(tiny_model, out, f"reward.models=[{reward_model}]", "ppo.iterations=3",
-                                f"ppo.placement={placement}"))
+                                f"ppo.placement={placement}", f"sampler.weight_transfer={transport}"))
         tags[placement] = client_of(out).get_run(result.run_id).data.tags
-        curves[placement] = {k: history(out, result.run_id, k) for k in ("reward", "kl", "policy_loss", "value_loss")}
+        curves[placement] = {k: history(out, result.run_id, k)
+                             for k in ("reward", "kl", "policy_loss", "value_loss", "logprob_gap", "sync_probe_diff")}
     assert tags["colocated"]["placement"] == "colocated" and tags["separate"]["placement"] == "separate"
     # this 4-CPU test cluster: colocated engines get all 4 CPUs' threads (capped at the cores they may
     # use), the 2 trainer workers 2 each; separate ones their 1 reserved CPU each
     assert (tags["colocated"]["sampler_threads"], tags["colocated"]["trainer_threads"]) == ("4", "2")
     assert (tags["separate"]["sampler_threads"], tags["separate"]["trainer_threads"]) == ("1", "1")
-    # Only thread counts differ, so at most float32 summation order: per-op differences of ~1e-7 that could
-    # change a sampled token only if a random draw fell that close to a boundary. Measured here: identical.
+    # Both transports hand vLLM's layerwise reload the same float32 tensors, so the sampler holds the same
+    # weights either way. Only thread counts differ, so at most float32 summation order: per-op
+    # differences of ~1e-7 that could change a sampled token only if a random draw fell that close to a
+    # boundary. Measured here: identical.
     for key, a in curves["colocated"].items():
         b = curves["separate"][key]
         assert len(a) == len(b) == 3 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (key, a, b)
+    assert max(curves["separate"]["sync_probe_diff"]) < 1e-4  # every gloo broadcast passed the probe
 
 
 def test_exact_resume_after_a_trainer_worker_and_a_sampler_are_killed(tiny_model, pattern_reward, tmp_path):

@@ -377,6 +377,29 @@ class Load:
 
 
 @pytest.mark.slow
+def test_reward_switches_models_under_load_and_keeps_them_when_a_load_fails(served, tmp_path):
+    url, deploy, cfg = served
+    readyz = lambda: requests.get(f"{url}/reward/readyz", timeout=10).json()  # noqa: E731
+    send = lambda: score(url, {"prompts": PROMPTS, "responses": RESPONSES}).status_code  # noqa: E731
+    models = cfg["applications"][1]["deployments"][0]["user_config"]["models"]
+    switched = copy.deepcopy(cfg)
+    switched["applications"][1]["deployments"][0]["user_config"]["models"] = models[:1]
+    with Load(send) as load:
+        deploy(switched)
+        wait_for(lambda: len(readyz()["principles"]) == 1, 180)
+    assert load.statuses and set(load.statuses) == {200}, load.statuses
+
+    broken = copy.deepcopy(cfg)
+    broken["applications"][1]["deployments"][0]["user_config"]["models"] = [str(tmp_path / "missing")]
+    with Load(send) as load:
+        deploy(broken)
+        wait_for(lambda: readyz()["last_load_error"] is not None, 180)
+    assert len(readyz()["principles"]) == 1 and set(load.statuses) == {200}
+    deploy(cfg)
+    wait_for(lambda: len(readyz()["principles"]) == 2, 180)
+
+
+@pytest.mark.slow
 def test_policy_switches_model_under_load_and_keeps_it_when_a_load_fails(served, tmp_path):
     from alignray.models.tiny import make_tiny_llama
 
@@ -407,31 +430,7 @@ def test_policy_switches_model_under_load_and_keeps_it_when_a_load_fails(served,
     state = readyz()
     assert state["ready"] and state["source"] == str(new) and "missing" in state["last_load_error"]
     assert set(load.statuses) == {200}, load.statuses
-    deploy(cfg)  # back to the first model for the tests after this one
-    wait_for(lambda: readyz()["source"] == cfg["applications"][0]["args"]["model"] and readyz()["last_load_error"] is None, 300)
-
-
-@pytest.mark.slow
-def test_reward_switches_models_under_load_and_keeps_them_when_a_load_fails(served, tmp_path):
-    url, deploy, cfg = served
-    readyz = lambda: requests.get(f"{url}/reward/readyz", timeout=10).json()  # noqa: E731
-    send = lambda: score(url, {"prompts": PROMPTS, "responses": RESPONSES}).status_code  # noqa: E731
-    models = cfg["applications"][1]["deployments"][0]["user_config"]["models"]
-    switched = copy.deepcopy(cfg)
-    switched["applications"][1]["deployments"][0]["user_config"]["models"] = models[:1]
-    with Load(send) as load:
-        deploy(switched)
-        wait_for(lambda: len(readyz()["principles"]) == 1, 180)
-    assert load.statuses and set(load.statuses) == {200}, load.statuses
-
-    broken = copy.deepcopy(cfg)
-    broken["applications"][1]["deployments"][0]["user_config"]["models"] = [str(tmp_path / "missing")]
-    with Load(send) as load:
-        deploy(broken)
-        wait_for(lambda: readyz()["last_load_error"] is not None, 180)
-    assert len(readyz()["principles"]) == 1 and set(load.statuses) == {200}
-    deploy(cfg)
-    wait_for(lambda: len(readyz()["principles"]) == 2, 180)
+    # the last test on `served` (the module's teardown stops Serve): no rolling back to the first model
 
 
 def test_alignray_serve_writes_the_adapted_config(tmp_path):
