@@ -28,8 +28,11 @@ demo: $(STAMP)
 	@$(BIN)/alignray models prepare smollm2-135m-instruct
 	@$(BIN)/alignray simulate jobs/configs/rlcd_smollm2.yaml $(ARGS)
 
+# Two pytest workers: most of a slow test's time is spent waiting (process starts, Ray Train's
+# controller), so two share the 2 cores well. WORKERS=0 runs in this process.
+WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup $(ARGS)
 
 clean:
 	rm -rf $(VENV) alignray-runs .pytest_cache

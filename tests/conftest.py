@@ -26,12 +26,21 @@ def tiny_model(tmp_path_factory):
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
 
 
+# Modules that each start a Ray Serve instance: they run one after another, on one worker.
+SHARED_WORKER = {"test_serve": "serve", "test_serve_cli": "serve", "test_chat_labeller": "serve"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Every test that uses `ray_cluster` (itself or through another fixture) is marked slow."""
+    """Every test that uses `ray_cluster` (itself or through another fixture) is marked slow.
+    Under `pytest -n N --dist loadgroup` (make test), a module's tests run on one worker, so
+    its module fixtures are made once; each worker has its own session fixtures and Ray."""
     unmarked = [i.nodeid for i in items if "ray_cluster" in getattr(i, "fixturenames", ()) and not i.get_closest_marker("slow")]
     if unmarked:
         raise pytest.UsageError("these tests use the ray_cluster fixture but are not marked slow"
                                 " (@pytest.mark.slow): " + ", ".join(unmarked))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.stem, item.path.stem)))
 
 
 def _ray_running() -> bool:

@@ -6,6 +6,7 @@ in the cache) or by the path of a local Hugging Face folder holding a causal LM.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -71,6 +72,15 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is preparing it: wait, then use its folder
+        if (target / "config.json").is_file():
+            return target
+        return _prepare(name, target, quiet)
+
+
+def _prepare(name: str, target: Path, quiet: bool) -> Path:
     spec = KNOWN[name]
     if isinstance(spec, RandomModel):
         from alignray.models.tiny import make_tiny_llama
