@@ -59,3 +59,16 @@ def test_models_uris_and_folders(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(ModelError, match="'models:/pm/3': not found in the MLflow registry"):
         local_folder("models:/pm/3")
+
+
+def test_two_processes_preparing_one_model_wait_for_each_other(tmp_path, monkeypatch):
+    """Two pytest workers (or jobs on one node) asking for the same known model: one writes it,
+    the other waits for the lock and uses that folder; nothing half-written is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("ALIGNRAY_CACHE", str(tmp_path))
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: registry.prepare("tiny-random-llama", quiet=True), range(2)))
+    assert folders[0] == folders[1] == tmp_path / "models" / "tiny-random-llama"
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny-random-llama"]
+    assert (folders[0] / "model.safetensors").is_file()

@@ -72,8 +72,9 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{name}.lock", "w") as lock:
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process is preparing it: wait, then use its folder
         if (target / "config.json").is_file():
             return target
