@@ -97,6 +97,7 @@ def test_a_model_of_the_same_architecture_is_loaded_into_the_running_engines(tin
             assert max(abs(x - y) for x, y in zip(a.token_logprobs, b.token_logprobs, strict=True)) < 1e-5
         [health] = pool.health()
         assert health["pid"] == pid and health["model"] == str(other)  # the same engine, no new one
+        assert pool.switch_model(other)  # the model it holds: nothing to load
         assert pool.switch_model(tiny_model) and pool.generate(PROMPTS, spec) == first  # and back
         pool.update_weights(AutoModelForCausalLM.from_pretrained(other).state_dict())
         assert not pool.switch_model(other) and pool.model_path == str(tiny_model)  # updated weights stay

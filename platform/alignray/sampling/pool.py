@@ -115,6 +115,8 @@ class SamplerPool:
         it. Returns False, with nothing changed, otherwise."""
         if self.weights_version != 0 or not interchangeable(Path(self.model_path), Path(model_path)):
             return False
+        if str(model_path) == self.model_path:  # already loaded
+            return True
         self.model_path = str(model_path)
         self._args = (self.model_path, *self._args[1:])  # a replacement starts on the new model
         for slot, actor in enumerate(self.actors):
