@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.slow  # starts a three-node Ray cluster and runs two jobs on it
+pytestmark = pytest.mark.slow  # starts a three-node Ray cluster and runs a pipeline job on it
 
 
 def test_a_pipeline_as_a_ray_job_on_a_multinode_cluster(tiny_model, tmp_path):

@@ -53,7 +53,7 @@ def interchangeable(a: Path, b: Path) -> bool:
     names = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt",
              "tokenizer.model")
-    return a == b or all(_settings(a, n) == _settings(b, n) for n in names)
+    return all(_settings(a, n) == _settings(b, n) for n in names)
 
 
 class SamplerPool:
@@ -80,8 +80,9 @@ class SamplerPool:
         self.requests_done = 0  # requests answered so far
         self.last_probe_diff: float | None = None  # of the last verified weight update
         self._transport = make_transport(cfg.weight_transfer, cfg.gpus_per_sampler, cfg.weight_bucket_mb)
-        self._args = (
-            str(model_path), dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization, sleep_mode,
+        self.model_path = str(model_path)  # what every actor (and a replacement) loads
+        self._args = (  # the rest of an actor's arguments
+            dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization, sleep_mode,
             threads, getattr(self._transport, "backend", None),
         )
         self._startup_timeout_s = startup_timeout_s
@@ -95,9 +96,9 @@ class SamplerPool:
             **({"label_selector": dict(cfg.node_labels)} if cfg.node_labels else {}),
         )
         self.weights_version = 0  # of the last update sent (0: the initial weights)
-        self.actors = [self._remote.remote(*self._args) for _ in range(cfg.num_samplers)]
+        self.actors = [self._remote.remote(self.model_path, *self._args) for _ in range(cfg.num_samplers)]
         self.dtype = self._wait_ready(self.actors)[0]["dtype"]  # what `auto` resolved to
-        self.model_path, self._cache_dir, self._seed = str(model_path), cache_dir, seed
+        self._cache_dir, self._seed = cache_dir, seed
         self._cache = self._open_cache()
 
     def _open_cache(self) -> RequestCache | None:
@@ -113,12 +114,13 @@ class SamplerPool:
         architecture with its tokenizer and generation settings (`interchangeable`) and the
         pool holds a model's own weights (no update since). The pool is then as if started on
         it. Returns False, with nothing changed, otherwise."""
-        if self.weights_version != 0 or not interchangeable(Path(self.model_path), Path(model_path)):
+        if self.weights_version != 0:
             return False
         if str(model_path) == self.model_path:  # already loaded
             return True
-        self.model_path = str(model_path)
-        self._args = (self.model_path, *self._args[1:])  # a replacement starts on the new model
+        if not interchangeable(Path(self.model_path), Path(model_path)):
+            return False
+        self.model_path = str(model_path)  # a replacement starts on the new model
         for slot, actor in enumerate(self.actors):
             try:
                 ray.get(actor.load_model.remote(self.model_path), timeout=self.cfg.weight_sync_timeout_s)
@@ -149,7 +151,7 @@ class SamplerPool:
             ) from cause
         ray.kill(self.actors[slot], no_restart=True)
         self._transport.close()  # a collective group is formed again, with the new actor
-        actor = self._remote.remote(*self._args)
+        actor = self._remote.remote(self.model_path, *self._args)
         self._wait_ready([actor])
         ref = self._transport.last()
         if ref is not None:
