@@ -38,9 +38,6 @@ class Progress:
     progress bar."""
 
     def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
         self.step, self.value = 0, None
 
     def update(self, step: int, value: float | None) -> None:
@@ -49,24 +46,6 @@ class Progress:
 
     def get(self) -> tuple[int, float | None]:
         return self.step, self.value
-
-
-_progress: dict = {}  # Ray job id -> this driver's Progress actor
-
-
-def _progress_actor():
-    """This driver's Progress actor, reset: one per Ray session, on the driver's node (it survives
-    a worker node). A new actor per run would cost a process start (~1.5 CPU-seconds) each time."""
-    job = ray.get_runtime_context().get_job_id()
-    if job in _progress:
-        try:
-            ray.get(_progress[job].reset.remote())
-            return _progress[job]
-        except ray.exceptions.RayActorError:  # gone: start another
-            pass
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    _progress[job] = Progress.options(scheduling_strategy=here).remote()
-    return _progress[job]
 
 
 @dataclass(frozen=True)
@@ -86,7 +65,8 @@ def run_workers(
     run_dir.parent, so running it again resumes) under a progress bar fed by a Progress actor
     passed to the loop as loop_config["progress"]; `resources`: more Ray resources per worker.
     Raises TrainingError naming the first worker's error and the last good checkpoint."""
-    progress = _progress_actor()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress = Progress.options(scheduling_strategy=here).remote()  # on the driver's node: survives a worker node
     trainer = TorchTrainer(
         loop,
         train_loop_config={**loop_config, "progress": progress},
