@@ -28,14 +28,15 @@ demo: $(STAMP)
 	@$(BIN)/alignray models prepare smollm2-135m-instruct
 	@$(BIN)/alignray simulate jobs/configs/rlcd_smollm2.yaml $(ARGS)
 
-# Two pytest workers, a group of tests (a module, or the Serve modules) on each at a time: alone,
-# the suite leaves the cores idle while processes start; with two it keeps them 96% busy. WORKERS=0: one process.
+# Two pytest workers, each running one group of tests at a time (a module, or the Serve modules;
+# tests/conftest.py schedules them): alone, the suite leaves the cores idle while processes
+# start; with two it keeps them about 95% busy. WORKERS=0: one process.
 # The venv's bin comes first on PATH, as when it is activated: every process (the Ray nodes a test
 # starts too) then builds DeepSpeed's ops with the venv's ninja; Debian's older ninja reads the
 # build log differently, and the two took turns rebuilding them (2 min of CPU per suite).
 WORKERS ?= 2
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope $(ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(WORKERS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) alignray-runs .pytest_cache
