@@ -98,11 +98,70 @@ def test_evaluation_prompts_must_not_be_training_prompts(tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     cfg = load_config(CONFIGS / "rlcd_tiny.yaml", ["benign_eval_data.source=sample[5:8]"], PipelineConfig)
-    with pytest.raises(ConfigError, match=r"1 evaluation prompts of sample\[5:8\] are also training prompts .*"
-                                          r"\(first: sample_prompts.jsonl:6\)"):
+    with pytest.raises(ConfigError, match=r"evaluation prompts of benign_eval_data \(sample\[5:8\]\) are also training"
+                                          r" prompts of data \(first: sample_prompts.jsonl:6\)"):
         plan(cfg)
     cfg = load_config(CONFIGS / "rlcd_tiny.yaml", ["benign_eval_data.source=sample[6:8]"], PipelineConfig)
     assert plan(cfg)[-1].kind == "evaluate"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["dev_data.source=sample[4:6]"], r"dev prompts of dev_data \(sample\[4:6\]\) are also training prompts of data"
+                                          r" \(first: sample_prompts.jsonl:5\)"),
+        (["dev_data.source=sample[10:12]", "benign_dev_data.source=sample[0:1]"],
+         r"dev prompts of benign_dev_data \(sample\[0:1\]\) are also training prompts"),
+        (["dev_data.source=sample[8:12]"], r"evaluation prompts of eval_data \(sample\) are also dev prompts of dev_data"
+                                           r" \(first: sample_prompts.jsonl:9\)"),
+        (["dev_data.source=sample[14:16]", "benign_eval_data.source=sample[15:16]"],
+         r"evaluation prompts of benign_eval_data \(sample\[15:16\]\) are also dev prompts of dev_data"),
+    ],
+)
+def test_dev_prompts_are_apart_from_training_and_test_prompts(overrides, message, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    with pytest.raises(ConfigError, match=message):
+        plan(load_config(CONFIGS / "rlcd_tiny.yaml", overrides, PipelineConfig))
+    apart = load_config(CONFIGS / "rlcd_tiny.yaml", ["dev_data.source=sample[10:14]", "evaluate_on=dev"], PipelineConfig)
+    assert plan(apart)[-1].kind == "evaluate"
+
+
+def test_the_evaluate_stage_uses_the_split_it_is_given(tmp_path):
+    from alignray.pipelines.recipes import RECIPES
+    from alignray.pipelines.run import stage_config
+
+    evaluate = RECIPES["rlcd"][-1]
+    inputs = {("ppo", "output"): "models:/p/1", ("ppo", "run"): "r"}
+    base = ["dev_data.source=sample[10:14]", "benign_dev_data.source=sample[14:16]", "benign_eval_data.source=sample[16:18]"]
+    test = stage_config(load_config(CONFIGS / "rlcd_tiny.yaml", base, PipelineConfig), evaluate, inputs)
+    dev = stage_config(load_config(CONFIGS / "rlcd_tiny.yaml", [*base, "evaluate_on=dev"], PipelineConfig), evaluate, inputs)
+    assert (test.split, test.data.skip, test.data.limit, test.benign_data.source) == ("test", 6, 4, "sample[16:18]")
+    assert (dev.split, dev.data.source, dev.benign_data.source) == ("dev", "sample[10:14]", "sample[14:16]")
+    with pytest.raises(ConfigError, match="evaluate_on: dev needs dev_data"):
+        load_config(CONFIGS / "rlcd_tiny.yaml", ["evaluate_on=dev"], PipelineConfig)
+
+
+def test_one_seed_seeds_every_stage_unless_a_stage_sets_its_own(tmp_path):
+    from alignray.pipelines.recipes import RECIPES
+    from alignray.pipelines.run import stage_config, stage_key
+
+    inputs = {("simulate", "output"): "d.parquet", ("preference", "output"): "models:/pm/1", ("ppo", "output"): "m",
+              ("ppo", "run"): "r"}
+    simulate, preference, ppo, evaluate = RECIPES["rlcd"]
+
+    def built(*overrides):
+        cfg = load_config(CONFIGS / "rlcd_tiny.yaml", list(overrides), PipelineConfig)
+        return [stage_config(cfg, s, inputs) for s in (simulate, preference, ppo, evaluate)]
+
+    sim, pref, rl, ev = built("seed=7")
+    assert (sim.simulation.seed, pref.trainer.seed, rl.trainer.seed, ev.seed) == (7, 7, 7, 0)  # evaluation stays fixed
+    sim, pref, rl, ev = built("seed=7", "stages.simulate.simulation.seed=0", "stages.evaluate.seed=3")
+    assert (sim.simulation.seed, pref.trainer.seed, rl.trainer.seed, ev.seed) == (0, 7, 7, 3)
+    unseeded = built()
+    assert unseeded[1].trainer.seed == 0 and stage_key(preference, unseeded[1]) == stage_key(preference, built("seed=0")[1])
+    assert stage_key(preference, built("seed=1")[1]) != stage_key(preference, built("seed=0")[1])
 
 
 def test_a_pipeline_needs_held_out_prompts(tmp_path, capsys):

@@ -96,6 +96,42 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
     return 0
 
 
+def sweep(items: list[str], address: str | None = None) -> int:
+    if "=" in items[0]:
+        raise ConfigError("alignray sweep needs a pipeline config file first, with a sweep section")
+    cfg = _load(items, address, PipelineConfig, "sweep")
+    from alignray.evaluate.summary import report
+    from alignray.pipelines.sweep import run
+
+    result = run(cfg)
+    failed = [t for t in result.trials if t.status != "TERMINATED"]
+    for t in failed:
+        print(f"trial {t.trial_id} ({t.configuration}, seed {t.overrides.get('seed', '-')}) failed: {t.error}",
+              file=sys.stderr)
+    from alignray import tracking
+
+    summary = report(result.name, tracking.tracking_uri(cfg.tracking, cfg.output_dir), cfg.output_dir)
+    print("\n" + summary.markdown)
+    print(f"report:      {summary.folder / 'report.md'}\nMLflow run:  {result.parent_run} (the sweep's parent run)")
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from alignray.evaluate.summary import ReportError, report
+
+    uri = args.tracking_uri or f"sqlite:///{(args.output_dir / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"no MLflow store at {uri}; give --output-dir or --tracking-uri")
+    logs.log_to(args.output_dir / "logs", "report")
+    try:
+        summary = report(args.name, uri, args.output_dir)
+    except ReportError as exc:
+        raise ConfigError(str(exc)) from None
+    print(summary.markdown)
+    print(f"report:      {summary.folder / 'report.md'} (and seeds.png)")
+    return 0
+
+
 def evaluate(items: list[str], address: str | None = None) -> int:
     stage = STAGES["evaluate"]
     return _show(stage.run(_load(items, address, stage.schema, "evaluate")))
@@ -195,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
           " before it. Stages already done for the same inputs and config are skipped (and say so); an"
           " interrupted training stage resumes. KEY=VALUE items override the config, e.g. data.limit=16"
           " stages.ppo.ppo.iterations=4.", nargs="+", metavar="CONFIG [KEY=VALUE]")
+    stage("sweep", "run a pipeline over seeds and settings on Ray Tune; choose on dev, report on test",
+          "Run the pipeline config's sweep section (grid: field -> values; random: field -> distribution) as"
+          " Ray Tune trials, each a whole pipeline; stages trials share run once. With sweep.select, the"
+          " configuration best on dev_data (mean over its seeds) is then evaluated once on the test split."
+          " Running the same command again resumes the sweep. KEY=VALUE items override the config, e.g."
+          " 'sweep.grid={seed: [0, 1, 2]}'. Prints the report of `alignray report` at the end.",
+          nargs="+", metavar="CONFIG [KEY=VALUE]")
+    rep = sub.add_parser(
+        "report", parents=[common], help="tables and a plot across seeds for a sweep or an MLflow experiment",
+        description="Read a sweep (its name) or an MLflow experiment from the store and write"
+        " <output_dir>/reports/<NAME>/report.md and seeds.png: per configuration and split, each seed's"
+        " headline metrics (refusal gain, over-refusal change, win rates), their mean, min-max and 95%"
+        " interval over seeds, and a verdict (better / worse / inconclusive).")
+    rep.add_argument("name", metavar="SWEEP_OR_EXPERIMENT")
+    rep.add_argument("--output-dir", type=Path, default=Path("alignray-runs"),
+                     help="the runs' output_dir: its mlflow.db is read, reports/ written (default: %(default)s)")
+    rep.add_argument("--tracking-uri", help="MLflow store to read instead of <output-dir>/mlflow.db")
     stage("evaluate", "win rates of a policy against baselines (AI judge + offline classifiers), with a report",
           "Evaluate a policy on held-out prompts. CONFIG is a YAML file; KEY=VALUE items override it, e.g."
           " policy=models:/alignray-ppo/1 data.skip=64 data.limit=32.")
@@ -252,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_pipeline(args.items, args.address)
         if args.command == "evaluate":
             return evaluate(args.items, args.address)
+        if args.command == "sweep":
+            return sweep(args.items, args.address)
+        if args.command == "report":
+            return _report(args)
         if args.command == "models":
             return _models(args)
         if args.command == "serve":

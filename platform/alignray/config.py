@@ -224,6 +224,10 @@ class TrackingConfig(Strict):
     experiment: str = Field("alignray", description="MLflow experiment of the run (created if missing).")
     run_name: str | None = Field(None, description="MLflow run name shown in the UI; default: the stage's own name"
                                  " (e.g. rlcd-harmlessness, ppo-<prompt source>).")
+    parent_run: str | None = Field(
+        None, description="MLflow run id to nest the stage's run under (a sweep's parent run; set by `alignray sweep`)."
+    )
+    tags: dict[str, str] = Field({}, description="More MLflow tags of the stage's run (a sweep trial's overrides).")
 
     @field_validator("uri")
     @classmethod
@@ -627,6 +631,13 @@ class EvaluateConfig(Strict):
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the prompts for the 95% intervals.")
     seed: int = Field(0, description="Seeds the responses of every policy and the bootstrap.")
     agreement: AgreementConfig | None = None
+    split: Literal["dev", "test"] | None = Field(
+        None, description="Which split `data` is, said in the report (a pipeline sets it: dev while a sweep"
+        " chooses, test for the reported numbers)."
+    )
+    selection: str | None = Field(
+        None, description="How the evaluated configuration was chosen, said in the report (a sweep sets it)."
+    )
     curves_run: str | None = Field(None, description="MLflow run id whose reward and KL curves are plotted.")
     name: str | None = Field(None, description="Report name; default evaluate-<policy>.")
     endpoint: EndpointConfig = EndpointConfig()
@@ -645,6 +656,82 @@ class EvaluateConfig(Strict):
 PIPELINES = ("rlcd", "rlcd_rescore", "rlaif", "context_distill", "morlaif", "rrhf", "rdpo")
 
 
+class Distribution(Strict):
+    """A random search dimension: exactly one of its fields."""
+
+    uniform: tuple[float, float] | None = Field(None, description="[low, high]: uniform between them.")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high]: uniform in log space (learning rates).")
+    randint: tuple[int, int] | None = Field(None, description="[low, high): a random integer.")
+    choice: list[Any] | None = Field(None, description="One of these values, at random.")
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [k for k, v in self if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of uniform, loguniform, randint, choice (got {given or 'none'})")
+        bounds = self.uniform or self.loguniform or self.randint
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"{given[0]}: low must be below high (got {list(bounds)})")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform: the bounds must be positive")
+        return self
+
+
+class SweepSelect(Strict):
+    """How a sweep picks its configuration: by a metric of the evaluate stage on the dev split,
+    averaged over each configuration's seeds."""
+
+    metric: str = Field(
+        description="A metric of the evaluate stage's MLflow run, e.g. refusal_gain.smollm2-135m-instruct or"
+        " win_rate.model.smollm2-135m-instruct (see `alignray evaluate`'s metrics)."
+    )
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher (max) or lower (min) value is better.")
+
+
+class SweepConfig(Strict):
+    """`alignray sweep`: the pipeline once per trial on Ray Tune, over dotted config fields."""
+
+    name: str | None = Field(None, description="Names the sweep (its Tune folder and MLflow parent run);"
+                             " default: the pipeline's name. The same name resumes it.")
+    grid: dict[str, list[Any]] = Field(
+        {}, description="Dotted field -> values; every combination is tried, e.g. {seed: [0, 1, 2],"
+        " stages.ppo.ppo.kl_coef: [0.05, 0.2]}."
+    )
+    random: dict[str, Distribution] = Field(
+        {}, description="Dotted field -> a distribution, drawn num_samples times, e.g."
+        " {stages.ppo.trainer.learning_rate: {loguniform: [1.0e-5, 1.0e-4]}}."
+    )
+    num_samples: int = Field(1, ge=1, description="Repeats of the grid (with new random draws each time).")
+    select: SweepSelect | None = Field(
+        None, description="How to pick one configuration on the dev split (needs dev_data) before reporting it on"
+        " the test split; needed when more than the seed varies."
+    )
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="Trials at once; default: as many whole pipelines as the cluster's CPUs hold (1 on"
+        " a small machine)."
+    )
+
+    @model_validator(mode="after")
+    def _dimensions(self) -> SweepConfig:
+        if not self.grid and not self.random:
+            raise ValueError("give the fields to vary: grid (values) or random (distributions)")
+        both = sorted(set(self.grid) & set(self.random))
+        if both:
+            raise ValueError(f"{both}: a field is either in grid or in random")
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: give at least one value")
+            if key.split(".")[0] in ("sweep", "pipeline"):
+                raise ValueError(f"grid.{key}: the sweep cannot vary {key.split('.')[0]!r}")
+        if "seed" in self.random:
+            raise ValueError("random.seed: give seeds as a grid, e.g. grid: {seed: [0, 1, 2]}")
+        return self
+
+    @property
+    def varies_more_than_seed(self) -> bool:
+        return bool(self.random) or any(k != "seed" and len(v) > 1 for k, v in self.grid.items())
+
+
 class PipelineConfig(Strict):
     """`alignray run`: a whole recipe; the shared sections go to every stage that has them,
     `stages.<name>` holds that stage's own fields (as in its stand-alone config)."""
@@ -660,6 +747,21 @@ class PipelineConfig(Strict):
     benign_eval_data: DataConfig | None = Field(
         None, description="Held-out harmless prompts for the over-refusal rate (the evaluate stage's benign_data)."
     )
+    dev_data: DataConfig | None = Field(
+        None, description="Held-out prompts to choose on (a sweep's select): the test split (eval_data) is then"
+        " evaluated once, for the chosen configuration only."
+    )
+    benign_dev_data: DataConfig | None = Field(
+        None, description="Held-out harmless prompts of the dev split (over-refusal while choosing)."
+    )
+    evaluate_on: Literal["dev", "test"] = Field(
+        "test", description="Which held-out split the evaluate stage uses: test (eval_data) or dev (dev_data)."
+    )
+    seed: int | None = Field(
+        None, description="Seeds every stage: the simulation (simulation.seed) and every training run"
+        " (trainer.seed), unless a stage sets its own; evaluation sampling stays at the evaluate stage's seed."
+    )
+    sweep: SweepConfig | None = Field(None, description="What `alignray sweep` varies (ignored by `alignray run`).")
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-stage fields, e.g. {ppo: {ppo: {iterations: 10}}}, or {use: URI} to take an existing output."
     )
@@ -674,13 +776,28 @@ class PipelineConfig(Strict):
             raise ValueError("set data.limit (the training prompts; the next ones are held out) or eval_data")
         return self
 
+    @model_validator(mode="after")
+    def _dev_split(self) -> PipelineConfig:
+        if self.evaluate_on == "dev" and self.dev_data is None:
+            raise ValueError("evaluate_on: dev needs dev_data (the held-out prompts to choose on)")
+        if self.benign_dev_data is not None and self.dev_data is None:
+            raise ValueError("benign_dev_data needs dev_data")
+        return self
+
     @property
     def label(self) -> str:
         return self.name or self.pipeline
 
     def held_out(self) -> DataConfig:
+        """The test split's prompts."""
         d = self.data
         return self.eval_data or d.model_copy(update={"skip": d.skip + d.limit})
+
+    def evaluation_data(self) -> tuple[DataConfig, DataConfig | None]:
+        """(prompts, benign prompts) of the split the evaluate stage uses (`evaluate_on`)."""
+        if self.evaluate_on == "dev":
+            return self.dev_data, self.benign_dev_data
+        return self.held_out(), self.benign_eval_data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -695,7 +812,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _set_path(tree: dict, path: list[str], value: Any, origin: str) -> None:
+def set_path(tree: dict, path: list[str], value: Any, origin: str) -> None:
     node = tree
     for depth, part in enumerate(path[:-1]):
         child = node.setdefault(part, {})
@@ -749,7 +866,7 @@ def load_config(
     applied = {}
     for text in overrides:
         keys, value = parse_override(text)
-        _set_path(tree, keys, value, f"override {text!r}")
+        set_path(tree, keys, value, f"override {text!r}")
         applied[".".join(keys)] = text
     try:
         return schema.model_validate(tree)

@@ -20,6 +20,8 @@ LIBRARY_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's older reporter, which prints nothing at verbose=0 (a sweep prints its own lines)
 }
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -40,6 +40,7 @@ def flatten(config: BaseModel, prefix: str = "") -> dict[str, str]:
 
 
 RUN_TAG = "alignray.run"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow shows a run with this tag nested under that run
 PRODUCED_BY = b"alignray.produced_by"  # Parquet metadata: runs:/<run id>/<artifact path> of the file
 
 
@@ -82,8 +83,9 @@ def start_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run in `cfg.experiment`, sampling system metrics (CPU, memory, disk, network,
     GPU; every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds, default 10); a local store keeps
-    artifacts beside its database. With `resume`, an earlier run of the same name is continued
-    instead of starting anew."""
+    artifacts beside its database; a new run is nested under `cfg.parent_run` and carries
+    `cfg.tags`. With `resume`, an earlier run of the same name is continued instead of starting
+    anew."""
     mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         location = None
@@ -100,7 +102,8 @@ def start_run(
         with mlflow.start_run(run_id=previous[0].info.run_id, log_system_metrics=True) as run:
             yield run
         return
-    with mlflow.start_run(run_name=cfg.run_name or run_name, tags={RUN_TAG: run_name}, log_system_metrics=True) as run:
+    tags = {RUN_TAG: run_name, **cfg.tags, **({PARENT_TAG: cfg.parent_run} if cfg.parent_run else {})}
+    with mlflow.start_run(run_name=cfg.run_name or run_name, tags=tags, log_system_metrics=True) as run:
         mlflow.log_params(params)
         yield run
 

@@ -6,7 +6,6 @@ in the cache) or by the path of a local Hugging Face folder holding a causal LM.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import os
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignray import logs
-from alignray.io import atomic_dir
+from alignray.io import atomic_dir, file_lock
 
 log = logs.get(__name__)
 
@@ -72,10 +71,7 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
-    locks = cache_dir() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is preparing it: wait, then use its folder
+    with file_lock(cache_dir() / "locks" / f"{name}.lock"):  # another process is preparing it: wait, then use its folder
         if (target / "config.json").is_file():
             return target
         return _prepare(name, target, quiet)

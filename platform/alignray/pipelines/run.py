@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,16 @@ from alignray import tracking
 from alignray.config import ConfigError, PipelineConfig, SimulateConfig, explain_errors
 from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations, normal
+from alignray.evaluate.summary import SEED_TAG
+from alignray.io import file_lock
 from alignray.pipelines.recipes import LIST_FIELDS, RECIPES, Stage
 from alignray.principles import load_principles
 from alignray.stages import STAGES
 
 SHARED = ("model", "sampler", "data", "tracking", "output_dir", "address")
-VOLATILE = {"address", "run_name", "tracking.run_name", "registered_model", "trainer.stop_after_steps", "ppo.stop_after_iterations"}
+VOLATILE = {"address", "run_name", "tracking.run_name", "tracking.parent_run", "tracking.tags", "registered_model",
+            "trainer.stop_after_steps", "ppo.stop_after_iterations"}
+SEED_FIELD = {"simulate": "simulation.seed"}  # the pipeline's `seed` goes here; training kinds: trainer.seed
 KEY_TAG, OUTPUT_TAG = "alignray.stage_key", "alignray.stage_output"
 PLACEHOLDER = "<output of {}>"
 
@@ -79,15 +84,21 @@ def _user_fields(cfg: PipelineConfig, stage: Stage) -> dict:
 def stage_config(cfg: PipelineConfig, stage: Stage, values: dict[tuple[str, str], Any]):
     """The stage's validated config; `values[(stage, what)]` are the wired inputs."""
     shared = json.loads(cfg.model_dump_json(include=set(SHARED)))
+    seeded: dict = {}
     if stage.kind == "evaluate":
-        shared["data"] = json.loads(cfg.held_out().model_dump_json())
-        if cfg.benign_eval_data is not None:
-            shared["benign_data"] = json.loads(cfg.benign_eval_data.model_dump_json())
+        data, benign = cfg.evaluation_data()
+        shared["data"] = json.loads(data.model_dump_json())
+        if benign is not None:
+            shared["benign_data"] = json.loads(benign.model_dump_json())
+        shared["split"] = cfg.evaluate_on
+    elif cfg.seed is not None and (stage.kind in SEED_FIELD or STAGES[stage.kind].trains):
+        _set(seeded, SEED_FIELD.get(stage.kind, "trainer.seed"), cfg.seed)
     schema = STAGES[stage.kind].schema
     tree = {k: v for k, v in shared.items() if k in schema.model_fields}
     if STAGES[stage.kind].trains:
         tree["registered_model"] = f"{cfg.label}-{stage.name}"
-    tree = copy.deepcopy(_merge(_merge(tree, stage.defaults), _user_fields(cfg, stage)))  # the inputs go in below
+    # the pipeline's seed, then the recipe's settings, then the user's stage fields; the inputs go in below
+    tree = copy.deepcopy(_merge(_merge(_merge(tree, seeded), stage.defaults), _user_fields(cfg, stage)))
     tree.setdefault("tracking", {})["run_name"] = f"{cfg.label}-{stage.name}"
     if stage.kind == "evaluate":
         tree.setdefault("name", f"{cfg.label}-evaluate")
@@ -135,15 +146,23 @@ def _criteria(config: SimulateConfig) -> list[str]:
 
 
 def _check_held_out(cfg: PipelineConfig) -> None:
-    """Fail when a training prompt is also an evaluation prompt (case and punctuation ignored)."""
-    train = {normal(c): c.origin for c in load_conversations(cfg.data)}
-    for data in (cfg.held_out(), cfg.benign_eval_data):
-        if data is None:
-            continue
-        shared = [c.origin for c in load_conversations(data) if normal(c) in train]
-        if shared:
-            raise ConfigError(f"{len(shared)} evaluation prompts of {data.source} are also training prompts"
-                              f" of data.source (first: {shared[0]}); hold them out with a slice or data.skip")
+    """Fail when two splits share a prompt (case and punctuation ignored): training (data) against
+    dev (dev_data, benign_dev_data) and test (eval_data or the prompts after data.limit,
+    benign_eval_data), and dev against test."""
+    splits = {"training": [("data", cfg.data)],
+              "dev": [("dev_data", cfg.dev_data), ("benign_dev_data", cfg.benign_dev_data)],
+              "evaluation": [("eval_data", cfg.held_out()), ("benign_eval_data", cfg.benign_eval_data)]}
+    seen: dict[str, tuple[str, str]] = {}  # prompt -> (split, field) of an earlier split
+    for split, sets in splits.items():
+        mine: dict[str, str] = {}
+        for field, data in sets:
+            for c in load_conversations(data) if data is not None else []:
+                if (earlier := seen.get(normal(c))) is not None:
+                    raise ConfigError(
+                        f"{split} prompts of {field} ({data.source}) are also {earlier[0]} prompts of {earlier[1]}"
+                        f" (first: {c.origin}); hold them out with a slice or skip")
+                mine.setdefault(normal(c), field)
+        seen.update({prompt: (split, field) for prompt, field in mine.items()})
 
 
 def _check_fits_here(cfg: PipelineConfig, stage: Stage, config) -> None:
@@ -198,6 +217,23 @@ def stage_configs(cfg: PipelineConfig) -> list[tuple[Stage, Any]]:
     return out
 
 
+def once(key: str, experiment: str, locks: Path, produce: Callable[[], tuple[str | None, str]],
+         tags: dict[str, str]) -> tuple[str | None, str, bool]:
+    """(output, run id, reused) of the stage with this key: a finished run's, or `produce()`'s,
+    whose run is then tagged with the key, its output and `tags`. Under a file lock per key, so
+    pipelines running at once (a sweep's trials) that share a stage run it once: the others wait
+    and reuse it. An output of None (stopped early) is not recorded."""
+    with file_lock(locks / f"stage-{key[:32]}.lock"):
+        if previous := _done_before(key, experiment):
+            return previous[1], previous[0], True
+        output, run_id = produce()
+        if output is not None:
+            client = mlflow.MlflowClient()
+            for tag, value in {KEY_TAG: key, OUTPUT_TAG: output, **tags}.items():
+                client.set_tag(run_id, tag, value)
+        return output, run_id, False
+
+
 def run(cfg: PipelineConfig, say=print) -> list[StageOutcome]:
     """Run (or resume) the pipeline; stops after a stage that stopped early."""
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
@@ -212,30 +248,31 @@ def run(cfg: PipelineConfig, say=print) -> list[StageOutcome]:
         if use is not None:
             say(f"{head}: using the given output {use}")
             outcome = StageOutcome(s.name, str(use), None, True)
-        elif previous := _done_before(key, cfg.tracking.experiment):
-            say(f"{head}: already done for these inputs and config (MLflow run {previous[0][:8]}), skipping -> {previous[1]}")
-            outcome = StageOutcome(s.name, previous[1], previous[0], True)
         else:
-            if STAGES[s.kind].trains:
-                config = config.model_copy(update={"run_name": f"{cfg.label}-{s.name}-{key[:8]}"})
-            say(f"{head}: running")
-            result = STAGES[s.kind].run(config)
-            if result.notes:
-                say("\n".join(result.notes))
-            output, run_id = result.output, result.run_id
-            outcome = StageOutcome(s.name, output, run_id, False)
-            if output is None:
+            def produce(config=config, s=s, key=key, head=head) -> tuple[str | None, str]:
+                if STAGES[s.kind].trains:
+                    config = config.model_copy(update={"run_name": f"{cfg.label}-{s.name}-{key[:8]}"})
+                say(f"{head}: running")
+                result = STAGES[s.kind].run(config)
+                if result.notes:
+                    say("\n".join(result.notes))
+                return result.output, result.run_id
+
+            tags = {"alignray.pipeline": cfg.label, "alignray.stage": s.name,
+                    **({SEED_TAG: str(cfg.seed)} if cfg.seed is not None else {})}
+            output, run_id, reused = once(key, cfg.tracking.experiment, cfg.output_dir / "locks", produce, tags)
+            outcome = StageOutcome(s.name, output, run_id, reused)
+            if reused:
+                say(f"{head}: already done for these inputs and config (MLflow run {run_id[:8]}), skipping -> {output}")
+            elif output is None:
                 say(f"{head}: stopped before the end (checkpoint kept); run the pipeline again to resume")
                 outcomes.append(outcome)
                 return outcomes
-            client = mlflow.MlflowClient(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
-            for tag, value in {KEY_TAG: key, OUTPUT_TAG: output, "alignray.pipeline": cfg.label, "alignray.stage": s.name}.items():
-                client.set_tag(run_id, tag, value)
-            say(f"{head}: done -> {output}")
+            else:
+                say(f"{head}: done -> {output}")
         outcomes.append(outcome)
         values[(s.name, "output")] = outcome.output
         values[(s.name, "run")] = outcome.run_id
         if s.kind == "simulate":
             values[(s.name, "criteria")] = _criteria(config)
     return outcomes
-

@@ -92,7 +92,8 @@ class SamplerPool:
             num_gpus=cfg.gpus_per_sampler,
             max_restarts=0,
             runtime_env=sampler_runtime_env(cfg.kvcache_gib),
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else None,
+            # DEFAULT, not None: outside a caller's placement group (a sweep trial's holds only its driver)
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else "DEFAULT",
             **({"label_selector": dict(cfg.node_labels)} if cfg.node_labels else {}),
         )
         self.weights_version = 0  # of the last update sent (0: the initial weights)

@@ -1,0 +1,227 @@
+"""`alignray report NAME`: tables and a plot across seeds, read from MLflow.
+
+NAME is a sweep (the parent run tagged `alignray.sweep`, whose `trials.json` lists each trial's
+overrides and evaluate runs) or an MLflow experiment (its evaluate runs, grouped by pipeline and
+split, one value per seed: the `alignray.seed` tag of a pipeline run with a top-level `seed`).
+
+For each group and headline metric: the value of every seed, their mean, min–max and a 95%
+interval over seeds (`evaluate.stats.across_seeds`), and a verdict against no change (0 for a
+gain, 0.5 for a win rate): "better" or "worse" only when the interval excludes it, else
+"inconclusive". Every table names its split and, for a sweep, how many configurations were
+tried before the pick.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+
+from alignray.evaluate.stats import SeedSummary, across_seeds
+from alignray.io import atomic_dir
+
+SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sweep)
+TRIALS_ARTIFACT = "trials.json"
+SEED_TAG = "alignray.seed"
+# headline metrics, by prefix: (what it is, the value of "no change", whether higher is better)
+HEADLINE = {
+    "refusal_gain.": ("refusal gain on harmful prompts", 0.0, True),
+    "over_refusal_gain.": ("over-refusal change on benign prompts", 0.0, False),
+    "win_rate.model.": ("AI-judge win rate", 0.5, True),
+    "win_rate.profanity.": ("profanity win rate", 0.5, True),
+    "win_rate.hate.": ("HateSonar win rate", 0.5, True),
+}
+
+
+class ReportError(ValueError):
+    """No sweep or experiment of that name, or nothing evaluated in it."""
+
+
+@dataclass
+class Group:
+    """Evaluate runs of one configuration on one split, one per seed."""
+
+    label: str
+    split: str
+    runs: dict[str, str] = field(default_factory=dict)  # seed -> evaluate run id
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # seed -> metrics
+
+
+def headline(metric: str) -> tuple[str, float, bool] | None:
+    for prefix, spec in HEADLINE.items():
+        if metric.startswith(prefix):
+            return f"{spec[0]} vs {metric.removeprefix(prefix)}", spec[1], spec[2]
+    return None
+
+
+def summarize(group: Group, metrics: list[str]) -> dict[str, tuple[SeedSummary, str]]:
+    """Per metric of the group: its across-seed summary (of the raw values) and the verdict."""
+    out = {}
+    for metric in metrics:
+        values = [m[metric] for m in group.metrics.values() if metric in m]
+        if not values:
+            continue
+        spec = headline(metric)
+        base, higher = (spec[1], spec[2]) if spec else (0.0, True)
+        verdict = across_seeds([v - base for v in values]).verdict(higher)
+        out[metric] = (across_seeds(values), verdict)
+    return out
+
+
+def _fmt(s: SeedSummary) -> str:
+    interval = "n/a (one seed)" if s.low is None else f"[{s.low:+.3f}, {s.high:+.3f}]"
+    return f"{s.mean:+.3f} {interval}, {s.min:+.3f} to {s.max:+.3f}"
+
+
+def _metric_names(groups: list[Group], extra: tuple[str, ...] = ()) -> list[str]:
+    seen = {k for g in groups for m in g.metrics.values() for k in m}
+    return [k for k in sorted(seen) if headline(k)] + [k for k in extra if k in seen and not headline(k)]
+
+
+def _table(group: Group, metrics: list[str]) -> list[str]:
+    seeds = sorted(group.metrics, key=lambda s: (len(s), s))
+    lines = [f"| metric | {' | '.join(f'seed {s}' for s in seeds)} | mean [95% CI over seeds], min to max | verdict |",
+             "|---|" + "---|" * len(seeds) + "---|---|"]
+    for metric, (s, verdict) in summarize(group, metrics).items():
+        cells = [f"{group.metrics[seed][metric]:+.3f}" if metric in group.metrics[seed] else "–" for seed in seeds]
+        name = headline(metric)[0] if headline(metric) else metric
+        lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(s)} | {verdict} |")
+    return lines
+
+
+def _sweep(client, name: str) -> tuple[dict, list[Group], str] | None:
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{SWEEP_TAG}` = '{name}'",
+                              output_format="list")
+    parents = [r for r in runs if "alignray.trial" not in r.data.tags]
+    if not parents:
+        return None
+    parent = max(parents, key=lambda r: r.info.start_time)
+    try:
+        table = json.loads(Path(client.download_artifacts(parent.info.run_id, TRIALS_ARTIFACT)).read_text())
+    except Exception as exc:  # noqa: BLE001  MLflow raises its own types for a missing artifact
+        raise ReportError(f"sweep {name!r} has no {TRIALS_ARTIFACT} yet (MLflow run {parent.info.run_id}):"
+                          f" run `alignray sweep` to its end first ({exc})") from None
+    groups: dict[tuple[str, str], Group] = {}
+    for t in table["trials"]:
+        label = ", ".join(f"{k}={v}" for k, v in sorted(t["overrides"].items()) if k != "seed") or "(as given)"
+        seed = str(t["overrides"].get("seed", t["trial_id"]))
+        for split, run_id in (("dev", t.get("dev_run")), ("test", t.get("test_run"))):
+            if run_id:
+                g = groups.setdefault((label, split), Group(label, split))
+                g.runs[seed] = run_id
+                g.metrics[seed] = client.get_run(run_id).data.metrics
+    return table, list(groups.values()), parent.info.run_id
+
+
+def _experiment(client, name: str) -> list[Group]:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise ReportError(f"{name!r} is neither a sweep nor an MLflow experiment in this store")
+    runs = client.search_runs([experiment.experiment_id], "tags.`alignray.stage` = 'evaluate'"
+                              " and attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
+    groups: dict[tuple[str, str], Group] = {}
+    for r in runs:  # oldest first: a later run of the same seed replaces an earlier one
+        label = r.data.tags.get("alignray.pipeline", "?")
+        split = r.data.params.get("split", "test") if r.data.params.get("split") != "None" else "test"
+        seed = r.data.tags.get(SEED_TAG, r.info.run_id[:8])
+        g = groups.setdefault((label, split), Group(label, split))
+        g.runs[seed] = r.info.run_id
+        g.metrics[seed] = r.data.metrics
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    markdown: str
+    folder: Path
+
+
+def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
+    """Write `<output_dir>/reports/<name>/` (report.md, seeds.png) from the store and return it."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    found = _sweep(client, name)
+    if found:
+        table, groups, parent = found
+        select = (table.get("select") or {}).get("metric")
+        lines = [f"# Sweep `{name}`", "",
+                 f"MLflow parent run `{parent}`. {len(table['trials'])} trials in {table['configurations']}"
+                 f" configurations. Reported configuration: {table['selection']}.", ""]
+        metrics = _metric_names(groups, (select,) if select else ())
+        dev = [g for g in groups if g.split == "dev"]
+        if dev:
+            lines += ["## Dev split: every configuration (the split the choice was made on)", "",
+                      f"Mean over seeds of {select or 'each metric'} [95% interval over seeds]:", "",
+                      "| configuration | seeds | " + " | ".join(headline(m)[0] if headline(m) else m for m in metrics)
+                      + " |", "|---|---|" + "---|" * len(metrics)]
+            for g in dev:
+                found_metrics = summarize(g, metrics)
+                cells = [_fmt(found_metrics[m][0]) if m in found_metrics else "–" for m in metrics]
+                mark = " (chosen)" if g.label == table.get("chosen") else ""
+                lines.append(f"| {g.label}{mark} | {len(g.metrics)} | " + " | ".join(cells) + " |")
+            lines.append("")
+        for g in (g for g in groups if g.split == "test"):
+            tried = f"chosen among {table['configurations']} configurations on the dev split" if dev else \
+                "the only configuration (no choice)"
+            lines += [f"## Test split: {g.label}", "", f"Reported once, {tried}; one evaluation per seed.", "",
+                      *_table(g, metrics), ""]
+    else:
+        groups = _experiment(client, name)
+        if not groups:
+            raise ReportError(f"experiment {name!r} has no finished evaluate runs")
+        metrics = _metric_names(groups)
+        lines = [f"# Experiment `{name}`", "",
+                 "Evaluate runs grouped by pipeline and split; a seed is the pipeline's `seed` (else one run).", ""]
+        for g in groups:
+            lines += [f"## {g.label}, {g.split} split", "", *_table(g, metrics), ""]
+    lines += ["Intervals over seeds: " + _method(groups, metrics) + ". A verdict is \"better\" or \"worse\" only"
+              " when the interval excludes no change (0 for a gain, 0.5 for a win rate); otherwise"
+              " \"inconclusive\".", ""]
+    text = "\n".join(lines)
+    target = output_dir / "reports" / name.replace("/", "-")
+    with atomic_dir(target) as tmp:
+        (tmp / "report.md").write_text(text)
+        plot(groups, metrics, tmp / "seeds.png")
+    return Report(name, text, target.resolve())
+
+
+def _method(groups: list[Group], metrics: list[str]) -> str:
+    for g in groups:
+        for s, _ in summarize(g, metrics).values():
+            if s.low is not None:
+                return s.method
+    return "none (every group has one seed)"
+
+
+def plot(groups: list[Group], metrics: list[str], path: Path) -> None:
+    """One panel per headline metric: each group's seeds (dots) and their mean with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in metrics if headline(m)][:4] or metrics[:1]
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.5 * max(1, len(shown)), 0.8 + 0.5 * len(groups)),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], shown):
+        labels = []
+        for y, g in enumerate(groups):
+            values = [m[metric] for m in g.metrics.values() if metric in m]
+            labels.append(f"{g.label[:40]} ({g.split})")
+            if not values:
+                continue
+            s = across_seeds(values)
+            ax.scatter(values, [y] * len(values), s=12, color="grey", zorder=2)
+            err = [[s.mean - s.low], [s.high - s.mean]] if s.low is not None else None
+            ax.errorbar([s.mean], [y], xerr=err, fmt="o", capsize=4, zorder=3)
+        spec = headline(metric)
+        if spec:
+            ax.axvline(spec[1], color="grey", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(groups)), labels)
+        ax.set_title((spec[0] if spec else metric)[:60], fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

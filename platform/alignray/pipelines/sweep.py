@@ -1,0 +1,306 @@
+"""`alignray sweep CONFIG`: the pipeline once per trial on Ray Tune, over the config fields of its
+`sweep:` section; then, when more than the seed varies, the configuration that is best on the
+dev split (`sweep.select`, averaged over its seeds) is evaluated once on the test split.
+
+- A trial is the whole pipeline (`alignray.pipelines.run.run`) with the trial's overrides, run
+  in a Tune trial. Tune reserves a small CPU share for the trial's driver; its stages reserve
+  their own samplers and trainer workers as they run, so at most as many trials run at once as
+  the cluster's CPUs hold whole pipelines (`sweep.max_concurrent_trials`; 1 on a small machine).
+- Stages trials share (the same simulation under several PPO settings) run once: the stage
+  cache of `pipelines.run` claims each stage key under a lock.
+- MLflow: one parent run per sweep (tag `alignray.sweep`); every stage run of a trial is nested
+  under it and tagged with the trial's overrides; the parent holds `trials.json`, the table of
+  trials and their evaluate runs that `alignray report` reads.
+- The Tune experiment lives in `<output_dir>/sweeps/<name>/`. Running the same command again
+  resumes it (`Tuner.restore`): finished trials are kept, unfinished ones run again (their
+  finished stages are skipped, training resumes from its checkpoints).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from pydantic import ValidationError
+
+from alignray import cluster, tracking
+from alignray.config import ConfigError, PipelineConfig, SweepConfig, explain_errors, set_path
+from alignray.evaluate.summary import SWEEP_TAG, TRIALS_ARTIFACT
+from alignray.pipelines import run as pipeline
+from alignray.stages import STAGES
+
+TRIAL_CPU = 0.01  # what Tune reserves for a trial's driver (its stages reserve their own actors and workers)
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    overrides: dict[str, Any]
+    status: str  # TERMINATED, ERROR, ...
+    dev_run: str | None = None  # the evaluate stage's MLflow run on the dev split (a sweep that chooses)
+    test_run: str | None = None  # ... on the test split
+    metrics: dict[str, float] = field(default_factory=dict)  # of the trial's evaluate run
+    error: str | None = None
+
+    @property
+    def configuration(self) -> str:
+        """The trial's overrides but the seed: trials with the same configuration differ by seed only."""
+        return configuration_label(self.overrides)
+
+
+def configuration_label(overrides: dict[str, Any]) -> str:
+    shown = {k: v for k, v in sorted(overrides.items()) if k != "seed"}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "(the config as given)"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    name: str
+    parent_run: str
+    folder: Path  # the Tune experiment
+    trials: list[Trial]
+    configurations: int
+    chosen: str | None  # the chosen configuration's label; None when only the seed varies
+    selection: str  # how the reported configuration was chosen, as the reports say it
+
+
+def _base_tree(cfg: PipelineConfig) -> dict:
+    """The pipeline config as a plain tree, without its sweep section, with absolute paths (a
+    trial runs in another process, whose working folder may differ)."""
+    tree = json.loads(cfg.model_dump_json(exclude={"sweep"}, exclude_none=True))
+    tree["output_dir"] = str(cfg.output_dir.resolve())
+    tree.setdefault("tracking", {})["uri"] = tracking.tracking_uri(cfg.tracking, cfg.output_dir)
+    return tree
+
+
+def trial_config(base: dict, overrides: dict[str, Any], **extra: Any) -> PipelineConfig:
+    """The pipeline config of one trial: `base` with the dotted overrides and `extra` fields."""
+    tree = copy.deepcopy(base)
+    for dotted, value in {**overrides, **extra}.items():
+        set_path(tree, dotted.split("."), value, f"sweep field {dotted!r}")
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(explain_errors(exc, PipelineConfig, f"sweep trial ({configuration_label(overrides)})", {})) from None
+
+
+def param_space(sweep: SweepConfig) -> dict:
+    from ray import tune
+
+    space: dict[str, Any] = {key: tune.grid_search(values) for key, values in sweep.grid.items()}
+    for key, d in sweep.random.items():
+        if d.uniform:
+            space[key] = tune.uniform(*d.uniform)
+        elif d.loguniform:
+            space[key] = tune.loguniform(*d.loguniform)
+        elif d.randint:
+            space[key] = tune.randint(*d.randint)
+        else:
+            space[key] = tune.choice(d.choice)
+    return space
+
+
+def _check(cfg: PipelineConfig, base: dict) -> None:
+    """Every grid combination (random fields at a bound) makes a valid pipeline, before Tune starts."""
+    sweep = cfg.sweep
+    if sweep.varies_more_than_seed and sweep.select is None:
+        raise ConfigError("sweep: more than the seed varies, so the sweep must choose a configuration: add"
+                          " sweep.select (metric, mode) and dev_data (the prompts to choose on)")
+    if sweep.select is not None and not sweep.varies_more_than_seed:
+        raise ConfigError("sweep.select: only the seed varies, so there is nothing to choose; remove select")
+    if sweep.select is not None and cfg.dev_data is None:
+        raise ConfigError("sweep.select chooses on the dev split: set dev_data (held-out prompts apart from"
+                          " eval_data and the training data)")
+    at_bounds = {k: (d.choice[0] if d.choice else (d.uniform or d.loguniform or d.randint)[0]) for k, d in sweep.random.items()}
+    combos = [{}]
+    for key, values in sweep.grid.items():
+        combos = [{**c, key: v} for c in combos for v in values]
+    for combo in combos:
+        pipeline.plan(trial_config(base, {**combo, **at_bounds}))
+
+
+def peak_cpus(cfg: PipelineConfig) -> float:
+    """The most CPUs one stage of the pipeline reserves at once (PPO: its trainer and samplers)."""
+    need = 0.0
+    for s, config in pipeline.stage_configs(cfg):
+        cpus = 0.0
+        if hasattr(config, "sampler") and s.kind in ("simulate", "ppo", "evaluate"):
+            cpus += config.sampler.num_samplers * config.sampler.cpus_per_sampler
+        if STAGES[s.kind].trains:
+            cpus += config.trainer.num_workers * config.trainer.cpus_per_worker
+        need = max(need, cpus)
+    return need
+
+
+def _parent_run(cfg: PipelineConfig, name: str, spec: dict) -> str:
+    """The sweep's MLflow parent run (the earlier one of this name, when resuming)."""
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        location = None if cfg.tracking.uri else (cfg.output_dir / "mlartifacts").resolve().as_uri()
+        experiment_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+        found = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{name}'", max_results=1)
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"sweep-{name}", tags={SWEEP_TAG: name, "alignray.pipeline": cfg.label})
+    for key, value in spec["sweep"].items():
+        client.log_param(run.info.run_id, f"sweep.{key}", json.dumps(value, sort_keys=True))
+    return run.info.run_id
+
+
+def _trainable(base: dict, cwd: str, name: str, parent: str, evaluate_on: str):
+    """Tune's function: the pipeline of one trial; reports its evaluate run's metrics."""
+
+    def trial(params: dict) -> None:
+        from ray import tune
+
+        if os.path.isdir(cwd):  # relative data paths in the config mean the driver's folder
+            os.chdir(cwd)
+        overrides = dict(params)
+        trial_id = tune.get_context().get_trial_id()
+        tags = {SWEEP_TAG: name, "alignray.trial": trial_id, "alignray.overrides": json.dumps(overrides, sort_keys=True)}
+        cfg = trial_config(base, overrides, evaluate_on=evaluate_on, **{"tracking.parent_run": parent,
+                                                                       "tracking.tags": tags})
+        outcomes = pipeline.run(cfg, say=print)  # into the trial's log (Ray's worker files), not the terminal
+        last = outcomes[-1]
+        if last.output is None or last.stage != "evaluate":
+            raise RuntimeError(f"the pipeline stopped before its evaluation (at stage {last.stage})")
+        metrics = mlflow.MlflowClient().get_run(last.run_id).data.metrics
+        tune.report({**metrics, "evaluate_run": last.run_id})
+
+    return trial
+
+
+def _progress(total: int, say):
+    """A Tune callback that says a line per trial started, finished or failed."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        done = 0
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            say(f"trial {trial.trial_id} started: {configuration_label(trial.config)}, seed {trial.config.get('seed', '-')}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            say(f"trial {trial.trial_id} finished ({self.done} of {total} in this run)")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            say(f"trial {trial.trial_id} FAILED ({self.done} of {total} in this run); its log: {trial.local_path}")
+
+    return Progress()
+
+
+def _trials(grid) -> list[Trial]:
+    out = []
+    for result in grid:
+        config = result.config or {}
+        error = None if result.error is None else str(result.error).strip().splitlines()[-1]
+        metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" not in k
+                   and k not in ("training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
+                                 "time_since_restore", "iterations_since_restore", "pid")}
+        run_id = (result.metrics or {}).get("evaluate_run")
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        out.append(Trial(trial_id, dict(config),
+                         "ERROR" if error else "TERMINATED", dev_run=run_id, metrics=metrics, error=error))
+    return out
+
+
+def choose(trials: list[Trial], metric: str, mode: str) -> tuple[str, dict[str, float]]:
+    """The configuration with the best mean of `metric` over its trials (seeds), and every
+    configuration's mean. Raises ConfigError when no finished trial has the metric."""
+    values: dict[str, list[float]] = {}
+    for t in trials:
+        if t.status == "TERMINATED" and metric in t.metrics and not math.isnan(t.metrics[metric]):
+            values.setdefault(t.configuration, []).append(t.metrics[metric])
+    if not values:
+        known = sorted({k for t in trials for k in t.metrics})
+        raise ConfigError(f"sweep.select.metric {metric!r}: no finished trial has it (their metrics: {', '.join(known)})")
+    means = {c: sum(v) / len(v) for c, v in values.items()}
+    best = (max if mode == "max" else min)(means, key=means.get)
+    return best, means
+
+
+def run(cfg: PipelineConfig, say=print) -> SweepResult:
+    """Run (or resume) the sweep of `cfg.sweep`; see the module's docstring."""
+    from ray import tune
+
+    sweep = cfg.sweep
+    if sweep is None:
+        raise ConfigError("alignray sweep needs a sweep section (grid and/or random) in the pipeline config")
+    name = sweep.name or cfg.label
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
+    base = _base_tree(cfg)
+    _check(cfg, base)
+    spec = {"pipeline": base, "sweep": json.loads(sweep.model_dump_json())}
+    storage = (cfg.output_dir / "sweeps").resolve()
+    folder = storage / name
+    stamp = storage / f"{name}.json"  # what the sweep of this name was started with
+    if stamp.is_file() and json.loads(stamp.read_text()) != spec:
+        raise ConfigError(f"a sweep named {name!r} was started with another config ({stamp}); give this one"
+                          f" another sweep.name, or delete {folder} and {stamp} to start it anew")
+    storage.mkdir(parents=True, exist_ok=True)
+    if not stamp.is_file():
+        tmp = stamp.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(spec, indent=1, sort_keys=True))
+        os.replace(tmp, stamp)
+
+    cluster.connect(cfg.address)
+    import ray
+
+    parent = _parent_run(cfg, name, spec)
+    per_trial = max(peak_cpus(cfg), TRIAL_CPU)
+    concurrent = sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    chooses = sweep.select is not None
+    trainable = tune.with_resources(_trainable(base, os.getcwd(), name, parent, "dev" if chooses else "test"),
+                                    {"CPU": TRIAL_CPU})
+    combos = math.prod(len(v) for v in sweep.grid.values()) * sweep.num_samples
+    progress = _progress(combos, say)
+    if tune.Tuner.can_restore(str(folder)):
+        say(f"sweep {name}: resuming {folder} (finished trials are kept)")
+        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+    else:
+        say(f"sweep {name}: {combos} trials, at most {concurrent} at once; Tune folder {folder}")
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(sweep),
+            tune_config=tune.TuneConfig(num_samples=sweep.num_samples, max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=[progress]),
+        )
+    grid = tuner.fit()
+    trials = _trials(grid)
+    configurations = len({t.configuration for t in trials})
+    if chooses:
+        chosen, means = choose(trials, sweep.select.metric, sweep.select.mode)
+        selection = (f"the best of {configurations} configurations of sweep {name} by the dev-split mean over seeds of"
+                     f" {sweep.select.metric} ({sweep.select.mode}); {len(trials)} trials")
+        say(f"sweep {name}: chose {chosen} ({sweep.select.metric} = {means[chosen]:.4f} on dev); evaluating it on"
+            " the test split")
+        for t in (t for t in trials if t.configuration == chosen and t.status == "TERMINATED"):
+            tags = {SWEEP_TAG: name, "alignray.trial": t.trial_id, "alignray.overrides": json.dumps(t.overrides, sort_keys=True)}
+            test = trial_config(base, t.overrides, evaluate_on="test", **{
+                "tracking.parent_run": parent, "tracking.tags": tags, "stages.evaluate.selection": selection})
+            outcomes = pipeline.run(test, say=lambda line: None)
+            t.test_run = outcomes[-1].run_id
+            t.metrics = mlflow.MlflowClient().get_run(t.test_run).data.metrics
+    else:
+        chosen = None
+        selection = f"no choice: one configuration, {len(trials)} seeds (sweep {name})"
+        for t in trials:
+            t.test_run, t.dev_run = t.dev_run, None
+    client = mlflow.MlflowClient()
+    client.log_dict(parent, {"selection": selection, "chosen": chosen, "configurations": configurations,
+                             "select": spec["sweep"]["select"], "trials": [asdict(t) for t in trials]}, TRIALS_ARTIFACT)
+    failed = [t for t in trials if t.status != "TERMINATED"]
+    client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+    return SweepResult(name, parent, folder, trials, configurations, chosen, selection)
