@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from alignray.rewards.judges import JudgeError, refusal
+from alignray.rewards.judges import JudgeError, refusal, refusal_kind
 from alignray.rewards.refusal_data import LabelledAnswer, Measure, load_labelled, measure, package_file, wilson_interval
 
 # Measured on pyrit 1.1.0's refusal.csv (dataset_version 1.2): 50 of 50 flagged answers are
@@ -24,6 +24,9 @@ def test_refusal_judge_against_human_labels():
     m = measure(rows)
     assert m.precision >= PRECISION - MARGIN, m.summary()
     assert m.recall >= RECALL - MARGIN, m.summary()
+    # no answer that people call a refusal is taken for a refusal that then complies
+    kinds = refusal_kind([r.response for r in rows if r.refusal])
+    assert "refuses_then_complies" not in kinds
 
 
 def test_measure_counts_by_hand():
