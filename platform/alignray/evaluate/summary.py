@@ -22,7 +22,7 @@ import mlflow
 from alignray.evaluate.stats import SeedSummary, across_seeds
 from alignray.io import atomic_dir
 
-SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sweep)
+SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sweep), and only it
 TRIALS_ARTIFACT = "trials.json"
 SEED_TAG = "alignray.seed"
 # headline metrics, by prefix: (what it is, the value of "no change", whether higher is better)
@@ -92,9 +92,8 @@ def _table(group: Group, metrics: list[str]) -> list[str]:
 
 
 def _sweep(client, name: str) -> tuple[dict, list[Group], str] | None:
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{SWEEP_TAG}` = '{name}'",
-                              output_format="list")
-    parents = [r for r in runs if "alignray.trial" not in r.data.tags]
+    parents = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{SWEEP_TAG}` = '{name}'",
+                                 output_format="list")
     if not parents:
         return None
     parent = max(parents, key=lambda r: r.info.start_time)

@@ -35,6 +35,7 @@ from alignray.evaluate.summary import SWEEP_TAG, TRIALS_ARTIFACT
 from alignray.pipelines import run as pipeline
 from alignray.stages import STAGES
 
+TRIAL_TAG, OVERRIDES_TAG = "alignray.trial", "alignray.overrides"  # on every stage run of a trial
 TRIAL_CPU = 0.01  # what Tune reserves for a trial's driver (its stages reserve their own actors and workers)
 
 
@@ -167,7 +168,7 @@ def _trainable(base: dict, cwd: str, name: str, parent: str, evaluate_on: str):
             os.chdir(cwd)
         overrides = dict(params)
         trial_id = tune.get_context().get_trial_id()
-        tags = {SWEEP_TAG: name, "alignray.trial": trial_id, "alignray.overrides": json.dumps(overrides, sort_keys=True)}
+        tags = {TRIAL_TAG: trial_id, OVERRIDES_TAG: json.dumps(overrides, sort_keys=True)}
         cfg = trial_config(base, overrides, evaluate_on=evaluate_on, **{"tracking.parent_run": parent,
                                                                        "tracking.tags": tags})
         outcomes = pipeline.run(cfg, say=print)  # into the trial's log (Ray's worker files), not the terminal
@@ -256,6 +257,9 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
         tmp.write_text(json.dumps(spec, indent=1, sort_keys=True))
         os.replace(tmp, stamp)
 
+    # Tune saves the experiment's state (which trials finished) at every step, not every 10 s: a
+    # driver killed right after a trial finished must not run it again when resumed
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     cluster.connect(cfg.address)
     import ray
 
@@ -287,7 +291,7 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
         say(f"sweep {name}: chose {chosen} ({sweep.select.metric} = {means[chosen]:.4f} on dev); evaluating it on"
             " the test split")
         for t in (t for t in trials if t.configuration == chosen and t.status == "TERMINATED"):
-            tags = {SWEEP_TAG: name, "alignray.trial": t.trial_id, "alignray.overrides": json.dumps(t.overrides, sort_keys=True)}
+            tags = {TRIAL_TAG: t.trial_id, OVERRIDES_TAG: json.dumps(t.overrides, sort_keys=True)}
             test = trial_config(base, t.overrides, evaluate_on="test", **{
                 "tracking.parent_run": parent, "tracking.tags": tags, "stages.evaluate.selection": selection})
             outcomes = pipeline.run(test, say=lambda line: None)

@@ -1,0 +1,217 @@
+"""`alignray sweep` and `alignray report`: the sweep section is checked before anything runs; a
+stage that concurrent trials share runs once (a real MLflow store, two processes); the choice of a
+configuration; and, slow, a 3-seed sweep of the tiny pipeline on Ray Tune whose driver is killed
+between trials and resumed, a sweep that chooses on the dev split and reports on the test split,
+and the report of both."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import pytest
+from alignray.config import ConfigError, PipelineConfig, load_config
+from alignray.pipelines.sweep import Trial, choose, peak_cpus, trial_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "pipelines"
+SWEEP = CONFIGS / "context_distill_sweep_tiny.yaml"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep.grid={}"], r"give the fields to vary"),
+        (["sweep.grid={seed: []}"], r"grid.seed: give at least one value"),
+        (["sweep.random={seed: {choice: [1, 2]}}"], r"\[.seed.\]: a field is either in grid or in random"),
+        (["sweep.grid={data.limit: [6]}", "sweep.random={seed: {choice: [1, 2]}}"], r"random.seed: give seeds as a grid"),
+        (["sweep.random={stages.sft.trainer.learning_rate: {loguniform: [0, 1]}}"], r"loguniform: the bounds must be positive"),
+        (["sweep.random={stages.sft.trainer.learning_rate: {uniform: [1, 2], choice: [3]}}"], r"exactly one of"),
+    ],
+)
+def test_bad_sweep_sections_are_named_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SWEEP, overrides, PipelineConfig)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep.grid={seed: [0, 1], stages.sft.trainer.learning_rate: [1.0e-4, 1.0e-3]}"], r"add sweep.select"),
+        (["sweep.select.metric=win_rate.model.x"], r"only the seed varies, so there is nothing to choose"),
+        (["sweep.grid={stages.sft.trainer.learning_rate: [1.0e-4, 1.0e-3]}", "sweep.select.metric=x"],
+         r"sweep.select chooses on the dev split: set dev_data"),
+        (["sweep.grid={stages.sft.trainer.max_steps: [3, 0]}", "sweep.select.metric=x", "dev_data.source=sample[10:14]"],
+         r"stages.sft \(sft stage\): field 'trainer.max_steps'"),
+        (["sweep.grid={stages.sft.trainer.nothing: [1, 2]}", "sweep.select.metric=x", "dev_data.source=sample[10:14]"],
+         r"unknown field 'trainer.nothing'"),
+        (["sweep.grid={data.limit.x: [1, 2]}", "sweep.select.metric=x", "dev_data.source=sample[10:14]"],
+         r"sweep field 'data.limit.x': 'data.limit' is not a section"),
+    ],
+)
+def test_every_trial_config_is_checked_before_tune_starts(overrides, message, tmp_path):
+    from alignray.pipelines.sweep import _base_tree, _check
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = load_config(SWEEP, [*overrides, f"output_dir={tmp_path}"], PipelineConfig)
+    with pytest.raises(ConfigError, match=message):
+        _check(cfg, _base_tree(cfg))
+
+
+def test_a_trial_config_is_the_base_with_its_overrides(tmp_path):
+    from alignray.pipelines.sweep import _base_tree
+
+    cfg = load_config(SWEEP, [f"output_dir={tmp_path}"], PipelineConfig)
+    base = _base_tree(cfg)
+    assert "sweep" not in base and Path(base["output_dir"]).is_absolute() and base["tracking"]["uri"].startswith("sqlite:///")
+    trial = trial_config(base, {"seed": 2, "stages.sft.trainer.learning_rate": 3e-4}, evaluate_on="test")
+    assert trial.seed == 2 and trial.stages["sft"]["trainer"]["learning_rate"] == 3e-4 and trial.sweep is None
+    assert cfg.stages["sft"]["trainer"]["learning_rate"] == 1e-4  # the base is not changed
+    assert peak_cpus(cfg) == 1  # one sampler, or one trainer worker, at a time
+
+
+def test_the_configuration_with_the_best_mean_over_its_seeds_is_chosen():
+    def trial(lr, seed, value, status="TERMINATED"):
+        return Trial(f"t{lr}{seed}", {"seed": seed, "lr": lr}, status, metrics={"m": value})
+
+    trials = [trial(1, 0, 0.9), trial(1, 1, 0.1), trial(2, 0, 0.6), trial(2, 1, 0.5), trial(3, 0, 1.0, "ERROR")]
+    best, means = choose(trials, "m", "max")
+    assert best == "lr=2" and means == {"lr=1": pytest.approx(0.5), "lr=2": pytest.approx(0.55)}
+    assert choose(trials, "m", "min")[0] == "lr=1"
+    with pytest.raises(ConfigError, match=r"sweep.select.metric 'nope': no finished trial has it \(their metrics: m\)"):
+        choose(trials, "nope", "max")
+
+
+def _claim(args):
+    """Run a stage of key `key` through the pipeline's stage cache (in a thread of its own: the
+    lock is a flock of a file opened anew, which two threads contend for as two processes do)."""
+    uri, key, locks, marker = args
+    from alignray.pipelines.run import once
+
+    def produce():
+        with open(marker, "a") as f:
+            f.write(f"{threading.get_ident()}\n")
+        time.sleep(1.5)  # long enough for the other process to ask meanwhile
+        with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("claims").experiment_id) as run:
+            pass
+        output = Path(locks).parent / "out" / run.info.run_id  # a stage's output is a file that exists
+        output.write_text("done")
+        return str(output), run.info.run_id
+
+    output, run_id, reused = once(key, "claims", Path(locks), produce, {"alignray.stage": "s"})
+    return output, run_id, reused
+
+
+def test_a_stage_that_concurrent_trials_share_runs_once(tmp_path):
+    import mlflow.tracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("claims", artifact_location=(tmp_path / "art").as_uri())
+    (tmp_path / "out").mkdir()
+    marker = tmp_path / "produced.txt"
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(_claim, [(uri, "k" * 64, str(tmp_path / "locks"), str(marker))] * 2))
+    assert len(marker.read_text().split()) == 1  # produced once
+    assert sorted(r[2] for r in results) == [False, True]  # one ran it, the other reused it
+    assert results[0][:2] == results[1][:2]
+    client = mlflow.tracking.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("claims").experiment_id])
+    assert run.data.tags["alignray.stage_key"] == "k" * 64
+
+
+def _sweep_command(*items):
+    alignray = Path(sys.executable).with_name("alignray")
+    return [str(alignray), "sweep", str(SWEEP), *items]
+
+
+def _runs(store: Path, experiment: str = "alignray-sweep-tiny"):
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweeps")
+
+
+@pytest.mark.slow
+def test_a_three_seed_sweep_survives_its_driver_being_killed(sweep_store):
+    store = sweep_store
+    command = _sweep_command(f"output_dir={store}", "sweep.max_concurrent_trials=1")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded cluster
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True, env=env)
+    printed, finished = [], None
+    for line in first.stdout:
+        printed.append(line)
+        if (m := re.match(r"trial (\S+) finished \(1 of 3", line)):
+            finished = m.group(1)
+            time.sleep(2)
+            os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+            killed_at = time.time() * 1000
+            break
+    first.wait(timeout=60)
+    assert finished, "".join(printed)
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming" in second.stdout
+    started = re.findall(r"trial (\S+) started", second.stdout)
+    assert finished not in started and len(started) == 2  # the finished trial is kept, the other two run
+
+    client, runs = _runs(store)
+    [parent] = [r for r in runs if r.data.tags.get("alignray.sweep") == "context_distill-sweep-tiny"]
+    assert parent.info.status == "FINISHED"
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    by_stage = {s: [r for r in nested if r.data.tags.get("alignray.stage") == s] for s in ("simulate", "sft", "evaluate")}
+    assert len(by_stage["simulate"]) == 1  # pinned seed: the three trials share it
+    assert sorted(r.data.params["trainer.seed"] for r in by_stage["sft"]) == ["0", "1", "2"]
+    assert sorted(json.loads(r.data.tags["alignray.overrides"])["seed"] for r in by_stage["evaluate"]) == [0, 1, 2]
+    assert all(r.data.params["split"] == "test" for r in by_stage["evaluate"])
+    assert all(r.info.start_time < killed_at for r in nested if r.data.tags["alignray.trial"] == finished)
+
+    shown = subprocess.run([str(Path(sys.executable).with_name("alignray")), "report", "context_distill-sweep-tiny",
+                            "--output-dir", str(store)], capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "3 trials in 1 configurations" in shown.stdout and "| metric | seed 0 | seed 1 | seed 2 |" in shown.stdout
+    assert re.search(r"\| AI-judge win rate vs tiny-random-llama( \| [+-]\d\.\d{3}){3} \| .* \| (better|worse|inconclusive) \|",
+                     shown.stdout)
+    folder = store / "reports" / "context_distill-sweep-tiny"
+    assert (folder / "report.md").read_text() in shown.stdout and (folder / "seeds.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_sweep_chooses_on_dev_and_reports_the_choice_on_test(sweep_store):
+    store = sweep_store
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(_sweep_command(
+        f"output_dir={store}", "sweep.name=choose", "sweep.grid={seed: [0], stages.sft.trainer.max_steps: [3, 2]}",
+        "sweep.select.metric=win_rate.length.tiny-random-llama", "sweep.select.mode=max",
+        "dev_data={source: sample, skip: 10, limit: 4}"), capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    chosen = re.search(r"chose (stages.sft.trainer.max_steps=\d) \(win_rate.length.tiny-random-llama = ([\d.]+) on dev\)",
+                       done.stdout)
+    assert chosen, done.stdout
+    assert "## Dev split: every configuration" in done.stdout and f"| {chosen.group(1)} (chosen) | 1 |" in done.stdout
+    assert f"## Test split: {chosen.group(1)}" in done.stdout and "chosen among 2 configurations" in done.stdout
+
+    client, runs = _runs(store)
+    [parent] = [r for r in runs if r.data.tags.get("alignray.sweep") == "choose"]
+    evaluations = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                   and r.data.tags.get("alignray.stage") == "evaluate"]
+    splits = sorted((r.data.params["split"], r.data.params["data.skip"]) for r in evaluations)
+    assert splits == [("dev", "10"), ("dev", "10"), ("test", "6")]  # two configurations on dev, the choice on test
+    [test] = [r for r in evaluations if r.data.params["split"] == "test"]
+    assert "the best of 2 configurations of sweep choose" in test.data.params["selection"]
+    sfts = [r for r in runs if r.data.tags.get("alignray.stage") == "sft"]
+    assert len(sfts) == 4  # three seeds of the first sweep (max_steps 3, seed 0 reused here) and max_steps 2
