@@ -279,6 +279,13 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
     assert "win_rate.refusal.tiny-llama" not in run.data.metrics and "refusal rate of aligned: " in printed
     gain = float((frame["refusal_policy"] - frame["refusal_opponent"]).mean())
     assert run.data.metrics["refusal_gain.tiny-llama"] == gain and f"refusal gain over tiny-llama: {gain:+.3f}" in printed
+    # each interval's bounds beside its number, and its method named in the summary
+    m = run.data.metrics
+    assert m["refusal_gain_low.tiny-llama"] < m["refusal_gain_high.tiny-llama"]
+    assert m["refusal_gain_low.tiny-llama"] <= gain <= m["refusal_gain_high.tiny-llama"]
+    assert m["win_rate_low.model.tiny-llama"] <= m["win_rate.model.tiny-llama"] <= m["win_rate_high.model.tiny-llama"]
+    assert m["win_rate_low.model.tiny-llama"] < m["win_rate_high.model.tiny-llama"]
+    assert "(paired Newcombe 95%)" in printed and "refusal rate of aligned: " in printed and "(Wilson 95%)" in printed
     benign_frame = pd.read_parquet(folder / "benign_judgements.parquet")
     assert list(benign_frame["prompt"]) == PROMPTS[1::2]  # benign prompts answered by both policies, judged for refusal
     for name, column in [("aligned", "refusal_policy"), ("tiny-llama", "refusal_opponent")]:
