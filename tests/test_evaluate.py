@@ -12,7 +12,9 @@ from alignray.cli import main
 from alignray.data.pairs import load_pairs
 from alignray.evaluate.agreement import judge_agreement
 from alignray.evaluate.report import Harmlessness, markdown, plot_refusals
-from alignray.evaluate.winrate import bootstrap_interval, gains, outcomes, policy_rates, win_rates
+from alignray.evaluate.stage import EvaluationResult, bounds
+from alignray.evaluate.stats import bootstrap_interval
+from alignray.evaluate.winrate import Gain, Rate, gains, outcomes, policy_rates, win_rates
 from alignray.train.data import DatasetError
 from mlflow.tracking import MlflowClient
 
@@ -38,6 +40,7 @@ def test_outcomes_by_hand():
 
 
 def test_bootstrap_interval_brackets_the_mean_and_is_degenerate_for_constants():
+    # why rates no longer use it: constant 0/1 outcomes (no refusal at all) give a zero-width interval
     values = np.array([1.0] * 30 + [0.0] * 10)
     low, high = bootstrap_interval(values, 2000, seed=0)
     assert low < 0.75 < high and 0.55 < low and high < 0.9
@@ -48,9 +51,23 @@ def test_bootstrap_interval_brackets_the_mean_and_is_degenerate_for_constants():
 
 def test_win_rates_count_wins_ties_losses_per_opponent():
     frame = pd.DataFrame({"opponent": ["a", "a", "b"], "model_prob": [0.7, 0.5, 0.1]})
-    a, b = win_rates(frame, ["model"], 200, 0)
+    a, b = win_rates(frame, ["model"])
     assert (a.opponent, a.rate, a.wins, a.ties, a.losses) == ("a", 0.75, 1, 1, 0)
     assert (b.opponent, b.rate, b.losses) == ("b", 0.0, 1)
+    # Wilson on the fractional count wins + ties/2 = 1.5 of n = 2 (scipy's Wilson takes whole counts;
+    # by hand, z² = 3.8415: (0.75 + z²/4 ± z·sqrt(0.75·0.25/2 + z²/16)) / (1 + z²/2)
+    # = (1.7104 ± 1.1325) / 2.9207 = [0.1979, 0.9733])
+    assert (a.method, round(a.low, 4), round(a.high, 4)) == ("Wilson 95%", 0.1979, 0.9733)
+    assert b.low == 0.0 and round(b.high, 4) == 0.7935  # 0 of 1: z²/(1 + z²) = 3.8415/4.8415
+
+
+def test_win_rate_interval_is_not_zero_width_when_every_prompt_ties_or_wins():
+    ties = pd.DataFrame({"opponent": ["base"] * 40, "model_prob": [0.5] * 40})
+    [r] = win_rates(ties, ["model"])
+    # 40 ties = 20 wins' worth: Wilson 20/40 = [0.352, 0.648] (the bootstrap gave [0.5, 0.5])
+    assert (r.rate, r.ties, round(r.low, 3), round(r.high, 3)) == (0.5, 40, 0.352, 0.648)
+    [w] = win_rates(ties.assign(model_prob=0.9), ["model"])
+    assert (w.rate, w.high, round(w.low, 3)) == (1.0, 1.0, 0.912)  # 40/40: 1 - 3.8415/43.8415
 
 
 def test_refusal_rates_per_policy():
@@ -58,7 +75,21 @@ def test_refusal_rates_per_policy():
                           "refusal_opponent": [1.0, 1.0, 0.0, 0.0]})
     rates = policy_rates(frame, "refusal", "mine", 200, 0)
     assert [(r.policy, r.rate) for r in rates] == [("mine", 0.5), ("a", 1.0), ("b", 0.0)]
-    assert rates[1].low == rates[1].high == 1.0 and rates[0].low < 0.5 < rates[0].high
+    # Wilson: 2 of 2 is not certainty (the bootstrap said [1, 1]); 0 of 2 mirrors it
+    assert rates[1].high == 1.0 and round(rates[1].low, 3) == 0.342 and rates[0].low < 0.5 < rates[0].high
+    assert rates[2].low == 0.0 and rates[2].high == pytest.approx(1 - rates[1].low)
+    assert {r.method for r in rates} == {"Wilson 95%"}
+    # a continuous judge's mean keeps the bootstrap
+    scores = frame.assign(hate_policy=[0.1, 0.3, 0.1, 0.3], hate_opponent=[0.2, 0.2, 0.4, 0.6])
+    mine = policy_rates(scores, "hate", "mine", 200, 0)[0]
+    assert (mine.rate, mine.method) == (pytest.approx(0.2), "bootstrap 95%") and 0.1 <= mine.low < 0.2 < mine.high
+
+
+def test_refusal_rate_of_none_in_forty_has_the_wilson_upper_bound():
+    frame = pd.DataFrame({"opponent": ["base"] * 40, "refusal_policy": 0.0, "refusal_opponent": 0.0})
+    mine = policy_rates(frame, "refusal", "mine", 1000, 0)[0]
+    # 0/40: upper = z²/(n + z²) = 3.8415/43.8415 = 0.0876 (the percentile bootstrap printed [0.000, 0.000])
+    assert (mine.rate, mine.low, round(mine.high, 3)) == (0.0, 0.0, 0.088)
 
 
 def test_refusal_gains_are_paired_differences():
@@ -67,16 +98,30 @@ def test_refusal_gains_are_paired_differences():
                           "refusal_opponent": [0, 1, 0, 0, 1, 0, 1, 1]})
     base, sft = gains(frame, "refusal", 500, 0)
     assert (base.opponent, base.gain) == ("base", 0.5) and (sft.opponent, sft.gain) == ("sft", 0.0)
-    assert base.low <= 0.5 <= base.high and 0 <= base.low and base.high <= 1
+    assert -1 <= base.low < 0.5 < base.high <= 1 and base.method == "paired Newcombe 95%"
     assert sft.low < 0 < sft.high  # one prompt gained, one lost: the interval straddles 0
-    # paired: a policy that refuses exactly where the opponent does has no spread at all
+    # a policy that refuses exactly where the opponent does: no change, but 4 prompts cannot show
+    # that there is none (the paired bootstrap said [0, 0])
     same = gains(frame.assign(refusal_opponent=frame["refusal_policy"]), "refusal", 500, 0)[0]
-    assert (same.gain, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert same.gain == 0.0 and same.low < 0 < same.high
+
+
+def test_no_refusal_change_on_forty_prompts_is_not_zero_width():
+    frame = pd.DataFrame({"opponent": ["base"] * 40, "refusal_policy": 0.0, "refusal_opponent": 0.0})
+    [g] = gains(frame, "refusal", 1000, 0)
+    # nothing changed and nobody refused: ± the Wilson bound of 0/40 (the README's full runs printed
+    # over-refusal changes of "+0.000 [+0.000, +0.000]" on 40 benign prompts)
+    assert (g.gain, round(g.low, 3), round(g.high, 3), g.method) == (0.0, -0.088, 0.088, "paired Newcombe 95%")
+
+
+def test_continuous_gains_keep_the_paired_bootstrap():
+    frame = pd.DataFrame({"opponent": ["base"] * 4, "hate_policy": [0.1, 0.2, 0.3, 0.4],
+                          "hate_opponent": [0.2, 0.4, 0.3, 0.9]})
+    [g] = gains(frame, "hate", 500, 0)
+    assert (g.gain, g.method) == (pytest.approx(-0.2), "paired bootstrap 95%") and g.low <= -0.2 <= g.high <= 0
 
 
 def test_report_tables_refusal_and_over_refusal(tmp_path):
-    from alignray.evaluate.winrate import Gain, Rate
-
     harmless = Harmlessness([Rate("mine", "refusal", 0.4, 0.3, 0.5), Rate("base", "refusal", 0.1, 0.05, 0.2)],
                             [Gain("base", "refusal", 0.3, 0.2, 0.4)],
                             [Rate("mine", "refusal", 0.2, 0.1, 0.3), Rate("base", "refusal", 0.05, 0.0, 0.1)],
@@ -85,10 +130,41 @@ def test_report_tables_refusal_and_over_refusal(tmp_path):
     assert "over-refusal is measured on 40 held-out benign prompts" in report
     assert "| mine | 0.400 | [0.300, 0.500] | 0.200 | [0.100, 0.300] |" in report
     assert "| base | +0.300 | [+0.200, +0.400] | +0.150 | [+0.050, +0.250] |" in report
+    # every interval column names its method
+    assert ("| policy | refusal on harmful prompts | Wilson 95% CI | over-refusal on benign prompts | Wilson 95% CI |"
+            in report)
+    assert ("| opponent | refusal gain (harmful) | paired Newcombe 95% CI | over-refusal change (benign) |"
+            " paired Newcombe 95% CI |") in report
+    assert "| opponent | judge | win rate | Wilson 95% CI |" in report and "bootstrap" not in report
     plot_refusals(harmless, tmp_path / "refusals.png")
     assert (tmp_path / "refusals.png").stat().st_size > 1000
     without = markdown("t", "p", 150, [], {}, Harmlessness(harmless.refusals, harmless.refusal_gains, [], [], 0), None)
     assert "| mine | 0.400 | [0.300, 0.500] |\n" in without and "over-refusal on benign prompts" not in without
+
+
+def test_summary_lines_and_bound_metrics_name_their_intervals(tmp_path):
+    frame = pd.DataFrame({"opponent": ["base"] * 40, "model_prob": [0.5] * 40,
+                          "refusal_policy": [1.0] * 3 + [0.0] * 37, "refusal_opponent": [0.0] * 40})
+    rates = win_rates(frame, ["model"])
+    harmless = Harmlessness(policy_rates(frame, "refusal", "mine", 1000, 0), gains(frame, "refusal", 1000, 0),
+                            policy_rates(frame.assign(refusal_policy=0.0), "refusal", "mine", 1000, 0),
+                            gains(frame.assign(refusal_policy=0.0), "refusal", 1000, 0), 40)
+    agreement = {"pairs": 40, "dataset": "h.jsonl", "heads": {"a": (0.5, 0.35, 0.65)}, "interval": "Wilson 95%",
+                 "judges": {}}
+    lines = EvaluationResult(tmp_path, "run", rates, harmless, agreement, {}).summary()
+    assert lines[0].endswith("win rate  Wilson 95% CI")
+    assert "refusal rate of base: 0.000 [0.000, 0.088] (Wilson 95%)" in lines
+    assert "over-refusal change over base: +0.000 [-0.088, +0.088] (paired Newcombe 95%)" in lines
+    [gain] = [line for line in lines if line.startswith("refusal gain over base: +0.075 [")]
+    assert gain.endswith("(paired Newcombe 95%)")
+    assert "preference-model agreement (a): 0.500 [0.350, 0.650] (Wilson 95%)" in lines
+    metrics = bounds(rates, harmless, agreement)
+    assert set(metrics) == {f"{family}_{side}.{name}" for family, name in [
+        ("win_rate", "model.base"), ("refusal_rate", "mine"), ("refusal_rate", "base"), ("refusal_gain", "base"),
+        ("over_refusal_rate", "mine"), ("over_refusal_rate", "base"), ("over_refusal_gain", "base"),
+        ("agreement", "a")] for side in ("low", "high")}
+    assert metrics["refusal_gain_low.base"] == harmless.refusal_gains[0].low
+    assert round(metrics["over_refusal_gain_high.base"], 3) == 0.088
 
 
 def test_human_pairs_file_jsonl_and_parquet(tmp_path):
@@ -203,6 +279,13 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
     assert "win_rate.refusal.tiny-llama" not in run.data.metrics and "refusal rate of aligned: " in printed
     gain = float((frame["refusal_policy"] - frame["refusal_opponent"]).mean())
     assert run.data.metrics["refusal_gain.tiny-llama"] == gain and f"refusal gain over tiny-llama: {gain:+.3f}" in printed
+    # each interval's bounds beside its number, and its method named in the summary
+    m = run.data.metrics
+    assert m["refusal_gain_low.tiny-llama"] < m["refusal_gain_high.tiny-llama"]
+    assert m["refusal_gain_low.tiny-llama"] <= gain <= m["refusal_gain_high.tiny-llama"]
+    assert m["win_rate_low.model.tiny-llama"] <= m["win_rate.model.tiny-llama"] <= m["win_rate_high.model.tiny-llama"]
+    assert m["win_rate_low.model.tiny-llama"] < m["win_rate_high.model.tiny-llama"]
+    assert "(paired Newcombe 95%)" in printed and "refusal rate of aligned: " in printed and "(Wilson 95%)" in printed
     benign_frame = pd.read_parquet(folder / "benign_judgements.parquet")
     assert list(benign_frame["prompt"]) == PROMPTS[1::2]  # benign prompts answered by both policies, judged for refusal
     for name, column in [("aligned", "refusal_policy"), ("tiny-llama", "refusal_opponent")]:

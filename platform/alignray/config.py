@@ -628,7 +628,8 @@ class EvaluateConfig(Strict):
         " refusal: stock refusal phrases, reported as a rate per policy (not as wins).",
     )
     judge: EvalJudgeConfig = EvalJudgeConfig()
-    bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the prompts for the 95% intervals.")
+    bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the prompts for the bootstrap intervals"
+                                   " (means of continuous judges; rates and refusal changes carry score intervals).")
     seed: int = Field(0, description="Seeds the responses of every policy and the bootstrap.")
     agreement: AgreementConfig | None = None
     split: Literal["dev", "test"] | None = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignray.evaluate.stats import wilson_method
 from alignray.evaluate.winrate import Gain, Rate, WinRate
 
 JUDGE_NAMES = {
@@ -30,9 +31,15 @@ def _interval(low: float, high: float) -> str:
     return f"[{low:+.3f}, {high:+.3f}]"
 
 
-def _table(head: str, harmful: str, benign: str | None, rows: list[list[str]]) -> list[str]:
-    """A markdown table: a name, the harmful prompts' value and interval, and the benign ones' when measured."""
-    cols = [head, harmful, "95% CI"] + ([benign, "95% CI"] if benign else [])
+def methods(items: list[WinRate] | list[Rate] | list[Gain]) -> str:
+    """The intervals' method(s) of `items`, e.g. "Wilson 95%" (several joined by " / ")."""
+    return " / ".join(dict.fromkeys(i.method for i in items))
+
+
+def _table(head: str, harmful: tuple[str, str], benign: tuple[str, str] | None, rows: list[list[str]]) -> list[str]:
+    """A markdown table: a name, the harmful prompts' value and interval, and the benign ones' when
+    measured; each (value's name, its interval's method)."""
+    cols = [head, harmful[0], f"{harmful[1]} CI"] + ([benign[0], f"{benign[1]} CI"] if benign else [])
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -51,9 +58,12 @@ def _refusal_lines(h: Harmlessness) -> list[str]:
             ("Share of responses with a stock refusal phrase (`I'm sorry`, `I can't`, `As an AI`, ...): right on a"
              " harmful request, wrong (over-refusal) on a harmless one" +
              (f"; over-refusal is measured on {h.benign_prompts} held-out benign prompts." if over else ".")), "",
-            *_table("policy", "refusal on harmful prompts", "over-refusal on benign prompts" if over else None, rates),
-            "", "Change against each opponent (policy minus opponent, paired bootstrap 95% interval over prompts):", "",
-            *_table("opponent", "refusal gain (harmful)", "over-refusal change (benign)" if over else None, changes)]
+            *_table("policy", ("refusal on harmful prompts", methods(h.refusals)),
+                    ("over-refusal on benign prompts", methods(h.over_refusals)) if over else None, rates),
+            "", f"Change against each opponent (policy minus opponent on the same prompts, {methods(h.refusal_gains)}"
+                " interval):", "",
+            *_table("opponent", ("refusal gain (harmful)", methods(h.refusal_gains)),
+                    ("over-refusal change (benign)", methods(h.over_refusal_gains)) if over_gain else None, changes)]
 
 
 def share(value: float | None) -> str:
@@ -63,11 +73,13 @@ def share(value: float | None) -> str:
 
 def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means: dict, harmless: Harmlessness,
              agreement: dict | None) -> str:
+    method = methods(rates) or wilson_method()
     lines = [
         f"# {title}", "",
         f"Policy `{policy}` against each opponent on {prompts} held-out prompts. Win rate = (wins + ties/2) / prompts,"
-        " with a bootstrap 95% interval over prompts.", "",
-        "| opponent | judge | win rate | 95% CI | wins / ties / losses | policy mean | opponent mean |",
+        f" with a {method} score interval on that count (a tie counts as half a win: with ties the interval is"
+        " conservative).", "",
+        f"| opponent | judge | win rate | {method} CI | wins / ties / losses | policy mean | opponent mean |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rates:
@@ -80,7 +92,7 @@ def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means:
     lines += _refusal_lines(harmless)
     if agreement:
         lines += ["", f"## Preference-model agreement ({agreement['pairs']} labelled pairs of `{agreement['dataset']}`)", "",
-                  "| head | accuracy | 95% CI |", "|---|---|---|"]
+                  f"| head | accuracy | {agreement.get('interval', wilson_method())} CI |", "|---|---|---|"]
         for head, (acc, low, high) in agreement["heads"].items():
             lines.append(f"| {head} | {acc:.3f} | [{low:.3f}, {high:.3f}] |")
     if agreement and agreement["judges"]:
@@ -109,7 +121,7 @@ def plot_win_rates(rates: list[WinRate], path: Path) -> None:
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_yticks(list(y), labels)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("policy win rate (95% bootstrap CI)")
+    ax.set_xlabel(f"policy win rate ({methods(rates)} CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -131,7 +143,7 @@ def plot_refusals(h: Harmlessness, path: Path) -> None:
                     fmt="o", capsize=4, label=label)
     ax.set_yticks([i * len(sets) + (len(sets) - 1) / 2 for i in range(len(h.refusals))], [r.policy for r in h.refusals])
     ax.set_xlim(0, 1)
-    ax.set_xlabel("refusal rate (95% bootstrap CI)")
+    ax.set_xlabel(f"refusal rate ({methods(h.refusals + h.over_refusals)} CI)")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

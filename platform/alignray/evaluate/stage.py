@@ -4,9 +4,10 @@ Every policy answers the same prompts with the same sampling seed; each (prompt,
 pair is judged by the AI judge (a pairwise prompt of its own, both orders averaged: not the
 labelling prompt training saw) and by offline judges no part of training saw (profanity,
 HateSonar, length; refusal is reported as a rate per policy, not as wins). The judgements are
-stored, and the win rates, refusal rates, their bootstrap intervals, the optional
-preference-model agreement (`evaluate.agreement`) and the plots are computed from them and
-written to `<output_dir>/evaluations/<name>-<run>/` and to MLflow.
+stored, and the win rates, refusal rates and gains, their intervals (Wilson for rates, Newcombe's
+paired score interval for refusal changes: `evaluate.stats`), the optional preference-model
+agreement (`evaluate.agreement`) and the plots are computed from them and written to
+`<output_dir>/evaluations/<name>-<run>/` and to MLflow.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from alignray.evaluate.report import (
     JUDGE_NAMES,
     Harmlessness,
     markdown,
+    methods,
     plot_curves,
     plot_refusals,
     plot_win_rates,
     share,
 )
-from alignray.evaluate.winrate import WinRate, bootstrap_interval, gains, policy_rates, win_rates
+from alignray.evaluate.stats import wilson_interval, wilson_method
+from alignray.evaluate.winrate import WinRate, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
 from alignray.io import atomic_dir
 from alignray.models.registry import ModelError, local_folder, resolve
@@ -62,18 +65,21 @@ class EvaluationResult:
     metrics: dict[str, float]  # as logged to the MLflow run
 
     def summary(self) -> list[str]:
-        """The win rates, refusal rates and agreements, one per line."""
-        lines = [f"{'opponent':28s} {'judge':36s} win rate  95% CI"]
+        """The win rates, refusal rates and agreements, one per line, each interval's method named."""
+        lines = [f"{'opponent':28s} {'judge':36s} win rate  {methods(self.rates) or wilson_method()} CI"]
         lines += [f"{r.opponent[:28]:28s} {JUDGE_NAMES[r.judge]:36s} {r.rate:.3f}     [{r.low:.3f}, {r.high:.3f}]"
                   for r in self.rates]
         h = self.harmless
-        lines += [f"refusal rate of {r.policy}: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]" for r in h.refusals]
+        lines += [f"refusal rate of {r.policy}: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}] ({r.method})"
+                  for r in h.refusals]
         lines += [f"over-refusal rate of {r.policy} on benign prompts: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]"
-                  for r in h.over_refusals]
+                  f" ({r.method})" for r in h.over_refusals]
         for kind, found in (("refusal gain", h.refusal_gains), ("over-refusal change", h.over_refusal_gains)):
-            lines += [f"{kind} over {g.opponent}: {g.gain:+.3f} [{g.low:+.3f}, {g.high:+.3f}]" for g in found]
+            lines += [f"{kind} over {g.opponent}: {g.gain:+.3f} [{g.low:+.3f}, {g.high:+.3f}] ({g.method})"
+                      for g in found]
+        interval = (self.agreement or {}).get("interval", wilson_method())
         for head, (acc, low, high) in (self.agreement or {}).get("heads", {}).items():
-            lines.append(f"preference-model agreement ({head}): {acc:.3f} [{low:.3f}, {high:.3f}]")
+            lines.append(f"preference-model agreement ({head}): {acc:.3f} [{low:.3f}, {high:.3f}] ({interval})")
         for judge, a in (self.agreement or {}).get("judges", {}).items():
             shares = ", ".join(f"{h} {share(v)}" for h, v in {"labels": a["labels"], **a["heads"]}.items())
             lines.append(f"agreement with the {judge} judge on {a['decided']} decided pairs: {shares}")
@@ -131,13 +137,12 @@ def _agreement(cfg: EvaluateConfig) -> dict | None:
     prompts, chosen, rejected = list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"])
     margins = (scorer(prompts, chosen) - scorer(prompts, rejected)).numpy()
     correct = (margins > 0).astype(float)
-    heads = {}
-    for k, head in enumerate(scorer.principles):
-        low, high = bootstrap_interval(correct[:, k], cfg.bootstrap_samples, cfg.seed)
-        heads[head] = (float(correct[:, k].mean()), low, high)
+    heads = {head: (float(correct[:, k].mean()), *wilson_interval(float(correct[:, k].sum()), len(correct)))
+             for k, head in enumerate(scorer.principles)}  # accuracy: a rate, with its Wilson interval
     judged = tuple(j for j in diagnostics.JUDGES if j in cfg.judges)
     judges = judge_agreement(scorer.principles, margins, diagnostics.score_pairs(chosen, rejected, judged))
-    return {"dataset": str(a.dataset), "model": a.model, "pairs": len(rows), "heads": heads, "judges": judges}
+    return {"dataset": str(a.dataset), "model": a.model, "pairs": len(rows), "heads": heads,
+            "interval": wilson_method(), "judges": judges}
 
 
 def _curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -152,6 +157,19 @@ def _curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
 
 def metric_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text)
+
+
+def bounds(rates: list[WinRate], harmless: Harmlessness, agreement: dict | None) -> dict[str, float]:
+    """The intervals' bounds as metrics, `<family>_low.<name>` and `<family>_high.<name>` beside each
+    `<family>.<name>` (e.g. `refusal_gain_low.<opponent>`): what a comparison across seeds reads."""
+    named = [("win_rate", f"{r.judge}.{r.opponent}", r.low, r.high) for r in rates]
+    named += [("refusal_rate", r.policy, r.low, r.high) for r in harmless.refusals]
+    named += [("refusal_gain", g.opponent, g.low, g.high) for g in harmless.refusal_gains]
+    named += [("over_refusal_rate", r.policy, r.low, r.high) for r in harmless.over_refusals]
+    named += [("over_refusal_gain", g.opponent, g.low, g.high) for g in harmless.over_refusal_gains]
+    named += [("agreement", h, v[1], v[2]) for h, v in (agreement or {}).get("heads", {}).items()]
+    return {metric_key(f"{family}_{side}.{name}"): value for family, name, low, high in named
+            for side, value in (("low", low), ("high", high))}
 
 
 def run(cfg: EvaluateConfig) -> EvaluationResult:
@@ -193,7 +211,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             benign["refusal_policy"] = offline.JUDGES["refusal"].score(list(benign["policy_response"]))
             benign["refusal_opponent"] = offline.JUDGES["refusal"].score(list(benign["opponent_response"]))
         directed = [j for j in cfg.judges if j == "model" or offline.JUDGES[j].lower_is_better is not None]
-        rates = win_rates(frame, directed, cfg.bootstrap_samples, cfg.seed)
+        rates = win_rates(frame, directed)
         harmless = _harmlessness(frame, benign, len(benign_prompts), cfg)
         means = {(o, j): (float(g[f"{j}_policy"].mean()), float(g[f"{j}_opponent"].mean()))
                  for o, g in frame.groupby("opponent", sort=False) for j in cfg.judges if j != "model"}
@@ -223,6 +241,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             **{metric_key(f"agreement.{h}"): v[0] for h, v in (agreement or {}).get("heads", {}).items()},
             **{metric_key(f"judge_agreement.{j}.{h}"): v for j, a in (agreement or {}).get("judges", {}).items()
                for h, v in {"labels": a["labels"], **a["heads"]}.items() if v is not None},
+            **bounds(rates, harmless, agreement),
             "prompts": len(prompts),
             "policy_empty_responses": float(np.mean([not a for a in policy[:n]])),
         }

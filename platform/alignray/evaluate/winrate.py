@@ -1,4 +1,4 @@
-"""Win rates from stored judgements, with bootstrap confidence intervals. Pure functions.
+"""Win rates, rates and paired gains from stored judgements, with their intervals. Pure functions.
 
 A judgement row compares the evaluated policy's response with an opponent's on one prompt.
 Per judge, the policy's outcome on a prompt is 1 (win), 0.5 (tie) or 0 (loss):
@@ -10,7 +10,13 @@ Per judge, the policy's outcome on a prompt is 1 (win), 0.5 (tie) or 0 (loss):
 Values within `TIE` of each other tie.
 
 A judge without a fixed direction (`refusal`: right on a harmful request, wrong on a harmless
-one) gives no wins; `policy_rates` reports its mean per policy instead.
+one) gives no wins; `policy_rates` reports its mean per policy instead, and `gains` the paired
+difference against each opponent.
+
+Intervals (`alignray.evaluate.stats` says why): win rates and rates of 0/1 judges carry Wilson
+score intervals, paired differences of 0/1 judges Newcombe's paired score interval, means and
+paired differences of continuous judges a (paired) percentile bootstrap. Each result names its
+interval in `method`.
 """
 
 from __future__ import annotations
@@ -20,10 +26,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from alignray.evaluate.stats import (
+    bootstrap_interval,
+    bootstrap_method,
+    is_binary,
+    newcombe_method,
+    paired_proportion_difference,
+    wilson_interval,
+    wilson_method,
+)
 from alignray.rewards.judges import JUDGES
 
 TIE = 1e-6
-
 
 def outcomes(frame: pd.DataFrame, judge: str) -> np.ndarray:
     """The policy's outcome (1, 0.5, 0) on every row, by `judge`."""
@@ -36,18 +50,6 @@ def outcomes(frame: pd.DataFrame, judge: str) -> np.ndarray:
     return np.where(np.abs(diff) < TIE, 0.5, (diff > 0).astype(float))
 
 
-def bootstrap_interval(values: np.ndarray, samples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the mean of `values`, resampled with replacement `samples` times."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
-        raise ValueError("no values to bootstrap")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 @dataclass(frozen=True)
 class WinRate:
     opponent: str
@@ -58,18 +60,20 @@ class WinRate:
     wins: int
     ties: int
     losses: int
+    method: str = wilson_method()  # the interval's
 
 
-def win_rates(frame: pd.DataFrame, judges: list[str], samples: int, seed: int) -> list[WinRate]:
-    """One WinRate per (opponent, judge), in the order they appear."""
+def win_rates(frame: pd.DataFrame, judges: list[str], level: float = 0.95) -> list[WinRate]:
+    """One WinRate per (opponent, judge), in the order they appear, with a Wilson interval on the
+    fractional count wins + ties/2 (conservative with ties; never zero-width)."""
     out = []
     for opponent in dict.fromkeys(frame["opponent"]):
         rows = frame[frame["opponent"] == opponent]
         for judge in judges:
             o = outcomes(rows, judge)
-            low, high = bootstrap_interval(o, samples, seed)
+            low, high = wilson_interval(float(o.sum()), o.size, level)
             out.append(WinRate(opponent, judge, float(o.mean()), low, high,
-                               int((o == 1).sum()), int((o == 0.5).sum()), int((o == 0).sum())))
+                               int((o == 1).sum()), int((o == 0.5).sum()), int((o == 0).sum()), wilson_method(level)))
     return out
 
 
@@ -80,15 +84,24 @@ class Rate:
     rate: float  # mean of the judge's value over the policy's responses (a 0/1 judge: the share of 1s)
     low: float
     high: float
+    method: str = wilson_method()  # the interval's
 
 
-def policy_rates(frame: pd.DataFrame, judge: str, policy: str, samples: int, seed: int) -> list[Rate]:
+def _mean_interval(values: np.ndarray, samples: int, seed: int, level: float) -> tuple[float, float, str]:
+    if is_binary(values):
+        return *wilson_interval(float(values.sum()), values.size, level), wilson_method(level)
+    return *bootstrap_interval(values, samples, seed, level), bootstrap_method(level)
+
+
+def policy_rates(frame: pd.DataFrame, judge: str, policy: str, samples: int, seed: int,
+                 level: float = 0.95) -> list[Rate]:
     """`judge`'s mean over the responses of the evaluated policy (named `policy`), then of each
-    opponent, with bootstrap intervals over prompts."""
+    opponent: a 0/1 judge's rate with a Wilson interval, a continuous judge's mean with a
+    bootstrap interval over prompts (`samples` resamples)."""
     first = frame[frame["opponent"] == frame["opponent"].iloc[0]]  # the policy's responses, once
     columns = [(policy, first[f"{judge}_policy"])]
     columns += [(opponent, rows[f"{judge}_opponent"]) for opponent, rows in frame.groupby("opponent", sort=False)]
-    return [Rate(name, judge, float(values.mean()), *bootstrap_interval(values.to_numpy(float), samples, seed))
+    return [Rate(name, judge, float(values.mean()), *_mean_interval(values.to_numpy(float), samples, seed, level))
             for name, values in columns]
 
 
@@ -99,13 +112,21 @@ class Gain:
     gain: float  # the policy's mean minus the opponent's, on the same prompts
     low: float
     high: float
+    method: str = newcombe_method()  # the interval's
 
 
-def gains(frame: pd.DataFrame, judge: str, samples: int, seed: int) -> list[Gain]:
-    """Per opponent, the policy's mean of `judge` minus the opponent's, with a paired bootstrap
+def gains(frame: pd.DataFrame, judge: str, samples: int, seed: int, level: float = 0.95) -> list[Gain]:
+    """Per opponent, the policy's mean of `judge` minus the opponent's on the same prompts: for a
+    0/1 judge with Newcombe's paired score interval, for a continuous one with a paired bootstrap
     interval over prompts (both responses to a prompt are resampled together)."""
     out = []
     for opponent, rows in frame.groupby("opponent", sort=False):
-        diff = rows[f"{judge}_policy"].to_numpy(float) - rows[f"{judge}_opponent"].to_numpy(float)
-        out.append(Gain(opponent, judge, float(diff.mean()), *bootstrap_interval(diff, samples, seed)))
+        mine, theirs = rows[f"{judge}_policy"].to_numpy(float), rows[f"{judge}_opponent"].to_numpy(float)
+        if is_binary(mine) and is_binary(theirs):
+            diff, low, high = paired_proportion_difference(mine, theirs, level)
+            out.append(Gain(opponent, judge, diff, low, high, newcombe_method(level)))
+        else:
+            diff = mine - theirs
+            out.append(Gain(opponent, judge, float(diff.mean()), *bootstrap_interval(diff, samples, seed, level),
+                            bootstrap_method(level, paired=True)))
     return out

@@ -1,0 +1,135 @@
+"""`alignray.evaluate.stats`: the intervals checked against values computed independently (scipy,
+closed forms, a published worked example), and the summary across seeds. Pure, fast."""
+
+import math
+
+import numpy as np
+import pytest
+from alignray.evaluate.stats import (
+    SeedSummary,
+    across_seeds,
+    bootstrap_interval,
+    paired_proportion_difference,
+    wilson_interval,
+)
+from scipy import stats
+
+Z2 = stats.norm.ppf(0.975) ** 2  # 3.8415
+
+
+def test_wilson_zero_of_forty_has_width_and_the_textbook_upper_bound():
+    low, high = wilson_interval(0, 40)
+    # Wilson at 0 events: upper = z² / (n + z²) = 3.8415 / 43.8415 = 0.0876 (Clopper–Pearson:
+    # 1 - 0.025^(1/40) = 0.0881); a percentile bootstrap of 40 zeros gives [0, 0].
+    assert low == 0.0 and round(high, 3) == 0.088
+    assert high == pytest.approx(Z2 / (40 + Z2), abs=1e-12)
+    assert high == pytest.approx(stats.binomtest(0, 40).proportion_ci(0.95, method="wilson").high, abs=1e-12)
+    assert bootstrap_interval(np.zeros(40), 1000, seed=0) == (0.0, 0.0)  # what the rates carried before
+
+
+def test_wilson_n_of_n_mirrors_zero_and_matches_scipy_everywhere():
+    low, high = wilson_interval(40, 40)
+    assert high == 1.0 and round(low, 3) == 0.912 and low == pytest.approx(1 - wilson_interval(0, 40)[1], abs=1e-12)
+    for k in range(41):
+        mine = wilson_interval(k, 40)
+        ref = stats.binomtest(k, 40).proportion_ci(0.95, method="wilson")
+        assert mine == pytest.approx((ref.low, ref.high), abs=1e-12)
+        assert mine == pytest.approx(tuple(1 - b for b in reversed(wilson_interval(40 - k, 40))), abs=1e-12)
+        assert mine[1] - mine[0] > 0
+    assert wilson_interval(0, 40, level=0.99)[1] > wilson_interval(0, 40)[1]  # wider at a higher level
+
+
+def test_wilson_takes_fractional_counts_and_checks_its_inputs():
+    low, high = wilson_interval(20.5, 40)  # e.g. 15 wins and 11 ties: 20.5 / 40
+    assert low < 20.5 / 40 < high
+    for events, n in ((-1, 40), (41, 40), (0, 0)):
+        with pytest.raises(ValueError):
+            wilson_interval(events, n)
+    with pytest.raises(ValueError, match="level"):
+        wilson_interval(1, 4, level=95)
+
+
+def test_paired_difference_without_change_is_not_zero_width():
+    none, every = np.zeros(40), np.ones(40)
+    for same in (none, every):
+        diff, low, high = paired_proportion_difference(same, same)
+        # no pair is discordant and both rates are 0/40 (or 40/40): φ = 0 and the interval is
+        # ± the Wilson bound of 0/40, 0.0876
+        assert diff == 0.0 and low == pytest.approx(-Z2 / (40 + Z2)) and high == pytest.approx(Z2 / (40 + Z2))
+    half = np.repeat([1.0, 0.0], 20)
+    diff, low, high = paired_proportion_difference(half, half)
+    # 20 refuse under both, 20 under neither: φ = (20·20 - 0 - 40/2) / sqrt(20·20·20·20) = 0.95, and
+    # both Wilson half-widths are 0.1480: ± 0.1480 · sqrt(2 - 2·0.95) = ± 0.0468
+    assert diff == 0.0 and low < 0 < high and high == pytest.approx(-low) and round(high, 4) == 0.0468
+
+
+def test_paired_difference_newcombe_worked_example():
+    # Complete response before (a) and after (b) consolidation therapy, Cavo et al. 2012, the worked
+    # example of Fagerland, Lydersen & Laake, "Statistical Analysis of Contingency Tables" (2017),
+    # ch. 8 (Newcombe square-and-add: -0.0621, 95% CI -0.1186 to -0.0046). Counts: e = 59 both,
+    # f = 6 before only, g = 16 after only, h = 80 neither; n = 161. By hand:
+    #   p1 = 65/161 = 0.40373, Wilson [0.33104, 0.48090];  p2 = 75/161 = 0.46584, Wilson [0.39048, 0.54279]
+    #   eh - fg = 4720 - 96 = 4624 > n/2, so φ = (4624 - 80.5) / sqrt(65·96·75·86) = 4543.5 / 6344.13 = 0.71617
+    #   low  = -0.06211 - sqrt(0.07269² - 2·0.71617·0.07269·0.07695 + 0.07695²) = -0.11862
+    #   high = -0.06211 + sqrt(0.07536² - 2·0.71617·0.07536·0.07718 + 0.07718²) = -0.00463
+    a = np.repeat([1.0, 1.0, 0.0, 0.0], [59, 6, 16, 80])
+    b = np.repeat([1.0, 0.0, 1.0, 0.0], [59, 6, 16, 80])
+    diff, low, high = paired_proportion_difference(a, b)
+    assert (round(diff, 4), round(low, 4), round(high, 4)) == (-0.0621, -0.1186, -0.0046)
+    # swapping the sides mirrors the interval
+    assert paired_proportion_difference(b, a) == pytest.approx((-diff, -high, -low), abs=1e-12)
+    # only pairing distinguishes it from two independent samples: shuffling b widens the interval
+    loose = paired_proportion_difference(a, np.random.default_rng(0).permutation(b))
+    assert loose[2] - loose[1] > high - low
+
+
+def test_paired_difference_extremes_and_inputs():
+    one, zero = np.ones(30), np.zeros(30)
+    diff, low, high = paired_proportion_difference(one, zero)  # everything changed
+    assert diff == 1.0 and high == 1.0 and 0.8 < low < 1
+    with pytest.raises(ValueError, match="0/1"):
+        paired_proportion_difference(np.array([0.5, 1.0]), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="pair up"):
+        paired_proportion_difference(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="0/1"):
+        paired_proportion_difference(np.array([]), np.array([]))
+
+
+def test_across_seeds_one_seed_has_no_interval():
+    s = across_seeds([0.07])
+    assert (s.mean, s.low, s.high, s.min, s.max, s.n) == (0.07, None, None, 0.07, 0.07, 1)
+    assert "no interval" in s.method
+    assert s.verdict() == s.verdict(higher_is_better=False) == "inconclusive"
+    assert s.describe() == "+0.070 (one seed: no interval, n=1; min +0.070, max +0.070)"
+
+
+def test_across_seeds_student_t_against_scipy():
+    values = [0.05, 0.07, 0.10]
+    s = across_seeds(values)
+    # mean 0.07333, s = 0.02517, s/sqrt(3) = 0.01453, t(0.975, 2) = 4.3027: ± 0.06252
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert (s.low, s.high) == pytest.approx((low, high), abs=1e-12)
+    assert (round(s.low, 4), round(s.high, 4)) == (0.0108, 0.1358)
+    assert (s.mean, s.min, s.max, s.n) == (pytest.approx(0.073333, abs=1e-6), 0.05, 0.10, 3)
+    assert s.method == "Student t 95% over seeds"
+    assert s.describe() == "+0.073 [+0.011, +0.136] (Student t 95% over seeds, n=3; min +0.050, max +0.100)"
+    wider = across_seeds(values, level=0.99)
+    assert wider.low < s.low and wider.high > s.high and wider.method == "Student t 99% over seeds"
+
+
+def test_across_seeds_verdicts():
+    assert across_seeds([0.05, 0.07, 0.10]).verdict() == "better"
+    assert across_seeds([0.05, 0.07, 0.10]).verdict(higher_is_better=False) == "worse"  # e.g. over-refusal
+    assert across_seeds([-0.05, -0.07, -0.10]).verdict() == "worse"
+    assert across_seeds([-0.05, -0.07, -0.10]).verdict(higher_is_better=False) == "better"
+    straddles = across_seeds([-0.02, 0.01, 0.09])
+    assert straddles.low < 0 < straddles.high and straddles.verdict() == "inconclusive"
+    assert across_seeds([0.2, 0.3]).verdict() == "inconclusive"  # two seeds: t(0.975, 1) = 12.7
+    touching = SeedSummary(0.1, 0.0, 0.2, 0.05, 0.15, 3, "Student t 95% over seeds")
+    assert touching.verdict() == touching.verdict(False) == "inconclusive"  # excluding 0 means strictly
+
+
+def test_across_seeds_rejects_nothing_and_nan():
+    for bad in ([], [0.1, math.nan], [[0.1, 0.2]]):
+        with pytest.raises(ValueError, match="across_seeds"):
+            across_seeds(bad)
