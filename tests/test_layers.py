@@ -19,6 +19,7 @@ LAYERS = (
     "config",  # typed config (pydantic only)
     "configdoc",  # the config schemas described: `alignray config show`, the README tables
     "io",  # atomic writes
+    "stats",  # interval arithmetic: Wilson, paired Newcombe, bootstrap, across seeds (numpy, scipy)
     "data",  # conversations, prompt sources, pair files
     "principles",  # principle sets
     "cluster",  # Ray

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 from alignray.rewards.judges import JudgeError, refusal, refusal_kind
-from alignray.rewards.refusal_data import LabelledAnswer, Measure, load_labelled, measure, package_file, wilson_interval
+from alignray.rewards.refusal_data import LabelledAnswer, Measure, load_labelled, measure, package_file
+from alignray.stats import wilson_interval
 
 # Measured on pyrit 1.1.0's refusal.csv (dataset_version 1.2): 50 of 50 flagged answers are
 # refusals, 50 of 70 refusals are flagged. The test fails if either falls by more than MARGIN
@@ -44,7 +45,7 @@ def test_wilson_interval():
     low, high = wilson_interval(8, 10)
     assert round(low, 4) == 0.4902 and round(high, 4) == 0.9433  # the textbook example
     assert wilson_interval(50, 50)[1] == 1.0 and round(wilson_interval(50, 50)[0], 3) == 0.929
-    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(0, 20)[0] == 0.0 and Measure(0, 0, 0, 5).precision_interval == (0.0, 1.0)
 
 
 def test_loader_reads_comment_lines_and_quoted_newlines(tmp_path):

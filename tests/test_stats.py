@@ -1,11 +1,11 @@
-"""`alignray.evaluate.stats`: the intervals checked against values computed independently (scipy,
+"""`alignray.stats`: the intervals checked against values computed independently (scipy,
 closed forms, a published worked example), and the summary across seeds. Pure, fast."""
 
 import math
 
 import numpy as np
 import pytest
-from alignray.evaluate.stats import (
+from alignray.stats import (
     SeedSummary,
     across_seeds,
     bootstrap_interval,

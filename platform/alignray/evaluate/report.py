@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignray.evaluate.stats import wilson_method
+from alignray.stats import wilson_method
 from alignray.evaluate.winrate import Gain, Rate, WinRate
 
 JUDGE_NAMES = {

@@ -38,7 +38,7 @@ from alignray.evaluate.report import (
     plot_win_rates,
     share,
 )
-from alignray.evaluate.stats import wilson_interval, wilson_method
+from alignray.stats import wilson_interval, wilson_method
 from alignray.evaluate.winrate import WinRate, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
 from alignray.io import atomic_dir

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import mlflow
 
-from alignray.evaluate.stats import SeedSummary, across_seeds
+from alignray.stats import SeedSummary, across_seeds
 from alignray.io import atomic_dir
 
 SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sweep), and only it

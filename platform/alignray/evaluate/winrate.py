@@ -13,7 +13,7 @@ A judge without a fixed direction (`refusal`: right on a harmful request, wrong 
 one) gives no wins; `policy_rates` reports its mean per policy instead, and `gains` the paired
 difference against each opponent.
 
-Intervals (`alignray.evaluate.stats` says why): win rates and rates of 0/1 judges carry Wilson
+Intervals (`alignray.stats` says why): win rates and rates of 0/1 judges carry Wilson
 score intervals, paired differences of 0/1 judges Newcombe's paired score interval, means and
 paired differences of continuous judges a (paired) percentile bootstrap. Each result names its
 interval in `method`.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from alignray.evaluate.stats import (
+from alignray.stats import (
     bootstrap_interval,
     bootstrap_method,
     is_binary,

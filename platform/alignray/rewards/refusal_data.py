@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from alignray.rewards.judges import JudgeError, refusal
+from alignray.stats import wilson_interval
 
 PACKAGE = "pyrit"
 PIP_NAME = "pyrit==1.1.0"
@@ -67,16 +68,6 @@ def load_labelled(path: Path) -> list[LabelledAnswer]:
     return rows
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default); (0, 1) for no trials."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 class Measure(NamedTuple):
     """A binary judge against human labels, refusal the positive class."""
 
@@ -95,11 +86,13 @@ class Measure(NamedTuple):
 
     @property
     def precision_interval(self) -> tuple[float, float]:
-        return wilson_interval(self.true_pos, self.true_pos + self.false_pos)
+        flagged = self.true_pos + self.false_pos
+        return wilson_interval(self.true_pos, flagged) if flagged else (0.0, 1.0)
 
     @property
     def recall_interval(self) -> tuple[float, float]:
-        return wilson_interval(self.true_pos, self.true_pos + self.false_neg)
+        refusals = self.true_pos + self.false_neg
+        return wilson_interval(self.true_pos, refusals) if refusals else (0.0, 1.0)
 
     def summary(self) -> str:
         (pl, ph), (rl, rh) = self.precision_interval, self.recall_interval
