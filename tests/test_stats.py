@@ -133,3 +133,21 @@ def test_across_seeds_rejects_nothing_and_nan():
     for bad in ([], [0.1, math.nan], [[0.1, 0.2]]):
         with pytest.raises(ValueError, match="across_seeds"):
             across_seeds(bad)
+
+
+def test_seeds_that_agree_keep_their_prompts_interval():
+    """Three seeds with the same refusal gain: Student t alone is zero-width; with each seed's own
+    interval over prompts (half-width 0.0876, Newcombe for no change on 40 prompts) it is not."""
+    alone = across_seeds([0.0, 0.0, 0.0])
+    assert alone.low == alone.high == 0.0
+    widened = across_seeds([0.0, 0.0, 0.0], within=[0.0876] * 3)
+    assert (widened.low, widened.high) == (-0.0876, 0.0876) and "widened" in widened.method
+    assert widened.verdict() == "inconclusive"
+    spread = across_seeds([0.05, 0.10, 0.12], within=[0.03, 0.04, 0.05])
+    t_half = stats.t.ppf(0.975, 2) * np.std([0.05, 0.10, 0.12], ddof=1) / np.sqrt(3)
+    assert spread.high - spread.mean == pytest.approx(np.hypot(t_half, 0.04))
+    one = across_seeds([0.2], within=[0.05])
+    assert (one.low, one.high) == (pytest.approx(0.15), pytest.approx(0.25)) and one.verdict() == "inconclusive"
+    assert across_seeds([0.6, 0.62, 0.61], within=[0.01] * 3).verdict(reference=0.5) == "better"
+    with pytest.raises(ValueError, match="one half-width >= 0 per value"):
+        across_seeds([0.1, 0.2], within=[0.1])

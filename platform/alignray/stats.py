@@ -151,14 +151,15 @@ class SeedSummary:
     n: int
     method: str
 
-    def verdict(self, higher_is_better: bool = True) -> str:
-        """"better" when the interval excludes 0 on the good side, "worse" on the other side,
-        else "inconclusive" (always with fewer than two seeds)."""
-        if self.low is None or self.high is None:
+    def verdict(self, higher_is_better: bool = True, reference: float = 0.0) -> str:
+        """"better" when the interval excludes `reference` (no change: 0 for a gain, 0.5 for a
+        win rate) on the good side, "worse" on the other side, else "inconclusive" (always with
+        fewer than two seeds: one seed says nothing of the training's own randomness)."""
+        if self.low is None or self.high is None or self.n < 2:
             return "inconclusive"
-        if self.low > 0:
+        if self.low > reference:
             return "better" if higher_is_better else "worse"
-        if self.high < 0:
+        if self.high < reference:
             return "worse" if higher_is_better else "better"
         return "inconclusive"
 
@@ -169,9 +170,15 @@ class SeedSummary:
                 f" min {self.min:{fmt}}, max {self.max:{fmt}})")
 
 
-def across_seeds(values: Sequence[float], level: float = 0.95) -> SeedSummary:
+def across_seeds(values: Sequence[float], level: float = 0.95, within: Sequence[float] | None = None) -> SeedSummary:
     """Summarise one value per seed: mean ± t(level, n - 1) · s / sqrt(n), s the sample standard
-    deviation. With one seed: no interval (None bounds), and the method says so."""
+    deviation. With one seed: no interval (None bounds), and the method says so.
+
+    `within`: each seed's own interval half-width (its prompts' sampling error, e.g. a paired
+    Newcombe interval over prompts). Every seed answers the same prompts, so that error does not
+    shrink with more seeds: the half-width is then sqrt(t_half^2 + mean(within)^2), the seeds'
+    spread and the prompts' together. Seeds that agree exactly then still get the prompts'
+    interval instead of a zero-width one; one seed gets its prompts' interval alone."""
     from scipy.stats import t
 
     x = np.asarray(values, dtype=float)
@@ -180,7 +187,20 @@ def across_seeds(values: Sequence[float], level: float = 0.95) -> SeedSummary:
     if not np.isfinite(x).all():
         raise ValueError(f"across_seeds: non-finite values {x.tolist()}")
     mean, n = float(x.mean()), int(x.size)
+    prompts = None
+    if within is not None:
+        w = np.asarray(within, dtype=float)
+        if w.shape != x.shape or not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"across_seeds: within must be one half-width >= 0 per value, got {w.tolist()}")
+        prompts = float(w.mean())
     if n < 2:
-        return SeedSummary(mean, None, None, float(x.min()), float(x.max()), n, "one seed: no interval")
+        if prompts is None:
+            return SeedSummary(mean, None, None, float(x.min()), float(x.max()), n, "one seed: no interval")
+        return SeedSummary(mean, mean - prompts, mean + prompts, float(x.min()), float(x.max()), n,
+                           "one seed: its prompts' interval only")
     half = float(t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return SeedSummary(mean, mean - half, mean + half, float(x.min()), float(x.max()), n, student_t_method(level))
+    if prompts is None:
+        return SeedSummary(mean, mean - half, mean + half, float(x.min()), float(x.max()), n, student_t_method(level))
+    half = math.hypot(half, prompts)
+    return SeedSummary(mean, mean - half, mean + half, float(x.min()), float(x.max()), n,
+                       f"{student_t_method(level)}, widened by the seeds' mean prompt interval (root sum of squares)")

@@ -5,10 +5,11 @@ overrides and evaluate runs) or an MLflow experiment (its evaluate runs, grouped
 split, one value per seed: the `alignray.seed` tag of a pipeline run with a top-level `seed`).
 
 For each group and headline metric: the value of every seed, their mean, min–max and a 95%
-interval over seeds (`evaluate.stats.across_seeds`), and a verdict against no change (0 for a
-gain, 0.5 for a win rate): "better" or "worse" only when the interval excludes it, else
-"inconclusive". Every table names its split and, for a sweep, how many configurations were
-tried before the pick.
+interval over seeds (`alignray.stats.across_seeds`: Student t over the seeds, widened by the
+seeds' own intervals over prompts where the runs logged them), and a verdict against no change
+(0 for a gain, 0.5 for a win rate): "better" or "worse" only when the interval excludes it and
+there are two seeds or more, else "inconclusive". Every table names its split and, for a sweep,
+how many configurations were tried before the pick.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import mlflow
 
-from alignray.stats import SeedSummary, across_seeds
 from alignray.io import atomic_dir
+from alignray.stats import SeedSummary, across_seeds
 
 SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sweep), and only it
 TRIALS_ARTIFACT = "trials.json"
@@ -56,22 +57,33 @@ def headline(metric: str) -> tuple[str, float, bool] | None:
     return None
 
 
+def bounds_of(metric: str) -> tuple[str, str]:
+    """The names of a metric's own interval bounds in an evaluate run: refusal_gain.x ->
+    (refusal_gain_low.x, refusal_gain_high.x)."""
+    head, _, rest = metric.partition(".")
+    return f"{head}_low.{rest}", f"{head}_high.{rest}"
+
+
 def summarize(group: Group, metrics: list[str]) -> dict[str, tuple[SeedSummary, str]]:
-    """Per metric of the group: its across-seed summary (of the raw values) and the verdict."""
+    """Per metric of the group: its summary over seeds and the verdict against no change. Where
+    every seed's run has the metric's own interval (over prompts), the interval over seeds is
+    widened by it (`stats.across_seeds(within=...)`)."""
     out = {}
     for metric in metrics:
-        values = [m[metric] for m in group.metrics.values() if metric in m]
-        if not values:
+        runs = [m for m in group.metrics.values() if metric in m]
+        if not runs:
             continue
+        low, high = bounds_of(metric)
+        within = [(m[high] - m[low]) / 2 for m in runs] if all(low in m and high in m for m in runs) else None
+        summary = across_seeds([m[metric] for m in runs], within=within)
         spec = headline(metric)
-        base, higher = (spec[1], spec[2]) if spec else (0.0, True)
-        verdict = across_seeds([v - base for v in values]).verdict(higher)
-        out[metric] = (across_seeds(values), verdict)
+        reference, higher = (spec[1], spec[2]) if spec else (0.0, True)
+        out[metric] = (summary, summary.verdict(higher, reference))
     return out
 
 
 def _fmt(s: SeedSummary) -> str:
-    interval = "n/a (one seed)" if s.low is None else f"[{s.low:+.3f}, {s.high:+.3f}]"
+    interval = "no interval" if s.low is None else f"[{s.low:+.3f}, {s.high:+.3f}]"
     return f"{s.mean:+.3f} {interval}, {s.min:+.3f} to {s.max:+.3f}"
 
 
@@ -176,9 +188,9 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
                  "Evaluate runs grouped by pipeline and split; a seed is the pipeline's `seed` (else one run).", ""]
         for g in groups:
             lines += [f"## {g.label}, {g.split} split", "", *_table(g, metrics), ""]
-    lines += ["Intervals over seeds: " + _method(groups, metrics) + ". A verdict is \"better\" or \"worse\" only"
-              " when the interval excludes no change (0 for a gain, 0.5 for a win rate); otherwise"
-              " \"inconclusive\".", ""]
+    lines += ["Intervals over seeds: " + "; ".join(_methods(groups, metrics)) + ". A verdict is \"better\" or"
+              " \"worse\" only when the interval excludes no change (0 for a gain, 0.5 for a win rate) and there are at"
+              " least two seeds; otherwise \"inconclusive\".", ""]
     text = "\n".join(lines)
     target = output_dir / "reports" / name.replace("/", "-")
     with atomic_dir(target) as tmp:
@@ -187,12 +199,10 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
     return Report(name, text, target.resolve())
 
 
-def _method(groups: list[Group], metrics: list[str]) -> str:
-    for g in groups:
-        for s, _ in summarize(g, metrics).values():
-            if s.low is not None:
-                return s.method
-    return "none (every group has one seed)"
+def _methods(groups: list[Group], metrics: list[str]) -> list[str]:
+    """The interval methods the tables use, each once."""
+    found = [s.method for g in groups for s, _ in summarize(g, metrics).values()]
+    return list(dict.fromkeys(found)) or ["none"]
 
 
 def plot(groups: list[Group], metrics: list[str], path: Path) -> None:
@@ -212,7 +222,7 @@ def plot(groups: list[Group], metrics: list[str], path: Path) -> None:
             labels.append(f"{g.label[:40]} ({g.split})")
             if not values:
                 continue
-            s = across_seeds(values)
+            s = summarize(g, [metric])[metric][0]
             ax.scatter(values, [y] * len(values), s=12, color="grey", zorder=2)
             err = [[s.mean - s.low], [s.high - s.mean]] if s.low is not None else None
             ax.errorbar([s.mean], [y], xerr=err, fmt="o", capsize=4, zorder=3)
