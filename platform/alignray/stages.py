@@ -94,7 +94,9 @@ def _evaluate(cfg: EvaluateConfig) -> StageResult:
 
     result = run(cfg)
     lines = ["", *result.summary(), "", f"report:      {result.folder / 'report.md'}", f"MLflow run:  {result.run_id}"]
-    return StageResult(str(result.folder), result.run_id, result.metrics, tuple(lines))
+    warnings = [w for w in [result.diversity and result.diversity.warning()] if w]  # a degenerate policy
+    return StageResult(str(result.folder), result.run_id, result.metrics, tuple(lines), tuple(warnings),
+                       tuple(f"warning: {w}" for w in warnings))
 
 
 STAGES: dict[str, StageKind] = {

@@ -36,6 +36,7 @@ from alignray.evaluate.report import (
     plot_win_rates,
     share,
 )
+from alignray.evaluate.report import DiversityReport, diversity_report, diversity_summary
 from alignray.evaluate.winrate import WinRate, bootstrap_interval, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
 from alignray.io import atomic_dir
@@ -60,6 +61,7 @@ class EvaluationResult:
     harmless: Harmlessness  # refusal rates, when `refusal` is among the judges
     agreement: dict | None
     metrics: dict[str, float]  # as logged to the MLflow run
+    diversity: DiversityReport | None = None  # every policy's diversity figures and the collapse flag
 
     def summary(self) -> list[str]:
         """The win rates, refusal rates and agreements, one per line."""
@@ -77,6 +79,7 @@ class EvaluationResult:
         for judge, a in (self.agreement or {}).get("judges", {}).items():
             shares = ", ".join(f"{h} {share(v)}" for h, v in {"labels": a["labels"], **a["heads"]}.items())
             lines.append(f"agreement with the {judge} judge on {a['decided']} decided pairs: {shares}")
+        lines += diversity_summary(self.diversity)
         return lines
 
 
@@ -154,6 +157,31 @@ def metric_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text)
 
 
+# ---- diversity (alignray.rewards.diversity): figures per policy, the collapse flag, its metrics and tags ----
+
+
+def _diversity(cfg: EvaluateConfig, opponents: list[str], answers: dict[str, list[str]]) -> DiversityReport:
+    """Every policy's figures over its answers to every prompt (evaluation and benign); the
+    evaluated policy is checked against the starting model (`model.name`) when that is among
+    the opponents (the default)."""
+    return diversity_report(answers, short(cfg.policy), short(cfg.model.name) if cfg.model.name in opponents else None)
+
+
+def _diversity_metrics(d: DiversityReport) -> dict[str, float]:
+    return {metric_key(f"diversity.{k}.{name}"): v for name, f in d.figures.items() for k, v in f.figures().items()}
+
+
+def _tag_diversity(d: DiversityReport) -> None:
+    """alignray.degenerate = true/false when checked against the start; the reasons when true."""
+    if d.start is not None:
+        mlflow.set_tag("alignray.degenerate", str(bool(d.reasons)).lower())
+    if d.reasons:
+        mlflow.set_tag("alignray.degenerate_reasons", "; ".join(d.reasons))
+
+
+# ---- end of diversity ----
+
+
 def run(cfg: EvaluateConfig) -> EvaluationResult:
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))  # for models:/ URIs
     base = resolve(cfg.model.name)
@@ -179,9 +207,11 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             tracking.log_prompts(benign_prompts, cfg.benign_data.label, "benign prompts")
         n = len(prompts)
         policy = _responses(cfg.policy, paths[cfg.policy], prompts + benign_prompts, cfg, models)
+        answers_of = {short(cfg.policy): policy}  # every policy's answers, for the diversity figures
         rows, benign_rows = [], []
         for ref in opponents:
             answers = _responses(ref, paths[ref], prompts + benign_prompts, cfg, models)
+            answers_of[short(ref)] = answers
             for out, ps, cs, a, b in ((rows, prompts, convs, policy[:n], answers[:n]),
                                       (benign_rows, benign_prompts, benign_convs, policy[n:], answers[n:])):
                 out += [{"prompt": p, "source": c.origin, "opponent": short(ref), "policy_response": x,
@@ -199,12 +229,14 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
                  for o, g in frame.groupby("opponent", sort=False) for j in cfg.judges if j != "model"}
         agreement = _agreement(cfg)
         curves = _curves(cfg.curves_run) if cfg.curves_run else {}
+        variety = _diversity(cfg, opponents, answers_of)
         target = cfg.output_dir / "evaluations" / f"{name}-{active.info.run_id[:8]}"
         with atomic_dir(target) as tmp:
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp / "judgements.parquet")
             if benign_rows:
                 pq.write_table(pa.Table.from_pandas(benign, preserve_index=False), tmp / "benign_judgements.parquet")
-            (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, harmless, agreement))
+            (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, harmless, agreement,
+                                                     variety))
             plot_win_rates(rates, tmp / "win_rates.png")
             if harmless.refusals:
                 plot_refusals(harmless, tmp / "refusals.png")
@@ -225,6 +257,8 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
                for h, v in {"labels": a["labels"], **a["heads"]}.items() if v is not None},
             "prompts": len(prompts),
             "policy_empty_responses": float(np.mean([not a for a in policy[:n]])),
+            **_diversity_metrics(variety),
         }
         mlflow.log_metrics(metrics)
-    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement, metrics)
+        _tag_diversity(variety)
+    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement, metrics, variety)
