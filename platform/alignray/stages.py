@@ -67,7 +67,8 @@ def _trained(result: TrainResult, label: str, hint: str, shown: list[str]) -> St
     else:
         lines.append(f"{label:12s} {result.model_uri}{' (new champion)' if result.champion else ''}")
     lines += [f"{key + ':':12s} {result.metrics[key]:.4f}" for key in shown if key in result.metrics]
-    return StageResult(result.model_uri, result.run_id, dict(result.metrics), tuple(lines))
+    return StageResult(result.model_uri, result.run_id, dict(result.metrics), tuple(lines), result.warnings,
+                       tuple(f"warning: {w}" for w in result.warnings))
 
 
 def _trainer(kind: str) -> Callable[[TrainConfig], StageResult]:
