@@ -58,6 +58,26 @@ def test_diversity_watch_compares_with_the_first_iteration_and_warns_once():
     assert DiversityWatch(**fresh.state()).observe(emoji_policy(1))[1]
 
 
+def test_the_driver_shows_each_worker_warning_once_while_training(capsys):
+    """The Progress actor's warnings (e.g. PPO's diversity warning) reach the terminal as they
+    come, once each, and the run's result keeps them."""
+    import time
+
+    from alignray.train.launch import _fit_with_progress
+
+    class Trainer:
+        def fit(self):
+            time.sleep(2.5)  # three polls
+            return "result"
+
+    polls = iter([(1, 0.5, []), (2, 0.6, ["rollouts look degenerate"]), (3, 0.7, ["rollouts look degenerate"])])
+    shown: list[str] = []
+    assert _fit_with_progress(Trainer(), lambda: next(polls, (3, 0.7, ["rollouts look degenerate"])), 3, 0, "ppo",
+                              "reward", shown) == "result"
+    assert shown == ["rollouts look degenerate"]
+    assert capsys.readouterr().err.count("warning: rollouts look degenerate") == 1
+
+
 def test_pack_aligns_responses_and_counts_positions_over_real_tokens():
     b = pack([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], pad_id=0)
     assert b.prompt_width == 3

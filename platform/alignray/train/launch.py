@@ -90,24 +90,25 @@ def run_workers(
             failure_config=FailureConfig(max_failures=t.max_failures),
         ),
     )
-    result = _fit_with_progress(trainer, progress, total, start, desc, label, [] if warnings is None else warnings)
+    result = _fit_with_progress(trainer, lambda: ray.get(progress.get.remote()), total, start, desc, label,
+                                [] if warnings is None else warnings)
     if isinstance(result, BaseException):
         last = latest_checkpoint(run_dir)
         raise TrainingError(f"{_failure_reason(result)} (last good checkpoint: {last or 'none'})") from result
     return result
 
 
-def _fit_with_progress(trainer: TorchTrainer, progress, total: int, start: int, desc: str, label: str,
-                       shown: list[str]):
-    """trainer.fit() under a progress bar, logging each new warning of the workers (and adding
-    it to `shown`); returns its result, or the exception it raised."""
+def _fit_with_progress(trainer: TorchTrainer, poll, total: int, start: int, desc: str, label: str, shown: list[str]):
+    """trainer.fit() under a progress bar fed by `poll()` (the Progress actor's step, value and
+    warnings), logging each new warning of the workers and adding it to `shown`; returns the
+    result, or the exception fit raised."""
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=_try_fit(trainer)), daemon=True)
     thread.start()
     with tqdm(total=total, initial=start, desc=desc, unit="step") as bar:
         while thread.is_alive():
             thread.join(timeout=1.0)
-            step, value, warnings = ray.get(progress.get.remote())
+            step, value, warnings = poll()
             bar.update(max(0, step - bar.n))
             if value is not None:
                 bar.set_postfix({label: f"{value:.4f}"})
