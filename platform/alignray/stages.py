@@ -95,8 +95,9 @@ def _evaluate(cfg: EvaluateConfig) -> StageResult:
 
     result = run(cfg)
     lines = ["", *result.summary(), "", f"report:      {result.folder / 'report.md'}", f"MLflow run:  {result.run_id}"]
-    warnings = [w for w in [result.diversity and result.diversity.warning()] if w]  # a degenerate policy
-    return StageResult(str(result.folder), result.run_id, result.metrics, tuple(lines), tuple(warnings),
+    degenerate = result.diversity.warning() if result.diversity else None  # the policy's answers collapsed
+    warnings = (degenerate,) if degenerate else ()
+    return StageResult(str(result.folder), result.run_id, result.metrics, tuple(lines), warnings,
                        tuple(f"warning: {w}" for w in warnings))
 
 
