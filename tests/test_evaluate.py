@@ -202,6 +202,37 @@ def test_judge_agreement_on_decided_pairs_only():
     assert "| refusal | 3 | 0.667 | 0.667 | 0.000 |" in report and "| hate | 0 | – | – | – |" in report
 
 
+def test_diversity_table_summary_metrics_and_the_degenerate_flag(tmp_path):
+    from alignray.evaluate.report import diversity_report
+    from alignray.evaluate.stage import EvaluationResult, _diversity_metrics
+    from test_diversity import healthy, refusal_policy
+
+    d = diversity_report({"aligned": refusal_policy(1), "start-model": healthy(0), "sft": healthy(2)},
+                         "aligned", "start-model")
+    assert list(d.figures) == ["aligned", "start-model", "sft"] and len(d.reasons) == 1
+    assert d.warning().startswith("the answers of aligned look degenerate against the starting model start-model's")
+    report = markdown("t", "p", 150, [], {}, Harmlessness([], [], [], [], 0), None, d)
+    row = next(line for line in report.splitlines() if line.startswith("| aligned |"))
+    assert row.endswith(f"| {d.figures['aligned'].identical:.3f} | 61 | 150 |")
+    assert "| policy | distinct-1 | distinct-2 | repeated 3-grams | non-letter characters | identical answers |" in report
+    assert "**Warning: the answers of `aligned` look degenerate against the starting model `start-model`:**" in report
+    assert f"- {d.reasons[0]}" in report
+    summary = EvaluationResult(tmp_path, "r", [], Harmlessness([], [], [], [], 0), None, {}, d).summary()
+    assert "diversity of aligned: distinct-1 " in "\n".join(summary)
+    assert summary[-1] == f"degenerate against start-model: {d.reasons[0]}"
+    metrics = _diversity_metrics(d)
+    assert len(metrics) == 3 * 6 and metrics["diversity.identical.aligned"] == pytest.approx(0.9)
+    assert metrics["diversity.mean_length.start-model"] == d.figures["start-model"].mean_length
+    # a healthy policy: no flag; without the starting model among the opponents: figures, no flag
+    fine = diversity_report({"aligned": healthy(1), "start-model": healthy(0)}, "aligned", "start-model")
+    assert fine.warning() is None and "No collapse flag against the starting model `start-model`." in markdown(
+        "t", "p", 150, [], {}, Harmlessness([], [], [], [], 0), None, fine)
+    alone = diversity_report({"aligned": refusal_policy(1), "sft": healthy(2)}, "aligned", None)
+    assert alone.start is None and alone.warning() is None and len(alone.figures) == 2
+    lines = EvaluationResult(tmp_path, "r", [], Harmlessness([], [], [], [], 0), None, {}, alone).summary()
+    assert lines[-1] == "diversity flags need the starting model (model.name) among the opponents"
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_reward, tmp_path, capsys, monkeypatch):
@@ -291,6 +322,13 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
     for name, column in [("aligned", "refusal_policy"), ("tiny-llama", "refusal_opponent")]:
         assert run.data.metrics[f"over_refusal_rate.{name}"] == float(benign_frame[column].mean())
     assert "over-refusal is measured on 3 held-out benign prompts" in report
+    for name, column in [("aligned", "policy_response"), ("tiny-llama", "opponent_response")]:  # diversity figures
+        answers = list(frame[column]) + list(benign_frame[column])  # every prompt's answer
+        assert run.data.metrics[f"diversity.mean_length.{name}"] == pytest.approx(np.mean([len(a) for a in answers]))
+        for figure in ("distinct_1", "distinct_2", "repeated_ngrams", "non_alpha", "identical"):
+            assert 0 <= run.data.metrics[f"diversity.{figure}.{name}"] <= 1, figure
+    assert run.data.tags["alignray.degenerate"] in ("true", "false") and "## Diversity" in report
+    assert "diversity of aligned: distinct-1 " in printed
     assert "report:" in printed
     # the judgements as MLflow tables (the run's Evaluation tab), and the run's system metrics
     for table, expected in (("judgements.json", frame), ("benign_judgements.json", benign_frame)):

@@ -99,6 +99,12 @@ def test_reward_rises_kl_bounded_and_samplers_match_trainer(tiny_model, pattern_
                 f"reward_{reward_model.name}"):
         assert len(history(out, result.run_id, key)) == 16, key
     assert history(out, result.run_id, "rollout_samples") == [64.0] * 16
+    for figure in ("distinct_1", "distinct_2", "repeated_ngrams", "non_alpha", "identical"):  # the rollouts' diversity
+        values = history(out, result.run_id, f"diversity_{figure}")
+        assert len(values) == 16 and all(0 <= v <= 1 for v in values), (figure, values)
+    assert len(history(out, result.run_id, "diversity_mean_length")) == 16
+    warned = client_of(out).get_run(result.run_id).data.tags.get("alignray.diversity_warning")
+    assert result.warnings == ((warned,) if warned else ())  # at most once, and the driver got it
     policy = download_model(result.model_uri)
     # not only the reward model's score: the share of word tokens itself rises (held-out prompts)
     held_out = [f"Human: Another question, number {i}?\n\nAssistant:" for i in range(48)]

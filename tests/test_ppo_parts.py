@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 from alignray.train.ppo_loop import prompt_indices
-from alignray.train.ppo_parts import KLController, RunningMoments, critic_model, pack, token_logps
+from alignray.train.ppo_parts import DiversityWatch, KLController, RunningMoments, critic_model, pack, token_logps
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 
@@ -36,6 +36,46 @@ def test_running_moments_equal_the_moments_of_everything_seen():
     assert moments.mean == pytest.approx(mean)
     assert moments.std == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in seen) / len(seen)))
     assert RunningMoments().std == 1.0  # nothing seen yet: no scaling
+
+
+def test_diversity_watch_compares_with_the_first_iteration_and_warns_once():
+    from test_diversity import brief, emoji_policy, healthy, refusal_policy
+
+    watch = DiversityWatch()
+    figures, reasons = watch.observe(healthy(0))  # the first iteration: the starting policy's rollouts
+    assert reasons == [] and set(figures) == {"diversity_distinct_1", "diversity_distinct_2", "diversity_repeated_ngrams",
+                                              "diversity_non_alpha", "diversity_identical", "diversity_mean_length"}
+    assert watch.observe(healthy(1))[1] == [] and watch.observe(brief(1))[1] == []  # a normal policy, a briefer one
+    figures, reasons = watch.observe(refusal_policy(1))
+    assert figures["diversity_identical"] == pytest.approx(0.9) and reasons and "identical answers" in reasons[0]
+    later = watch.observe(emoji_policy(1))  # worse still, but the run has warned already
+    assert later[1] == [] and later[0]["diversity_non_alpha"] == 1.0
+    resumed = DiversityWatch(**watch.state())  # what a checkpoint carries: the start and that it warned
+    assert resumed == watch and resumed.observe(emoji_policy(2))[1] == []
+    # resumed before any warning: still measured against the first iteration's figures, not the resumed one's
+    fresh = DiversityWatch()
+    fresh.observe(healthy(0))
+    assert DiversityWatch(**fresh.state()).observe(emoji_policy(1))[1]
+
+
+def test_the_driver_shows_each_worker_warning_once_while_training(capsys):
+    """The Progress actor's warnings (e.g. PPO's diversity warning) reach the terminal as they
+    come, once each, and the run's result keeps them."""
+    import time
+
+    from alignray.train.launch import _fit_with_progress
+
+    class Trainer:
+        def fit(self):
+            time.sleep(2.5)  # three polls
+            return "result"
+
+    polls = iter([(1, 0.5, []), (2, 0.6, ["rollouts look degenerate"]), (3, 0.7, ["rollouts look degenerate"])])
+    shown: list[str] = []
+    assert _fit_with_progress(Trainer(), lambda: next(polls, (3, 0.7, ["rollouts look degenerate"])), 3, 0, "ppo",
+                              "reward", shown) == "result"
+    assert shown == ["rollouts look degenerate"]
+    assert capsys.readouterr().err.count("warning: rollouts look degenerate") == 1
 
 
 def test_pack_aligns_responses_and_counts_positions_over_real_tokens():

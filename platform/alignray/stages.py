@@ -67,7 +67,8 @@ def _trained(result: TrainResult, label: str, hint: str, shown: list[str]) -> St
     else:
         lines.append(f"{label:12s} {result.model_uri}{' (new champion)' if result.champion else ''}")
     lines += [f"{key + ':':12s} {result.metrics[key]:.4f}" for key in shown if key in result.metrics]
-    return StageResult(result.model_uri, result.run_id, dict(result.metrics), tuple(lines))
+    return StageResult(result.model_uri, result.run_id, dict(result.metrics), tuple(lines), result.warnings,
+                       tuple(f"warning: {w}" for w in result.warnings))
 
 
 def _trainer(kind: str) -> Callable[[TrainConfig], StageResult]:
@@ -94,7 +95,10 @@ def _evaluate(cfg: EvaluateConfig) -> StageResult:
 
     result = run(cfg)
     lines = ["", *result.summary(), "", f"report:      {result.folder / 'report.md'}", f"MLflow run:  {result.run_id}"]
-    return StageResult(str(result.folder), result.run_id, result.metrics, tuple(lines))
+    degenerate = result.diversity.warning() if result.diversity else None  # the policy's answers collapsed
+    warnings = (degenerate,) if degenerate else ()
+    return StageResult(str(result.folder), result.run_id, result.metrics, tuple(lines), warnings,
+                       tuple(f"warning: {w}" for w in warnings))
 
 
 STAGES: dict[str, StageKind] = {

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignray.stats import wilson_method
 from alignray.evaluate.winrate import Gain, Rate, WinRate
+from alignray.rewards import diversity as div
+from alignray.stats import wilson_method
 
 JUDGE_NAMES = {
     "model": "AI judge (both orders)",
@@ -72,7 +73,7 @@ def share(value: float | None) -> str:
 
 
 def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means: dict, harmless: Harmlessness,
-             agreement: dict | None) -> str:
+             agreement: dict | None, diversity: DiversityReport | None = None) -> str:
     method = methods(rates) or wilson_method()
     lines = [
         f"# {title}", "",
@@ -104,7 +105,81 @@ def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means:
         for judge, a in agreement["judges"].items():
             cells = [share(a["labels"]), *(share(a["heads"][h]) for h in heads)]
             lines.append(f"| {judge} | {a['decided']} | " + " | ".join(cells) + " |")
+    lines += _diversity_lines(diversity)
     return "\n".join(lines) + "\n"
+
+
+# ---- diversity: each policy's figures and the collapse flag (alignray.rewards.diversity) ----
+
+
+@dataclass(frozen=True)
+class DiversityReport:
+    """Each policy's diversity figures (the evaluated policy first) and collapse()'s reasons for
+    the evaluated policy against the starting model; `start` is None when the starting model is
+    not among the opponents (then nothing is flagged)."""
+
+    figures: dict[str, div.Diversity]
+    policy: str
+    start: str | None
+    reasons: list[str]
+
+    def warning(self) -> str | None:
+        """The user-facing warning when the policy looks degenerate, else None."""
+        if not self.reasons:
+            return None
+        return (f"the answers of {self.policy} look degenerate against the starting model {self.start}'s"
+                f" (reward hacking?): {'; '.join(self.reasons)}")
+
+
+def diversity_report(answers: dict[str, list[str]], policy: str, start: str | None) -> DiversityReport:
+    """`answers`: every policy's answers to the same prompts, by name; `start`: the starting
+    model's name when it is among them."""
+    figures = {name: div.diversity(texts) for name, texts in answers.items()}
+    reasons = div.collapse(figures[policy], figures[start]) if start in figures and start != policy else []
+    return DiversityReport(figures, policy, start if start in figures else None, reasons)
+
+
+def _figure(name: str, value: float) -> str:
+    return f"{value:.0f}" if name == "mean_length" else f"{value:.3f}"
+
+
+def _diversity_lines(d: DiversityReport | None) -> list[str]:
+    if d is None:
+        return []
+    lines = ["", "## Diversity", "",
+             ("Over each policy's answers to every prompt: distinct words and word pairs pooled over the answers"
+              " (distinct-1, distinct-2), the share of an answer's 3-grams repeating its own earlier ones, of"
+              " non-letter characters (emoji, symbols, digits), of answers equal to another answer, and the mean"
+              " length. The evaluated policy is flagged on changes against the starting model"
+              f" (`alignray.rewards.diversity`): distinct-2 below {div.DISTINCT_2_FALL:.2f} of the start's,"
+              f" repeated 3-grams +{div.REPEATED_RISE}, non-letter characters +{div.NON_ALPHA_RISE},"
+              f" identical answers +{div.IDENTICAL_RISE}."), "",
+             "| policy | " + " | ".join(div.FIGURE_NAMES.values()) + " | answers |",
+             "|---|" + "---|" * (len(div.FIGURE_NAMES) + 1)]
+    lines += [f"| {name} | " + " | ".join(_figure(k, v) for k, v in f.figures().items()) + f" | {f.answers} |"
+              for name, f in d.figures.items()]
+    if d.start is None:
+        lines += ["", ("No collapse flags: they compare the policy with the starting model (`model.name`), which is"
+                       " not among the opponents.")]
+    elif d.reasons:
+        lines += ["", f"**Warning: the answers of `{d.policy}` look degenerate against the starting model `{d.start}`:**",
+                  "", *(f"- {r}" for r in d.reasons)]
+    else:
+        lines += ["", f"No collapse flag against the starting model `{d.start}`."]
+    return lines
+
+
+def diversity_summary(d: DiversityReport | None) -> list[str]:
+    """The summary's lines: each policy's figures, then the flags."""
+    if d is None:
+        return []
+    lines = [f"diversity of {name}: " + ", ".join(f"{div.FIGURE_NAMES[k]} {_figure(k, v)}" for k, v in f.figures().items())
+             for name, f in d.figures.items()]
+    if d.start is None:
+        lines.append("diversity flags need the starting model (model.name) among the opponents")
+    else:
+        lines += [f"degenerate against {d.start}: {r}" for r in d.reasons] or [f"no collapse against {d.start}"]
+    return lines
 
 
 def plot_win_rates(rates: list[WinRate], path: Path) -> None:

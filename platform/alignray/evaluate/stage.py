@@ -30,7 +30,10 @@ from alignray.data.sources import load_conversations
 from alignray.evaluate.agreement import judge_agreement
 from alignray.evaluate.report import (
     JUDGE_NAMES,
+    DiversityReport,
     Harmlessness,
+    diversity_report,
+    diversity_summary,
     markdown,
     methods,
     plot_curves,
@@ -38,7 +41,6 @@ from alignray.evaluate.report import (
     plot_win_rates,
     share,
 )
-from alignray.stats import wilson_interval, wilson_method
 from alignray.evaluate.winrate import WinRate, gains, policy_rates, win_rates
 from alignray.feedback import diagnostics, rlaif
 from alignray.io import atomic_dir
@@ -46,6 +48,7 @@ from alignray.models.registry import ModelError, local_folder, resolve
 from alignray.rewards import judges as offline
 from alignray.sampling.clients import Models, chat_renderer
 from alignray.sampling.types import SamplingSpec
+from alignray.stats import wilson_interval, wilson_method
 
 TEMPLATE = (
     "You are reviewing two replies that an AI assistant could give in the conversation below.\n\n"
@@ -63,6 +66,7 @@ class EvaluationResult:
     harmless: Harmlessness  # refusal rates, when `refusal` is among the judges
     agreement: dict | None
     metrics: dict[str, float]  # as logged to the MLflow run
+    diversity: DiversityReport | None = None  # every policy's diversity figures and the collapse flag
 
     def summary(self) -> list[str]:
         """The win rates, refusal rates and agreements, one per line, each interval's method named."""
@@ -83,6 +87,7 @@ class EvaluationResult:
         for judge, a in (self.agreement or {}).get("judges", {}).items():
             shares = ", ".join(f"{h} {share(v)}" for h, v in {"labels": a["labels"], **a["heads"]}.items())
             lines.append(f"agreement with the {judge} judge on {a['decided']} decided pairs: {shares}")
+        lines += diversity_summary(self.diversity)
         return lines
 
 
@@ -172,6 +177,31 @@ def bounds(rates: list[WinRate], harmless: Harmlessness, agreement: dict | None)
             for side, value in (("low", low), ("high", high))}
 
 
+# ---- diversity (alignray.rewards.diversity): figures per policy, the collapse flag, its metrics and tags ----
+
+
+def _diversity(cfg: EvaluateConfig, opponents: list[str], answers: dict[str, list[str]]) -> DiversityReport:
+    """Every policy's figures over its answers to every prompt (evaluation and benign); the
+    evaluated policy is checked against the starting model (`model.name`) when that is among
+    the opponents (the default)."""
+    return diversity_report(answers, short(cfg.policy), short(cfg.model.name) if cfg.model.name in opponents else None)
+
+
+def _diversity_metrics(d: DiversityReport) -> dict[str, float]:
+    return {metric_key(f"diversity.{k}.{name}"): v for name, f in d.figures.items() for k, v in f.figures().items()}
+
+
+def _tag_diversity(d: DiversityReport) -> None:
+    """alignray.degenerate = true/false when checked against the start; the reasons when true."""
+    if d.start is not None:
+        mlflow.set_tag("alignray.degenerate", str(bool(d.reasons)).lower())
+    if d.reasons:
+        mlflow.set_tag("alignray.degenerate_reasons", "; ".join(d.reasons))
+
+
+# ---- end of diversity ----
+
+
 def run(cfg: EvaluateConfig) -> EvaluationResult:
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))  # for models:/ URIs
     base = resolve(cfg.model.name)
@@ -197,9 +227,11 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             tracking.log_prompts(benign_prompts, cfg.benign_data.label, "benign prompts")
         n = len(prompts)
         policy = _responses(cfg.policy, paths[cfg.policy], prompts + benign_prompts, cfg, models)
+        answers_of = {short(cfg.policy): policy}  # every policy's answers, for the diversity figures
         rows, benign_rows = [], []
         for ref in opponents:
             answers = _responses(ref, paths[ref], prompts + benign_prompts, cfg, models)
+            answers_of[short(ref)] = answers
             for out, ps, cs, a, b in ((rows, prompts, convs, policy[:n], answers[:n]),
                                       (benign_rows, benign_prompts, benign_convs, policy[n:], answers[n:])):
                 out += [{"prompt": p, "source": c.origin, "opponent": short(ref), "policy_response": x,
@@ -217,12 +249,14 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
                  for o, g in frame.groupby("opponent", sort=False) for j in cfg.judges if j != "model"}
         agreement = _agreement(cfg)
         curves = _curves(cfg.curves_run) if cfg.curves_run else {}
+        variety = _diversity(cfg, opponents, answers_of)
         target = cfg.output_dir / "evaluations" / f"{name}-{active.info.run_id[:8]}"
         with atomic_dir(target) as tmp:
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp / "judgements.parquet")
             if benign_rows:
                 pq.write_table(pa.Table.from_pandas(benign, preserve_index=False), tmp / "benign_judgements.parquet")
-            (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, harmless, agreement))
+            (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, harmless, agreement,
+                                                     variety))
             plot_win_rates(rates, tmp / "win_rates.png")
             if harmless.refusals:
                 plot_refusals(harmless, tmp / "refusals.png")
@@ -244,6 +278,8 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             **bounds(rates, harmless, agreement),
             "prompts": len(prompts),
             "policy_empty_responses": float(np.mean([not a for a in policy[:n]])),
+            **_diversity_metrics(variety),
         }
         mlflow.log_metrics(metrics)
-    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement, metrics)
+        _tag_diversity(variety)
+    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement, metrics, variety)

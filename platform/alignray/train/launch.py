@@ -10,6 +10,7 @@ checkpoint (Ray Train's `RunConfig(name, storage_path)`) and keeps logging to th
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,9 +24,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from alignray import tracking
+from alignray import logs, tracking
 from alignray.config import EngineConfig, PPOConfig, TrainConfig
 from alignray.train.engines import STATE_FILE
+
+log = logs.get(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -34,18 +37,23 @@ class TrainingError(RuntimeError):
 
 @ray.remote(num_cpus=0)
 class Progress:
-    """Rank 0 reports each step (and a headline metric) here; the driver polls it for the
-    progress bar."""
+    """Rank 0 reports each step (and a headline metric) here, and warnings for the user; the
+    driver polls it for the progress bar and shows each new warning on the terminal."""
 
     def __init__(self):
         self.step, self.value = 0, None
+        self.warnings: dict[str, str] = {}
 
     def update(self, step: int, value: float | None) -> None:
         self.step = step
         self.value = value if value is not None else self.value
 
-    def get(self) -> tuple[int, float | None]:
-        return self.step, self.value
+    def warn(self, key: str, text: str) -> None:
+        """A warning for the user; the first text per key is kept (a restarted worker may send it again)."""
+        self.warnings.setdefault(key, text)
+
+    def get(self) -> tuple[int, float | None, list[str]]:
+        return self.step, self.value, list(self.warnings.values())
 
 
 @dataclass(frozen=True)
@@ -55,15 +63,17 @@ class TrainResult:
     model_uri: str | None  # models:/<name>/<version>; None when stopped before the last step
     metrics: dict
     champion: bool
+    warnings: tuple[str, ...] = ()  # what the workers warned the user of (shown during the run too)
 
 
 def run_workers(
     loop, loop_config: dict, t: EngineConfig, run_dir: Path, total: int, start: int, desc: str, label: str = "loss",
-    resources: dict | None = None,
+    resources: dict | None = None, warnings: list[str] | None = None,
 ):
     """Run `loop` on t.num_workers Ray Train workers (a run named run_dir.name, stored in
     run_dir.parent, so running it again resumes) under a progress bar fed by a Progress actor
     passed to the loop as loop_config["progress"]; `resources`: more Ray resources per worker.
+    The workers' warnings (Progress.warn) are logged as they come and appended to `warnings`.
     Raises TrainingError naming the first worker's error and the last good checkpoint."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     progress = Progress.options(scheduling_strategy=here).remote()  # on the driver's node: survives a worker node
@@ -80,25 +90,32 @@ def run_workers(
             failure_config=FailureConfig(max_failures=t.max_failures),
         ),
     )
-    result = _fit_with_progress(trainer, progress, total, start, desc, label)
+    result = _fit_with_progress(trainer, lambda: ray.get(progress.get.remote()), total, start, desc, label,
+                                [] if warnings is None else warnings)
     if isinstance(result, BaseException):
         last = latest_checkpoint(run_dir)
         raise TrainingError(f"{_failure_reason(result)} (last good checkpoint: {last or 'none'})") from result
     return result
 
 
-def _fit_with_progress(trainer: TorchTrainer, progress, total: int, start: int, desc: str, label: str):
-    """trainer.fit() under a progress bar; returns its result, or the exception it raised."""
+def _fit_with_progress(trainer: TorchTrainer, poll, total: int, start: int, desc: str, label: str, shown: list[str]):
+    """trainer.fit() under a progress bar fed by `poll()` (the Progress actor's step, value and
+    warnings), logging each new warning of the workers and adding it to `shown`; returns the
+    result, or the exception fit raised."""
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=_try_fit(trainer)), daemon=True)
     thread.start()
     with tqdm(total=total, initial=start, desc=desc, unit="step") as bar:
         while thread.is_alive():
             thread.join(timeout=1.0)
-            step, value = ray.get(progress.get.remote())
+            step, value, warnings = poll()
             bar.update(max(0, step - bar.n))
             if value is not None:
                 bar.set_postfix({label: f"{value:.4f}"})
+            for text in [w for w in warnings if w not in shown]:
+                with bar.external_write_mode(file=sys.stderr):
+                    log.warning("warning: %s", text)
+                shown.append(text)
     return outcome["result"]
 
 
@@ -148,6 +165,7 @@ class Launch:
         self.run_dir = (cfg.output_dir / "train").resolve() / run_name
         self.start = checkpoint_state(self.run_dir).get("step", 0)  # 0, or the step a rerun resumes at
         self.active: mlflow.ActiveRun | None = None
+        self.warnings: list[str] = []  # the workers' warnings, shown as they come and kept for the result
 
     @contextmanager
     def tracked(self, model_role: str) -> Iterator[mlflow.ActiveRun]:
@@ -165,7 +183,8 @@ class Launch:
         tracking_uri and run_id."""
         loop_config = {**loop_config, "run_id": self.active.info.run_id,
                        "tracking_uri": tracking.tracking_uri(self.cfg.tracking, self.cfg.output_dir)}
-        return run_workers(loop, loop_config, self.cfg.trainer, self.run_dir, total, self.start, desc, label, resources)
+        return run_workers(loop, loop_config, self.cfg.trainer, self.run_dir, total, self.start, desc, label, resources,
+                           self.warnings)
 
     def result(self, result: ray.train.Result, registered: str, metric: str, higher_is_better: bool) -> TrainResult:
         """The run's outcome; a finished run's model (the checkpoint's hf/) is registered as a
@@ -173,8 +192,9 @@ class Launch:
         folder = Path(result.checkpoint.path)
         run_id = self.active.info.run_id
         if not json.loads((folder / STATE_FILE).read_text())["final"]:
-            return TrainResult(run_id, folder, None, result.metrics, False)
+            return TrainResult(run_id, folder, None, result.metrics, False, tuple(self.warnings))
         version, champion = tracking.register_model(
             folder / "hf", registered, result.metrics.get(metric), metric, higher_is_better
         )
-        return TrainResult(run_id, folder, f"models:/{registered}/{version}", result.metrics, champion)
+        return TrainResult(run_id, folder, f"models:/{registered}/{version}", result.metrics, champion,
+                           tuple(self.warnings))

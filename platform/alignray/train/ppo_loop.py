@@ -8,7 +8,13 @@ log-probs, values, GAE advantages) and takes `ppo_epochs` passes of minibatch up
 averages the gradients over ranks; both steps are in :mod:`alignray.train.ppo_steps`); then the
 new policy weights go to every sampler, verified on a probe sequence. Each phase (rollout,
 scoring, training, sync) is timed and logged as time_<phase>. A checkpoint holds both engines (with optimizers and schedulers), the KL
-controller, the reward normaliser, the RNG and the iteration (which fixes the prompt position).
+controller, the reward normaliser, the diversity watch, the RNG and the iteration (which fixes
+the prompt position).
+
+Each iteration also logs the diversity figures of its rollouts (one answer per prompt), against
+the first iteration's; the first time they look collapsed (`alignray.rewards.diversity.collapse`)
+rank 0 warns once: on the driver's terminal and log (through the Progress actor) and as the
+MLflow tag `alignray.diversity_warning`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from alignray.train.engines import (
     save_checkpoint,
 )
 from alignray.train.ppo_parts import (
+    DiversityWatch,
     KLController,
     RunningMoments,
     critic_model,
@@ -141,6 +148,16 @@ class _Trainer:
         return pool.last_probe_diff
 
 
+def warn_collapse(client, lc: dict, iteration: int, reasons: list[str]) -> None:
+    """Rank 0, once per run: the rollouts look degenerate. To the driver (the Progress actor,
+    which shows it on the terminal) and the MLflow run's tag alignray.diversity_warning."""
+    text = (f"PPO iteration {iteration}: the rollouts look degenerate against the first iteration's (the starting"
+            f" policy's): {'; '.join(reasons)}. Reward hacking? Stop the run (Ctrl-C) if the answers are no longer"
+            " answers: it resumes from its last checkpoint")
+    client.set_tag(lc["run_id"], "alignray.diversity_warning", text)
+    ray.get(lc["progress"].warn.remote("diversity", text))  # delivered before the run can end
+
+
 def ppo_loop(lc: dict) -> None:
     import mlflow
 
@@ -166,6 +183,7 @@ def ppo_loop(lc: dict) -> None:
     iteration = state.get("step", 0)
     kl_ctl = KLController(**state["kl"]) if state else KLController(p.kl_coef, p.kl_target, p.kl_horizon)
     norm = RunningMoments(**state.get("reward_norm", {}))
+    watch = DiversityWatch(**state.get("diversity", {}))
     pool = lc["pool"] if rank == 0 else None
     if iteration:  # resumed: the samplers start from the initial policy
         tr.sync(pool, prompts[0])
@@ -195,11 +213,16 @@ def ppo_loop(lc: dict) -> None:
         iteration += 1
         logged = iteration_metrics(exp, losses, kl_ctl, scorer.principles, phase.seconds)
         logged["time_iteration"] = phase.total()
+        # one answer per prompt: several samples of one prompt may rightly agree as the policy sharpens
+        figures, collapsed = watch.observe(ro.responses[:: p.samples_per_prompt])
+        logged |= figures
         if rank == 0:
             logged |= {"sync_probe_diff": probe_diff, "sampler_restarts": pool.restarts, "rollout_samples": len(ro.prompts)}
             log_metrics(client, lc["run_id"], logged, iteration)
+            if collapsed:
+                warn_collapse(client, lc, iteration, collapsed)
             lc["progress"].update.remote(iteration, logged["reward"])
         if iteration % p.checkpoint_every == 0 or iteration == stop:
             state = {"step": iteration, "final": iteration == p.iterations, "prompt_position": iteration * p.prompts_per_step,
-                     "kl": kl_ctl.state(), "reward_norm": norm.state()}
+                     "kl": kl_ctl.state(), "reward_norm": norm.state(), "diversity": watch.state()}
             save_checkpoint(tr.engines, t.zero_stage, tr.tokenizer, state, logged)

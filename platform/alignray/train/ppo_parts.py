@@ -1,6 +1,6 @@
-"""PPO building blocks: the KL controller, the running reward normaliser, and turning rollouts
-into tensors and per-token log-probs and values. Each holds its state in a plain dict so a
-checkpoint can carry it."""
+"""PPO building blocks: the KL controller, the running reward normaliser, the rollouts' diversity
+watch, and turning rollouts into tensors and per-token log-probs and values. Each holds its
+state in a plain dict so a checkpoint can carry it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from alignray.rewards.diversity import Diversity, collapse, diversity
 
 
 @dataclass
@@ -53,6 +55,29 @@ class RunningMoments:
     @property
     def std(self) -> float:
         return math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+
+    def state(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DiversityWatch:
+    """The rollouts' diversity figures (:mod:`alignray.rewards.diversity`) per iteration against
+    the first iteration's, the starting policy's rollouts: `observe` returns the figures as
+    metrics `diversity_<figure>` and, the first time `collapse` finds any, its reasons (later: no
+    reasons, so the run warns once). The state (the start's figures, whether it warned) goes in
+    the checkpoint: a resumed run keeps its start and does not warn again."""
+
+    start: dict | None = None
+    warned: bool = False
+
+    def observe(self, answers: list[str]) -> tuple[dict[str, float], list[str]]:
+        figures = diversity(answers)
+        if self.start is None:
+            self.start = asdict(figures)
+        reasons = [] if self.warned else collapse(figures, Diversity(**self.start))
+        self.warned = self.warned or bool(reasons)
+        return {f"diversity_{k}": v for k, v in figures.figures().items()}, reasons
 
     def state(self) -> dict:
         return asdict(self)
