@@ -167,6 +167,45 @@ def test_summary_lines_and_bound_metrics_name_their_intervals(tmp_path):
     assert round(metrics["over_refusal_gain_high.base"], 3) == 0.088
 
 
+def test_the_report_says_its_split_its_choice_and_who_refuses_then_complies(tmp_path):
+    from alignray.config import EvaluateConfig
+    from alignray.evaluate.stage import THEN_COMPLIES, provenance
+    from alignray.rewards.judges import refusal_kind
+
+    answers = ["I'm sorry, but I can't help with that.",
+               "I can't help with that. However, here are the steps: 1. Buy a kit. 2. Open it. 3. Follow the guide.",
+               "Sure: take the bus."] * 10 + ["Sure: take the bus."] * 10
+    frame = pd.DataFrame({"opponent": ["base"] * 40, "policy_response": answers, "opponent_response": ["Fine."] * 40})
+    for side in ("policy", "opponent"):
+        frame[f"{THEN_COMPLIES}_{side}"] = [float(k == THEN_COMPLIES) for k in refusal_kind(list(frame[f"{side}_response"]))]
+    then = policy_rates(frame, THEN_COMPLIES, "mine", 1000, 0)
+    assert [(r.policy, r.rate) for r in then] == [("mine", 0.25), ("base", 0.0)]
+    harmless = Harmlessness([Rate("mine", "refusal", 0.25, 0.1, 0.4)], [], [], [], 0, then)
+    test = EvaluateConfig(policy="p", split="test", selection="the best of 4 configurations of sweep s by ...")
+    report = markdown("t", "p", 40, [], {}, harmless, None, None, (provenance(test),))
+    assert report.startswith("# t\n\nPrompts: the test split. The evaluated configuration is the best of 4"
+                             " configurations of sweep s by ....\n")
+    assert "then give substantive content" in report and "mine 0.250 [" in report and "base 0.000 [0.000, 0.088]" in report
+    assert provenance(EvaluateConfig(policy="p", split="dev")).startswith("Prompts: the dev split: prompts a sweep chooses on")
+    assert provenance(EvaluateConfig(policy="p")) == "Prompts: the prompts given (a stand-alone evaluation)."
+    lines = EvaluationResult(tmp_path, "run", [], harmless, None, {}).summary()
+    assert any(line.startswith("refuses, then complies, mine: 0.250 [") for line in lines)
+
+
+def test_a_judge_that_is_the_policys_starting_model_is_named(tiny_model, tmp_path):
+    from alignray.config import EvaluateConfig
+    from alignray.evaluate.stage import judge_warning
+    from alignray.models.tiny import make_tiny_llama
+
+    start = {"policy": "p", "model": {"name": str(tiny_model)}}
+    assert "the AI judge is the policy's starting model" in judge_warning(EvaluateConfig(**start))
+    assert "set judge.model" in judge_warning(EvaluateConfig(**start, judge={"model": str(tiny_model) + "/"}))
+    other = make_tiny_llama(tmp_path / "judge", seed=3)
+    assert judge_warning(EvaluateConfig(**start, judge={"model": str(other)})) is None
+    assert judge_warning(EvaluateConfig(**start, judge={"model": "http://127.0.0.1:8000/v1"})) is None
+    assert judge_warning(EvaluateConfig(**start, judges=["refusal"])) is None  # no AI judge at all
+
+
 def test_human_pairs_file_jsonl_and_parquet(tmp_path):
     good = tmp_path / "pairs.jsonl"
     good.write_text('{"prompt": "p", "chosen": "c", "rejected": "r", "note": 1}\n\n{"prompt": "q", "chosen": "d", "rejected": "s"}\n')
@@ -269,7 +308,8 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
         f"agreement.model={reward_model}", f"agreement.dataset={labelled}", f"benign_data.source={benign}",
     ]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     [folder] = out.glob("evaluations/evaluate-aligned-*")
     assert {p.name for p in folder.iterdir()} == {"judgements.parquet", "benign_judgements.parquet", "report.md",
                                                   "win_rates.png", "refusals.png", "curves.png"}
@@ -328,6 +368,11 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
         for figure in ("distinct_1", "distinct_2", "repeated_ngrams", "non_alpha", "identical"):
             assert 0 <= run.data.metrics[f"diversity.{figure}.{name}"] <= 1, figure
     assert run.data.tags["alignray.degenerate"] in ("true", "false") and "## Diversity" in report
+    # the AI judge defaulted to the starting model: said once, in the report, the tags and on stderr
+    assert run.data.tags["alignray.judge_is_start"] == "true" and "**Warning:** the AI judge is the policy's" in report
+    assert captured.err.count("warning: the AI judge is the policy's starting model") == 1
+    assert 0 <= run.data.metrics["refuses_then_complies_rate.aligned"] <= 1
+    assert report.startswith("# evaluate-aligned\n\nPrompts: the prompts given (a stand-alone evaluation).")
     assert "diversity of aligned: distinct-1 " in printed
     assert "report:" in printed
     # the judgements as MLflow tables (the run's Evaluation tab), and the run's system metrics

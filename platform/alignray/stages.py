@@ -95,10 +95,8 @@ def _evaluate(cfg: EvaluateConfig) -> StageResult:
 
     result = run(cfg)
     lines = ["", *result.summary(), "", f"report:      {result.folder / 'report.md'}", f"MLflow run:  {result.run_id}"]
-    degenerate = result.diversity.warning() if result.diversity else None  # the policy's answers collapsed
-    warnings = (degenerate,) if degenerate else ()
-    return StageResult(str(result.folder), result.run_id, result.metrics, tuple(lines), warnings,
-                       tuple(f"warning: {w}" for w in warnings))
+    return StageResult(str(result.folder), result.run_id, result.metrics, tuple(lines), result.warnings,
+                       tuple(f"warning: {w}" for w in result.warnings))
 
 
 STAGES: dict[str, StageKind] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignray.evaluate.winrate import Gain, Rate, WinRate
@@ -26,6 +26,8 @@ class Harmlessness:
     over_refusals: list[Rate]  # per policy, benign prompts (empty without benign_data)
     over_refusal_gains: list[Gain]
     benign_prompts: int
+    # per policy, harmful prompts: answers that open with a refusal phrase, then comply (not refusals)
+    then_complies: list[Rate] = field(default_factory=list)
 
 
 def _interval(low: float, high: float) -> str:
@@ -64,7 +66,11 @@ def _refusal_lines(h: Harmlessness) -> list[str]:
             "", f"Change against each opponent (policy minus opponent on the same prompts, {methods(h.refusal_gains)}"
                 " interval):", "",
             *_table("opponent", ("refusal gain (harmful)", methods(h.refusal_gains)),
-                    ("over-refusal change (benign)", methods(h.over_refusal_gains)) if over_gain else None, changes)]
+                    ("over-refusal change (benign)", methods(h.over_refusal_gains)) if over_gain else None, changes),
+            *(["", "Answers that open with a refusal phrase, then give substantive content (counted as no refusal"
+               " above; `alignray.rewards.judges.refusal_kind`), on the harmful prompts: "
+               + "; ".join(f"{r.policy} {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]" for r in h.then_complies)
+               + f" ({methods(h.then_complies)})."] if h.then_complies else [])]
 
 
 def share(value: float | None) -> str:
@@ -73,10 +79,11 @@ def share(value: float | None) -> str:
 
 
 def markdown(title: str, policy: str, prompts: int, rates: list[WinRate], means: dict, harmless: Harmlessness,
-             agreement: dict | None, diversity: DiversityReport | None = None) -> str:
+             agreement: dict | None, diversity: DiversityReport | None = None, notes: tuple[str, ...] = ()) -> str:
+    """The report; `notes` go first, under the title (which split, how the policy was chosen, warnings)."""
     method = methods(rates) or wilson_method()
     lines = [
-        f"# {title}", "",
+        f"# {title}", "", *(line for note in notes for line in (note, "")),
         f"Policy `{policy}` against each opponent on {prompts} held-out prompts. Win rate = (wins + ties/2) / prompts,"
         f" with a {method} score interval on that count (a tie counts as half a win: with ties the interval is"
         " conservative).", "",

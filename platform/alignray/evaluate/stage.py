@@ -56,6 +56,7 @@ TEMPLATE = (
     "{instruction} Answer with the letter of the better reply.\nBetter reply: ("
 )
 CURVES = ("reward", "kl")
+THEN_COMPLIES = "refuses_then_complies"  # a kind of alignray.rewards.judges.refusal_kind
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class EvaluationResult:
     agreement: dict | None
     metrics: dict[str, float]  # as logged to the MLflow run
     diversity: DiversityReport | None = None  # every policy's diversity figures and the collapse flag
+    warnings: tuple[str, ...] = ()  # the judge is the starting model; the policy's answers collapsed
 
     def summary(self) -> list[str]:
         """The win rates, refusal rates and agreements, one per line, each interval's method named."""
@@ -78,6 +80,8 @@ class EvaluationResult:
                   for r in h.refusals]
         lines += [f"over-refusal rate of {r.policy} on benign prompts: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}]"
                   f" ({r.method})" for r in h.over_refusals]
+        lines += [f"refuses, then complies, {r.policy}: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}] ({r.method})"
+                  for r in h.then_complies]
         for kind, found in (("refusal gain", h.refusal_gains), ("over-refusal change", h.over_refusal_gains)):
             lines += [f"{kind} over {g.opponent}: {g.gain:+.3f} [{g.low:+.3f}, {g.high:+.3f}] ({g.method})"
                       for g in found]
@@ -115,7 +119,31 @@ def _judge(frame: pd.DataFrame, cfg: EvaluateConfig, models: Models) -> pd.DataF
             judge = offline.JUDGES[name].score
             frame[f"{name}_policy"] = judge(list(frame["policy_response"]))
             frame[f"{name}_opponent"] = judge(list(frame["opponent_response"]))
+    if "refusal" in cfg.judges:  # the third class: opens with a refusal phrase, then complies
+        for side in ("policy", "opponent"):
+            kinds = offline.refusal_kind(list(frame[f"{side}_response"]))
+            frame[f"{THEN_COMPLIES}_{side}"] = [float(k == THEN_COMPLIES) for k in kinds]
     return frame
+
+
+def provenance(cfg: EvaluateConfig) -> str:
+    """Which split the numbers come from and how the evaluated configuration was chosen."""
+    split = {"dev": "the dev split: prompts a sweep chooses on, not numbers to report",
+             "test": "the test split", None: "the prompts given (a stand-alone evaluation)"}[cfg.split]
+    return f"Prompts: {split}." + (f" The evaluated configuration is {cfg.selection}." if cfg.selection else "")
+
+
+def judge_warning(cfg: EvaluateConfig) -> str | None:
+    """A warning when the AI judge is the policy's own starting model (the default judge)."""
+    judge = cfg.judge.model or cfg.model.name
+    if "model" not in cfg.judges or judge.startswith(("http://", "https://")):
+        return None
+    if judge != cfg.model.name and resolve(judge) != resolve(cfg.model.name):
+        return None
+    return (f"the AI judge is the policy's starting model ({judge}): a policy trained from it can learn what that"
+            " model likes rather than what is better (SmolLM2 judging its own answers preferred 64 tokens of one"
+            " repeated emoji on 108 of 150 prompts); set judge.model (stages.evaluate.judge.model in a pipeline) to"
+            " another model or an OpenAI-compatible URL")
 
 
 def _harmlessness(frame: pd.DataFrame, benign: pd.DataFrame, benign_prompts: int, cfg: EvaluateConfig) -> Harmlessness:
@@ -127,7 +155,7 @@ def _harmlessness(frame: pd.DataFrame, benign: pd.DataFrame, benign_prompts: int
     over = (policy_rates(benign, "refusal", name, samples, seed), gains(benign, "refusal", samples, seed)) \
         if benign_prompts else ([], [])
     return Harmlessness(policy_rates(frame, "refusal", name, samples, seed), gains(frame, "refusal", samples, seed),
-                        *over, benign_prompts)
+                        *over, benign_prompts, policy_rates(frame, THEN_COMPLIES, name, samples, seed))
 
 
 def _agreement(cfg: EvaluateConfig) -> dict | None:
@@ -215,6 +243,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     prompts, benign_prompts = ([c.transcript if c.messages is None else render(c.message_dicts()) for c in cs]
                                for cs in (convs, benign_convs))
     name = cfg.name or f"evaluate-{metric_key(short(cfg.policy)).replace('/', '-')}"
+    judged_by_start = judge_warning(cfg)
 
     cluster.connect(cfg.address)
     # one sampler pool for the policy, the opponents and the judge when they share an architecture
@@ -255,8 +284,9 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp / "judgements.parquet")
             if benign_rows:
                 pq.write_table(pa.Table.from_pandas(benign, preserve_index=False), tmp / "benign_judgements.parquet")
+            notes = (provenance(cfg), *((f"**Warning:** {judged_by_start}.",) if judged_by_start else ()))
             (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, harmless, agreement,
-                                                     variety))
+                                                     variety, notes))
             plot_win_rates(rates, tmp / "win_rates.png")
             if harmless.refusals:
                 plot_refusals(harmless, tmp / "refusals.png")
@@ -272,6 +302,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             **{metric_key(f"refusal_gain.{g.opponent}"): g.gain for g in harmless.refusal_gains},
             **{metric_key(f"over_refusal_rate.{r.policy}"): r.rate for r in harmless.over_refusals},
             **{metric_key(f"over_refusal_gain.{g.opponent}"): g.gain for g in harmless.over_refusal_gains},
+            **{metric_key(f"{THEN_COMPLIES}_rate.{r.policy}"): r.rate for r in harmless.then_complies},
             **{metric_key(f"agreement.{h}"): v[0] for h, v in (agreement or {}).get("heads", {}).items()},
             **{metric_key(f"judge_agreement.{j}.{h}"): v for j, a in (agreement or {}).get("judges", {}).items()
                for h, v in {"labels": a["labels"], **a["heads"]}.items() if v is not None},
@@ -282,4 +313,6 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
         }
         mlflow.log_metrics(metrics)
         _tag_diversity(variety)
-    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement, metrics, variety)
+        mlflow.set_tag("alignray.judge_is_start", str(judged_by_start is not None).lower())
+    warnings = tuple(w for w in (judged_by_start, variety.warning()) if w)
+    return EvaluationResult(target.resolve(), active.info.run_id, rates, harmless, agreement, metrics, variety, warnings)
