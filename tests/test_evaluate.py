@@ -13,8 +13,8 @@ from alignray.data.pairs import load_pairs
 from alignray.evaluate.agreement import judge_agreement
 from alignray.evaluate.report import Harmlessness, markdown, plot_refusals
 from alignray.evaluate.stage import EvaluationResult, bounds
-from alignray.stats import bootstrap_interval
 from alignray.evaluate.winrate import Gain, Rate, gains, outcomes, policy_rates, win_rates
+from alignray.stats import bootstrap_interval
 from alignray.train.data import DatasetError
 from mlflow.tracking import MlflowClient
 

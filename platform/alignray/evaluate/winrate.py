@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from alignray.rewards.judges import JUDGES
 from alignray.stats import (
     bootstrap_interval,
     bootstrap_method,
@@ -35,7 +36,6 @@ from alignray.stats import (
     wilson_interval,
     wilson_method,
 )
-from alignray.rewards.judges import JUDGES
 
 TIE = 1e-6
 
