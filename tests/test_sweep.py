@@ -215,3 +215,10 @@ def test_a_sweep_chooses_on_dev_and_reports_the_choice_on_test(sweep_store):
     assert "the best of 2 configurations of sweep choose" in test.data.params["selection"]
     sfts = [r for r in runs if r.data.tags.get("alignray.stage") == "sft"]
     assert len(sfts) == 4  # three seeds of the first sweep (max_steps 3, seed 0 reused here) and max_steps 2
+
+
+def test_the_sweep_job_entrypoint_names_a_bad_sweep_before_anything_runs(tmp_path):
+    job = Path(__file__).resolve().parents[1] / "jobs" / "sweep.py"
+    done = subprocess.run([sys.executable, str(job), "--config", str(SWEEP), "sweep.grid={}", f"output_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "give the fields to vary" in done.stderr
