@@ -147,7 +147,8 @@ def sweep_store(tmp_path_factory):
 @pytest.mark.slow
 def test_a_three_seed_sweep_survives_its_driver_being_killed(sweep_store):
     store = sweep_store
-    command = _sweep_command(f"output_dir={store}", "sweep.max_concurrent_trials=1")
+    # SFT on every CPU of the machine (2): a trial that held a CPU share itself would leave it waiting
+    command = _sweep_command(f"output_dir={store}", "sweep.max_concurrent_trials=1", "stages.sft.trainer.cpus_per_worker=2")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded cluster
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True, env=env)

@@ -3,7 +3,7 @@
 dev split (`sweep.select`, averaged over its seeds) is evaluated once on the test split.
 
 - A trial is the whole pipeline (`alignray.pipelines.run.run`) with the trial's overrides, run
-  in a Tune trial. Tune reserves a small CPU share for the trial's driver; its stages reserve
+  in a Tune trial. Tune reserves memory for the trial's driver but no CPU; its stages reserve
   their own samplers and trainer workers as they run, so at most as many trials run at once as
   the cluster's CPUs hold whole pipelines (`sweep.max_concurrent_trials`; 1 on a small machine).
 - Stages trials share (the same simulation under several PPO settings) run once: the stage
@@ -36,7 +36,9 @@ from alignray.pipelines import run as pipeline
 from alignray.stages import STAGES
 
 TRIAL_TAG, OVERRIDES_TAG = "alignray.trial", "alignray.overrides"  # on every stage run of a trial
-TRIAL_CPU = 0.01  # what Tune reserves for a trial's driver (its stages reserve their own actors and workers)
+# What Tune reserves for a trial's driver: memory, no CPU (a stage may need every CPU of a node; the
+# stages reserve their own samplers and trainer workers as they run)
+TRIAL_RESOURCES = {"memory": 512 * 2**20}
 
 
 @dataclass
@@ -264,11 +266,11 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
     import ray
 
     parent = _parent_run(cfg, name, spec)
-    per_trial = max(peak_cpus(cfg), TRIAL_CPU)
+    per_trial = peak_cpus(cfg) or 1.0
     concurrent = sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     chooses = sweep.select is not None
     trainable = tune.with_resources(_trainable(base, os.getcwd(), name, parent, "dev" if chooses else "test"),
-                                    {"CPU": TRIAL_CPU})
+                                    tune.PlacementGroupFactory([TRIAL_RESOURCES]))
     combos = math.prod(len(v) for v in sweep.grid.values()) * sweep.num_samples
     progress = _progress(combos, say)
     if tune.Tuner.can_restore(str(folder)):
