@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from alignray.cli import main
 from alignray.config import ConfigError, PipelineConfig, load_config
 from alignray.pipelines.sweep import Trial, choose, peak_cpus, trial_config
 
@@ -145,7 +146,7 @@ def sweep_store(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_three_seed_sweep_survives_its_driver_being_killed(sweep_store):
+def test_a_three_seed_sweep_survives_its_driver_being_killed(sweep_store, capsys):
     store = sweep_store
     # SFT on every CPU of the machine (2): a trial that held a CPU share itself would leave it waiting
     command = _sweep_command(f"output_dir={store}", "sweep.max_concurrent_trials=1", "stages.sft.trainer.cpus_per_worker=2")
@@ -181,14 +182,13 @@ def test_a_three_seed_sweep_survives_its_driver_being_killed(sweep_store):
     assert all(r.data.params["split"] == "test" for r in by_stage["evaluate"])
     assert all(r.info.start_time < killed_at for r in nested if r.data.tags["alignray.trial"] == finished)
 
-    shown = subprocess.run([str(Path(sys.executable).with_name("alignray")), "report", "context_distill-sweep-tiny",
-                            "--output-dir", str(store)], capture_output=True, text=True, env=env, timeout=300)
-    assert shown.returncode == 0, shown.stderr
-    assert "3 trials in 1 configurations" in shown.stdout and "| metric | seed 0 | seed 1 | seed 2 |" in shown.stdout
+    assert main(["report", "context_distill-sweep-tiny", "--output-dir", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "3 trials in 1 configurations" in shown and "| metric | seed 0 | seed 1 | seed 2 |" in shown
     assert re.search(r"\| AI-judge win rate vs tiny-random-llama( \| [+-]\d\.\d{3}){3} \| .* \| (better|worse|inconclusive) \|",
-                     shown.stdout)
+                     shown)
     folder = store / "reports" / "context_distill-sweep-tiny"
-    assert (folder / "report.md").read_text() in shown.stdout and (folder / "seeds.png").stat().st_size > 0
+    assert (folder / "report.md").read_text() in shown and (folder / "seeds.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -197,6 +197,7 @@ def test_a_sweep_chooses_on_dev_and_reports_the_choice_on_test(sweep_store):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(_sweep_command(
         f"output_dir={store}", "sweep.name=choose", "sweep.grid={seed: [0], stages.sft.trainer.max_steps: [3, 2]}",
+        "stages.sft.trainer.cpus_per_worker=2",  # as in the first sweep: its seed-0 SFT is reused
         "sweep.select.metric=win_rate.length.tiny-random-llama", "sweep.select.mode=max",
         "dev_data={source: sample, skip: 10, limit: 4}"), capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
