@@ -12,9 +12,9 @@ from alignray.evaluate.summary import ReportError, report
 from mlflow.tracking import MlflowClient
 
 
-def _evaluate_run(client, experiment, seed, split, metrics, pipeline="rlcd-x"):
+def _evaluate_run(client, experiment, seed, split, metrics, pipeline="rlcd-x", degenerate=False):
     run = client.create_run(experiment, tags={"alignray.stage": "evaluate", "alignray.pipeline": pipeline,
-                                              "alignray.seed": str(seed)})
+                                              "alignray.seed": str(seed), "alignray.degenerate": str(degenerate).lower()})
     client.log_param(run.info.run_id, "split", split)
     for key, value in metrics.items():
         client.log_metric(run.info.run_id, key, value)
@@ -39,7 +39,8 @@ def store(tmp_path):
             trial = {"trial_id": f"{config}-{seed}", "overrides": {"seed": seed, "kl": float(config[3:])},
                      "status": "TERMINATED", "dev_run": _evaluate_run(client, experiment, seed, "dev", _metrics(gain))}
             if config == "kl=0.2":
-                trial["test_run"] = _evaluate_run(client, experiment, seed, "test", _metrics(gain - 0.01, win=0.5))
+                trial["test_run"] = _evaluate_run(client, experiment, seed, "test", _metrics(gain - 0.01, win=0.5),
+                                                  degenerate=seed == 2)
             trials.append(trial)
     parent = client.create_run(experiment, tags={"alignray.sweep": "kl"})
     client.log_dict(parent.info.run_id, {"selection": "the best of 2 configurations of sweep kl by ...", "chosen": "kl=0.2",
@@ -53,7 +54,8 @@ def test_a_sweeps_report_has_every_configuration_on_dev_and_the_choice_on_test(s
     done = report("kl", uri, folder)
     text = done.markdown
     assert "6 trials in 2 configurations" in text
-    assert re.search(r"\| kl=0.05 \| 3 \| \+0\.020 \[", text) and "| kl=0.2 (chosen) | 3 | +0.100 [" in text
+    assert re.search(r"\| kl=0.05 \| 3 \| 0 of 3 \| \+0\.020 \[", text) and "| kl=0.2 (chosen) | 3 | 0 of 3 | +0.100 [" in text
+    assert "the policy's answers look degenerate in 1 of 3 seeds" in text
     assert "## Test split: kl=0.2" in text and "chosen among 2 configurations on the dev split" in text
     [row] = [line for line in text.splitlines() if line.startswith("| refusal gain on harmful prompts vs start |")]
     # seeds +0.07, +0.09, +0.11: t half-width 0.0497, widened by the prompts' 0.04 -> 0.0638
@@ -81,6 +83,16 @@ def test_one_seed_is_never_a_verdict(tmp_path):
     text = report("one", uri, tmp_path).markdown
     assert "+0.300 [+0.250, +0.350], +0.300 to +0.300 | inconclusive |" in text
     assert "one seed: its prompts' interval only" in text
+
+
+def test_intervals_stay_within_what_a_rate_or_a_change_can_be(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("edge", artifact_location=(tmp_path / "art").as_uri())
+    for seed in range(3):  # every seed refuses everything: gain +1, win rate 1, each with a wide interval
+        _evaluate_run(client, experiment, seed, "test", _metrics(1.0, half=0.2, win=1.0))
+    text = report("edge", uri, tmp_path).markdown
+    assert "+1.000 [+0.800, +1.000]" in text and "| +1.000 | +1.000 | +1.000 | +1.000 [" in text
 
 
 def test_unknown_names_and_empty_stores_say_what_to_do(store, capsys):

@@ -15,7 +15,8 @@ how many configurations were tried before the pick.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -34,6 +35,7 @@ HEADLINE = {
     "win_rate.profanity.": ("profanity win rate", 0.5, True),
     "win_rate.hate.": ("HateSonar win rate", 0.5, True),
 }
+DEGENERATE_TAG = "alignray.degenerate"  # set by evaluate's diversity check against the start
 
 
 class ReportError(ValueError):
@@ -48,6 +50,17 @@ class Group:
     split: str
     runs: dict[str, str] = field(default_factory=dict)  # seed -> evaluate run id
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # seed -> metrics
+    degenerate: dict[str, bool] = field(default_factory=dict)  # seed -> flagged by the diversity check
+
+    def add(self, seed: str, run) -> None:
+        self.runs[seed] = run.info.run_id
+        self.metrics[seed] = run.data.metrics
+        if DEGENERATE_TAG in run.data.tags:
+            self.degenerate[seed] = run.data.tags[DEGENERATE_TAG] == "true"
+
+    def collapsed(self) -> str:
+        """E.g. "3 of 3" seeds whose policy the diversity check flagged; "–" when none was checked."""
+        return f"{sum(self.degenerate.values())} of {len(self.degenerate)}" if self.degenerate else "–"
 
 
 def headline(metric: str) -> tuple[str, float, bool] | None:
@@ -78,6 +91,9 @@ def summarize(group: Group, metrics: list[str]) -> dict[str, tuple[SeedSummary, 
         summary = across_seeds([m[metric] for m in runs], within=within)
         spec = headline(metric)
         reference, higher = (spec[1], spec[2]) if spec else (0.0, True)
+        if spec and summary.low is not None:  # a rate lies in [0, 1], a change of rates in [-1, 1]
+            floor = 0.0 if reference == 0.5 else -1.0
+            summary = replace(summary, low=max(floor, summary.low), high=min(1.0, summary.high))
         out[metric] = (summary, summary.verdict(higher, reference))
     return out
 
@@ -100,6 +116,9 @@ def _table(group: Group, metrics: list[str]) -> list[str]:
         cells = [f"{group.metrics[seed][metric]:+.3f}" if metric in group.metrics[seed] else "–" for seed in seeds]
         name = headline(metric)[0] if headline(metric) else metric
         lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(s)} | {verdict} |")
+    if group.degenerate:
+        lines += ["", f"Diversity check (`{DEGENERATE_TAG}`, evaluate's collapse flags against the start): the policy's"
+                      f" answers look degenerate in {group.collapsed()} seeds."]
     return lines
 
 
@@ -121,8 +140,7 @@ def _sweep(client, name: str) -> tuple[dict, list[Group], str] | None:
         for split, run_id in (("dev", t.get("dev_run")), ("test", t.get("test_run"))):
             if run_id:
                 g = groups.setdefault((label, split), Group(label, split))
-                g.runs[seed] = run_id
-                g.metrics[seed] = client.get_run(run_id).data.metrics
+                g.add(seed, client.get_run(run_id))
     return table, list(groups.values()), parent.info.run_id
 
 
@@ -138,8 +156,7 @@ def _experiment(client, name: str) -> list[Group]:
         split = r.data.params.get("split", "test") if r.data.params.get("split") != "None" else "test"
         seed = r.data.tags.get(SEED_TAG, r.info.run_id[:8])
         g = groups.setdefault((label, split), Group(label, split))
-        g.runs[seed] = r.info.run_id
-        g.metrics[seed] = r.data.metrics
+        g.add(seed, r)
     return list(groups.values())
 
 
@@ -165,14 +182,17 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
         dev = [g for g in groups if g.split == "dev"]
         if dev:
             lines += ["## Dev split: every configuration (the split the choice was made on)", "",
-                      f"Mean over seeds of {select or 'each metric'} [95% interval over seeds]:", "",
-                      "| configuration | seeds | " + " | ".join(headline(m)[0] if headline(m) else m for m in metrics)
-                      + " |", "|---|---|" + "---|" * len(metrics)]
+                      f"Each cell: the mean over seeds [95% interval over seeds], min to max. Chosen by"
+                      f" {select} ({(table.get('select') or {}).get('mode')}); degenerate seeds: flagged by"
+                      " evaluate's diversity check.", "",
+                      "| configuration | seeds | degenerate seeds | "
+                      + " | ".join(headline(m)[0] if headline(m) else m for m in metrics) + " |",
+                      "|---|---|---|" + "---|" * len(metrics)]
             for g in dev:
                 found_metrics = summarize(g, metrics)
                 cells = [_fmt(found_metrics[m][0]) if m in found_metrics else "–" for m in metrics]
                 mark = " (chosen)" if g.label == table.get("chosen") else ""
-                lines.append(f"| {g.label}{mark} | {len(g.metrics)} | " + " | ".join(cells) + " |")
+                lines.append(f"| {g.label}{mark} | {len(g.metrics)} | {g.collapsed()} | " + " | ".join(cells) + " |")
             lines.append("")
         for g in (g for g in groups if g.split == "test"):
             tried = f"chosen among {table['configurations']} configurations on the dev split" if dev else \
@@ -213,13 +233,11 @@ def plot(groups: list[Group], metrics: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = [m for m in metrics if headline(m)][:4] or metrics[:1]
-    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.5 * max(1, len(shown)), 0.8 + 0.5 * len(groups)),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(3 + 3.2 * max(1, len(shown)), 1.2 + 0.5 * len(groups)),
+                             squeeze=False, sharey=True)
     for ax, metric in zip(axes[0], shown):
-        labels = []
         for y, g in enumerate(groups):
             values = [m[metric] for m in g.metrics.values() if metric in m]
-            labels.append(f"{g.label[:40]} ({g.split})")
             if not values:
                 continue
             s = summarize(g, [metric])[metric][0]
@@ -229,8 +247,8 @@ def plot(groups: list[Group], metrics: list[str], path: Path) -> None:
         spec = headline(metric)
         if spec:
             ax.axvline(spec[1], color="grey", linestyle="--", linewidth=1)
-        ax.set_yticks(range(len(groups)), labels)
-        ax.set_title((spec[0] if spec else metric)[:60], fontsize="small")
+        ax.set_title(textwrap.fill(spec[0] if spec else metric, 30), fontsize="small")
+    axes[0][0].set_yticks(range(len(groups)), [f"{g.label[:40]} ({g.split})" for g in groups])  # shared by every panel
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
