@@ -5,8 +5,11 @@ wired inputs) and validated before anything runs. A stage is keyed by a hash of 
 inputs (minus the fields that only pause, name or place a run: stop_after_*, run and registry
 names, address);
 a finished stage records key and output as tags of its MLflow run, so running the pipeline
-again skips every stage already done for the same key, and says so. An interrupted training
-stage resumes from its last checkpoint (its Ray Train run name carries the key).
+again skips every stage already done for the same key, and says so; the check and the run
+happen under a file lock per key (`once`), so pipelines running at once (a sweep's trials)
+run a shared stage once. An interrupted training stage resumes from its last checkpoint (its
+Ray Train run name carries the key). The pipeline's `seed` seeds every stage that has none of
+its own, and the evaluate stage uses the split of `evaluate_on`.
 """
 
 from __future__ import annotations
