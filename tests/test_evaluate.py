@@ -195,15 +195,16 @@ def test_the_report_says_its_split_its_choice_and_who_refuses_then_complies(tmp_
 def test_a_judge_that_is_the_policys_starting_model_is_named(tiny_model, tmp_path):
     from alignray.config import EvaluateConfig
     from alignray.evaluate.stage import judge_warning
+    from alignray.models.registry import resolve
     from alignray.models.tiny import make_tiny_llama
 
-    start = {"policy": "p", "model": {"name": str(tiny_model)}}
-    assert "the AI judge is the policy's starting model" in judge_warning(EvaluateConfig(**start))
-    assert "set judge.model" in judge_warning(EvaluateConfig(**start, judge={"model": str(tiny_model) + "/"}))
+    start, base = {"policy": "p", "model": {"name": str(tiny_model)}}, resolve(str(tiny_model))
+    assert "the AI judge is the policy's starting model" in judge_warning(EvaluateConfig(**start), base)
+    assert "set judge.model" in judge_warning(EvaluateConfig(**start, judge={"model": str(tiny_model) + "/"}), base)
     other = make_tiny_llama(tmp_path / "judge", seed=3)
-    assert judge_warning(EvaluateConfig(**start, judge={"model": str(other)})) is None
-    assert judge_warning(EvaluateConfig(**start, judge={"model": "http://127.0.0.1:8000/v1"})) is None
-    assert judge_warning(EvaluateConfig(**start, judges=["refusal"])) is None  # no AI judge at all
+    assert judge_warning(EvaluateConfig(**start, judge={"model": str(other)}), base) is None
+    assert judge_warning(EvaluateConfig(**start, judge={"model": "http://127.0.0.1:8000/v1"}), base) is None
+    assert judge_warning(EvaluateConfig(**start, judges=["refusal"]), base) is None  # no AI judge at all
 
 
 def test_human_pairs_file_jsonl_and_parquet(tmp_path):

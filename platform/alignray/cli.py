@@ -74,10 +74,15 @@ def train(kind: str, items: list[str], address: str | None = None) -> int:
     return _show(result)
 
 
-def run_pipeline(items: list[str], address: str | None = None) -> int:
+def _pipeline(items: list[str], address: str | None, command: str) -> PipelineConfig:
+    """A pipeline config file (named first) with its overrides, as `alignray run` and `sweep` take it."""
     if "=" in items[0]:
-        raise ConfigError("alignray run needs a pipeline config file first (see jobs/configs/pipelines/)")
-    cfg = _load(items, address, PipelineConfig, "run")
+        raise ConfigError(f"alignray {command} needs a pipeline config file first (see jobs/configs/pipelines/)")
+    return _load(items, address, PipelineConfig, command)
+
+
+def run_pipeline(items: list[str], address: str | None = None) -> int:
+    cfg = _pipeline(items, address, "run")
     from alignray.pipelines.run import run
     from alignray.train.launch import TrainingError
 
@@ -97,9 +102,7 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
 
 
 def sweep(items: list[str], address: str | None = None) -> int:
-    if "=" in items[0]:
-        raise ConfigError("alignray sweep needs a pipeline config file first, with a sweep section")
-    cfg = _load(items, address, PipelineConfig, "sweep")
+    cfg = _pipeline(items, address, "sweep")
     from alignray.evaluate.summary import report
     from alignray.pipelines.sweep import run
 

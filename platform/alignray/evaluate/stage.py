@@ -133,12 +133,13 @@ def provenance(cfg: EvaluateConfig) -> str:
     return f"Prompts: {split}." + (f" The evaluated configuration is {cfg.selection}." if cfg.selection else "")
 
 
-def judge_warning(cfg: EvaluateConfig) -> str | None:
-    """A warning when the AI judge is the policy's own starting model (the default judge)."""
+def judge_warning(cfg: EvaluateConfig, base: Path) -> str | None:
+    """A warning when the AI judge is the policy's own starting model (`base`, resolved from
+    model.name; the default judge)."""
     judge = cfg.judge.model or cfg.model.name
     if "model" not in cfg.judges or judge.startswith(("http://", "https://")):
         return None
-    if judge != cfg.model.name and resolve(judge) != resolve(cfg.model.name):
+    if judge != cfg.model.name and resolve(judge) != base:
         return None
     return (f"the AI judge is the policy's starting model ({judge}): a policy trained from it can learn what that"
             " model likes rather than what is better (SmolLM2 judging its own answers preferred 64 tokens of one"
@@ -243,7 +244,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     prompts, benign_prompts = ([c.transcript if c.messages is None else render(c.message_dicts()) for c in cs]
                                for cs in (convs, benign_convs))
     name = cfg.name or f"evaluate-{metric_key(short(cfg.policy)).replace('/', '-')}"
-    judged_by_start = judge_warning(cfg)
+    judged_by_start = judge_warning(cfg, base)
 
     cluster.connect(cfg.address)
     # one sampler pool for the policy, the opponents and the judge when they share an architecture

@@ -108,11 +108,12 @@ def _metric_names(groups: list[Group], extra: tuple[str, ...] = ()) -> list[str]
     return [k for k in sorted(seen) if headline(k)] + [k for k in extra if k in seen and not headline(k)]
 
 
-def _table(group: Group, metrics: list[str]) -> list[str]:
+def _table(group: Group, found: dict[str, tuple[SeedSummary, str]]) -> list[str]:
+    """The group's seeds table: `found` is its `summarize`."""
     seeds = sorted(group.metrics, key=lambda s: (len(s), s))
     lines = [f"| metric | {' | '.join(f'seed {s}' for s in seeds)} | mean [95% CI over seeds], min to max | verdict |",
              "|---|" + "---|" * len(seeds) + "---|---|"]
-    for metric, (s, verdict) in summarize(group, metrics).items():
+    for metric, (s, verdict) in found.items():
         cells = [f"{group.metrics[seed][metric]:+.3f}" if metric in group.metrics[seed] else "–" for seed in seeds]
         name = headline(metric)[0] if headline(metric) else metric
         lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(s)} | {verdict} |")
@@ -153,7 +154,7 @@ def _experiment(client, name: str) -> list[Group]:
     groups: dict[tuple[str, str], Group] = {}
     for r in runs:  # oldest first: a later run of the same seed replaces an earlier one
         label = r.data.tags.get("alignray.pipeline", "?")
-        split = r.data.params.get("split", "test") if r.data.params.get("split") != "None" else "test"
+        split = "dev" if r.data.params.get("split") == "dev" else "test"  # a stand-alone evaluation counts as test
         seed = r.data.tags.get(SEED_TAG, r.info.run_id[:8])
         g = groups.setdefault((label, split), Group(label, split))
         g.add(seed, r)
@@ -179,6 +180,7 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
                  f"MLflow parent run `{parent}`. {len(table['trials'])} trials in {table['configurations']}"
                  f" configurations. Reported configuration: {table['selection']}.", ""]
         metrics = _metric_names(groups, (select,) if select else ())
+        summaries = {(g.label, g.split): summarize(g, metrics) for g in groups}
         dev = [g for g in groups if g.split == "dev"]
         if dev:
             lines += ["## Dev split: every configuration (the split the choice was made on)", "",
@@ -189,7 +191,7 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
                       + " | ".join(headline(m)[0] if headline(m) else m for m in metrics) + " |",
                       "|---|---|---|" + "---|" * len(metrics)]
             for g in dev:
-                found_metrics = summarize(g, metrics)
+                found_metrics = summaries[(g.label, g.split)]
                 cells = [_fmt(found_metrics[m][0]) if m in found_metrics else "–" for m in metrics]
                 mark = " (chosen)" if g.label == table.get("chosen") else ""
                 lines.append(f"| {g.label}{mark} | {len(g.metrics)} | {g.collapsed()} | " + " | ".join(cells) + " |")
@@ -198,34 +200,35 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
             tried = f"chosen among {table['configurations']} configurations on the dev split" if dev else \
                 "the only configuration (no choice)"
             lines += [f"## Test split: {g.label}", "", f"Reported once, {tried}; one evaluation per seed.", "",
-                      *_table(g, metrics), ""]
+                      *_table(g, summaries[(g.label, g.split)]), ""]
     else:
         groups = _experiment(client, name)
         if not groups:
             raise ReportError(f"experiment {name!r} has no finished evaluate runs")
         metrics = _metric_names(groups)
+        summaries = {(g.label, g.split): summarize(g, metrics) for g in groups}
         lines = [f"# Experiment `{name}`", "",
                  "Evaluate runs grouped by pipeline and split; a seed is the pipeline's `seed` (else one run).", ""]
         for g in groups:
-            lines += [f"## {g.label}, {g.split} split", "", *_table(g, metrics), ""]
-    lines += ["Intervals over seeds: " + "; ".join(_methods(groups, metrics)) + ". A verdict is \"better\" or"
+            lines += [f"## {g.label}, {g.split} split", "", *_table(g, summaries[(g.label, g.split)]), ""]
+    lines += ["Intervals over seeds: " + "; ".join(_methods(summaries)) + ". A verdict is \"better\" or"
               " \"worse\" only when the interval excludes no change (0 for a gain, 0.5 for a win rate) and there are at"
               " least two seeds; otherwise \"inconclusive\".", ""]
     text = "\n".join(lines)
     target = output_dir / "reports" / name.replace("/", "-")
     with atomic_dir(target) as tmp:
         (tmp / "report.md").write_text(text)
-        plot(groups, metrics, tmp / "seeds.png")
+        plot(groups, summaries, metrics, tmp / "seeds.png")
     return Report(name, text, target.resolve())
 
 
-def _methods(groups: list[Group], metrics: list[str]) -> list[str]:
+def _methods(summaries: dict) -> list[str]:
     """The interval methods the tables use, each once."""
-    found = [s.method for g in groups for s, _ in summarize(g, metrics).values()]
+    found = [s.method for per_metric in summaries.values() for s, _ in per_metric.values()]
     return list(dict.fromkeys(found)) or ["none"]
 
 
-def plot(groups: list[Group], metrics: list[str], path: Path) -> None:
+def plot(groups: list[Group], summaries: dict, metrics: list[str], path: Path) -> None:
     """One panel per headline metric: each group's seeds (dots) and their mean with its interval."""
     import matplotlib
 
@@ -240,7 +243,7 @@ def plot(groups: list[Group], metrics: list[str], path: Path) -> None:
             values = [m[metric] for m in g.metrics.values() if metric in m]
             if not values:
                 continue
-            s = summarize(g, [metric])[metric][0]
+            s = summaries[(g.label, g.split)][metric][0]
             ax.scatter(values, [y] * len(values), s=12, color="grey", zorder=2)
             err = [[s.mean - s.low], [s.high - s.mean]] if s.low is not None else None
             ax.errorbar([s.mean], [y], xerr=err, fmt="o", capsize=4, zorder=3)
