@@ -30,7 +30,7 @@ def tiny_model(tmp_path_factory):
 
 
 # Modules that each start a Ray Serve instance: they run one after another, on one worker.
-SHARED_WORKER = {"test_serve": "serve", "test_serve_cli": "serve", "test_chat_labeller": "serve"}
+SHARED_WORKER = {"test_serve": "serve", "test_chat_labeller": "serve"}
 # The groups that take minutes, longest first (measured; see README): handed out before the
 # others so that the two workers finish together.
 LONGEST_FIRST = ["test_ppo", "serve", "test_pipelines", "test_simulate_e2e", "test_sweep", "test_job_submit",

@@ -1,11 +1,14 @@
-"""The Serve applications of serving/config.yaml over real HTTP on 127.0.0.1, deployed the way
-a cluster deploys them (`serve run <config>`, which applies the config like `serve deploy` and
-KubeRay do): the policy through the official `openai` client, the reward scores, bearer auth,
-4xx JSON errors, concurrent load, and model switches under load (the policy's by rolling its
-replicas, the reward's through user_config)."""
+"""The Serve applications of serving/config.yaml over real HTTP on 127.0.0.1, deployed as a user
+deploys them: `alignray serve` (which adapts the config and runs `serve run`, applying it as
+`serve deploy` and KubeRay do) against a running cluster, with the bearer token set in the user's
+shell (the replicas refuse to start without it, so every test here sees that it reached them).
+Then the policy through the official `openai` client, the reward scores, bearer auth, 4xx JSON
+errors, concurrent load, and model switches under load (the policy's by rolling its replicas,
+the reward's through user_config)."""
 
 import copy
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,23 +25,21 @@ from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
+TOKEN_ENV = "ALIGNRAY_SERVE_TOKEN"  # serving/config.yaml's
 NAME = "alignray-policy"
 PROMPTS = ["Human: Hi?\n\nAssistant:", "Human: Tell me about words.\n\nAssistant:"]
 RESPONSES = ["word word word", "no."]
 CHAT = [{"role": "user", "content": "Tell me about words."}]
 
 
-def local_config(port: int, token_file: Path, policy: Path, rewards: list[str]) -> dict:
-    """serving/config.yaml as `alignray serve --cpu` adapts it, with the token as a file and
-    small limits."""
+def local_config(port: int, policy: Path, rewards: list[str]) -> dict:
+    """serving/config.yaml as `alignray serve --cpu` adapts it, with small limits."""
     from alignray.serve.deploy import adapt, load
 
     cfg = adapt(load(ROOT / "serving" / "config.yaml"), policy=str(policy), rewards=rewards, cpu=True,
                 host="127.0.0.1", port=port)
     apps = {app["name"]: app for app in cfg["applications"]}
-    for app in apps.values():
-        app["args"].pop("token_env")
-        app["args"]["token_file"] = str(token_file)
+    assert {app["args"]["token_env"] for app in apps.values()} == {TOKEN_ENV}
     apps["policy"]["args"].pop("tracking_uri")
     apps["reward"]["deployments"][0]["user_config"].pop("tracking_uri")
     # max_model_len as the shipped config has it (4096): the replica lowers it to the tiny model's 1024
@@ -63,32 +64,52 @@ def second_reward_model(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tiny_model, pattern_reward, second_reward_model, tmp_path_factory):
-    """(base URL, deploy(config), the config deployed first)."""
+    """(base URL, deploy(config), the config deployed first): `alignray serve` runs for the whole
+    module with the token in its environment; `deploy` applies another config to the same apps."""
     import ray
+    from alignray.serve.deploy import carry_tokens
     from ray import serve
 
     folder = tmp_path_factory.mktemp("serving")
-    (folder / "token").write_text(TOKEN + "\n")
     port = free_port()
-    cfg = local_config(port, folder / "token", tiny_model, [str(pattern_reward[0]), str(second_reward_model)])
+    cfg = local_config(port, tiny_model, [str(pattern_reward[0]), str(second_reward_model)])
+    (folder / "first.yaml").write_text(yaml.safe_dump(cfg))
     address = ray.get_runtime_context().gcs_address
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {TOKEN_ENV: TOKEN}
+    log = folder / "alignray-serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([Path(sys.executable).with_name("alignray"), "serve", "--config",
+                                   str(folder / "first.yaml"), "--cpu", "--address", address],
+                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def deploy(config: dict, check: bool = True) -> None:
-        path = folder / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path = folder / "config.yaml"  # as `alignray serve` writes it: the token carried to the replicas
+        path.write_text(yaml.safe_dump(carry_tokens(config, {TOKEN_ENV: TOKEN})))
         done = subprocess.run([Path(sys.executable).parent / "serve", "run", str(path), "--address", address,
                                "--non-blocking"], capture_output=True, text=True, timeout=300, env=os.environ)
         assert done.returncode == 0 or not check, done.stdout[-2000:] + done.stderr[-3000:]
 
-    deploy(cfg)
     url = f"http://127.0.0.1:{port}"
-    for app in ("policy", "reward"):
-        wait_for(lambda app=app: requests.get(f"{url}/{app}/readyz", timeout=10).status_code == 200, 300)
-    yield url, deploy, cfg
-    serve.shutdown()
+
+    def ready(app: str) -> bool:
+        assert server.poll() is None, f"alignray serve exited; {log}:\n{log.read_text()[-3000:]}"
+        return requests.get(f"{url}/{app}/readyz", timeout=10).status_code == 200
+
+    try:
+        for app in ("policy", "reward"):
+            wait_for(lambda app=app: ready(app), 420, log)
+        yield url, deploy, cfg
+    finally:  # only the process group this module started
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        serve.shutdown()  # whatever `serve run` left on this worker's cluster
 
 
-def wait_for(condition, timeout_s: float) -> None:
+def wait_for(condition, timeout_s: float, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -96,7 +117,7 @@ def wait_for(condition, timeout_s: float) -> None:
                 return
         except requests.RequestException:  # not up yet, or busy loading
             pass
-        assert time.monotonic() < deadline, f"not true after {timeout_s} s"
+        assert time.monotonic() < deadline, f"not true after {timeout_s} s" + (f"; {log}:\n{log.read_text()[-3000:]}" if log else "")
         time.sleep(1)
 
 
