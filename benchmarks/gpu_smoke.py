@@ -208,7 +208,7 @@ def check_nccl_sync(model: Path) -> str:
         raise Skip(f"needs 2 GPUs, the cluster has {gpus:g}: NCCL refuses two ranks on one GPU, and the CUDA IPC"
                    " engine for a shared GPU is not wired")
     cfg = sampler_config(weight_transfer="collective")
-    task = ray.remote(num_gpus=1)(nccl_sync).remote(str(model), cfg, prompts(1)[0])
+    task = ray.remote(num_gpus=1, max_retries=0)(nccl_sync).remote(str(model), cfg, prompts(1)[0])
     try:
         stale, diff = ray.get(task, timeout=300)
     except GetTimeoutError:
