@@ -108,7 +108,7 @@ TRACKING = TrackingConfig(experiment="gpu-smoke")
 
 
 def sampler_config(**changes) -> SamplerConfig:
-    """One vLLM actor on a whole GPU, eager (no CUDA-graph capture: start-up time matters here)."""
+    """One vLLM actor on a GPU (30% of its memory), eager as by default (no CUDA-graph capture to wait for)."""
     return SamplerConfig(num_samplers=1, gpus_per_sampler=1, gpu_memory_utilization=0.3, max_model_len=1024,
                          weight_sync_timeout_s=120, **changes)
 
@@ -248,7 +248,7 @@ def check_ppo(model: Path, run: Path) -> str:
     m = result.metrics
     if result.model_uri is None or not all(math.isfinite(m.get(k, math.nan)) for k in ("reward", "sync_probe_diff")):
         raise RuntimeError(f"the iteration did not finish with a finite reward and a verified sync: {m}")
-    return (f"1 iteration, vLLM slept and woke, reward {m['reward']:.3f}, probe difference {m['sync_probe_diff']:.3f},"
+    return (f"1 iteration, vLLM sleep mode on, reward {m['reward']:.3f}, probe difference {m['sync_probe_diff']:.3f},"
             f" rollout {m['time_rollout']:.1f} s, training {m['time_training']:.1f} s, sync {m['time_sync']:.1f} s")
 
 
