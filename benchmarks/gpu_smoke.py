@@ -19,8 +19,10 @@ Checks, in order; each runs whether or not an earlier one failed:
                  HTTP with a bearer token.
 
 Output: a line per check as it finishes, then the table. Other libraries' output goes to
-<output-dir>/run-<time>/logs/gpu-smoke-<time>.log (and Ray's workers' to logs/ray), with the traceback of every
-failed check; --log-level debug prints it all instead. Checkpoints and the MLflow store are in the same run folder.
+<output-dir>/run-<time>/logs/gpu-smoke-<time>.log (Ray's workers' to logs/ray), with the traceback of every failed
+check; --log-level debug prints it all instead. Checkpoints and the MLflow store are in the same run folder. Ray: as
+the alignray commands, --address or RAY_ADDRESS, else a cluster started on this machine with `ray start`, else a new
+local one.
 
     .venv/bin/python benchmarks/gpu_smoke.py                      # every check
     .venv/bin/python benchmarks/gpu_smoke.py --checks zero3 ppo-colocated
@@ -236,12 +238,10 @@ def check_zero(model: Path, run: Path, stage: int) -> str:
 
 
 def check_ppo(model: Path, run: Path) -> str:
-    from alignray import cluster
     from alignray.train import placement, ppo
     from ppo_iteration import make_reward_model
 
     cfg = ppo_config(model, make_reward_model(model, run / "reward-model"), run)
-    cluster.connect(cfg.address)
     if not placement.plan(cfg.ppo.placement, cfg.trainer, cfg.sampler).sleep_samplers:
         raise RuntimeError("the colocated placement does not put vLLM to sleep between rollouts")
     result = ppo.fit(cfg)
@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the checks to run (always in this order): {' '.join(NAMES)}; default: all")
     parser.add_argument("--output-dir", type=Path, default=Path("alignray-runs/gpu-smoke"),
                         help="each run writes logs, checkpoints and MLflow into a new run-<time> folder here")
+    parser.add_argument("--address", help="the Ray cluster to join (default: RAY_ADDRESS, else one started here with"
+                                          " `ray start`, else a new local one)")
     parser.add_argument("--log-level", choices=["info", "debug"], default="info",
                         help="debug: every library's output on the terminal instead of the log file")
     args = parser.parse_args(argv)
@@ -312,14 +314,18 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_CUDA)
         return 0
     from alignray import cluster, logs
-    from alignray.models.registry import prepare
+    from alignray.models.registry import ModelError, prepare
 
     logs.setup(args.log_level)
+    try:
+        model = prepare(MODEL)
+    except ModelError as exc:
+        print(f"gpu_smoke: {exc}", file=sys.stderr)
+        return 2
     run = (args.output_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     logs.log_to(run / "logs", "gpu-smoke")
-    cluster.connect()  # opens the log file first
+    cluster.connect(args.address)  # opens the log file first
     run.mkdir(parents=True, exist_ok=True)
-    model = prepare(MODEL)
     print(f"GPU smoke test: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, {MODEL}, in {run}",
           flush=True)
     todo = checks(model, run)
