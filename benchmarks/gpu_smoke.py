@@ -188,10 +188,10 @@ def nccl_sync(model_path: str, cfg: SamplerConfig, prompt: str) -> tuple[float, 
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1 + 0.1 * torch.randn_like(p))
-        b = pack([tok(prompt).input_ids], [tok(PROBE_TEXT, add_special_tokens=False).input_ids], tok.pad_token_id)
-        b = Packed(b.input_ids.cuda(), b.attention_mask.cuda(), b.position_ids.cuda(), b.response_mask.cuda(),
-                   b.prompt_width)
-        _, raw, _ = token_logps(model, b, 1.0)
+        cpu = pack([tok(prompt).input_ids], [tok(PROBE_TEXT, add_special_tokens=False).input_ids], tok.pad_token_id)
+        batch = Packed(cpu.input_ids.cuda(), cpu.attention_mask.cuda(), cpu.position_ids.cuda(),
+                       cpu.response_mask.cuda(), cpu.prompt_width)
+        _, raw, _ = token_logps(model, batch, 1.0)  # as PPO's trainer computes the probe
     probe = Probe(prompt, PROBE_TEXT, tuple(raw[0].tolist()), PROBE_TOLERANCE["bfloat16"])
     with SamplerPool(model_path, cfg, dtype="bfloat16") as pool:
         [before] = pool.score([prompt], [PROBE_TEXT])
