@@ -122,15 +122,15 @@ def _env(container: dict) -> dict:
 
 
 def test_driver_and_actors_see_the_same_cache_and_downloads_on_the_shared_volume():
-    """The driver runs on the head, its actors on the workers: the prepared model
-    (ALIGNRAY_CACHE) and registry downloads (ALIGNRAY_DOWNLOADS) must be on a volume both mount,
-    at the same path."""
-    for overlay in [o for o in OVERLAYS if o.startswith("jobs/")] + ["cluster"]:
+    """The driver runs on the head, its actors on the workers (and Serve builds the policy's app
+    on one node, its replicas run on others): the prepared model (ALIGNRAY_CACHE) and registry
+    downloads (ALIGNRAY_DOWNLOADS) must be on a volume every Ray pod mounts, at the same path."""
+    for overlay in [o for o in OVERLAYS if o.startswith("jobs/")] + ["cluster", "serving"]:
         [doc] = [d for d in render(overlay) if d["kind"] in RAY_KINDS]
         seen = set()
         for where, container, pod in ray_containers(doc):
-            shared = {v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "alignray-shared"}
-            mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in shared]
+            shared = {v["name"] for v in pod.get("volumes", []) if v.get("persistentVolumeClaim", {}).get("claimName") == "alignray-shared"}
+            mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in shared]
             env = _env(container)
             for var in ("ALIGNRAY_CACHE", "ALIGNRAY_DOWNLOADS"):
                 assert isinstance(env.get(var), str) and any(env[var].startswith(m + "/") for m in mounts), (

@@ -37,13 +37,15 @@ pytestmark = [
 
 
 def manifest_env(shared: Path) -> dict[str, str]:
-    """The ALIGNRAY_* variables the RLCD RayJob's pods get, the shared mount mapped to `shared`."""
+    """The ALIGNRAY_* variables the RLCD RayJob's pods get (the RayService's the same: its app
+    builder downloads the policy for its replicas), the shared mount mapped to `shared`."""
     [job] = of_kind(render("jobs/rlcd"), "RayJob")
+    [service] = of_kind(render("serving"), "RayService")
     envs = []
-    for _, container, pod in ray_containers(job):
+    for _, container, pod in ray_containers(job) + ray_containers(service):
         [mount] = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "shared"]
         envs.append({e["name"]: e["value"].replace(mount, str(shared)) for e in container["env"]
-                     if e["name"].startswith("ALIGNRAY_")})
+                     if e["name"].startswith("ALIGNRAY_") and "value" in e})
     assert envs and all(env == envs[0] for env in envs)
     return envs[0]
 
