@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 RAY_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
 PIPELINES = ("rlcd", "morlaif", "rrhf", "rdpo")
-# The order of README "Kubernetes (KubeRay)": base (or a storage class example), jobs, serving.
+# The order of README "Kubernetes (KubeRay)": volumes (or a storage class example), base, jobs,
+# serving; restore only when restoring a backup.
 STORAGE_CLASSES = ("aws-efs", "gke-filestore", "azure-files")
-OVERLAYS = ("base", *(f"storage-classes/{c}" for c in STORAGE_CLASSES), *(f"jobs/{p}" for p in PIPELINES),
-            "cluster", "serving")
+OVERLAYS = ("volumes", *(f"storage-classes/{c}" for c in STORAGE_CLASSES), "base", *(f"jobs/{p}" for p in PIPELINES),
+            "cluster", "serving", "restore")
 KUBECTL = shutil.which("kubectl")
 
 
@@ -59,8 +60,10 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
         if doc["kind"] == "RayJob":  # KubeRay's submitter pod (K8sJobMode) is made from this template
             pods.append((f"{name} submitter", doc["spec"].get("submitterPodTemplate", {}).get("spec", {"containers": []})))
         return pods
-    if doc["kind"] in ("Deployment", "StatefulSet"):
+    if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
         return [(name, doc["spec"]["template"]["spec"])]
+    if doc["kind"] == "CronJob":
+        return [(name, doc["spec"]["jobTemplate"]["spec"]["template"]["spec"])]
     return []
 
 

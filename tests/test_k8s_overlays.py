@@ -37,9 +37,11 @@ def every_doc():
 def test_overlays_apply_one_step_at_a_time():
     kinds = {overlay: {d["kind"] for d in render(overlay)} for overlay in OVERLAYS}
     assert not kinds["base"] & set(RAY_KINDS), "k8s/base holds no Ray cluster: it is applied before any GPU is asked for"
-    assert {"Namespace", "PersistentVolumeClaim", "StatefulSet", "Deployment", "Service"} <= kinds["base"]
+    assert kinds["volumes"] == {"Namespace", "PersistentVolumeClaim"}
+    assert {"StatefulSet", "Deployment", "Service", "CronJob"} <= kinds["base"]
     for cloud in STORAGE_CLASSES:
-        assert kinds[f"storage-classes/{cloud}"] == kinds["base"] | {"StorageClass"}
+        assert kinds[f"storage-classes/{cloud}"] == kinds["volumes"] | {"StorageClass"}
+    assert kinds["restore"] == {"Job"}
     for overlay in (o for o in OVERLAYS if o.startswith("jobs/")):
         assert len(of_kind(render(overlay), "RayJob")) == 1 and kinds[overlay] == {"RayJob", "ConfigMap"}, overlay
     assert kinds["serving"] == {"RayService"} and kinds["cluster"] == {"RayCluster"}
@@ -56,13 +58,61 @@ def test_every_manifest_file_is_in_an_overlay():
 
 
 def test_shared_volume_asks_a_class_that_offers_read_write_many():
-    [claim] = [d for d in render("base") if d["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in d["spec"]["accessModes"]]
+    [claim] = [d for d in render("volumes") if d["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in d["spec"]["accessModes"]]
     name = claim["spec"].get("storageClassName")
-    assert name, ("k8s/base/storage.yaml: a ReadWriteMany claim without storageClassName gets the default class,"
+    assert name, ("k8s/volumes/shared.yaml: a ReadWriteMany claim without storageClassName gets the default class,"
                   " which on EKS, GKE and AKS cannot give it (the pods stay Pending); name a class")
     for cloud in STORAGE_CLASSES:
         [cls] = of_kind(render(f"storage-classes/{cloud}"), "StorageClass")
         assert cls["metadata"]["name"] == name and cls["provisioner"] in RWX_PROVISIONERS, cloud
+
+
+def test_a_routine_delete_deletes_no_data():
+    """`kubectl delete -k` of any overlay but volumes (or a storage class example) removes only
+    what it renders: neither the namespace (with everything in it) nor a claim. Every claim a pod
+    mounts is in volumes, PostgreSQL's StatefulSet keeps its claim, and the example storage
+    classes keep a deleted claim's volume."""
+    kept = {d["metadata"]["name"] for d in of_kind(render("volumes"), "PersistentVolumeClaim")}
+    for overlay, doc in every_doc():
+        if overlay == "volumes" or overlay.startswith("storage-classes/"):
+            continue
+        assert doc["kind"] not in ("Namespace", "PersistentVolumeClaim"), (
+            f"k8s/{overlay}: `kubectl delete -k` would delete {doc['kind']} {doc['metadata']['name']}; move it to k8s/volumes")
+        for where, pod in pod_specs(doc):
+            for volume in pod.get("volumes", []):
+                claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+                assert claim is None or claim in kept, f"k8s/{overlay} {where}: claim {claim} is not in k8s/volumes"
+    [postgres] = of_kind(render("base"), "StatefulSet")
+    assert postgres["spec"].get("persistentVolumeClaimRetentionPolicy", {}).get("whenDeleted", "Retain") == "Retain"
+    for cloud in STORAGE_CLASSES:
+        [cls] = of_kind(render(f"storage-classes/{cloud}"), "StorageClass")
+        assert cls.get("reclaimPolicy") == "Retain", f"k8s/storage-classes/{cloud}: set reclaimPolicy: Retain"
+
+
+def test_postgres_is_backed_up_to_the_shared_volume_and_restored_from_it():
+    """The backup CronJob dumps every database PostgreSQL holds to a folder on a kept claim, and
+    the restore Job reads that folder (tests/test_k8s_backup.py runs both against PostgreSQL)."""
+    base = render("base")
+    [postgres] = of_kind(base, "StatefulSet")
+    [init] = [d for d in of_kind(base, "ConfigMap") if d["metadata"]["name"] == "postgres-init"]
+    databases = {_env(postgres["spec"]["template"]["spec"]["containers"][0])["POSTGRES_DB"],
+                 *re.findall(r"CREATE DATABASE (\w+);", "".join(init["data"].values()))}
+    [backup] = of_kind(base, "CronJob")
+    [restore] = of_kind(render("restore"), "Job")
+    folders = []
+    for doc in (backup, restore):
+        [(_, pod)] = pod_specs(doc)
+        [container] = pod["containers"]
+        script = container["args"][0]
+        assert ("pg_dump" if doc is backup else "pg_restore") in script
+        assert re.search(r"for db in ([\w ]+);", script)[1].split() == sorted(databases), f"{doc['kind']}: every database"
+        [mount] = container["volumeMounts"]
+        assert {"persistentVolumeClaim": {"claimName": "alignray-shared"}, "name": mount["name"]} in pod["volumes"]
+        folder = re.search(r"dir=(\S+)", script)[1]
+        assert folder.startswith(mount["mountPath"] + "/")
+        folders.append(folder)
+        assert _env(container)["PGHOST"] == "postgres" and _env(container)["PGPASSWORD"]["secretKeyRef"]["name"] == "alignray-postgres"
+    assert folders[0] == folders[1]
 
 
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
@@ -107,7 +157,7 @@ def test_every_container_meets_the_restricted_pod_security_standard():
             assert not problems, f"k8s/{overlay} {where}: {'; '.join(problems)}"
             checked += 1
     assert checked >= 18  # ray head, workers, the jobs' submitters, the autoscaler sidecars, MLflow, PostgreSQL
-    [namespace] = of_kind(render("base"), "Namespace")
+    [namespace] = of_kind(render("volumes"), "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
@@ -206,4 +256,4 @@ def test_served_models_are_the_models_the_jobs_register():
 def test_pod_templates_are_found_for_each_kind():
     # guards the helpers above: every workload kind we ship has its pods found
     kinds = {d["kind"] for _, d in every_doc() if pod_specs(d)}
-    assert kinds == {"Deployment", "StatefulSet", *RAY_KINDS}
+    assert kinds == {"Deployment", "StatefulSet", "CronJob", "Job", *RAY_KINDS}
