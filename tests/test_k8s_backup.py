@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from k8s_manifests import KUBECTL, of_kind, pod_specs, render
+from k8s_manifests import needs_kubectl, of_kind, pod_specs, render
 
 PG_BIN = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
               if shutil.which("pg_config") else "/nonexistent")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (renders the overlays)"),
+    needs_kubectl,
     pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="needs PostgreSQL's server programs (pg_config --bindir)"),
 ]
 # PostgreSQL refuses to run as root: the server runs as the postgres user then.

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from k8s_manifests import KUBECTL, containers, render
+from k8s_manifests import containers, needs_kubectl, render
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (renders k8s/base)"),
+    needs_kubectl,
     pytest.mark.skipif(importlib.util.find_spec("flask_wtf") is None,
                        reason="--app-name basic-auth needs mlflow[auth] (Flask-WTF): install the project again (make install)"),
 ]

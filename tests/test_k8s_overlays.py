@@ -5,10 +5,8 @@ pinned images, and served model names that the jobs register."""
 
 import re
 
-import pytest
 from k8s_manifests import (
     K8S,
-    KUBECTL,
     OVERLAYS,
     RAY_KINDS,
     ROOT,
@@ -16,6 +14,7 @@ from k8s_manifests import (
     containers,
     files,
     jobs,
+    needs_kubectl,
     of_kind,
     pod_specs,
     render,
@@ -23,7 +22,7 @@ from k8s_manifests import (
     ray_containers,
 )
 
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (renders the kustomize overlays offline)")
+pytestmark = needs_kubectl
 
 # Provisioners whose volumes can be mounted read-write by many nodes.
 RWX_PROVISIONERS = {"efs.csi.aws.com", "filestore.csi.storage.gke.io", "file.csi.azure.com", "nfs.csi.k8s.io",

@@ -23,13 +23,13 @@ import pandas as pd
 import pytest
 import requests
 from conftest import free_port
-from k8s_manifests import KUBECTL, ROOT, of_kind, ray_containers, render
+from k8s_manifests import ROOT, needs_kubectl, of_kind, ray_containers, render
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (renders the RayJob)"),
+    needs_kubectl,
     pytest.mark.skipif(shutil.which("unshare") is None or subprocess.run(
         ["unshare", "-m", "true"], capture_output=True).returncode != 0,
         reason="needs `unshare -m` (a mount namespace) to hide the head's folders from the worker node"),
