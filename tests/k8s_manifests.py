@@ -37,10 +37,11 @@ def files() -> list[tuple[str, dict]]:
 
 
 @functools.cache
-def render(overlay: str) -> tuple[dict, ...]:
-    """`kubectl kustomize k8s/<overlay>`: what `kubectl apply -k` would send."""
+def render(overlay: str, k8s: Path = K8S) -> tuple[dict, ...]:
+    """`kubectl kustomize k8s/<overlay>`: what `kubectl apply -k` would send (of a copy of k8s/
+    when given)."""
     assert KUBECTL, "kubectl not found on PATH: the k8s tests render the overlays with `kubectl kustomize`"
-    done = subprocess.run([KUBECTL, "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([KUBECTL, "kustomize", str(k8s / overlay)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"kubectl kustomize k8s/{overlay}: {done.stderr}"
     return tuple(yaml.safe_load_all(done.stdout))
 

@@ -4,10 +4,12 @@ the driver hands to actors on the shared volume, authenticated Ray and MLflow, b
 pinned images, and served model names that the jobs register."""
 
 import re
+import shutil
 
 from k8s_manifests import (
     K8S,
     OVERLAYS,
+    PIPELINES,
     RAY_KINDS,
     ROOT,
     STORAGE_CLASSES,
@@ -207,10 +209,32 @@ def test_jobs_end_and_free_their_gpus():
     for pipeline, job, _ in jobs():
         spec = job["spec"]
         assert 0 < spec.get("activeDeadlineSeconds", 0) <= 24 * 3600, f"k8s/jobs/{pipeline}: set activeDeadlineSeconds"
+        assert 0 < spec.get("preRunningDeadlineSeconds", 0) <= 3600, (
+            f"k8s/jobs/{pipeline}: set preRunningDeadlineSeconds, else pods that cannot start wait out activeDeadlineSeconds")
         assert spec["shutdownAfterJobFinishes"] and spec["ttlSecondsAfterFinished"] <= 300, (
             f"k8s/jobs/{pipeline}: its GPUs idle ttlSecondsAfterFinished={spec['ttlSecondsAfterFinished']} s after the job")
     [cluster] = of_kind(render("cluster"), "RayCluster")
     assert cluster["spec"]["enableInTreeAutoscaling"] and all(g["minReplicas"] == 0 for g in cluster["spec"]["workerGroupSpecs"])
+
+
+def test_one_component_sets_the_shape_of_every_gpu_worker(tmp_path):
+    """k8s/components/gpu-worker sets the CPUs, memory and GPUs of every Ray overlay's workers: a
+    copy of k8s/ with another shape there renders that shape everywhere."""
+    ray_overlays = [o for o in OVERLAYS if any(d["kind"] in RAY_KINDS for d in render(o))]
+    component = K8S / "components" / "gpu-worker" / "kustomization.yaml"
+    shape = 'cpu: "8", memory: 48Gi, nvidia.com/gpu: "1"'
+    assert component.read_text().count(shape) == 6  # requests and limits, one patch per kind
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    (copy / component.relative_to(K8S)).write_text(component.read_text().replace(shape, 'cpu: "6", memory: 30Gi, nvidia.com/gpu: "2"'))
+    for k8s, want in ((K8S, {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"}),
+                      (copy, {"cpu": "6", "memory": "30Gi", "nvidia.com/gpu": "2"})):
+        for overlay in ray_overlays:
+            [doc] = [d for d in render(overlay, k8s) if d["kind"] in RAY_KINDS]
+            for group in ray_cluster_spec(doc)["workerGroupSpecs"]:
+                [container] = group["template"]["spec"]["containers"]
+                assert container["resources"] == {"requests": want, "limits": want}, f"k8s/{overlay} {group['groupName']}"
+    assert len(ray_overlays) == len(PIPELINES) + 2  # the jobs, the cluster, the service
 
 
 def test_images_are_pinned_to_a_version_or_digest():
