@@ -116,6 +116,22 @@ def test_postgres_is_backed_up_to_the_shared_volume_and_restored_from_it():
     assert folders[0] == folders[1]
 
 
+def test_pods_give_their_volumes_group_ownership_once():
+    """A pod with a volume claim writes to it as group fsGroup; fsGroupChangePolicy OnRootMismatch
+    changes the ownership only when the volume's root is not already the pod's group, instead of
+    walking every file at every start (a shared volume holds millions). README: the one-time
+    ownership step for shares whose driver ignores fsGroup."""
+    checked = 0
+    for overlay, doc in every_doc():
+        for where, pod in pod_specs(doc):
+            if doc["spec"].get("volumeClaimTemplates") or any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
+                psc = pod.get("securityContext", {})
+                assert psc.get("fsGroup") and psc.get("fsGroupChangePolicy") == "OnRootMismatch", (
+                    f"k8s/{overlay} {where}: set securityContext fsGroup and fsGroupChangePolicy: OnRootMismatch")
+                checked += 1
+    assert checked >= 16  # MLflow, PostgreSQL, the backup, the restore, the Ray heads and workers
+
+
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
 
 
