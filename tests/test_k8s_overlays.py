@@ -265,6 +265,21 @@ def test_images_are_pinned_to_a_version_or_digest():
                 " k8s/components/release (kustomize images:)")
 
 
+def test_mlflow_and_the_job_submitters_run_the_cpu_image():
+    """Neither needs CUDA, vLLM's GPU build or a GPU node: the CPU image is far smaller to pull."""
+    import yaml
+
+    release = yaml.safe_load((K8S / "components" / "release" / "kustomization.yaml").read_text())
+    [cpu] = [i for i in release["images"] if i["name"] == "alignray-cpu"]
+    cpu_image = f"{cpu['newName']}@{cpu['digest']}" if "digest" in cpu else f"{cpu['newName']}:{cpu['newTag']}"
+    [mlflow] = [d for d in render("base") if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow"]
+    pods = pod_specs(mlflow)
+    pods += [(where, pod) for _, job, _ in jobs() for where, pod in pod_specs(job) if where.endswith(" submitter")]
+    assert len(pods) == 1 + len(PIPELINES)
+    for where, pod in pods:
+        assert [c["image"] for c in pod["containers"]] == [cpu_image], f"{where}: run the alignray-cpu image"
+
+
 def test_jobs_run_their_pipelines_and_track_to_the_in_cluster_mlflow():
     for pipeline, job, cfg in jobs():
         script = job["spec"]["entrypoint"].removeprefix("python ").partition(" --config ")[0]
