@@ -280,10 +280,25 @@ def test_mlflow_and_the_job_submitters_run_the_cpu_image():
         assert [c["image"] for c in pod["containers"]] == [cpu_image], f"{where}: run the alignray-cpu image"
 
 
+def test_every_ray_pod_has_a_memory_backed_dev_shm():
+    """Ray's object store lives in /dev/shm, which a container gets at 64 MiB unless a memory
+    emptyDir is mounted there (Ray falls back to a slower disk folder); vLLM and NCCL use it too."""
+    for overlay, doc in every_doc():
+        if doc["kind"] in RAY_KINDS:
+            for where, container, pod in ray_containers(doc):
+                memory = {v["name"] for v in pod.get("volumes", []) if v.get("emptyDir", {}).get("medium") == "Memory"}
+                assert any(m["mountPath"] == "/dev/shm" and m["name"] in memory for m in container.get("volumeMounts", [])), (
+                    f"k8s/{overlay} {where}: mount an emptyDir with medium: Memory at /dev/shm")
+
+
 def test_jobs_run_their_pipelines_and_track_to_the_in_cluster_mlflow():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [workdir] = set(re.findall(r"^WORKDIR (\S+)$", dockerfile, re.M))
+    assert re.search(r"^COPY \S+ jobs \./jobs$", dockerfile, re.M)
     for pipeline, job, cfg in jobs():
         script = job["spec"]["entrypoint"].removeprefix("python ").partition(" --config ")[0]
-        assert script == f"jobs/{pipeline}.py" and (ROOT / script).is_file()
+        # absolute: the job's working folder on the head is Ray's choice, not the image's WORKDIR
+        assert script == f"{workdir}/jobs/{pipeline}.py" and (ROOT / "jobs" / f"{pipeline}.py").is_file(), script
         assert cfg.pipeline == pipeline and cfg.tracking.uri == "http://mlflow:5000"
         assert str(cfg.output_dir).startswith("/mnt/alignray/")
 
