@@ -101,10 +101,14 @@ def test_backup_then_restore_brings_back_every_database(postgres, tmp_path):
 
 
 def test_a_failed_restore_changes_nothing(postgres, tmp_path):
-    restore, restore_env, mount = manifest("restore", "Job")
-    sql(postgres, "mlflow", "CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')")
-    (tmp_path / "shared" / "backups" / "postgres").mkdir(parents=True)
-    done = run(restore, {**postgres, **restore_env, "PGHOST": postgres["PGHOST"], "STAMP": "20000101T000000Z"},
-               mount, tmp_path / "shared")
+    backup, backup_env, mount = manifest("base", "CronJob")
+    restore, restore_env, _ = manifest("restore", "Job")
+    sql(postgres, "mlflow", "CREATE TABLE t (v text); INSERT INTO t VALUES ('backed up')")
+    shared = tmp_path / "shared"
+    assert run(backup, {**postgres, **backup_env, "PGHOST": postgres["PGHOST"]}, mount, shared).returncode == 0
+    sql(postgres, "mlflow", "INSERT INTO t VALUES ('after the backup')")
+    [dump] = (shared / "backups" / "postgres").glob("mlflow-*.dump")
+    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size * 3 // 4])  # cut short: pg_restore fails midway
+    done = run(restore, {**postgres, **restore_env, "PGHOST": postgres["PGHOST"]}, mount, shared)
     assert done.returncode != 0
-    assert sql(postgres, "mlflow", "SELECT v FROM t") == "kept"
+    assert sql(postgres, "mlflow", "SELECT v FROM t ORDER BY v") == "after the backup\nbacked up"

@@ -249,7 +249,7 @@ def test_one_component_sets_the_shape_of_every_gpu_worker(tmp_path):
             [doc] = [d for d in render(overlay, k8s) if d["kind"] in RAY_KINDS]
             for group in ray_cluster_spec(doc)["workerGroupSpecs"]:
                 [container] = group["template"]["spec"]["containers"]
-                assert container["resources"] == {"requests": want, "limits": want}, f"k8s/{overlay} {group['groupName']}"
+                assert container.get("resources") == {"requests": want, "limits": want}, f"k8s/{overlay} {group['groupName']}"
     assert len(ray_overlays) == len(PIPELINES) + 2  # the jobs, the cluster, the service
 
 
