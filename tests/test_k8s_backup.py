@@ -108,7 +108,7 @@ def test_a_failed_restore_changes_nothing(postgres, tmp_path):
     assert run(backup, {**postgres, **backup_env, "PGHOST": postgres["PGHOST"]}, mount, shared).returncode == 0
     sql(postgres, "mlflow", "INSERT INTO t VALUES ('after the backup')")
     [dump] = (shared / "backups" / "postgres").glob("mlflow-*.dump")
-    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size * 3 // 4])  # cut short: pg_restore fails midway
+    dump.write_bytes(dump.read_bytes()[:-10])  # its table's data cut short: pg_restore fails after dropping the table
     done = run(restore, {**postgres, **restore_env, "PGHOST": postgres["PGHOST"]}, mount, shared)
     assert done.returncode != 0
     assert sql(postgres, "mlflow", "SELECT v FROM t ORDER BY v") == "after the backup\nbacked up"
