@@ -4,6 +4,7 @@ Only what needs a cluster is swapped: the Service name for a local socket, the S
 value, the shared mount for a temporary folder."""
 
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -15,13 +16,15 @@ from k8s_manifests import needs_kubectl, of_kind, pod_specs, render
 
 PG_BIN = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
               if shutil.which("pg_config") else "/nonexistent")
+# PostgreSQL refuses to run as root: the server runs as the postgres user then.
+AS_SERVER = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] if os.geteuid() == 0 else []
 pytestmark = [
     pytest.mark.slow,
     needs_kubectl,
     pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="needs PostgreSQL's server programs (pg_config --bindir)"),
+    pytest.mark.skipif(bool(AS_SERVER) and not (shutil.which("setpriv") and "postgres" in {u.pw_name for u in pwd.getpwall()}),
+                       reason="as root, needs setpriv and a postgres user to run PostgreSQL's server as"),
 ]
-# PostgreSQL refuses to run as root: the server runs as the postgres user then.
-AS_SERVER = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] if os.geteuid() == 0 else []
 
 
 def manifest(overlay: str, kind: str) -> tuple[str, dict[str, str], str]:
