@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_manifests import RAY_KINDS, ROOT, files
+from k8s_manifests import OVERLAYS, RAY_KINDS, ROOT, files, needs_kubectl, render
 
 CRD_DIR = ROOT / "tests" / "kuberay-crds"  # KubeRay v1.7.0's, verbatim, with their license
 
@@ -133,7 +133,9 @@ def test_ray_versions_match_the_pinned_ray():
     assert versions and set(versions) == {ray.__version__}
 
 
+@needs_kubectl
 def test_ray_manifests_validate_against_the_kuberay_crds():
+    """The files, and the overlays as rendered (components such as gpu-worker patch them)."""
     import jsonschema
 
     schemas = {}
@@ -141,13 +143,14 @@ def test_ray_manifests_validate_against_the_kuberay_crds():
         [v1] = [v for v in crd(plural)["spec"]["versions"] if v["name"] == "v1"]
         schemas[kind] = strict(v1["schema"]["openAPIV3Schema"])
     checked = 0
-    for name, doc in documents():
+    rendered = [(f"kubectl kustomize k8s/{overlay}", doc) for overlay in OVERLAYS for doc in render(overlay)]
+    for name, doc in documents() + rendered:
         if doc["kind"] in schemas:
             errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
                       for e in jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc)]
             assert not errors, f"{name} ({doc['kind']}): {errors[:5]}"
             checked += 1
-    assert checked >= 6  # the cluster, a job per pipeline, the service
+    assert checked >= 12  # the cluster, a job per pipeline, the service: files and rendered
 
 
 def test_strict_validation_rejects_unknown_fields():
