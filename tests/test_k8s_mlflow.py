@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from k8s_manifests import KUBECTL, containers, render
+from k8s_manifests import containers, needs_kubectl, render
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (renders k8s/base)"),
+    needs_kubectl,
     pytest.mark.skipif(importlib.util.find_spec("flask_wtf") is None,
                        reason="--app-name basic-auth needs mlflow[auth] (Flask-WTF): install the project again (make install)"),
 ]
@@ -89,7 +89,8 @@ def test_mlflow_answers_the_ray_pods_in_cluster_requests_and_only_theirs(server)
     def ask(host, auth=user):
         return requests.post(search, json={"max_results": 1}, headers={"Host": host}, auth=auth, timeout=30)
 
-    for host in ("mlflow:5000", "mlflow.alignray.svc.cluster.local:5000"):
+    # the Ray pods, and a `kubectl port-forward svc/mlflow 5000:5000` user
+    for host in ("mlflow:5000", "mlflow.alignray.svc.cluster.local:5000", "localhost:5000", "127.0.0.1:5000"):
         answer = ask(host)
         assert answer.status_code == 200, (
             f"Host: {host}: {answer.status_code} {answer.text[:200]}; add it to --allowed-hosts in k8s/base/mlflow.yaml")

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from k8s_manifests import KUBECTL, PIPELINES, ROOT
+from k8s_manifests import PIPELINES, ROOT, needs_kubectl
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (renders the overlays)")]
+pytestmark = [pytest.mark.slow, needs_kubectl]
 
 
 def place(*args: str) -> subprocess.CompletedProcess:

@@ -23,13 +23,13 @@ import pandas as pd
 import pytest
 import requests
 from conftest import free_port
-from k8s_manifests import KUBECTL, ROOT, of_kind, ray_containers, render
+from k8s_manifests import ROOT, needs_kubectl, of_kind, ray_containers, render
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (renders the RayJob)"),
+    needs_kubectl,
     pytest.mark.skipif(shutil.which("unshare") is None or subprocess.run(
         ["unshare", "-m", "true"], capture_output=True).returncode != 0,
         reason="needs `unshare -m` (a mount namespace) to hide the head's folders from the worker node"),
@@ -37,13 +37,15 @@ pytestmark = [
 
 
 def manifest_env(shared: Path) -> dict[str, str]:
-    """The ALIGNRAY_* variables the RLCD RayJob's pods get, the shared mount mapped to `shared`."""
+    """The ALIGNRAY_* variables the RLCD RayJob's pods get (the RayService's the same: its app
+    builder downloads the policy for its replicas), the shared mount mapped to `shared`."""
     [job] = of_kind(render("jobs/rlcd"), "RayJob")
+    [service] = of_kind(render("serving"), "RayService")
     envs = []
-    for _, container, pod in ray_containers(job):
+    for _, container, pod in ray_containers(job) + ray_containers(service):
         [mount] = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "shared"]
         envs.append({e["name"]: e["value"].replace(mount, str(shared)) for e in container["env"]
-                     if e["name"].startswith("ALIGNRAY_")})
+                     if e["name"].startswith("ALIGNRAY_") and "value" in e})
     assert envs and all(env == envs[0] for env in envs)
     return envs[0]
 
