@@ -1,6 +1,6 @@
 """One retry policy for alignray's HTTP calls, against a real local server that fails, throttles
-with Retry-After and answers slowly: the PPO reward scorer (`HttpRewardModel`, alignray's own
-pooled client) and the labeller/judge `Endpoint` (the `openai` client). Also how a chat-only
+with Retry-After and answers slowly: the PPO reward scorer (`HttpRewardModel`) and the
+labeller/judge `Endpoint`, both through the `openai` client. Also how a chat-only
 labeller reads the (A)/(B) answer from a chat reply's top_logprobs."""
 
 import json
@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from alignray.rewards.scorers import HttpRewardModel, RewardError
 from alignray.sampling.endpoint import Endpoint, EndpointError
-from alignray.sampling.http import retry_after, wait_s
 from alignray.sampling.types import SamplingSpec
 
 CHAT_REPLY = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
@@ -114,18 +113,6 @@ def test_endpoint_retries_through_the_openai_client(tmp_path):
         endpoint = Endpoint(server.url, retries=1)
         with pytest.raises(EndpointError, match=rf"POST {server.url}/v1/chat/completions failed 2 times \(last: HTTP 503"):
             endpoint.chat([[{"role": "user", "content": "hi"}]], SamplingSpec(max_tokens=4))
-
-
-def test_retry_after_in_seconds_or_as_a_date_and_the_backoff():
-    import email.utils
-    import httpx
-
-    assert retry_after(httpx.Headers({"Retry-After": "3"})) == 3
-    date = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 28 <= retry_after(httpx.Headers({"Retry-After": date})) <= 30
-    assert retry_after(httpx.Headers({"Retry-After": "600"})) is None  # beyond two minutes: back off instead
-    assert retry_after(httpx.Headers({"Retry-After": "soon"})) is None
-    assert [0.375 <= wait_s(1, None) <= 0.5, 6.0 <= wait_s(5, None) <= 8.0, wait_s(9, None) <= 8.0] == [True] * 3
 
 
 # --- chat-only (A)/(B): the first answer token's top_logprobs ----------------------------------

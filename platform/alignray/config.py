@@ -265,6 +265,11 @@ class RewardConfig(Strict):
         description="HTTP URL instead of local models: POST {prompts, responses} ->"
         " {rewards: [[float per principle] per response]}.",
     )
+    endpoint_token_env: str | None = Field(
+        None,
+        description="Environment variable holding the endpoint's bearer token (sent as Authorization: Bearer;"
+        " the served reward app's token_env, e.g. ALIGNRAY_SERVE_TOKEN); the token itself never goes in a config.",
+    )
     endpoint_timeout_s: float = Field(120, gt=0, description="Deadline of one reward request, seconds.")
     endpoint_retries: int = Field(
         4, ge=0, description="Retries of a failed reward request (connection error, timeout, HTTP 408/409/429/5xx)."
