@@ -18,7 +18,6 @@ import os
 from typing import Literal
 
 from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -29,29 +28,11 @@ from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from alignray.models.registry import model_name, resolve
-from alignray.serve.common import Guard, read_token, set_guard, use_tracking, validation_problems
-
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               413: "request_too_large", 503: "service_unavailable"}
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    kind = ERROR_TYPES.get(status, "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
-
+from alignray.serve.common import Guard, has_token, json_errors, read_token, set_guard, use_tracking
 
 api = ray_llm_fastapi_app()  # Ray's app: its error handling turns exceptions into OpenAI-style errors
-api.add_middleware(Guard, name="policy", reply=_error)  # added last: runs first
-
-
-@api.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail))
-
-
-@api.exception_handler(RequestValidationError)  # Ray's handler repeats the offending input
-async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(400, validation_problems(exc.errors()))
+json_errors(api)  # but for HTTP errors and invalid bodies: Ray's handler repeats the offending input
+api.add_middleware(Guard, name="policy")  # added last: runs first
 
 
 class PolicyArgs(BaseModel):
@@ -102,19 +83,24 @@ class PolicyIngress(OpenAiIngress):
         self.cap, self.max_choices = max_tokens, max_choices
         [self.server] = llm_deployments.values()
 
-    def _limit(self, max_tokens: int | None, choices: int) -> None:
+    def _limit(self, field: str, max_tokens: int | None, choices: int) -> None:
+        """Refuse a request above the caps (one that leaves its length out gets the cap: the engine's
+        default, `llm_config`)."""
         if max_tokens is not None and max_tokens > self.cap:
-            raise HTTPException(400, f"max_tokens {max_tokens} is above this server's cap of {self.cap}")
+            raise HTTPException(400, f"{field} {max_tokens} is above this server's cap of {self.cap}")
         if choices > self.max_choices:
             raise HTTPException(400, f"{choices} completions (prompts x n) in one request; this server answers"
                                      f" at most {self.max_choices}")
 
     async def completions(self, body: CompletionRequest, request: Request):
-        self._limit(body.max_tokens, _prompts(body.prompt) * (body.n or 1))
+        self._limit("max_tokens", body.max_tokens, _prompts(body.prompt) * (body.n or 1))
         return await super().completions(body, request)
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
-        self._limit(body.max_completion_tokens or body.max_tokens, body.n or 1)
+        if body.max_completion_tokens is not None:  # vLLM's precedence
+            self._limit("max_completion_tokens", body.max_completion_tokens, body.n or 1)
+        else:
+            self._limit("max_tokens", body.max_tokens, body.n or 1)
         return await super().chat(body, request)
 
     @api.get("/healthz")
@@ -122,18 +108,19 @@ class PolicyIngress(OpenAiIngress):
         return {"status": "live"}
 
     @api.get("/readyz")
-    async def readyz(self) -> JSONResponse:
-        """200 when a model replica answers: its model id and source; and the last failed
-        deployment of this application (a model that did not load), if any."""
+    async def readyz(self, request: Request) -> JSONResponse:
+        """200 when a model replica answers. With the bearer token also its model id and source,
+        and the last failed deployment of this application (a model that did not load), if any."""
         try:
             served = await asyncio.wait_for(self.server.llm_config.remote(), 10)
         except Exception:  # no replica up yet (or none left)
             served = None
-        app = (await asyncio.to_thread(serve.status)).applications.get(serve.get_replica_context().app_name)
-        failed = app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY")
-        body = {"ready": served is not None, "model": served and served.model_id,
-                "source": served and served.model_loading_config.model_source,
-                "last_load_error": (app.message or "failed") if failed else None}
+        body = {"ready": served is not None}
+        if has_token("policy", request):
+            app = (await asyncio.to_thread(serve.status)).applications.get(serve.get_replica_context().app_name)
+            failed = app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY")
+            body |= {"model": served and served.model_id, "source": served and served.model_loading_config.model_source,
+                     "last_load_error": (app.message or "failed") if failed else None}
         return JSONResponse(body, status_code=200 if served is not None else 503)
 
 
@@ -150,7 +137,10 @@ def llm_config(args: PolicyArgs) -> LLMConfig:
     folder = resolve(args.model)
     context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
     engine = {"max_model_len": min(args.max_model_len, context or args.max_model_len), "dtype": args.dtype,
-              "enforce_eager": args.enforce_eager, "seed": args.seed}
+              "enforce_eager": args.enforce_eager, "seed": args.seed,
+              # the cap of every completion, also of those that leave max_tokens out (vLLM's default
+              # would be the rest of the context)
+              "override_generation_config": {"max_new_tokens": args.max_tokens}}
     deployment = {"max_surge_percent": 100, **args.deployment}  # old replicas serve until new ones are up
     if args.accelerator == "cpu":
         deployment["ray_actor_options"] = {"num_cpus": 0, **deployment.get("ray_actor_options", {})}

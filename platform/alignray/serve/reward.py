@@ -22,28 +22,17 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from alignray.config import RewardConfig
-from alignray.serve.common import Guard, read_token, set_guard, use_tracking, validation_problems
+from alignray.serve.common import Guard, has_token, json_errors, read_token, set_guard, use_tracking
 
 api = FastAPI(title="alignray reward model")
+json_errors(api)
+api.add_middleware(Guard, name="reward")
 logger = logging.getLogger("ray.serve")
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status)
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(422, validation_problems(exc.errors()))  # the problems only, not the request back
-
-
-api.add_middleware(Guard, name="reward", reply=_error)
 
 
 class ChatMessage(BaseModel):
@@ -99,9 +88,12 @@ class RewardServer:
         return {"status": "live"}
 
     @api.get("/readyz")
-    def readyz(self):
-        body = {"ready": self.models is not None, "principles": getattr(self.models, "principles", None),
-                "last_load_error": self.error}
+    def readyz(self, request: Request):
+        """200 once models are loaded; with the bearer token also their principles and the last
+        failed load, if any."""
+        body = {"ready": self.models is not None}
+        if has_token("reward", request):
+            body |= {"principles": getattr(self.models, "principles", None), "last_load_error": self.error}
         return JSONResponse(body, status_code=200 if self.models is not None else 503)
 
     @api.post("/v1/score")
