@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +47,19 @@ def test_serve_names_an_unwritable_write_path(tmp_path):
     (tmp_path / "file").write_text("")
     line = one_line_error(alignray_serve("--write", str(tmp_path / "file" / "serve.yaml")))
     assert f"--write {tmp_path / 'file' / 'serve.yaml'}: cannot write it (Not a directory)" in line
+
+
+def test_the_applications_args_are_checked_when_the_config_is_loaded(tmp_path):
+    import yaml
+    from alignray.config import ConfigError
+    from alignray.serve.deploy import load
+
+    cfg = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
+    cfg["applications"][0]["args"]["max_tokens"] = 0
+    cfg["applications"][1]["args"]["max_batchh"] = 8
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path / "serve.yaml")
+    message = str(error.value)
+    assert f"{tmp_path / 'serve.yaml'} (applications[].args): field 'policy.max_tokens': Input should be greater" in message
+    assert "unknown field 'reward.max_batchh' (allowed here: allow_unauthenticated, max_batch," in message

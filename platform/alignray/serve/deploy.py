@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from alignray import logs
-from alignray.config import ConfigError
+from alignray.config import ConfigError, ServeArgs, explain_errors
 
 log = logs.get(__name__)
 
@@ -35,6 +35,12 @@ def load(path: Path) -> dict:
         ServeDeploySchema.model_validate(cfg)
     except ValidationError as exc:
         raise ConfigError(f"{path}: not a valid Serve config: {exc}") from None
+    args = {name: app.get("args", {}) for app in cfg["applications"] for name, target in APPS.items()
+            if app["import_path"] == target}
+    try:
+        ServeArgs.model_validate(args)  # the applications' args, as their build() reads them
+    except ValidationError as exc:
+        raise ConfigError(explain_errors(exc, ServeArgs, f"{path} (applications[].args)", {})) from None
     return cfg
 
 

@@ -15,11 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Literal
-
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 from ray.llm._internal.serve.core.ingress.ingress import init as ray_llm_fastapi_app
@@ -27,41 +24,13 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
+from alignray.config import PolicyArgs
 from alignray.models.registry import model_name, resolve
 from alignray.serve.common import Guard, has_token, json_errors, read_token, set_guard, use_tracking
 
 api = ray_llm_fastapi_app()  # Ray's app: its error handling turns exceptions into OpenAI-style errors
 json_errors(api)  # but for HTTP errors and invalid bodies: Ray's handler repeats the offending input
 api.add_middleware(Guard, name="policy")  # added last: runs first
-
-
-class PolicyArgs(BaseModel):
-    """The application's `args` (serving/config.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="a folder, a known name or models:/name@alias")
-    name: str | None = Field(None, description="the id clients send; default: the model's name")
-    tracking_uri: str | None = None
-    token_env: str | None = None
-    token_file: str | None = None
-    allow_unauthenticated: bool = False
-    max_body_bytes: int = Field(1 << 20, ge=1)
-    max_tokens: int = Field(1024, ge=1, description="the cap on a request's max_tokens")
-    max_choices: int = Field(64, ge=1, description="the cap on prompts x n in one request")
-    max_model_len: int = Field(2048, ge=16, description="lowered to the model's own context")
-    dtype: str = "auto"
-    enforce_eager: bool = False
-    seed: int = 0
-    accelerator: Literal["gpu", "cpu"] = "gpu"
-    cpus: int = Field(1, ge=1, description="CPU: the cores of each replica's engine")
-    kvcache_gib: int = Field(2, ge=1, description="CPU: the KV cache of each replica")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    deployment: dict = Field(default_factory=dict, description="Serve options of the model's replicas"
-                             " (num_replicas or autoscaling_config, max_ongoing_requests, ...)")
-
-    @property
-    def served_name(self) -> str:
-        return self.name or model_name(self.model)
 
 
 def _prompts(prompt) -> int:
@@ -75,12 +44,10 @@ class PolicyIngress(OpenAiIngress):
     """Ray Serve LLM's OpenAI ingress, plus this replica's token and body limit (the Guard in
     front of `api`), the caps per request, and the health routes."""
 
-    def __init__(self, llm_deployments, model_cards, *, token_env: str | None = None, token_file: str | None = None,
-                 allow_unauthenticated: bool = False, max_body_bytes: int = 1 << 20, max_tokens: int = 1024,
-                 max_choices: int = 64, **kwargs):
-        set_guard("policy", read_token(token_env, token_file, allow_unauthenticated), max_body_bytes)
+    def __init__(self, llm_deployments, model_cards, *, args: PolicyArgs, **kwargs):
+        set_guard("policy", read_token(args.token_env, args.token_file, args.allow_unauthenticated), args.max_body_bytes)
         super().__init__(llm_deployments, model_cards, **kwargs)
-        self.cap, self.max_choices = max_tokens, max_choices
+        self.cap, self.max_choices = args.max_tokens, args.max_choices
         [self.server] = llm_deployments.values()
 
     def _limit(self, field: str, max_tokens: int | None, choices: int) -> None:
@@ -135,6 +102,7 @@ def llm_config(args: PolicyArgs) -> LLMConfig:
     the registry), its context fitted."""
     use_tracking(args.tracking_uri)
     folder = resolve(args.model)
+    served_name = args.name or model_name(args.model)
     context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
     engine = {"max_model_len": min(args.max_model_len, context or args.max_model_len), "dtype": args.dtype,
               "enforce_eager": args.enforce_eager, "seed": args.seed,
@@ -144,17 +112,17 @@ def llm_config(args: PolicyArgs) -> LLMConfig:
     deployment = {"max_surge_percent": 100, **args.deployment}  # old replicas serve until new ones are up
     if args.accelerator == "cpu":
         deployment["ray_actor_options"] = {"num_cpus": 0, **deployment.get("ray_actor_options", {})}
-        return LLMConfig(model_loading_config={"model_id": args.served_name, "model_source": str(folder)},
+        return LLMConfig(model_loading_config={"model_id": served_name, "model_source": str(folder)},
                          engine_kwargs=engine, accelerator_config={"kind": "cpu"},
                          placement_group_config={"bundles": [{"CPU": args.cpus}]},
                          runtime_env={"env_vars": _cpu_env(args.kvcache_gib)}, deployment_config=deployment)
-    return LLMConfig(model_loading_config={"model_id": args.served_name, "model_source": str(folder)},
+    return LLMConfig(model_loading_config={"model_id": served_name, "model_source": str(folder)},
                      engine_kwargs={**engine, "gpu_memory_utilization": args.gpu_memory_utilization},
                      deployment_config=deployment)
 
 
 def build(args: dict) -> serve.Application:
-    """`import_path: alignray.serve.policy:build`; `args` as `PolicyArgs`."""
+    """`import_path: alignray.serve.policy:build`; `args` as `alignray.config.PolicyArgs`."""
     from alignray.serve.engine import PolicyEngine
 
     cfg = PolicyArgs.model_validate(args)
@@ -162,7 +130,5 @@ def build(args: dict) -> serve.Application:
     server = build_llm_deployment(config, bind_kwargs={"engine_cls": PolicyEngine})
     ingress = serve.deployment(make_fastapi_ingress(PolicyIngress, app=api), max_surge_percent=100,
                                ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
-    limits = cfg.model_dump(include={"token_env", "token_file", "allow_unauthenticated", "max_body_bytes",
-                                     "max_tokens", "max_choices"})
     return ingress.bind(llm_deployments={config.model_id: server},
-                        model_cards={config.model_id: to_model_metadata(config.model_id, config)}, **limits)
+                        model_cards={config.model_id: to_model_metadata(config.model_id, config)}, args=cfg)

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from alignray.config import RewardConfig
+from alignray.config import RewardArgs, RewardConfig
 from alignray.serve.common import Guard, has_token, json_errors, read_token, set_guard, use_tracking
 
 api = FastAPI(title="alignray reward model")
@@ -60,10 +60,9 @@ class ScoreRequest(BaseModel):
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
 class RewardServer:
-    def __init__(self, token_env: str | None = None, token_file: str | None = None, max_batch: int = 256,
-                 max_length: int = 1024, max_body_bytes: int = 8 << 20, allow_unauthenticated: bool = False):
-        set_guard("reward", read_token(token_env, token_file, allow_unauthenticated), max_body_bytes)
-        self.max_batch, self.max_length = max_batch, max_length
+    def __init__(self, args: RewardArgs):
+        set_guard("reward", read_token(args.token_env, args.token_file, args.allow_unauthenticated), args.max_body_bytes)
+        self.max_batch, self.max_length = args.max_batch, args.max_length
         self.models, self.cfg, self.error = None, None, None
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -122,7 +121,6 @@ class RewardServer:
 
 
 def build(args: dict) -> serve.Application:
-    """`import_path: alignray.serve.reward:build`; `args` holds token_env / token_file /
-    allow_unauthenticated / max_batch / max_length / max_body_bytes (the models come from the
-    deployment's user_config)."""
-    return RewardServer.bind(**args)
+    """`import_path: alignray.serve.reward:build`; `args` as `alignray.config.RewardArgs` (the
+    models come from the deployment's user_config)."""
+    return RewardServer.bind(RewardArgs.model_validate(args))
