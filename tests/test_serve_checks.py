@@ -19,7 +19,7 @@ def alignray_serve(*args: str, token: str | None = "t0ken") -> subprocess.Comple
     if token:
         env["ALIGNRAY_SERVE_TOKEN"] = token
     command = [sys.executable, "-m", "alignray.cli", "serve", "--cpu", "--policy", "models:/p@champion", *args]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def one_line_error(done: subprocess.CompletedProcess) -> str:

@@ -83,8 +83,8 @@ def json_errors(api: FastAPI) -> None:
 class Guard:
     """ASGI middleware in front of an application's routes (all but `open_paths`, matched exactly
     below the application's route prefix): the bearer token is checked before the body is read
-    or validated, and a body is refused with 413 as
-    soon as the bytes received pass `limit`, whatever Content-Length says (chunked bodies too).
+    or validated, and a body is refused with 413 as soon as the bytes received pass `limit`,
+    whatever Content-Length says (chunked bodies too).
     The settings are looked up per request under `app` (`set_guard`), in this module: Serve may
     pickle an app and its deployment class by value, and a copy of a settings object made at
     deploy time would not be the one the replica fills in."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -29,7 +30,7 @@ from alignray.models.registry import model_name, resolve
 from alignray.serve.common import Guard, has_token, json_errors, read_token, set_guard, use_tracking
 
 api = ray_llm_fastapi_app()  # Ray's app: its error handling turns exceptions into OpenAI-style errors
-json_errors(api)  # but for HTTP errors and invalid bodies: Ray's handler repeats the offending input
+json_errors(api)  # HTTP errors and invalid bodies in alignray's words (Ray's repeat the request's input)
 api.add_middleware(Guard, name="policy")  # added last: runs first
 
 

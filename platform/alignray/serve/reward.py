@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Request
