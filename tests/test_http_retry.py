@@ -21,7 +21,8 @@ CHAT_REPLY = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m
 
 class ScriptedServer:
     """Answers POSTs in the order of `script` (then 200 with `ok(body)`): "fail" is a 503, "throttle"
-    a 429 with Retry-After: 1, "slow" a 200 that comes after the client's deadline, "bad" a 400.
+    a 429 with Retry-After: 1, "slow" a 200 that comes after the client's deadline, "bad" a 400,
+    "html" a 200 with an HTML page.
     GET /v1/models names one model. Records when each POST arrived."""
 
     def __init__(self, script, ok):
@@ -45,17 +46,19 @@ class ScriptedServer:
                     self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"})
                 elif step == "bad":
                     self._send(400, {"error": {"message": "no such field"}})
+                elif step == "html":
+                    self._send(200, "<html>oops</html>", {"Content-Type": "text/html"})
                 else:
                     if step == "slow":
                         time.sleep(1.5)
                     self._send(200, ok(body))
 
             def _send(self, status, payload, headers=()):
-                data = json.dumps(payload).encode()
+                headers = {"Content-Type": "application/json", **dict(headers)}
+                data = (payload if headers["Content-Type"] == "text/html" else json.dumps(payload)).encode()
                 self.send_response(status)
-                for k, v in dict(headers).items():
+                for k, v in headers.items():
                     self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:
@@ -101,6 +104,9 @@ def test_reward_scorer_gives_up_naming_the_url_and_does_not_retry_a_bad_request(
         with pytest.raises(RewardError, match="answered HTTP 400: .*no such field"):
             HttpRewardModel(f"{server.url}/score", timeout_s=5, retries=3)(["p"], ["a"])
         assert len(server.arrivals) == 1
+    with ScriptedServer(["html"], rewards_of) as server:
+        with pytest.raises(RewardError, match="answered something that is not JSON: '<html>oops"):
+            HttpRewardModel(f"{server.url}/score", timeout_s=5, retries=3)(["p"], ["a"])
 
 
 def test_endpoint_retries_through_the_openai_client(tmp_path):

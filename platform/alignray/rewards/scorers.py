@@ -12,6 +12,7 @@ timeouts, 408/409/429/5xx, honouring ``Retry-After``), `reward.endpoint_retries`
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,11 @@ class HttpRewardModel:
         except openai.APIError as exc:
             message, _ = http.failure(exc, f"POST {self.url}", self.retries)
             raise RewardError(f"reward endpoint {self.url}: {message}") from None
+        if isinstance(reply, str):  # the client's answer when the server does not label it JSON
+            try:
+                reply = json.loads(reply)
+            except ValueError:
+                raise RewardError(f"reward endpoint {self.url}: answered something that is not JSON: {reply[:200]!r}") from None
         rows = reply.get("rewards") if isinstance(reply, dict) else None
         if not isinstance(rows, list) or len(rows) != len(prompts):
             raise RewardError(
