@@ -48,9 +48,17 @@ def test_show_without_kind_lists_the_kinds_and_a_markdown_table(capsys):
 
 def test_unknown_kind_names_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as exit:
-        main(["config", "show", "serve"])
+        main(["config", "show", "nope"])
     assert exit.value.code == 2
-    assert "invalid choice: 'serve' (choose from 'simulate', 'train', 'ppo', 'evaluate', 'run')" in capsys.readouterr().err
+    assert ("invalid choice: 'nope' (choose from 'simulate', 'train', 'ppo', 'evaluate', 'run', 'serve')"
+            in capsys.readouterr().err)
+
+
+def test_show_serve_describes_both_applications_args(capsys):
+    assert main(["config", "show", "serve"]) == 0
+    out = capsys.readouterr().out
+    assert "policy.max_tokens  (int) = 1024\n    The cap on every completion's length:" in out
+    assert "reward.max_batch  (int) = 256\n" in out and "reward.token_env  (str | null) = null\n" in out
 
 
 def test_a_section_is_described_by_its_docstring_and_its_fields_dotted():

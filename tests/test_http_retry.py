@@ -1,6 +1,6 @@
 """One retry policy for alignray's HTTP calls, against a real local server that fails, throttles
-with Retry-After and answers slowly: the PPO reward scorer (`HttpRewardModel`, alignray's own
-pooled client) and the labeller/judge `Endpoint` (the `openai` client). Also how a chat-only
+with Retry-After and answers slowly: the PPO reward scorer (`HttpRewardModel`) and the
+labeller/judge `Endpoint`, both through the `openai` client. Also how a chat-only
 labeller reads the (A)/(B) answer from a chat reply's top_logprobs."""
 
 import json
@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from alignray.rewards.scorers import HttpRewardModel, RewardError
 from alignray.sampling.endpoint import Endpoint, EndpointError
-from alignray.sampling.http import retry_after, wait_s
 from alignray.sampling.types import SamplingSpec
 
 CHAT_REPLY = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
@@ -22,7 +21,8 @@ CHAT_REPLY = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m
 
 class ScriptedServer:
     """Answers POSTs in the order of `script` (then 200 with `ok(body)`): "fail" is a 503, "throttle"
-    a 429 with Retry-After: 1, "slow" a 200 that comes after the client's deadline, "bad" a 400.
+    a 429 with Retry-After: 1, "slow" a 200 that comes after the client's deadline, "bad" a 400,
+    "html" a 200 with an HTML page.
     GET /v1/models names one model. Records when each POST arrived."""
 
     def __init__(self, script, ok):
@@ -46,17 +46,19 @@ class ScriptedServer:
                     self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"})
                 elif step == "bad":
                     self._send(400, {"error": {"message": "no such field"}})
+                elif step == "html":
+                    self._send(200, "<html>oops</html>", {"Content-Type": "text/html"})
                 else:
                     if step == "slow":
                         time.sleep(1.5)
                     self._send(200, ok(body))
 
             def _send(self, status, payload, headers=()):
-                data = json.dumps(payload).encode()
+                headers = {"Content-Type": "application/json", **dict(headers)}
+                data = (payload if headers["Content-Type"] == "text/html" else json.dumps(payload)).encode()
                 self.send_response(status)
-                for k, v in dict(headers).items():
+                for k, v in headers.items():
                     self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:
@@ -102,6 +104,9 @@ def test_reward_scorer_gives_up_naming_the_url_and_does_not_retry_a_bad_request(
         with pytest.raises(RewardError, match="answered HTTP 400: .*no such field"):
             HttpRewardModel(f"{server.url}/score", timeout_s=5, retries=3)(["p"], ["a"])
         assert len(server.arrivals) == 1
+    with ScriptedServer(["html"], rewards_of) as server:
+        with pytest.raises(RewardError, match="answered something that is not JSON: '<html>oops"):
+            HttpRewardModel(f"{server.url}/score", timeout_s=5, retries=3)(["p"], ["a"])
 
 
 def test_endpoint_retries_through_the_openai_client(tmp_path):
@@ -114,18 +119,6 @@ def test_endpoint_retries_through_the_openai_client(tmp_path):
         endpoint = Endpoint(server.url, retries=1)
         with pytest.raises(EndpointError, match=rf"POST {server.url}/v1/chat/completions failed 2 times \(last: HTTP 503"):
             endpoint.chat([[{"role": "user", "content": "hi"}]], SamplingSpec(max_tokens=4))
-
-
-def test_retry_after_in_seconds_or_as_a_date_and_the_backoff():
-    import email.utils
-    import httpx
-
-    assert retry_after(httpx.Headers({"Retry-After": "3"})) == 3
-    date = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 28 <= retry_after(httpx.Headers({"Retry-After": date})) <= 30
-    assert retry_after(httpx.Headers({"Retry-After": "600"})) is None  # beyond two minutes: back off instead
-    assert retry_after(httpx.Headers({"Retry-After": "soon"})) is None
-    assert [0.375 <= wait_s(1, None) <= 0.5, 6.0 <= wait_s(5, None) <= 8.0, wait_s(9, None) <= 8.0] == [True] * 3
 
 
 # --- chat-only (A)/(B): the first answer token's top_logprobs ----------------------------------

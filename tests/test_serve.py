@@ -30,6 +30,8 @@ NAME = "alignray-policy"
 PROMPTS = ["Human: Hi?\n\nAssistant:", "Human: Tell me about words.\n\nAssistant:"]
 RESPONSES = ["word word word", "no."]
 CHAT = [{"role": "user", "content": "Tell me about words."}]
+MARKER = "MARKER-7f3a9c"  # sent in invalid bodies: it must never come back
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def local_config(port: int, policy: Path, rewards: list[str]) -> dict:
@@ -297,6 +299,59 @@ def test_policy_auth_and_invalid_json(served):
 
 
 @pytest.mark.slow
+def test_the_max_tokens_cap_bounds_requests_that_leave_it_out(served):
+    """The cap (64 here) bounds every completion: a chat request without a length (vLLM's default is
+    the rest of the 1024-token context) or with null runs to 64 tokens (ignore_eos), not past it."""
+    url, _, _ = served
+    chat = {"model": NAME, "messages": CHAT, "temperature": 0, "ignore_eos": True}
+    for extra in ({}, {"max_tokens": None}, {"max_completion_tokens": None}):
+        reply = requests.post(f"{url}/policy/v1/chat/completions", json=chat | extra, headers=AUTH, timeout=120)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 64, (extra, reply.text[:300])
+    # max_completion_tokens wins over max_tokens (vLLM's precedence), and is the one checked
+    reply = requests.post(f"{url}/policy/v1/chat/completions", headers=AUTH, timeout=120,
+                          json=chat | {"max_completion_tokens": 8, "max_tokens": 65})
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 8, reply.text[:300]
+    for extra, field in (({"max_completion_tokens": 65}, "max_completion_tokens"), ({"max_tokens": 65}, "max_tokens")):
+        reply = requests.post(f"{url}/policy/v1/chat/completions", json=chat | extra, headers=AUTH, timeout=60)
+        assert reply.status_code == 400 and reply.json()["error"]["message"] == f"{field} 65 is above this server's cap of 64"
+    reply = requests.post(f"{url}/policy/v1/completions", headers=AUTH, timeout=120,
+                          json={"model": NAME, "prompt": PROMPTS[0], "max_tokens": None, "ignore_eos": True})
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 64, reply.text[:300]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route, body, field", [
+    ("/v1/completions", {"model": NAME, "prompt": "Hi", "max_tokens": MARKER}, "max_tokens"),
+    ("/v1/chat/completions", {"model": NAME, "messages": CHAT, "temperature": MARKER}, "temperature"),
+    ("/v1/chat/completions", {"model": NAME, "messages": MARKER}, "messages"),
+], ids=["completions-max-tokens", "chat-temperature", "chat-messages"])
+def test_invalid_policy_bodies_name_the_field_and_never_echo_the_request(served, route, body, field):
+    url, _, _ = served
+    reply = requests.post(f"{url}/policy{route}", json=body, headers=AUTH, timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["type"] == "invalid_request_error", reply.text
+    assert field in reply.json()["error"]["message"] and MARKER not in reply.text, reply.text
+
+
+@pytest.mark.slow
+def test_readyz_shows_details_only_with_the_token_and_only_exact_paths_are_open(served, tiny_model):
+    url, _, _ = served
+    for app in ("policy", "reward"):
+        for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+            reply = requests.get(f"{url}/{app}/readyz", headers=headers, timeout=30)
+            assert reply.status_code == 200 and reply.json() == {"ready": True}, reply.text
+    policy = requests.get(f"{url}/policy/readyz", headers=AUTH, timeout=30).json()
+    assert policy == {"ready": True, "model": NAME, "source": str(tiny_model), "last_load_error": None}
+    reward = requests.get(f"{url}/reward/readyz", headers=AUTH, timeout=30).json()
+    assert len(reward["principles"]) == 2 and reward["last_load_error"] is None
+    # a route that only ends like an open one needs the token
+    assert requests.get(f"{url}/policy/v1/models/healthz", timeout=30).status_code == 401
+    assert requests.get(f"{url}/policy/v1/models/{NAME}/readyz", timeout=30).status_code == 401
+    assert requests.post(f"{url}/reward/v1/score/healthz", json={}, timeout=30).status_code == 401
+    missing = requests.get(f"{url}/reward/no-such-route", headers=AUTH, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.slow
 def test_64_policy_requests_at_concurrency_8_each_get_the_greedy_reply_of_their_own_prompt(served):
     """Batched together, replies must not mix: each equals its prompt's greedy reply asked alone."""
     url, _, _ = served
@@ -340,14 +395,14 @@ def test_scores_are_the_local_models_and_scalar_is_the_scalarization(served):
     [
         ({"body": {"prompts": PROMPTS, "responses": RESPONSES}, "token": None}, 401),
         ({"body": {"prompts": PROMPTS, "responses": RESPONSES}, "token": "wrong"}, 401),
-        ({"body": {"prompts": PROMPTS}}, 422),
-        ({"body": {"prompts": PROMPTS, "responses": ["one"]}}, 422),
-        ({"body": {"prompts": PROMPTS, "messages": [[]], "responses": RESPONSES}}, 422),
-        ({"body": {"prompts": PROMPTS, "responses": RESPONSES, "temperature": 1}}, 422),
+        ({"body": {"prompts": PROMPTS}}, 400),
+        ({"body": {"prompts": PROMPTS, "responses": ["one"]}}, 400),
+        ({"body": {"prompts": PROMPTS, "messages": [[]], "responses": RESPONSES}}, 400),
+        ({"body": {"prompts": PROMPTS, "responses": RESPONSES, "temperature": MARKER}}, 400),
         ({"body": {"prompts": ["p"] * 17, "responses": ["r"] * 17}}, 413),
-        ({"body": {"messages": [[{"content": "Hi"}]], "responses": ["r"]}}, 422),
-        ({"body": {"messages": [[{"role": "robot", "content": "Hi"}]], "responses": ["r"]}}, 422),
-        ({"body": {"messages": [[]], "responses": ["r"]}}, 422),
+        ({"body": {"messages": [[{"content": "Hi"}]], "responses": ["r"]}}, 400),
+        ({"body": {"messages": [[{"role": MARKER, "content": "Hi"}]], "responses": ["r"]}}, 400),
+        ({"body": {"messages": [[]], "responses": ["r"]}}, 400),
     ],
     ids=["no-token", "wrong-token", "missing-responses", "count-mismatch", "both-prompt-forms", "unknown-field",
          "too-many", "message-without-role", "unknown-role", "empty-conversation"],
@@ -355,10 +410,36 @@ def test_scores_are_the_local_models_and_scalar_is_the_scalarization(served):
 def test_bad_reward_requests_get_4xx_json_errors(served, kwargs, status):
     url, _, _ = served
     reply = score(url, kwargs["body"], token=kwargs.get("token", TOKEN))
-    assert reply.status_code == status and isinstance(reply.json()["detail"], str), reply.text
-    assert TOKEN not in reply.text
+    error = reply.json()["error"]  # the policy's shape
+    assert reply.status_code == status == error["code"] and error["message"], reply.text
+    assert error["type"] == {400: "invalid_request_error", 401: "authentication_error", 413: "request_too_large"}[status]
+    assert TOKEN not in reply.text and MARKER not in reply.text
     for value in kwargs["body"].get("prompts", []) + kwargs["body"].get("responses", []):
         assert f'"{value}"' not in reply.text  # the problems are named, the request is not echoed
+
+
+@pytest.mark.slow
+def test_ppo_reward_client_authenticates_to_the_served_reward_app(served, monkeypatch):
+    """PPO's `reward.endpoint` is the served app: the client sends the token read from the variable
+    `reward.endpoint_token_env` names, and gets the local models' scores."""
+    from alignray.config import RewardConfig
+    from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, RewardError
+
+    url, _, cfg = served
+    reward = RewardConfig(endpoint=f"{url}/reward/v1/score", endpoint_token_env="ALIGNRAY_TEST_REWARD_TOKEN",
+                          endpoint_retries=0)
+    monkeypatch.delenv("ALIGNRAY_TEST_REWARD_TOKEN", raising=False)
+    with pytest.raises(RewardError, match="reward.endpoint_token_env: the environment variable ALIGNRAY_TEST_REWARD_TOKEN"):
+        HttpRewardModel.of(reward)
+    monkeypatch.setenv("ALIGNRAY_TEST_REWARD_TOKEN", "not-the-token-42")
+    with pytest.raises(RewardError, match="answered HTTP 401") as refused:
+        HttpRewardModel.of(reward)(PROMPTS, RESPONSES)
+    assert "not-the-token-42" not in str(refused.value)
+    monkeypatch.setenv("ALIGNRAY_TEST_REWARD_TOKEN", TOKEN)
+    scorer = HttpRewardModel.of(reward)
+    local = LocalRewardModels(cfg["applications"][1]["deployments"][0]["user_config"]["models"])
+    assert torch.allclose(scorer(PROMPTS, RESPONSES), local(PROMPTS, RESPONSES), atol=1e-4)
+    assert scorer.principles == local.principles
 
 
 @pytest.mark.slow
@@ -400,7 +481,7 @@ class Load:
 @pytest.mark.slow
 def test_reward_switches_models_under_load_and_keeps_them_when_a_load_fails(served, tmp_path):
     url, deploy, cfg = served
-    readyz = lambda: requests.get(f"{url}/reward/readyz", timeout=10).json()  # noqa: E731
+    readyz = lambda: requests.get(f"{url}/reward/readyz", headers=AUTH, timeout=10).json()  # noqa: E731
     send = lambda: score(url, {"prompts": PROMPTS, "responses": RESPONSES}).status_code  # noqa: E731
     models = cfg["applications"][1]["deployments"][0]["user_config"]["models"]
     switched = copy.deepcopy(cfg)
@@ -426,7 +507,7 @@ def test_policy_switches_model_under_load_and_keeps_it_when_a_load_fails(served,
 
     url, deploy, cfg = served
     new = make_tiny_llama(tmp_path / "policy-v2", seed=3)
-    readyz = lambda: requests.get(f"{url}/policy/readyz", timeout=10).json()  # noqa: E731
+    readyz = lambda: requests.get(f"{url}/policy/readyz", headers=AUTH, timeout=10).json()  # noqa: E731
     greedy = lambda: client(url).completions.create(  # noqa: E731
         model=NAME, prompt=PROMPTS[1], max_tokens=8, temperature=0).choices[0].text
     before = greedy()

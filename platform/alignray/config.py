@@ -9,7 +9,7 @@ override) and the field and say what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -264,6 +264,11 @@ class RewardConfig(Strict):
         None,
         description="HTTP URL instead of local models: POST {prompts, responses} ->"
         " {rewards: [[float per principle] per response]}.",
+    )
+    endpoint_token_env: str | None = Field(
+        None,
+        description="Environment variable holding the endpoint's bearer token (sent as Authorization: Bearer;"
+        " the served reward app's token_env, e.g. ALIGNRAY_SERVE_TOKEN); the token itself never goes in a config.",
     )
     endpoint_timeout_s: float = Field(120, gt=0, description="Deadline of one reward request, seconds.")
     endpoint_retries: int = Field(
@@ -801,6 +806,67 @@ class PipelineConfig(Strict):
         return self.held_out(), self.benign_eval_data
 
 
+class ServeAuth(Strict):
+    """The bearer token of a Serve application (checked on every route but /healthz and /readyz)."""
+
+    token_env: str | None = Field(
+        None, description="Environment variable of the replicas that holds the bearer token (its name, never the"
+        " token); alignray serve carries it from your shell. Set but missing: the replica does not start.",
+    )
+    token_file: str | None = Field(None, description="A file holding the token (a mounted secret); wins over token_env.")
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without a token when token_env is unset (otherwise the replica refuses to start)."
+    )
+
+
+class PolicyArgs(ServeAuth):
+    """The policy application's args (import_path alignray.serve.policy:build): an OpenAI-compatible API."""
+
+    model: str = Field(description="The policy: a folder, a known name or models:/name@alias, resolved when the app"
+                       " is built (on a cluster: on storage every node sees).")
+    name: str | None = Field(None, description="The model id clients send; default: the registered model's or"
+                             " folder's name.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI that models:/ URIs are resolved against.")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body; above it: 413, reading stops.")
+    max_tokens: int = Field(1024, ge=1, description="The cap on every completion's length: a request above it gets"
+                            " 400; one without max_tokens (or max_completion_tokens) gets this many at most.")
+    max_choices: int = Field(64, ge=1, description="The cap on completions per request (prompts x n); above: 400.")
+    max_model_len: int = Field(2048, ge=16, description="Longest prompt + completion, tokens; lowered to the model's"
+                               " own context when that is shorter.")
+    dtype: str = Field("auto", description="vLLM's dtype of the weights (auto, float32, bfloat16, float16).")
+    enforce_eager: bool = Field(False, description="vLLM without CUDA graphs (less memory, slower decoding).")
+    seed: int = Field(0, description="The engine's seed (a request's seed overrides it).")
+    accelerator: Literal["gpu", "cpu"] = Field("gpu", description="Where each model replica runs: one GPU, or"
+                                               " `cpus` cores.")
+    cpus: int = Field(1, ge=1, description="accelerator cpu: the cores of each replica's engine.")
+    kvcache_gib: int = Field(2, ge=1, description="accelerator cpu: the KV cache of each replica, GiB.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="accelerator gpu: the share of the GPU's memory"
+                                          " vLLM may take.")
+    deployment: dict[str, Any] = Field(
+        default_factory=dict, description="Serve options of the model replicas (num_replicas or autoscaling_config,"
+        " max_ongoing_requests, ray_actor_options, ...).",
+    )
+
+
+class RewardArgs(ServeAuth):
+    """The reward application's args (import_path alignray.serve.reward:build): POST /v1/score. Its
+    models are its deployment's user_config: models, scalarize, weights, params (as PPO's reward
+    section) and tracking_uri."""
+
+    max_batch: int = Field(256, ge=1, description="Most responses in one request; above: 413.")
+    max_length: int = Field(1024, ge=8, description="Longest prompt + response the models score, tokens (longer:"
+                            " truncated as in preference training).")
+    max_body_bytes: int = Field(8 << 20, ge=1, description="Largest request body; above it: 413, reading stops.")
+
+
+class ServeArgs(Strict):
+    """`alignray serve` (serving/config.yaml, the RayService's serveConfigV2): the args of its
+    applications, checked when the file is loaded."""
+
+    policy: PolicyArgs | None = Field(None, description="The policy application's args.")
+    reward: RewardArgs | None = Field(None, description="The reward application's args.")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar)."""
     key, sep, raw = text.partition("=")
@@ -828,9 +894,11 @@ def _allowed_fields(schema: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        # a section, or an optional one (`reward: RewardConfig | None`)
+        sections = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
             return []
-        model = annotation
+        model = sections[0]
     return sorted(model.model_fields)
 
 

@@ -4,16 +4,20 @@ Both score (prompt, response) texts and return a [batch, K] tensor, one column p
 
 The HTTP contract: ``POST <url>`` with JSON ``{"prompts": [str], "responses": [str]}`` answers
 ``{"rewards": [[float, ...], ...]}`` (one row per response, one value per principle) and may
-name its columns in ``"principles": [str]``. Requests go through one pooled HTTP client and
-are retried as `alignray.sampling.http` says (connection errors, timeouts, 408/409/429/5xx,
-honouring ``Retry-After``), `reward.endpoint_retries` times.
+name its columns in ``"principles": [str]``. Requests go through the `openai` client's generic
+``post`` with ``Authorization: Bearer <token>`` when `reward.endpoint_token_env` names the
+variable holding the token, and are retried as `alignray.sampling.http` says (connection errors,
+timeouts, 408/409/429/5xx, honouring ``Retry-After``), `reward.endpoint_retries` times.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import openai
 import torch
 from torch import Tensor
 
@@ -21,7 +25,7 @@ from alignray.config import RewardConfig
 from alignray.models.registry import local_folder
 from alignray.models.tokens import Tokenize, pad
 from alignray.rewards.scalarize import scalarize
-from alignray.sampling.http import HttpError, JsonClient
+from alignray.sampling import http
 
 SCORE_BATCH = 16
 
@@ -73,22 +77,40 @@ class LocalRewardModels:
         return torch.cat(columns, dim=1)
 
 
+def endpoint_token(cfg: RewardConfig) -> str | None:
+    """The bearer token of `cfg.endpoint`: the value of the variable `cfg.endpoint_token_env` in
+    this process's environment (on a cluster the workers' too: they call the endpoint)."""
+    token = os.environ.get(cfg.endpoint_token_env) if cfg.endpoint_token_env else None
+    if cfg.endpoint_token_env and not token:
+        raise RewardError(f"reward.endpoint_token_env: the environment variable {cfg.endpoint_token_env} (the bearer"
+                          f" token of {cfg.endpoint}) is not set in this process's environment")
+    return token
+
+
 class HttpRewardModel:
     """A remote scorer: see the module docstring for the contract."""
 
-    def __init__(self, url: str, timeout_s: float, retries: int = 4):
-        self.url, self.client = url, JsonClient(timeout_s, retries)
+    def __init__(self, url: str, timeout_s: float, retries: int = 4, token: str | None = None):
+        self.url, self.retries = url, retries
+        self.client = http.client(url, timeout_s, retries, token)
         self.principles: list[str] | None = None
 
     @classmethod
     def of(cls, cfg: RewardConfig) -> HttpRewardModel:
-        return cls(cfg.endpoint, cfg.endpoint_timeout_s, cfg.endpoint_retries)
+        return cls(cfg.endpoint, cfg.endpoint_timeout_s, cfg.endpoint_retries, endpoint_token(cfg))
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
         try:
-            reply = self.client.post(self.url, {"prompts": list(prompts), "responses": list(responses)})
-        except HttpError as exc:
-            raise RewardError(f"reward endpoint {self.url}: {exc}") from None
+            reply = self.client.post(self.url, body={"prompts": list(prompts), "responses": list(responses)},
+                                     cast_to=object)
+        except openai.APIError as exc:
+            message, _ = http.failure(exc, f"POST {self.url}", self.retries)
+            raise RewardError(f"reward endpoint {self.url}: {message}") from None
+        if isinstance(reply, str):  # the client's answer when the server does not label it JSON
+            try:
+                reply = json.loads(reply)
+            except ValueError:
+                raise RewardError(f"reward endpoint {self.url}: answered something that is not JSON: {reply[:200]!r}") from None
         rows = reply.get("rewards") if isinstance(reply, dict) else None
         if not isinstance(rows, list) or len(rows) != len(prompts):
             raise RewardError(

@@ -32,7 +32,7 @@ import openai
 from tqdm.auto import tqdm
 
 from alignray import logs
-from alignray.sampling.http import retryable
+from alignray.sampling import http
 from alignray.sampling.types import SamplingSpec, Score
 
 log = logs.get(__name__)
@@ -61,8 +61,7 @@ class Endpoint:
         logprobs: str = "auto",
     ):
         self.base = url.rstrip("/").removesuffix("/v1")
-        self.client = openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key or "unused", timeout=timeout_s,
-                                    max_retries=retries)
+        self.client = http.client(f"{self.base}/v1", timeout_s, retries, api_key)
         self.retries, self.concurrency, self.logprobs = retries, concurrency, logprobs
         self.cache_path = cache
         self.cache: dict[str, dict] = _read_cache(cache) if cache else {}
@@ -78,14 +77,8 @@ class Endpoint:
         what = f"{method} {self.base}{path}"
         try:
             return send()
-        except openai.APIStatusError as exc:
-            last = f"HTTP {exc.status_code}: {str(exc)[:300]}"
-            if retryable(exc.status_code):
-                raise EndpointError(f"{what} failed {self.retries + 1} times (last: {last}); is the endpoint up?",
-                                    exc.status_code) from None
-            raise EndpointError(f"{what} answered {last}", exc.status_code) from None
-        except openai.APIError as exc:  # connection errors and timeouts, retried by the client
-            raise EndpointError(f"{what} failed {self.retries + 1} times (last: {exc}); is the endpoint up?") from None
+        except openai.APIError as exc:
+            raise EndpointError(*http.failure(exc, what, self.retries)) from None
 
     def _request(self, path: str, body: dict) -> dict:
         if path == "/v1/chat/completions":

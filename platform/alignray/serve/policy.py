@@ -15,12 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Literal
 
 from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 from ray.llm._internal.serve.core.ingress.ingress import init as ray_llm_fastapi_app
@@ -28,59 +25,13 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
+from alignray.config import PolicyArgs
 from alignray.models.registry import model_name, resolve
-from alignray.serve.common import Guard, read_token, set_guard, use_tracking, validation_problems
-
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               413: "request_too_large", 503: "service_unavailable"}
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    kind = ERROR_TYPES.get(status, "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
-
+from alignray.serve.common import Guard, has_token, json_errors, read_token, set_guard, use_tracking
 
 api = ray_llm_fastapi_app()  # Ray's app: its error handling turns exceptions into OpenAI-style errors
-api.add_middleware(Guard, name="policy", reply=_error)  # added last: runs first
-
-
-@api.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail))
-
-
-@api.exception_handler(RequestValidationError)  # Ray's handler repeats the offending input
-async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(400, validation_problems(exc.errors()))
-
-
-class PolicyArgs(BaseModel):
-    """The application's `args` (serving/config.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="a folder, a known name or models:/name@alias")
-    name: str | None = Field(None, description="the id clients send; default: the model's name")
-    tracking_uri: str | None = None
-    token_env: str | None = None
-    token_file: str | None = None
-    allow_unauthenticated: bool = False
-    max_body_bytes: int = Field(1 << 20, ge=1)
-    max_tokens: int = Field(1024, ge=1, description="the cap on a request's max_tokens")
-    max_choices: int = Field(64, ge=1, description="the cap on prompts x n in one request")
-    max_model_len: int = Field(2048, ge=16, description="lowered to the model's own context")
-    dtype: str = "auto"
-    enforce_eager: bool = False
-    seed: int = 0
-    accelerator: Literal["gpu", "cpu"] = "gpu"
-    cpus: int = Field(1, ge=1, description="CPU: the cores of each replica's engine")
-    kvcache_gib: int = Field(2, ge=1, description="CPU: the KV cache of each replica")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    deployment: dict = Field(default_factory=dict, description="Serve options of the model's replicas"
-                             " (num_replicas or autoscaling_config, max_ongoing_requests, ...)")
-
-    @property
-    def served_name(self) -> str:
-        return self.name or model_name(self.model)
+json_errors(api)  # HTTP errors and invalid bodies in alignray's words (Ray's repeat the request's input)
+api.add_middleware(Guard, name="policy")  # added last: runs first
 
 
 def _prompts(prompt) -> int:
@@ -94,27 +45,30 @@ class PolicyIngress(OpenAiIngress):
     """Ray Serve LLM's OpenAI ingress, plus this replica's token and body limit (the Guard in
     front of `api`), the caps per request, and the health routes."""
 
-    def __init__(self, llm_deployments, model_cards, *, token_env: str | None = None, token_file: str | None = None,
-                 allow_unauthenticated: bool = False, max_body_bytes: int = 1 << 20, max_tokens: int = 1024,
-                 max_choices: int = 64, **kwargs):
-        set_guard("policy", read_token(token_env, token_file, allow_unauthenticated), max_body_bytes)
+    def __init__(self, llm_deployments, model_cards, *, args: PolicyArgs, **kwargs):
+        set_guard("policy", read_token(args.token_env, args.token_file, args.allow_unauthenticated), args.max_body_bytes)
         super().__init__(llm_deployments, model_cards, **kwargs)
-        self.cap, self.max_choices = max_tokens, max_choices
+        self.cap, self.max_choices = args.max_tokens, args.max_choices
         [self.server] = llm_deployments.values()
 
-    def _limit(self, max_tokens: int | None, choices: int) -> None:
+    def _limit(self, field: str, max_tokens: int | None, choices: int) -> None:
+        """Refuse a request above the caps (one that leaves its length out gets the cap: the engine's
+        default, `llm_config`)."""
         if max_tokens is not None and max_tokens > self.cap:
-            raise HTTPException(400, f"max_tokens {max_tokens} is above this server's cap of {self.cap}")
+            raise HTTPException(400, f"{field} {max_tokens} is above this server's cap of {self.cap}")
         if choices > self.max_choices:
             raise HTTPException(400, f"{choices} completions (prompts x n) in one request; this server answers"
                                      f" at most {self.max_choices}")
 
     async def completions(self, body: CompletionRequest, request: Request):
-        self._limit(body.max_tokens, _prompts(body.prompt) * (body.n or 1))
+        self._limit("max_tokens", body.max_tokens, _prompts(body.prompt) * (body.n or 1))
         return await super().completions(body, request)
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
-        self._limit(body.max_completion_tokens or body.max_tokens, body.n or 1)
+        if body.max_completion_tokens is not None:  # vLLM's precedence
+            self._limit("max_completion_tokens", body.max_completion_tokens, body.n or 1)
+        else:
+            self._limit("max_tokens", body.max_tokens, body.n or 1)
         return await super().chat(body, request)
 
     @api.get("/healthz")
@@ -122,18 +76,19 @@ class PolicyIngress(OpenAiIngress):
         return {"status": "live"}
 
     @api.get("/readyz")
-    async def readyz(self) -> JSONResponse:
-        """200 when a model replica answers: its model id and source; and the last failed
-        deployment of this application (a model that did not load), if any."""
+    async def readyz(self, request: Request) -> JSONResponse:
+        """200 when a model replica answers. With the bearer token also its model id and source,
+        and the last failed deployment of this application (a model that did not load), if any."""
         try:
             served = await asyncio.wait_for(self.server.llm_config.remote(), 10)
         except Exception:  # no replica up yet (or none left)
             served = None
-        app = (await asyncio.to_thread(serve.status)).applications.get(serve.get_replica_context().app_name)
-        failed = app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY")
-        body = {"ready": served is not None, "model": served and served.model_id,
-                "source": served and served.model_loading_config.model_source,
-                "last_load_error": (app.message or "failed") if failed else None}
+        body = {"ready": served is not None}
+        if has_token("policy", request):
+            app = (await asyncio.to_thread(serve.status)).applications.get(serve.get_replica_context().app_name)
+            failed = app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY")
+            body |= {"model": served and served.model_id, "source": served and served.model_loading_config.model_source,
+                     "last_load_error": (app.message or "failed") if failed else None}
         return JSONResponse(body, status_code=200 if served is not None else 503)
 
 
@@ -148,23 +103,27 @@ def llm_config(args: PolicyArgs) -> LLMConfig:
     the registry), its context fitted."""
     use_tracking(args.tracking_uri)
     folder = resolve(args.model)
+    served_name = args.name or model_name(args.model)
     context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
     engine = {"max_model_len": min(args.max_model_len, context or args.max_model_len), "dtype": args.dtype,
-              "enforce_eager": args.enforce_eager, "seed": args.seed}
+              "enforce_eager": args.enforce_eager, "seed": args.seed,
+              # the cap of every completion, also of those that leave max_tokens out (vLLM's default
+              # would be the rest of the context)
+              "override_generation_config": {"max_new_tokens": args.max_tokens}}
     deployment = {"max_surge_percent": 100, **args.deployment}  # old replicas serve until new ones are up
     if args.accelerator == "cpu":
         deployment["ray_actor_options"] = {"num_cpus": 0, **deployment.get("ray_actor_options", {})}
-        return LLMConfig(model_loading_config={"model_id": args.served_name, "model_source": str(folder)},
+        return LLMConfig(model_loading_config={"model_id": served_name, "model_source": str(folder)},
                          engine_kwargs=engine, accelerator_config={"kind": "cpu"},
                          placement_group_config={"bundles": [{"CPU": args.cpus}]},
                          runtime_env={"env_vars": _cpu_env(args.kvcache_gib)}, deployment_config=deployment)
-    return LLMConfig(model_loading_config={"model_id": args.served_name, "model_source": str(folder)},
+    return LLMConfig(model_loading_config={"model_id": served_name, "model_source": str(folder)},
                      engine_kwargs={**engine, "gpu_memory_utilization": args.gpu_memory_utilization},
                      deployment_config=deployment)
 
 
 def build(args: dict) -> serve.Application:
-    """`import_path: alignray.serve.policy:build`; `args` as `PolicyArgs`."""
+    """`import_path: alignray.serve.policy:build`; `args` as `alignray.config.PolicyArgs`."""
     from alignray.serve.engine import PolicyEngine
 
     cfg = PolicyArgs.model_validate(args)
@@ -172,7 +131,5 @@ def build(args: dict) -> serve.Application:
     server = build_llm_deployment(config, bind_kwargs={"engine_cls": PolicyEngine})
     ingress = serve.deployment(make_fastapi_ingress(PolicyIngress, app=api), max_surge_percent=100,
                                ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
-    limits = cfg.model_dump(include={"token_env", "token_file", "allow_unauthenticated", "max_body_bytes",
-                                     "max_tokens", "max_choices"})
     return ingress.bind(llm_deployments={config.model_id: server},
-                        model_cards={config.model_id: to_model_metadata(config.model_id, config)}, **limits)
+                        model_cards={config.model_id: to_model_metadata(config.model_id, config)}, args=cfg)

@@ -18,32 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from alignray.config import RewardConfig
-from alignray.serve.common import Guard, read_token, set_guard, use_tracking, validation_problems
+from alignray.config import RewardArgs, RewardConfig
+from alignray.serve.common import Guard, has_token, json_errors, read_token, set_guard, use_tracking
 
 api = FastAPI(title="alignray reward model")
+json_errors(api)
+api.add_middleware(Guard, name="reward")
 logger = logging.getLogger("ray.serve")
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status)
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(422, validation_problems(exc.errors()))  # the problems only, not the request back
-
-
-api.add_middleware(Guard, name="reward", reply=_error)
 
 
 class ChatMessage(BaseModel):
@@ -71,10 +59,9 @@ class ScoreRequest(BaseModel):
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
 class RewardServer:
-    def __init__(self, token_env: str | None = None, token_file: str | None = None, max_batch: int = 256,
-                 max_length: int = 1024, max_body_bytes: int = 8 << 20, allow_unauthenticated: bool = False):
-        set_guard("reward", read_token(token_env, token_file, allow_unauthenticated), max_body_bytes)
-        self.max_batch, self.max_length = max_batch, max_length
+    def __init__(self, args: RewardArgs):
+        set_guard("reward", read_token(args.token_env, args.token_file, args.allow_unauthenticated), args.max_body_bytes)
+        self.max_batch, self.max_length = args.max_batch, args.max_length
         self.models, self.cfg, self.error = None, None, None
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -99,9 +86,12 @@ class RewardServer:
         return {"status": "live"}
 
     @api.get("/readyz")
-    def readyz(self):
-        body = {"ready": self.models is not None, "principles": getattr(self.models, "principles", None),
-                "last_load_error": self.error}
+    def readyz(self, request: Request):
+        """200 once models are loaded; with the bearer token also their principles and the last
+        failed load, if any."""
+        body = {"ready": self.models is not None}
+        if has_token("reward", request):
+            body |= {"principles": getattr(self.models, "principles", None), "last_load_error": self.error}
         return JSONResponse(body, status_code=200 if self.models is not None else 503)
 
     @api.post("/v1/score")
@@ -130,7 +120,6 @@ class RewardServer:
 
 
 def build(args: dict) -> serve.Application:
-    """`import_path: alignray.serve.reward:build`; `args` holds token_env / token_file /
-    allow_unauthenticated / max_batch / max_length / max_body_bytes (the models come from the
-    deployment's user_config)."""
-    return RewardServer.bind(**args)
+    """`import_path: alignray.serve.reward:build`; `args` as `alignray.config.RewardArgs` (the
+    models come from the deployment's user_config)."""
+    return RewardServer.bind(RewardArgs.model_validate(args))

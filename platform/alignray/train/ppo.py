@@ -24,7 +24,7 @@ from alignray.data.sources import load_conversations
 from alignray.models.precision import torch_dtype
 from alignray.models.registry import ModelError, local_folder, model_name, resolve
 from alignray.rewards.scalarize import fitted_weights
-from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels
+from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, endpoint_token
 from alignray.sampling.clients import chat_renderer
 from alignray.sampling.pool import SamplerPool
 from alignray.train import data, placement
@@ -100,6 +100,8 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     class with its constructor and its generate / update_weights / sleep / wake_up / health / dtype /
     restarts / last_probe_diff (benchmarks/ppo_iteration.py plugs in transformers `generate`)."""
     _check_shapes(cfg)
+    if cfg.reward.endpoint:
+        endpoint_token(cfg.reward)  # an unset token variable stops the run here, before anything starts
     policy = resolve(cfg.model.name)
     tokenizer = data.load_tokenizer(policy)
     prompts = _prompts(cfg, policy)
