@@ -139,7 +139,7 @@ def ppo_config(model: Path, reward: Path, run: Path) -> PPOConfig:
 
 
 def policy_args(model: Path, token_file: Path) -> dict:
-    """The policy app's `args` (alignray.serve.policy.PolicyArgs) on a GPU replica."""
+    """The policy app's `args` (alignray.config.PolicyArgs) on a GPU replica."""
     return {"model": str(model), "name": "smollm2", "token_file": str(token_file), "max_tokens": 64,
             "max_model_len": 1024, "dtype": "bfloat16", "enforce_eager": True, "accelerator": "gpu",
             "gpu_memory_utilization": 0.3}

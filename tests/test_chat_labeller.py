@@ -37,6 +37,13 @@ def smollm2():
     return resolve("smollm2-135m-instruct")
 
 
+def ready(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=10).status_code == 200
+    except requests.RequestException:  # the proxy not up yet, or busy
+        return False
+
+
 @pytest.fixture(scope="module")
 def policy_app(ray_cluster, smollm2):
     from alignray.serve.policy import build
@@ -49,7 +56,7 @@ def policy_app(ray_cluster, smollm2):
     serve.run(app, name="policy", route_prefix="/policy")
     url = f"http://127.0.0.1:{port}/policy"
     deadline = time.monotonic() + 300
-    while requests.get(f"{url}/readyz", timeout=10).status_code != 200:
+    while not ready(f"{url}/readyz"):
         assert time.monotonic() < deadline, "the policy app did not get ready in 300 s"
         time.sleep(1)
     yield f"{url}/v1"

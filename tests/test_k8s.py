@@ -180,8 +180,7 @@ def test_core_manifests_validate_against_kubernetes_schemas():
 def test_rayservice_embeds_serving_config_whose_apps_import_and_validate():
     import importlib
 
-    from alignray.config import RewardConfig
-    from alignray.serve.policy import PolicyArgs
+    from alignray.config import PolicyArgs, RewardConfig
     from alignray.serve.reward import build as reward_app
     from ray.serve.schema import ServeDeploySchema
 

@@ -63,3 +63,15 @@ def test_the_applications_args_are_checked_when_the_config_is_loaded(tmp_path):
     message = str(error.value)
     assert f"{tmp_path / 'serve.yaml'} (applications[].args): field 'policy.max_tokens': Input should be greater" in message
     assert "unknown field 'reward.max_batchh' (allowed here: allow_unauthenticated, max_batch," in message
+
+
+def test_a_policy_app_with_a_missing_model_fails_before_vllm_is_imported(tmp_path):
+    """Serve builds an application in a new process and tries a failing build four times: the
+    model is looked up before the seconds-long imports of Ray Serve LLM and vLLM."""
+    missing = tmp_path / "no-model"
+    code = ("import sys\nfrom alignray.serve.policy import build\ntry:\n    build({'model': %r})\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+            "print(sorted(m for m in ('vllm', 'ray.serve.llm', 'alignray.serve.policy_app') if m in sys.modules))") % str(missing)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    error, imported = done.stdout.strip().splitlines()
+    assert str(missing) in error and imported == "[]", done.stdout + done.stderr[-2000:]
