@@ -221,6 +221,20 @@ def test_ray_clusters_require_a_token_and_mlflow_a_user():
                     assert env.get(var, {}).get("secretKeyRef", {}).get("name") == admin, f"k8s/{overlay} {where}: {var}"
 
 
+def test_every_ray_pod_of_the_jobs_and_the_service_reads_the_serve_token_from_its_secret():
+    """The service's replicas need the token; a job's PPO workers (not only its driver) call the
+    served reward app with it (`reward.endpoint_token_env: ALIGNRAY_SERVE_TOKEN`). Optional in the
+    jobs, which run without the secret when they use no served app."""
+    for overlay in (*(f"jobs/{p}" for p in PIPELINES), "serving"):
+        for doc in render(overlay):
+            if doc["kind"] not in ("RayJob", "RayService"):
+                continue
+            for where, container, _ in ray_containers(doc):
+                ref = _env(container).get("ALIGNRAY_SERVE_TOKEN", {}).get("secretKeyRef", {})
+                assert (ref.get("name"), ref.get("key")) == ("alignray-serve-token", "token"), f"k8s/{overlay} {where}"
+                assert ref.get("optional", False) == (doc["kind"] == "RayJob"), f"k8s/{overlay} {where}: optional"
+
+
 def test_jobs_end_and_free_their_gpus():
     for pipeline, job, _ in jobs():
         spec = job["spec"]
