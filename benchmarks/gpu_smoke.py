@@ -21,7 +21,7 @@ Checks, in order; each runs whether or not an earlier one failed:
 Output: a line per check as it finishes, then the table. Other libraries' output goes to
 <output-dir>/run-<time>/logs/gpu-smoke-<time>.log (Ray's workers' to logs/ray), with the traceback of every failed
 check; --log-level debug prints it all instead. Checkpoints and the MLflow store are in the same run folder. Ray: as
-the alignray commands, --address or RAY_ADDRESS, else a cluster started on this machine with `ray start`, else a new
+the alignray commands, --address (auto: the cluster `ray start` runs on this machine) or RAY_ADDRESS, else a new
 local one.
 
     .venv/bin/python benchmarks/gpu_smoke.py                      # every check
@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the checks to run (always in this order): {' '.join(NAMES)}; default: all")
     parser.add_argument("--output-dir", type=Path, default=Path("alignray-runs/gpu-smoke"),
                         help="each run writes logs, checkpoints and MLflow into a new run-<time> folder here")
-    parser.add_argument("--address", help="the Ray cluster to join (default: RAY_ADDRESS, else one started here with"
-                                          " `ray start`, else a new local one)")
+    parser.add_argument("--address", help="the Ray cluster to join (default: RAY_ADDRESS, else a new local one; auto: the"
+                                          " one `ray start` runs on this machine)")
     parser.add_argument("--log-level", choices=["info", "debug"], default="info",
                         help="debug: every library's output on the terminal instead of the log file")
     args = parser.parse_args(argv)

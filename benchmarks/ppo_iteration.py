@@ -239,7 +239,7 @@ def main() -> None:
         sizes = (linear_params(AutoModelForCausalLM.from_pretrained(policy)),
                  linear_params(AutoModelForSequenceClassification.from_pretrained(reward)))
         peaks = {d: peak_flops(d) for d in {s.split(":")[1] for s in specs}}
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
         results = {spec: run(spec, work / f"run{k}", reward, args) for k, spec in enumerate(specs)}
         ray.shutdown()
         peaks = {d: max(p, peak_flops(d)) for d, p in peaks.items()}

@@ -80,7 +80,7 @@ def ours(model: str, port: int, args) -> Result:
     from alignray.serve.policy import build
     from ray import serve
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build({"model": model, "name": MODEL, "allow_unauthenticated": True, "max_tokens": args.max_tokens,
                      "max_model_len": MAX_MODEL_LEN, "dtype": "float32", "enforce_eager": True, "accelerator": "cpu",

@@ -150,7 +150,7 @@ def measure(work: Path, args) -> tuple[dict, list[float]]:
     rows, parquet = make_rows(args.pairs), work / "pairs.parquet"
     pd.DataFrame(rows).to_parquet(parquet)
     peaks = [peak_flops(args.dtype)]
-    ray.init(num_cpus=max(1, round(args.cpus)), include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(1, round(args.cpus)), include_dashboard=False, configure_logging=False, log_to_driver=False)
     results = {kind: (run_ours(kind, parquet, model_dir, args), *run_trl(kind, rows, model_dir, args))
                for kind in ("dpo", "preference")}
     ray.shutdown()

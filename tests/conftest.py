@@ -90,7 +90,9 @@ def _fast_tests_start_no_ray(request):
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    # "local": a new cluster, never one another test left running (test_multinode's Cluster registers itself
+    # as the machine's current one, which a bare ray.init() would join)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kinds:
             parser.add_argument("kind", choices=kinds)
         parser.add_argument("items", nargs=nargs, metavar=metavar)
-        parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else embedded)")
+        parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new embedded one; auto: the one `ray start` runs on this machine)")
         return parser
 
     stage("simulate", "simulate preference data (rlcd, rlaif, rlcd_rescore, morlaif, rrhf, rdpo) with vLLM samplers",

@@ -11,16 +11,18 @@ from alignray import logs
 
 
 def connect(address: str | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS); with neither, start an embedded local cluster whose
-    workers run at normal priority (RAY_worker_niceness=0 unless set): Ray's default, niceness
-    15, lets any other process on the machine take the cores from sampling and training."""
+    """Join `address` (or RAY_ADDRESS; "auto": the cluster `ray start` runs on this machine);
+    with neither, start a new embedded local cluster, never one that happens to run here (Ray's
+    own default joins the one started last, e.g. another user's or test's), whose workers run at
+    normal priority (RAY_worker_niceness=0 unless set): Ray's default, niceness 15, lets any
+    other process on the machine take the cores from sampling and training."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault("RAY_worker_niceness", "0")
     logs.open_file()  # the command's work starts here; Ray's start-up notices go to the file
-    context = ray.init(address=address, log_to_driver=not logs.quiet(), configure_logging=False)
+    context = ray.init(address=address or "local", log_to_driver=not logs.quiet(), configure_logging=False)
     if logs.quiet() and address is None and logs.folder() is not None:
         _link(logs.folder() / "ray", Path(context.address_info["session_dir"]) / "logs")
 

@@ -353,7 +353,7 @@ class SimulateConfig(Strict):
         Path("alignray-runs"), description="Where datasets and the default MLflow store go."
     )
     address: str | None = Field(
-        None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one."
+        None, description="Ray cluster to join; default RAY_ADDRESS, else a new embedded one; auto: the one `ray start` runs on this machine."
     )
 
     @model_validator(mode="after")
@@ -501,7 +501,7 @@ class TrainedRun(Strict):
     )
     output_dir: Path = Field(Path("alignray-runs"), description="Where checkpoints (train/), logs and the default"
                              " MLflow store go.")
-    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one.")
+    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else a new embedded one; auto: the one `ray start` runs on this machine.")
 
 
 class TrainConfig(TrainedRun):
@@ -650,7 +650,7 @@ class EvaluateConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Field(Path("alignray-runs"), description="Where reports (evaluations/), logs and the"
                              " default MLflow store go.")
-    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one.")
+    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else a new embedded one; auto: the one `ray start` runs on this machine.")
 
     @model_validator(mode="after")
     def _benign_needs_refusal(self) -> EvaluateConfig:
@@ -774,7 +774,7 @@ class PipelineConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
     output_dir: Path = Field(Path("alignray-runs"), description="Where every stage's outputs, logs and the"
                              " default MLflow store go.")
-    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else an embedded one.")
+    address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else a new embedded one; auto: the one `ray start` runs on this machine.")
 
     @model_validator(mode="after")
     def _held_out(self) -> PipelineConfig:
