@@ -168,6 +168,7 @@ def test_colocated_and_separate_placements_and_both_weight_transports_give_the_s
         curves[placement] = {k: history(out, result.run_id, k)
                              for k in ("reward", "kl", "policy_loss", "value_loss", "logprob_gap", "sync_probe_diff")}
     assert tags["colocated"]["placement"] == "colocated" and tags["separate"]["placement"] == "separate"
+    assert tags["colocated"]["critic.head_start"] == "the reward head x 1"  # one model, linear, not normalised
     # this 4-CPU test cluster: colocated engines get all 4 CPUs' threads (capped at the cores they may
     # use), the 2 trainer workers 2 each; separate ones their 1 reserved CPU each
     assert (tags["colocated"]["sampler_threads"], tags["colocated"]["trainer_threads"]) == ("4", "2")

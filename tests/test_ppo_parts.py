@@ -6,7 +6,16 @@ import random
 import pytest
 import torch
 from alignray.train.ppo_loop import prompt_indices
-from alignray.train.ppo_parts import DiversityWatch, KLController, RunningMoments, critic_model, pack, token_logps
+from alignray.train.ppo_parts import (
+    DiversityWatch,
+    KLController,
+    RunningMoments,
+    critic_head_scale,
+    critic_model,
+    one_head_reward_model,
+    pack,
+    token_logps,
+)
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 
@@ -118,20 +127,55 @@ def preference_model(tiny_model, folder, heads: int):
 
 
 @pytest.mark.parametrize("source", ["morlaif", "policy", "reward"])
-def test_critic_gets_the_backbone_and_a_zero_head_unless_a_one_head_reward_model(tiny_model, tmp_path, source):
+def test_critic_gets_the_backbone_and_a_scaled_or_zero_head(tiny_model, tmp_path, source):
     if source == "policy":
         folder, original = tiny_model, AutoModelForCausalLM.from_pretrained(tiny_model)
     else:
         folder = tmp_path / source
         original = preference_model(tiny_model, folder, heads=12 if source == "morlaif" else 1)
-    critic = critic_model(str(folder), pad_id=0)
+    critic = critic_model(str(folder), pad_id=0, head_scale=0.5)
     assert critic.score.weight.shape == (1, critic.config.hidden_size)
-    if source == "reward":  # values start at the reward model's scores
-        assert torch.equal(critic.score.weight, original.score.weight)
+    if source == "reward":  # values start at the trained reward: 0.5 times the reward model's score
+        assert torch.allclose(critic.score.weight, 0.5 * original.score.weight)
+        assert not critic_model(str(folder), pad_id=0, head_scale=0.0).score.weight.any()
     else:  # a policy or a 12-head MORLAIF model: V = 0 at the start, not random
         assert not critic.score.weight.any()
     layer = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(critic.state_dict()[layer], original.state_dict()[layer])
+
+
+@pytest.mark.parametrize(("fields", "scale"), [
+    ({}, 1.0),
+    ({"weights": [2.0]}, 2.0),
+    ({"scalarize": "soft_min", "weights": [0.5]}, 0.5),  # one principle: soft_min is w·r
+    ({"scalarize": "median"}, 1.0),
+    ({"normalize": True}, 0.0),  # returns are centred near 0, the head's scores are not
+    ({"clip": 1.0}, 0.0),
+    ({"scalarize": "bernoulli_nash"}, 0.0),  # log σ(r) is not a multiple of r
+])
+def test_the_value_head_starts_where_the_trained_reward_is(fields, scale):
+    from alignray.config import RewardConfig
+
+    reward = RewardConfig(models=["a"], **fields)
+    assert critic_head_scale(reward, one_head=True) == pytest.approx(scale)
+    assert critic_head_scale(reward, one_head=False) == 0.0  # several models or heads: zeros
+
+
+def test_the_critic_values_start_at_the_reward_ppo_trains_on(tiny_model, tmp_path):
+    """On the real modules: with weight 3, the critic's head on the answer's final state gives 3 x
+    the reward model's score of the answer, the reward PPO trains on."""
+    from alignray.config import RewardConfig
+
+    folder = tmp_path / "reward"
+    reward_model = preference_model(tiny_model, folder, heads=1).eval()
+    scale = critic_head_scale(RewardConfig(models=[str(folder)], weights=[3.0]), one_head_reward_model(str(folder)))
+    critic = critic_model(str(folder), pad_id=0, head_scale=scale).eval()
+    batch = pack([[5, 6, 7]], [[8, 9, 10, 11]], pad_id=0)
+    with torch.no_grad():
+        hidden = critic.base_model(input_ids=batch.input_ids).last_hidden_state[:, -1]
+        score = reward_model(input_ids=batch.input_ids).logits[0, 0]
+    assert scale == 3.0
+    assert float(critic.score(hidden)[0, 0]) == pytest.approx(3.0 * float(score), rel=1e-4, abs=1e-5)
 
 
 def test_driver_fits_reward_weights_records_them_and_a_resumed_run_reuses_them(tmp_path, capsys):

@@ -519,7 +519,8 @@ class CriticConfig(Strict):
     """PPO's value model."""
 
     init: Literal["reward", "policy"] = Field(
-        "reward", description="Start the value model from the (first) reward model or the policy."
+        "reward", description="The value model's backbone: the (first) reward model's or the policy's. Its head starts"
+        " at the trained reward (w times a one-head reward model's head, when the reward is w·r) or at zeros."
     )
     learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of the value model.")
 

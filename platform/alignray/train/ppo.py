@@ -30,6 +30,7 @@ from alignray.sampling.pool import SamplerPool
 from alignray.train import data, placement
 from alignray.train.launch import Launch, TrainingError, TrainResult
 from alignray.train.ppo_loop import ppo_loop
+from alignray.train.ppo_parts import critic_head_scale, one_head_reward_model
 
 log = logs.get(__name__)
 
@@ -120,6 +121,9 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
             tracking.log_model_input(ref, "reward model")
         if cfg.reward.fit_weights is not None:
             cfg = _use_fitted_weights(cfg, rewards, active)
+        one_head = cfg.critic.init == "reward" and len(rewards) == 1 and one_head_reward_model(str(critic))
+        head_scale = critic_head_scale(cfg.reward, one_head)
+        mlflow.set_tag("critic.head_start", f"the reward head x {head_scale:g}" if head_scale else "zeros")
         mlflow.set_tags({"placement": "colocated" if where.colocated else "separate",
                          "sampler_threads": where.sampler_threads, "trainer_threads": where.trainer_threads})
         with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed, threads=where.sampler_threads,
@@ -129,6 +133,7 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
                 "config": cfg.model_dump(mode="json"),
                 "policy_path": str(policy),
                 "critic_path": str(critic),
+                "critic_head_scale": head_scale,
                 "reward_paths": [str(r) for r in rewards],
                 "reward_labels": [model_name(ref) for ref in cfg.reward.models],
                 "pad_id": tokenizer.pad_token_id,

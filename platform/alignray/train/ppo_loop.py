@@ -120,7 +120,7 @@ class _Trainer:
         actor = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=torch.float32)
         self.reference = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=dtype).eval()
         self.reference.requires_grad_(False)
-        critic = critic_model(lc["critic_path"], self.pad_id)
+        critic = critic_model(lc["critic_path"], self.pad_id, lc["critic_head_scale"])
         share = p.prompts_per_step * p.samples_per_prompt // world
         updates = p.iterations * p.ppo_epochs * (share // p.minibatch_per_worker)
         self.actor = engine(actor, t, t.learning_rate, updates, p.minibatch_per_worker)

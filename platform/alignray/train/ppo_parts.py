@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alignray.config import RewardConfig
 from alignray.rewards.diversity import Diversity, collapse, diversity
+from alignray.rewards.scorers import scalar_reward
 
 
 @dataclass
@@ -136,21 +138,47 @@ def token_values(critic: nn.Module, batch: Packed) -> Tensor:
     return critic.score(hidden).float()[..., 0]
 
 
-def critic_model(path: str, pad_id: int) -> nn.Module:
-    """The value model, in float32 (DeepSpeed casts it to the training dtype): the backbone of
-    `path` with one value head. A one-head preference model keeps its head, so values start at
-    its reward; a policy or a multi-head (MORLAIF) preference model gets a new head of zeros, so
-    values start at 0 rather than at random."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def one_head_reward_model(path: str) -> bool:
+    """Whether the folder holds a preference model with a single head (one scalar reward)."""
+    from transformers import AutoConfig
 
     source = AutoConfig.from_pretrained(path)
-    reward_head = any(a.endswith("ForSequenceClassification") for a in source.architectures or []) and source.num_labels == 1
+    return any(a.endswith("ForSequenceClassification") for a in source.architectures or []) and source.num_labels == 1
+
+
+def critic_head_scale(reward: RewardConfig, one_head: bool) -> float:
+    """How the value head starts, as a multiple of the critic's source head (0: a head of zeros).
+
+    The critic must predict returns of the reward PPO trains on. When that reward is the single
+    head's score r times a constant w (one one-head model, a scalarizer that is linear through 0
+    for one principle, no clip, no normalising), the head starts at w times the reward head: its
+    values start at the trained reward. Anything else (several models or heads, a clip, a
+    nonlinear scalarizer, `normalize`, whose returns are centred near 0) starts from zeros rather
+    than from a head whose scale and offset the returns do not share."""
+    if not one_head or reward.clip is not None or reward.normalize:
+        return 0.0
+    probe = torch.tensor([[-3.0], [-0.5], [0.0], [1.0], [2.5]])
+    out = scalar_reward(probe, reward).double()
+    w = float(out[3])
+    return w if torch.allclose(out, w * probe[:, 0].double(), atol=1e-9) else 0.0
+
+
+def critic_model(path: str, pad_id: int, head_scale: float) -> nn.Module:
+    """The value model, in float32 (DeepSpeed casts it to the training dtype): the backbone of
+    `path` with one value head, `head_scale` times the path's one reward head (see
+    `critic_head_scale`); a head of zeros when it is 0 or the path has no such head (a policy,
+    a multi-head MORLAIF model), so values start at 0 rather than at random."""
+    from transformers import AutoModelForSequenceClassification
+
+    keep = head_scale != 0.0 and one_head_reward_model(path)
     critic = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, ignore_mismatched_sizes=True, dtype=torch.float32
     )
     critic.config.pad_token_id = pad_id
-    if not reward_head:
-        with torch.no_grad():
-            for p in critic.score.parameters():
+    with torch.no_grad():
+        for p in critic.score.parameters():
+            if keep:
+                p.mul_(head_scale)
+            else:
                 p.zero_()
     return critic
