@@ -307,6 +307,7 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
         f"data.source={prompts}", "data.skip=1", "sampler.max_tokens=16", "sampler.max_model_len=512",
         "sampler.temperature=1.0", "bootstrap_samples=500", f"curves_run={ppo_run.info.run_id}",
         f"agreement.model={reward_model}", f"agreement.dataset={labelled}", f"benign_data.source={benign}",
+        f"reward_models=[{reward_model}]",
     ]
     assert main(args) == 0
     captured = capsys.readouterr()
@@ -374,6 +375,15 @@ def test_evaluate_report_numbers_come_from_its_judgements(tiny_model, pattern_re
     assert captured.err.count("warning: the AI judge is the policy's starting model") == 1
     assert 0 <= run.data.metrics["refuses_then_complies_rate.aligned"] <= 1
     assert report.startswith("# evaluate-aligned\n\nPrompts: the prompts given (a stand-alone evaluation).")
+    # every answer scored by the reward model; the mean reward per policy and the paired gain
+    for side in ("policy", "opponent"):
+        expected = scorer(list(frame["prompt"]), list(frame[f"{side}_response"]))[:, 0].numpy()
+        assert np.allclose(frame[f"reward_{side}"], expected, atol=1e-5)
+    reward_gain = float((frame["reward_policy"] - frame["reward_opponent"]).mean())
+    assert m["reward_gain.tiny-llama"] == pytest.approx(reward_gain)
+    assert m["reward_gain_low.tiny-llama"] < reward_gain < m["reward_gain_high.tiny-llama"]
+    assert m["reward.aligned"] == pytest.approx(float(frame["reward_policy"].mean()))
+    assert f"Mean reward under {reward_model}" in report and f"gain over tiny-llama {reward_gain:+.3f}" in report
     assert "diversity of aligned: distinct-1 " in printed
     assert "report:" in printed
     # the judgements as MLflow tables (the run's Evaluation tab), and the run's system metrics

@@ -133,12 +133,13 @@ def test_the_evaluate_stage_uses_the_split_it_is_given(tmp_path):
     from alignray.pipelines.run import stage_config
 
     evaluate = RECIPES["rlcd"][-1]
-    inputs = {("ppo", "output"): "models:/p/1", ("ppo", "run"): "r"}
+    inputs = {("ppo", "output"): "models:/p/1", ("ppo", "run"): "r", ("preference", "output"): "models:/rm/1"}
     base = ["dev_data.source=sample[10:14]", "benign_dev_data.source=sample[14:16]", "benign_eval_data.source=sample[16:18]"]
     test = stage_config(load_config(CONFIGS / "rlcd_tiny.yaml", base, PipelineConfig), evaluate, inputs)
     dev = stage_config(load_config(CONFIGS / "rlcd_tiny.yaml", [*base, "evaluate_on=dev"], PipelineConfig), evaluate, inputs)
     assert (test.split, test.data.skip, test.data.limit, test.benign_data.source) == ("test", 6, 4, "sample[16:18]")
     assert (dev.split, dev.data.source, dev.benign_data.source) == ("dev", "sample[10:14]", "sample[14:16]")
+    assert test.reward_models == dev.reward_models == ["models:/rm/1"]  # the recipe's preference model scores answers
     with pytest.raises(ConfigError, match="evaluate_on: dev needs dev_data"):
         load_config(CONFIGS / "rlcd_tiny.yaml", ["evaluate_on=dev"], PipelineConfig)
 
@@ -223,4 +224,10 @@ def test_pipeline_runs_end_to_end(pipeline, store, capsys):
     frame = pd.read_parquet(folder / "judgements.parquet")
     assert len(frame) == 4 and set(frame.columns) >= {"model_prob", "profanity_policy", "hate_opponent", "length_policy"}
     policy = {"rrhf": "rrhf", "rdpo": "dpo"}.get(pipeline, "ppo")
-    assert f"Policy `models:/{pipeline}-tiny-{policy}/1`" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert f"Policy `models:/{pipeline}-tiny-{policy}/1`" in report
+    if pipeline == "rdpo":  # no preference model in its recipe
+        assert "reward_policy" not in frame.columns
+    else:  # the recipe's preference model scored both policies' answers
+        gain = float((frame["reward_policy"] - frame["reward_opponent"]).mean())
+        assert f"gain over tiny-random-llama {gain:+.3f}" in report

@@ -638,6 +638,12 @@ class EvaluateConfig(Strict):
                                    " (means of continuous judges; rates and refusal changes carry score intervals).")
     seed: int = Field(0, description="Seeds the responses of every policy and the bootstrap.")
     agreement: AgreementConfig | None = None
+    reward_models: list[str] = Field(
+        default_factory=list, description="Preference models (folders or models:/ URIs) that score every policy's"
+        " answers to `data`: each policy's mean reward (reward.<policy>; the mean over every head of every model) and"
+        " the paired gain over each baseline (reward_gain.<baseline>, bootstrap interval over prompts). A pipeline"
+        " sets its preference stage's model."
+    )
     split: Literal["dev", "test"] | None = Field(
         None, description="Which split `data` is, said in the report (a pipeline sets it: dev while a sweep"
         " chooses, test for the reported numbers)."

@@ -179,6 +179,25 @@ def _agreement(cfg: EvaluateConfig) -> dict | None:
             "interval": wilson_method(), "judges": judges}
 
 
+def _rewards(frame: pd.DataFrame, cfg: EvaluateConfig) -> tuple[dict[str, float], str]:
+    """Score every answer of `frame` under `cfg.reward_models` (the mean over every head of every
+    model, each fed the prompt as in preference training; columns reward_policy / reward_opponent).
+    Returns the metrics (reward.<policy>, reward_gain.<opponent> and its bounds) and the report's line."""
+    from alignray.rewards.scorers import LocalRewardModels
+
+    scorer = LocalRewardModels([local_folder(ref) for ref in cfg.reward_models], max_length=cfg.sampler.max_model_len)
+    for side in ("policy", "opponent"):
+        frame[f"reward_{side}"] = scorer(list(frame["prompt"]), list(frame[f"{side}_response"])).mean(-1).numpy()
+    means = policy_rates(frame, "reward", short(cfg.policy), cfg.bootstrap_samples, cfg.seed)
+    gained = gains(frame, "reward", cfg.bootstrap_samples, cfg.seed)
+    metrics = {metric_key(f"reward.{r.policy}"): r.rate for r in means}
+    metrics |= {metric_key(f"reward_gain{side}.{g.opponent}"): v for g in gained
+                for side, v in (("", g.gain), ("_low", g.low), ("_high", g.high))}
+    shown = ", ".join(f"{r.policy} {r.rate:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" for r in means)
+    gain = "; ".join(f"gain over {g.opponent} {g.gain:+.3f} [{g.low:+.3f}, {g.high:+.3f}] ({g.method})" for g in gained)
+    return metrics, f"Mean reward under {', '.join(cfg.reward_models)} ({means[0].method}): {shown}; {gain}."
+
+
 def _curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
     client = mlflow.MlflowClient()
     curves = {}
@@ -238,6 +257,9 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     paths = {ref: str(resolve(ref)) for ref in [cfg.policy, *opponents]}  # fetched once, checked before Ray starts
     if cfg.agreement and not cfg.agreement.model.startswith("models:/") and not Path(cfg.agreement.model).is_dir():
         raise ModelError(f"agreement.model {cfg.agreement.model!r} is not a folder or a models:/ URI")
+    for k, ref in enumerate(cfg.reward_models):
+        if not local_folder(ref).is_dir():  # a models:/ URI is fetched here, before Ray starts
+            raise ModelError(f"reward_models[{k}] {ref!r} is not a folder or a models:/ URI")
     convs = load_conversations(cfg.data)
     benign_convs = load_conversations(cfg.benign_data) if cfg.benign_data else []
     render = chat_renderer(base) if any(c.messages is not None for c in convs + benign_convs) else None
@@ -250,7 +272,8 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     # one sampler pool for the policy, the opponents and the judge when they share an architecture
     with tracking.start_run(cfg.tracking, cfg.output_dir, name, tracking.flatten(cfg)) as active, \
             Models(cfg, cfg.seed) as models:
-        for context, ref in [("policy", cfg.policy), *(("baseline", ref) for ref in opponents)]:
+        for context, ref in [("policy", cfg.policy), *(("baseline", ref) for ref in opponents),
+                             *(("reward model", ref) for ref in cfg.reward_models)]:
             tracking.log_model_input(ref, context)
         tracking.log_prompts(prompts, cfg.data.label, "evaluation prompts")
         if benign_prompts:
@@ -268,6 +291,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
                          "opponent_response": y} for p, c, x, y in zip(ps, cs, a, b)]
         frame = _judge(pd.DataFrame(rows), cfg, models)
         models.close()
+        reward_metrics, reward_note = _rewards(frame, cfg) if cfg.reward_models else ({}, None)
         benign = pd.DataFrame(benign_rows)
         if benign_rows:
             benign["refusal_policy"] = offline.JUDGES["refusal"].score(list(benign["policy_response"]))
@@ -285,7 +309,8 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp / "judgements.parquet")
             if benign_rows:
                 pq.write_table(pa.Table.from_pandas(benign, preserve_index=False), tmp / "benign_judgements.parquet")
-            notes = (provenance(cfg), *((f"**Warning:** {judged_by_start}.",) if judged_by_start else ()))
+            notes = (provenance(cfg), *((f"**Warning:** {judged_by_start}.",) if judged_by_start else ()),
+                     *((reward_note,) if reward_note else ()))
             (tmp / "report.md").write_text(markdown(name, cfg.policy, len(prompts), rates, means, harmless, agreement,
                                                      variety, notes))
             plot_win_rates(rates, tmp / "win_rates.png")
@@ -308,6 +333,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             **{metric_key(f"judge_agreement.{j}.{h}"): v for j, a in (agreement or {}).get("judges", {}).items()
                for h, v in {"labels": a["labels"], **a["heads"]}.items() if v is not None},
             **bounds(rates, harmless, agreement),
+            **reward_metrics,
             "prompts": len(prompts),
             "policy_empty_responses": float(np.mean([not a for a in policy[:n]])),
             **_diversity_metrics(variety),

@@ -15,7 +15,7 @@ class Stage:
     inputs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-LIST_FIELDS = {"reward.models", "preference.principles"}
+LIST_FIELDS = {"reward.models", "reward_models", "preference.principles"}
 
 
 def _simulate(method: str, **simulation) -> Stage:
@@ -27,8 +27,11 @@ def _preference(**preference) -> Stage:
                  {"dataset": ("simulate", "output")})
 
 
-def _evaluate(policy: str, curves: bool = False) -> Stage:
+def _evaluate(policy: str, curves: bool = False, rewarded: bool = True) -> Stage:
+    """The evaluation of `policy`'s output; its answers are also scored by the recipe's preference
+    model, when it has one (`rewarded`)."""
     inputs = {"policy": (policy, "output")} | ({"curves_run": (policy, "run")} if curves else {})
+    inputs |= {"reward_models": ("preference", "output")} if rewarded else {}
     return Stage("evaluate", "evaluate", {}, inputs)
 
 
@@ -43,7 +46,7 @@ RECIPES: dict[str, list[Stage]] = {
     "context_distill": [
         _simulate("rlcd"),
         Stage("sft", "sft", {}, {"dataset": ("simulate", "output")}),
-        _evaluate("sft"),
+        _evaluate("sft", rewarded=False),
     ],
     "morlaif": [
         _simulate("morlaif", principles="morlaif"),
@@ -62,6 +65,6 @@ RECIPES: dict[str, list[Stage]] = {
     "rdpo": [
         _simulate("rdpo", principles="safety"),
         Stage("dpo", "dpo", {"dpo": {"soft_labels": True}}, {"dataset": ("simulate", "output")}),
-        _evaluate("dpo"),
+        _evaluate("dpo", rewarded=False),
     ],
 }
