@@ -162,9 +162,18 @@ def test_summary_lines_and_bound_metrics_name_their_intervals(tmp_path):
     assert set(metrics) == {f"{family}_{side}.{name}" for family, name in [
         ("win_rate", "model.base"), ("refusal_rate", "mine"), ("refusal_rate", "base"), ("refusal_gain", "base"),
         ("over_refusal_rate", "mine"), ("over_refusal_rate", "base"), ("over_refusal_gain", "base"),
-        ("agreement", "a")] for side in ("low", "high")}
+        ("net_refusal_gain", "base"), ("agreement", "a")] for side in ("low", "high")}
     assert metrics["refusal_gain_low.base"] == harmless.refusal_gains[0].low
     assert round(metrics["over_refusal_gain_high.base"], 3) == 0.088
+    # net: +0.075 on harmful prompts minus no change on benign ones, both intervals combined (MOVER)
+    [net] = harmless.net_gains()
+    r, o = harmless.refusal_gains[0], harmless.over_refusal_gains[0]
+    assert net.gain == pytest.approx(0.075)
+    assert net.low == pytest.approx(0.075 - ((r.gain - r.low) ** 2 + o.high ** 2) ** 0.5)
+    assert net.high == pytest.approx(0.075 + ((r.high - r.gain) ** 2 + o.low ** 2) ** 0.5)
+    assert net.low < r.low and net.high > r.high  # wider than the harmful-prompt gain alone
+    assert any(line.startswith("net refusal gain (harmful gain minus benign change) over base: +0.075 [")
+               for line in lines)
 
 
 def test_the_report_says_its_split_its_choice_and_who_refuses_then_complies(tmp_path):

@@ -151,3 +151,16 @@ def test_seeds_that_agree_keep_their_prompts_interval():
     assert across_seeds([0.6, 0.62, 0.61], within=[0.01] * 3).verdict(reference=0.5) == "better"
     with pytest.raises(ValueError, match="one half-width >= 0 per value"):
         across_seeds([0.1, 0.2], within=[0.1])
+
+
+def test_independent_difference_combines_each_side_on_its_own_side():
+    from alignray.stats import independent_difference
+
+    d, low, high = independent_difference((0.5, 0.3, 0.6), (0.1, 0.0, 0.4))
+    assert d == pytest.approx(0.4)
+    assert low == pytest.approx(0.4 - math.hypot(0.2, 0.3))  # a's lower arm, b's upper arm
+    assert high == pytest.approx(0.4 + math.hypot(0.1, 0.1))
+    same, lo, hi = independent_difference((0.0, -0.088, 0.088), (0.0, -0.088, 0.088))
+    assert same == 0.0 and hi == -lo == pytest.approx(math.hypot(0.088, 0.088))  # never zero-width
+    with pytest.raises(ValueError, match="must lie in its interval"):
+        independent_difference((0.5, 0.6, 0.7), (0.0, -0.1, 0.1))

@@ -20,6 +20,9 @@ Which interval each number of `alignray evaluate` carries, and why:
 - **A mean of continuous values** (a classifier's probability), **or a paired difference of
   them**: the percentile bootstrap over prompts (`bootstrap_interval`; paired = the
   per-prompt differences resampled).
+- **A difference of two estimates from independent samples** (the refusal gain on harmful
+  prompts minus the over-refusal change on other, benign prompts): the MOVER interval
+  (`independent_difference`), each side's bounds combined in quadrature on their own side.
 - **A comparison across seeds** (one number per seed, e.g. each seed's refusal gain): Student t
   on the per-seed values (`across_seeds`); with one seed there is no interval.
 
@@ -204,3 +207,16 @@ def across_seeds(values: Sequence[float], level: float = 0.95, within: Sequence[
     half = math.hypot(half, prompts)
     return SeedSummary(mean, mean - half, mean + half, float(x.min()), float(x.max()), n,
                        f"{student_t_method(level)}, widened by the seeds' mean prompt interval (root sum of squares)")
+
+
+def independent_difference(a: tuple[float, float, float], b: tuple[float, float, float]) -> tuple[float, float, float]:
+    """a - b for two estimates from independent samples, each given as (value, low, high) with
+    its own interval: the MOVER interval (Zou and Donner 2008; Newcombe's method 10 for two
+    independent rates), which recovers each side's variance from its own (possibly asymmetric)
+    bounds: low = d - sqrt((a - a_low)^2 + (b_high - b)^2), high = d + sqrt((a_high - a)^2 +
+    (b - b_low)^2). Never narrower than either interval alone."""
+    (x, xl, xh), (y, yl, yh) = a, b
+    if not (xl <= x <= xh and yl <= y <= yh):
+        raise ValueError(f"independent_difference: each estimate must lie in its interval, got {a} and {b}")
+    d = x - y
+    return d, d - math.hypot(x - xl, yh - y), d + math.hypot(xh - x, y - yl)

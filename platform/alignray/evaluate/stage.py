@@ -82,7 +82,8 @@ class EvaluationResult:
                   f" ({r.method})" for r in h.over_refusals]
         lines += [f"refuses, then complies, {r.policy}: {r.rate:.3f} [{r.low:.3f}, {r.high:.3f}] ({r.method})"
                   for r in h.then_complies]
-        for kind, found in (("refusal gain", h.refusal_gains), ("over-refusal change", h.over_refusal_gains)):
+        for kind, found in (("refusal gain", h.refusal_gains), ("over-refusal change", h.over_refusal_gains),
+                            ("net refusal gain (harmful gain minus benign change)", h.net_gains())):
             lines += [f"{kind} over {g.opponent}: {g.gain:+.3f} [{g.low:+.3f}, {g.high:+.3f}] ({g.method})"
                       for g in found]
         interval = (self.agreement or {}).get("interval", wilson_method())
@@ -220,6 +221,7 @@ def bounds(rates: list[WinRate], harmless: Harmlessness, agreement: dict | None)
     named += [("refusal_gain", g.opponent, g.low, g.high) for g in harmless.refusal_gains]
     named += [("over_refusal_rate", r.policy, r.low, r.high) for r in harmless.over_refusals]
     named += [("over_refusal_gain", g.opponent, g.low, g.high) for g in harmless.over_refusal_gains]
+    named += [("net_refusal_gain", g.opponent, g.low, g.high) for g in harmless.net_gains()]
     named += [("agreement", h, v[1], v[2]) for h, v in (agreement or {}).get("heads", {}).items()]
     return {metric_key(f"{family}_{side}.{name}"): value for family, name, low, high in named
             for side, value in (("low", low), ("high", high))}
@@ -328,6 +330,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
             **{metric_key(f"refusal_gain.{g.opponent}"): g.gain for g in harmless.refusal_gains},
             **{metric_key(f"over_refusal_rate.{r.policy}"): r.rate for r in harmless.over_refusals},
             **{metric_key(f"over_refusal_gain.{g.opponent}"): g.gain for g in harmless.over_refusal_gains},
+            **{metric_key(f"net_refusal_gain.{g.opponent}"): g.gain for g in harmless.net_gains()},
             **{metric_key(f"{THEN_COMPLIES}_rate.{r.policy}"): r.rate for r in harmless.then_complies},
             **{metric_key(f"agreement.{h}"): v[0] for h, v in (agreement or {}).get("heads", {}).items()},
             **{metric_key(f"judge_agreement.{j}.{h}"): v for j, a in (agreement or {}).get("judges", {}).items()
