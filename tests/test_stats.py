@@ -9,6 +9,7 @@ from alignray.stats import (
     SeedSummary,
     across_seeds,
     bootstrap_interval,
+    difference_across_seeds,
     paired_proportion_difference,
     wilson_interval,
 )
@@ -164,3 +165,45 @@ def test_independent_difference_combines_each_side_on_its_own_side():
     assert same == 0.0 and hi == -lo == pytest.approx(math.hypot(0.088, 0.088))  # never zero-width
     with pytest.raises(ValueError, match="must lie in its interval"):
         independent_difference((0.5, 0.6, 0.7), (0.0, -0.1, 0.1))
+
+
+def test_the_difference_of_two_arms_is_welchs_interval():
+    """Unequal seeds and spreads: a pooled-variance t, or a t with n_a + n_b - 2 degrees of
+    freedom, gives another interval than Welch-Satterthwaite's (scipy's is the reference)."""
+    arm, baseline = [0.10, 0.12, 0.14, 0.30], [0.02, 0.04]
+    d = difference_across_seeds(arm, baseline)
+    welch = stats.ttest_ind(arm, baseline, equal_var=False).confidence_interval(0.95)
+    assert (d.low, d.high) == pytest.approx((welch.low, welch.high), abs=1e-12)
+    # by hand: va = 0.008367 / 4, vb = 0.0002 / 2, df = (va + vb)² / (va²/3 + vb²/1) = 3.27,
+    # t(0.975, 3.27) = 3.038, half = 3.038 * sqrt(va + vb) = 0.1422 (pooled variance: 0.1912)
+    assert d.diff == pytest.approx(0.135) and (round(d.low, 3), round(d.high, 3)) == (-0.007, 0.277)
+    assert (d.n_a, d.n_b, d.method) == (4, 2, "Welch t 95% over the two arms' seeds")
+    assert d.verdict() == "inconclusive"  # the interval holds 0
+    clear = difference_across_seeds([0.10, 0.12, 0.14], [0.02, 0.03, 0.04])
+    assert clear.low > 0 and clear.verdict() == "better" and clear.verdict(higher_is_better=False) == "worse"
+    assert difference_across_seeds([0.02, 0.03, 0.04], [0.10, 0.12, 0.14]).verdict() == "worse"
+    only_one_varies = difference_across_seeds([0.1, 0.1, 0.1], [0.0, 0.1, 0.2])  # df = n_b - 1
+    assert only_one_varies.high - only_one_varies.diff == pytest.approx(stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3))
+
+
+def test_the_difference_of_two_arms_is_widened_by_their_prompts_and_never_zero_width():
+    arm, baseline = [0.10, 0.12, 0.14], [0.02, 0.04]
+    welch = stats.ttest_ind(arm, baseline, equal_var=False).confidence_interval(0.95)
+    widened = difference_across_seeds(arm, baseline, within_a=[0.03, 0.04, 0.05], within_b=[0.04, 0.04])
+    half = np.sqrt(((welch.high - welch.low) / 2) ** 2 + 0.04**2 + 0.04**2)
+    assert (widened.low, widened.high) == pytest.approx((0.09 - half, 0.09 + half)) and "widened" in widened.method
+    # every seed of both arms agrees: Welch alone is zero-width, so there is no interval (and no verdict)
+    agree = difference_across_seeds([0.5, 0.5, 0.5], [0.5, 0.5])
+    assert (agree.diff, agree.low, agree.high) == (0.0, None, None) and agree.verdict() == "inconclusive"
+    assert "no interval" in agree.method
+    apart = difference_across_seeds([0.6, 0.6], [0.5, 0.5])  # agreeing seeds, different arms: still no interval
+    assert apart.low is None and apart.verdict() == "inconclusive"
+    kept = difference_across_seeds([0.6, 0.6], [0.5, 0.5], within_a=[0.03, 0.03], within_b=[0.04, 0.04])
+    assert (kept.low, kept.high) == (pytest.approx(0.05), pytest.approx(0.15)) and kept.verdict() == "better"
+    one = difference_across_seeds([0.6], [0.5, 0.7], within_a=[0.03], within_b=[0.04, 0.04])
+    assert (one.low, one.high) == (pytest.approx(-0.05), pytest.approx(0.05)) and one.verdict() == "inconclusive"
+    assert "fewer than two seeds" in one.method and difference_across_seeds([0.6], [0.5]).low is None
+    with pytest.raises(ValueError, match="within for both arms or for neither"):
+        difference_across_seeds(arm, baseline, within_a=[0.1] * 3)
+    with pytest.raises(ValueError, match=r"difference_across_seeds \(b\) needs one value per seed"):
+        difference_across_seeds(arm, [])

@@ -25,6 +25,9 @@ Which interval each number of `alignray evaluate` carries, and why:
   (`independent_difference`), each side's bounds combined in quadrature on their own side.
 - **A comparison across seeds** (one number per seed, e.g. each seed's refusal gain): Student t
   on the per-seed values (`across_seeds`); with one seed there is no interval.
+- **A difference between two methods across seeds** (a sweep's arm against its baseline arm):
+  Welch's t on the two arms' per-seed values (`difference_across_seeds`; the arms' spreads need
+  not be equal), widened by both arms' prompt intervals as `across_seeds` widens.
 
 Every interval function has a `*_method(level)` twin naming it for tables ("Wilson 95%").
 """
@@ -64,6 +67,10 @@ def bootstrap_method(level: float = 0.95, paired: bool = False) -> str:
 
 def student_t_method(level: float = 0.95) -> str:
     return f"Student t {_percent(level)} over seeds"
+
+
+def welch_method(level: float = 0.95) -> str:
+    return f"Welch t {_percent(level)} over the two arms' seeds"
 
 
 def is_binary(values: np.ndarray) -> bool:
@@ -141,6 +148,20 @@ def bootstrap_interval(values: np.ndarray, samples: int, seed: int, level: float
     return float(low), float(high)
 
 
+def verdict(low: float | None, high: float | None, seeds: int, higher_is_better: bool = True,
+            reference: float = 0.0) -> str:
+    """"better" when the interval [low, high] excludes `reference` on the good side, "worse" on
+    the other side, else "inconclusive" (always without an interval or with fewer than two
+    seeds: one seed says nothing of the training's own randomness)."""
+    if low is None or high is None or seeds < 2:
+        return "inconclusive"
+    if low > reference:
+        return "better" if higher_is_better else "worse"
+    if high < reference:
+        return "worse" if higher_is_better else "better"
+    return "inconclusive"
+
+
 @dataclass(frozen=True)
 class SeedSummary:
     """One number (a gain, a win rate, ...) summarised over the seeds of a method: the mean of
@@ -155,22 +176,32 @@ class SeedSummary:
     method: str
 
     def verdict(self, higher_is_better: bool = True, reference: float = 0.0) -> str:
-        """"better" when the interval excludes `reference` (no change: 0 for a gain, 0.5 for a
-        win rate) on the good side, "worse" on the other side, else "inconclusive" (always with
-        fewer than two seeds: one seed says nothing of the training's own randomness)."""
-        if self.low is None or self.high is None or self.n < 2:
-            return "inconclusive"
-        if self.low > reference:
-            return "better" if higher_is_better else "worse"
-        if self.high < reference:
-            return "worse" if higher_is_better else "better"
-        return "inconclusive"
+        """`verdict` of this interval over `n` seeds against `reference` (no change: 0 for a
+        gain, 0.5 for a win rate)."""
+        return verdict(self.low, self.high, self.n, higher_is_better, reference)
 
     def describe(self, fmt: str = "+.3f") -> str:
         """E.g. "+0.073 [+0.033, +0.120] (Student t 95% over seeds, n=3; min +0.050, max +0.090)"."""
         interval = "" if self.low is None else f" [{self.low:{fmt}}, {self.high:{fmt}}]"
         return (f"{self.mean:{fmt}}{interval} ({self.method}, n={self.n};"
                 f" min {self.min:{fmt}}, max {self.max:{fmt}})")
+
+
+def _per_seed(what: str, values: Sequence[float]) -> np.ndarray:
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{what} needs one value per seed, at least one")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what}: non-finite values {x.tolist()}")
+    return x
+
+
+def _prompt_half_width(what: str, within: Sequence[float], x: np.ndarray) -> float:
+    """The mean of the seeds' own interval half-widths (one per value of `x`)."""
+    w = np.asarray(within, dtype=float)
+    if w.shape != x.shape or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{what}: within must be one half-width >= 0 per value, got {w.tolist()}")
+    return float(w.mean())
 
 
 def across_seeds(values: Sequence[float], level: float = 0.95, within: Sequence[float] | None = None) -> SeedSummary:
@@ -184,18 +215,9 @@ def across_seeds(values: Sequence[float], level: float = 0.95, within: Sequence[
     interval instead of a zero-width one; one seed gets its prompts' interval alone."""
     from scipy.stats import t
 
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError("across_seeds needs one value per seed, at least one")
-    if not np.isfinite(x).all():
-        raise ValueError(f"across_seeds: non-finite values {x.tolist()}")
+    x = _per_seed("across_seeds", values)
     mean, n = float(x.mean()), int(x.size)
-    prompts = None
-    if within is not None:
-        w = np.asarray(within, dtype=float)
-        if w.shape != x.shape or not np.isfinite(w).all() or (w < 0).any():
-            raise ValueError(f"across_seeds: within must be one half-width >= 0 per value, got {w.tolist()}")
-        prompts = float(w.mean())
+    prompts = None if within is None else _prompt_half_width("across_seeds", within, x)
     if n < 2:
         if prompts is None:
             return SeedSummary(mean, None, None, float(x.min()), float(x.max()), n, "one seed: no interval")
@@ -220,3 +242,57 @@ def independent_difference(a: tuple[float, float, float], b: tuple[float, float,
         raise ValueError(f"independent_difference: each estimate must lie in its interval, got {a} and {b}")
     d = x - y
     return d, d - math.hypot(x - xl, yh - y), d + math.hypot(xh - x, y - yl)
+
+
+@dataclass(frozen=True)
+class SeedDifference:
+    """The difference of two methods' means over their seeds (a - b) and its interval (None
+    bounds: no interval)."""
+
+    diff: float
+    low: float | None
+    high: float | None
+    n_a: int
+    n_b: int
+    method: str
+
+    def verdict(self, higher_is_better: bool = True) -> str:
+        """`verdict` against no difference (0): "better" means a is better than b; inconclusive
+        unless both methods have two seeds or more."""
+        return verdict(self.low, self.high, min(self.n_a, self.n_b), higher_is_better, 0.0)
+
+
+def difference_across_seeds(a: Sequence[float], b: Sequence[float], level: float = 0.95,
+                            within_a: Sequence[float] | None = None,
+                            within_b: Sequence[float] | None = None) -> SeedDifference:
+    """mean(a) - mean(b) of two methods' per-seed values (independent seeds), with Welch's t
+    interval: half = t(level, df) * sqrt(va + vb), va = var(a) / n_a (sample variance),
+    df = (va + vb)^2 / (va^2 / (n_a - 1) + vb^2 / (n_b - 1)) (Welch-Satterthwaite).
+
+    `within_a`, `within_b` (both or neither): each seed's own interval half-width over prompts,
+    as in `across_seeds`. An arm's prompt error does not shrink with seeds (mean(within)); the two
+    arms' are combined as independent, and with the seeds' part as `across_seeds` does:
+    half = sqrt(t_half^2 + mean(within_a)^2 + mean(within_b)^2). With fewer than two seeds in an
+    arm, the prompts' part alone. An interval that would have zero width (every seed of both
+    arms agrees, or a single seed each, and no prompt interval) is none: None bounds."""
+    from scipy.stats import t
+
+    x, y = _per_seed("difference_across_seeds (a)", a), _per_seed("difference_across_seeds (b)", b)
+    if (within_a is None) != (within_b is None):
+        raise ValueError("difference_across_seeds: give within for both arms or for neither")
+    prompts = 0.0 if within_a is None else math.hypot(_prompt_half_width("difference_across_seeds (a)", within_a, x),
+                                                        _prompt_half_width("difference_across_seeds (b)", within_b, y))
+    diff, n_a, n_b = float(x.mean() - y.mean()), int(x.size), int(y.size)
+    if min(n_a, n_b) < 2:
+        seeds, method = 0.0, "fewer than two seeds in an arm: the prompts' intervals only"
+    else:
+        va, vb = float(x.var(ddof=1)) / n_a, float(y.var(ddof=1)) / n_b
+        df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1)) if va + vb > 0 else math.inf
+        seeds = float(t.ppf((1 + level) / 2, df)) * math.sqrt(va + vb)
+        method = welch_method(level) + (", widened by both arms' mean prompt intervals (root sum of squares)"
+                                        if within_a is not None else "")
+    half = math.hypot(seeds, prompts)
+    if half == 0:
+        return SeedDifference(diff, None, None, n_a, n_b, "no interval: the seeds do not vary (or an arm has one)"
+                              " and there is no prompt interval")
+    return SeedDifference(diff, diff - half, diff + half, n_a, n_b, method)
