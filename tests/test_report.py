@@ -103,3 +103,60 @@ def test_unknown_names_and_empty_stores_say_what_to_do(store, capsys):
     assert "is neither a sweep nor an MLflow experiment" in capsys.readouterr().err
     assert main(["report", "kl", "--output-dir", str(folder / "elsewhere")]) == 2
     assert "no MLflow store at sqlite:///" in capsys.readouterr().err
+
+
+def _stage_run(client, experiment, parent, trial, start_s, seconds, finished=True):
+    """A stage run of a sweep's trial, nested under the sweep's parent run, `seconds` long."""
+    start = (1_800_000_000 + start_s) * 1000  # ms; MLflow takes a start time of 0 for "now"
+    run = client.create_run(experiment, start_time=start, tags={"mlflow.parentRunId": parent, "alignray.trial": trial})
+    if finished:
+        client.set_terminated(run.info.run_id, end_time=start + seconds * 1000)
+
+
+@pytest.fixture
+def arms_store(tmp_path):
+    """An arms sweep as `alignray sweep` leaves it: rdpo (3 seeds) against the baseline dpo (2
+    seeds), each trial's stage runs nested under the parent; dpo's seed-1 trial reused its
+    simulation (no run of its own), and one stage run of rdpo's seed 0 never finished."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("arms", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment, tags={"alignray.sweep": "dpo-vs-rdpo"}).info.run_id
+    gains = {"dpo": (0.02, 0.04), "rdpo": (0.10, 0.12, 0.14)}
+    stages = {("dpo", 0): (100, 50, 10), ("dpo", 1): (60, 10), ("rdpo", 0): (60, 50, 10), ("rdpo", 1): (100, 50, 30),
+              ("rdpo", 2): (200, 30, 10)}
+    trials = []
+    for arm, values in gains.items():
+        for seed, gain in enumerate(values):
+            trial = f"{arm}-{seed}"
+            for k, seconds in enumerate(stages[(arm, seed)]):
+                _stage_run(client, experiment, parent, trial, 1000 * k, seconds)
+            trials.append({"trial_id": trial, "overrides": {"arm": arm, "seed": seed}, "status": "TERMINATED",
+                           "test_run": _evaluate_run(client, experiment, seed, "test", _metrics(gain, win=0.5),
+                                                     pipeline=f"x-{arm}")})
+    _stage_run(client, experiment, parent, "rdpo-0", 5000, 999, finished=False)
+    client.log_dict(parent, {"selection": "no choice: 2 arms compared on the test split (baseline dpo), 5 trials",
+                             "chosen": None, "configurations": 2, "select": None, "baseline": "dpo",
+                             "arms": {"dpo": {"pipeline": "rdpo", "name": "x-dpo"},
+                                      "rdpo": {"pipeline": "rdpo", "name": "x-rdpo"}},
+                             "trials": trials}, "trials.json")
+    return uri, tmp_path
+
+
+def test_an_arms_sweeps_report_compares_every_arm_with_the_baseline(arms_store):
+    uri, folder = arms_store
+    text = report("dpo-vs-rdpo", uri, folder).markdown
+    assert "## Test split: dpo" in text and "## Test split: rdpo" in text and "one of 2 arms compared (no choice)" in text
+    assert "## Arms against the baseline arm dpo (test split)" in text
+    # wall time: each trial's own finished stage runs; dpo's seed 1 reused its simulation (0 s)
+    assert "| dpo (baseline) | rdpo | 2 | 1.9 min (1.2 to 2.7 min) |" in text  # 160 s and 70 s
+    assert "| rdpo | rdpo | 3 | 3.0 min (2.0 to 4.0 min) |" in text  # 120, 180 and 240 s
+    [gain] = [line for line in text.splitlines() if line.startswith("| rdpo | refusal gain on harmful prompts vs start |")]
+    # +0.12 - +0.03: Welch over seeds (0.10, 0.12, 0.14) and (0.02, 0.04): df 2.88, half 0.0498; widened
+    # by both arms' prompt half-widths 0.04: sqrt(0.0498² + 0.04² + 0.04²) = 0.0753
+    assert gain == "| rdpo | refusal gain on harmful prompts vs start | +0.120 | +0.030 | +0.090 [+0.015, +0.165] | better |"
+    [win] = [line for line in text.splitlines() if line.startswith("| rdpo | AI-judge win rate vs start |")]
+    assert win == "| rdpo | AI-judge win rate vs start | +0.500 | +0.500 | +0.000 no interval | inconclusive |"
+    assert "Welch t 95% over the two arms' seeds, widened by both arms' mean prompt intervals" in text
+    assert "no interval: the seeds do not vary" in text and "counts 0 here" in text
+    assert (folder / "reports" / "dpo-vs-rdpo" / "seeds.png").stat().st_size > 1000

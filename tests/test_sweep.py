@@ -1,8 +1,8 @@
-"""`alignray sweep` and `alignray report`: the sweep section is checked before anything runs; a
-stage that concurrent trials share runs once (a real MLflow store, two processes); the choice of a
-configuration; and, slow, a 3-seed sweep of the tiny pipeline on Ray Tune whose driver is killed
-between trials and resumed, a sweep that chooses on the dev split and reports on the test split,
-and the report of both."""
+"""`alignray sweep` and `alignray report`: the sweep section (and every arm) is checked before
+anything runs; a stage that concurrent trials share runs once (a real MLflow store, two
+processes); the choice of a configuration; and, slow, a sweep of two arms x two seeds of the tiny
+pipeline on Ray Tune whose driver is killed between trials and resumed, a sweep that chooses on
+the dev split and reports on the test split, and the report of both."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from alignray.pipelines.sweep import Trial, choose, peak_cpus, trial_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "pipelines"
 SWEEP = CONFIGS / "context_distill_sweep_tiny.yaml"
+ARMS = CONFIGS / "rlcd_vs_baselines_tiny.yaml"
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,14 @@ SWEEP = CONFIGS / "context_distill_sweep_tiny.yaml"
         (["sweep.grid={data.limit: [6]}", "sweep.random={seed: {choice: [1, 2]}}"], r"random.seed: give seeds as a grid"),
         (["sweep.random={stages.sft.trainer.learning_rate: {loguniform: [0, 1]}}"], r"loguniform: the bounds must be positive"),
         (["sweep.random={stages.sft.trainer.learning_rate: {uniform: [1, 2], choice: [3]}}"], r"exactly one of"),
+        (["sweep.arms={a: {}, b: {}}", "sweep.baseline=c"], r"baseline: 'c' is not an arm \(arms: a, b\)"),
+        (["sweep.baseline=c"], r"baseline: 'c' is not an arm \(arms: none\)"),
+        (["sweep.arms={a: {}}", "sweep.select.metric=x"], r"select: a sweep with arms compares them on the test split"
+                                                            r" and chooses nothing; run the variant sweep"),
+        (["sweep.arms={a: {}}", "sweep.grid={seed: [0], data.limit: [5, 6]}"], r"with arms only the seed may vary"),
+        (["sweep.arms={a: {seed: 3}}"], r"arms.a.seed: set by the sweep for every arm alike; remove it \(seeds go in"),
+        (["sweep.arms={a b: {}}"], r"arms.a b: an arm's name is letters, digits"),
+        (["sweep.grid={arm: [a]}"], r"'arm' is the sweep's own dimension"),
     ],
 )
 def test_bad_sweep_sections_are_named_at_load(overrides, message):
@@ -65,6 +74,54 @@ def test_every_trial_config_is_checked_before_tune_starts(overrides, message, tm
     cfg = load_config(SWEEP, [*overrides, f"output_dir={tmp_path}"], PipelineConfig)
     with pytest.raises(ConfigError, match=message):
         _check(cfg, _base_tree(cfg))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep.arms.context_distill.stages.ppo.ppo.iterations=1"],
+         r"sweep.arms.context_distill: stages: \['ppo'\] not in the context_distill pipeline"),
+        (["sweep.arms.rlaif.stages.ppo.ppo.iterations=0"],
+         r"sweep.arms.rlaif: invalid config:\n  stages.ppo \(ppo stage\): field 'ppo.iterations'"),
+        (["sweep.arms.rlaif.nothing=1"], r"sweep.arms.rlaif: unknown field 'nothing'"),
+        (["sweep.arms.rlaif.pipeline=ppo"], r"sweep.arms.rlaif: field 'pipeline'"),
+        (["sweep.arms.rlaif.name=x", "sweep.arms.context_distill.name=x"],
+         r"sweep.arms.rlaif and sweep.arms.context_distill: both name their pipeline 'x'; give each arm its own `name`"),
+    ],
+)
+def test_every_arm_is_checked_before_tune_starts(overrides, message, tmp_path):
+    from alignray.pipelines.sweep import _base_tree, _check
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = load_config(ARMS, [*overrides, f"output_dir={tmp_path}"], PipelineConfig)
+    with pytest.raises(ConfigError, match=message):
+        _check(cfg, _base_tree(cfg))
+
+
+def test_arms_of_other_recipes_keep_the_base_stages_they_have_and_share_a_simulation(tmp_path):
+    from alignray.pipelines.run import stage_configs, stage_key
+    from alignray.pipelines.sweep import _base_tree, _check, arm_configs
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = load_config(ARMS, [f"output_dir={tmp_path}"], PipelineConfig)
+    base = _base_tree(cfg)
+    _check(cfg, base)
+    arms = arm_configs(cfg, base)
+    assert {a: (c.pipeline, c.label) for a, c in arms.items()} == {
+        "rlcd": ("rlcd", "rlcd-vs-baselines-tiny-rlcd"), "rlaif": ("rlaif", "rlcd-vs-baselines-tiny-rlaif"),
+        "context_distill": ("context_distill", "rlcd-vs-baselines-tiny-context_distill")}
+    assert arms["rlaif"].stages == arms["rlcd"].stages  # the same recipe's stages: all kept
+    assert sorted(arms["context_distill"].stages) == ["evaluate", "sft"]  # preference and ppo dropped, sft its own
+    assert arms["context_distill"].stages["evaluate"] == cfg.stages["evaluate"]
+    assert cfg.sweep.baseline_arm == "rlcd" and cfg.stages["ppo"]["ppo"]["iterations"] == 2  # the base is not changed
+
+    def simulation(arm: str, seed: int) -> str:
+        step, config = stage_configs(trial_config(base, {"arm": arm, "seed": seed}, cfg.sweep.arms))[0]
+        return stage_key(step, config)
+
+    # the arm's name is not in the stage key: context distillation reuses RLCD's simulation, seed by seed
+    assert simulation("context_distill", 0) == simulation("rlcd", 0) != simulation("rlcd", 1)
+    assert simulation("rlaif", 0) != simulation("rlcd", 0)  # another method of simulation
 
 
 def test_a_trial_config_is_the_base_with_its_overrides(tmp_path):
@@ -146,17 +203,19 @@ def sweep_store(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_three_seed_sweep_survives_its_driver_being_killed(sweep_store, capsys):
+def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sweep_store, capsys):
     store = sweep_store
     # SFT on every CPU of the machine (2): a trial that held a CPU share itself would leave it waiting
-    command = _sweep_command(f"output_dir={store}", "sweep.max_concurrent_trials=1", "stages.sft.trainer.cpus_per_worker=2")
+    command = _sweep_command(f"output_dir={store}", "sweep.max_concurrent_trials=1", "stages.sft.trainer.cpus_per_worker=2",
+                             "sweep.grid={seed: [0, 1]}", "sweep.baseline=steps3",
+                             "sweep.arms={steps3: {}, steps2: {stages: {sft: {trainer: {max_steps: 2}}}}}")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded cluster
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True, env=env)
     printed, finished = [], None
     for line in first.stdout:
         printed.append(line)
-        if (m := re.match(r"trial (\S+) finished \(1 of 3", line)):
+        if (m := re.match(r"trial (\S+) finished \(1 of 4", line)):
             finished = m.group(1)
             time.sleep(2)
             os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
@@ -169,24 +228,35 @@ def test_a_three_seed_sweep_survives_its_driver_being_killed(sweep_store, capsys
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resuming" in second.stdout
     started = re.findall(r"trial (\S+) started", second.stdout)
-    assert finished not in started and len(started) == 2  # the finished trial is kept, the other two run
+    assert finished not in started and len(started) == 3  # the finished trial is kept, the other three run
 
     client, runs = _runs(store)
     [parent] = [r for r in runs if r.data.tags.get("alignray.sweep") == "context_distill-sweep-tiny"]
     assert parent.info.status == "FINISHED"
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     by_stage = {s: [r for r in nested if r.data.tags.get("alignray.stage") == s] for s in ("simulate", "sft", "evaluate")}
-    assert len(by_stage["simulate"]) == 1  # pinned seed: the three trials share it
-    assert sorted(r.data.params["trainer.seed"] for r in by_stage["sft"]) == ["0", "1", "2"]
-    assert sorted(json.loads(r.data.tags["alignray.overrides"])["seed"] for r in by_stage["evaluate"]) == [0, 1, 2]
+    # pinned simulation seed: the four trials of both arms share it (an arm's name is not in its key)
+    assert len(by_stage["simulate"]) == 1
+    sfts = sorted((r.data.params["trainer.max_steps"], r.data.params["trainer.seed"]) for r in by_stage["sft"])
+    assert sfts == [("2", "0"), ("2", "1"), ("3", "0"), ("3", "1")]
+    registered = {r.data.tags["alignray.stage_output"].split("/")[1] for r in by_stage["sft"]}
+    assert registered == {"context_distill-sweep-tiny-steps2-sft", "context_distill-sweep-tiny-steps3-sft"}
+    overrides = sorted((o["arm"], o["seed"]) for o in (json.loads(r.data.tags["alignray.overrides"]) for r in by_stage["evaluate"]))
+    assert overrides == [("steps2", 0), ("steps2", 1), ("steps3", 0), ("steps3", 1)]
     assert all(r.data.params["split"] == "test" for r in by_stage["evaluate"])
     assert all(r.info.start_time < killed_at for r in nested if r.data.tags["alignray.trial"] == finished)
 
     assert main(["report", "context_distill-sweep-tiny", "--output-dir", str(store)]) == 0
     shown = capsys.readouterr().out
-    assert "3 trials in 1 configurations" in shown and "| metric | seed 0 | seed 1 | seed 2 |" in shown
-    assert re.search(r"\| AI-judge win rate vs tiny-random-llama( \| [+-]\d\.\d{3}){3} \| .* \| (better|worse|inconclusive) \|",
+    assert "4 trials in 2 configurations" in shown and shown.count("| metric | seed 0 | seed 1 |") == 2
+    assert "## Test split: steps3" in shown and "## Test split: steps2" in shown
+    assert re.search(r"\| AI-judge win rate vs tiny-random-llama( \| [+-]\d\.\d{3}){2} \| .* \| (better|worse|inconclusive) \|",
                      shown)
+    # each arm's wall time per trial (the trial that ran the shared simulation counts it), and the comparison
+    assert re.search(r"\| steps3 \(baseline\) \| context_distill \| 2 \| \d+(\.\d)? (s|min) \(\d+(\.\d)? to \d+(\.\d)? (s|min)\) \|",
+                     shown), shown
+    assert re.search(r"\| steps2 \| AI-judge win rate vs tiny-random-llama( \| [+-]\d\.\d{3}){3}"
+                     r" (\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]|no interval) \| (better|worse|inconclusive) \|", shown), shown
     folder = store / "reports" / "context_distill-sweep-tiny"
     assert (folder / "report.md").read_text() in shown and (folder / "seeds.png").stat().st_size > 0
 
@@ -197,7 +267,7 @@ def test_a_sweep_chooses_on_dev_and_reports_the_choice_on_test(sweep_store):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(_sweep_command(
         f"output_dir={store}", "sweep.name=choose", "sweep.grid={seed: [0], stages.sft.trainer.max_steps: [3, 2]}",
-        "stages.sft.trainer.cpus_per_worker=2",  # as in the first sweep: its seed-0 SFT is reused
+        "stages.sft.trainer.cpus_per_worker=2",  # as in the arms sweep: its seed-0 SFTs are reused
         "sweep.select.metric=win_rate.length.tiny-random-llama", "sweep.select.mode=max",
         "dev_data={source: sample, skip: 10, limit: 4}"), capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -216,7 +286,7 @@ def test_a_sweep_chooses_on_dev_and_reports_the_choice_on_test(sweep_store):
     [test] = [r for r in evaluations if r.data.params["split"] == "test"]
     assert "the best of 2 configurations of sweep choose" in test.data.params["selection"]
     sfts = [r for r in runs if r.data.tags.get("alignray.stage") == "sft"]
-    assert len(sfts) == 4  # three seeds of the first sweep (max_steps 3, seed 0 reused here) and max_steps 2
+    assert len(sfts) == 4  # the arms sweep's (max_steps 3 and 2, seeds 0 and 1); both of seed 0 reused here
 
 
 def test_the_sweep_job_entrypoint_names_a_bad_sweep_before_anything_runs(tmp_path):

@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
           "Run the pipeline config's sweep section (grid: field -> values; random: field -> distribution) as"
           " Ray Tune trials, each a whole pipeline; stages trials share run once. With sweep.select, the"
           " configuration best on dev_data (mean over its seeds) is then evaluated once on the test split."
-          " Running the same command again resumes the sweep. KEY=VALUE items override the config, e.g."
+          " With sweep.arms (methods, each a config over the base), every arm runs at every seed and the report"
+          " compares each with sweep.baseline. Running the same command again resumes the sweep. KEY=VALUE items override the config, e.g."
           " 'sweep.grid={seed: [0, 1, 2]}'. Prints the report of `alignray report` at the end.",
           nargs="+", metavar="CONFIG [KEY=VALUE]")
     rep = sub.add_parser(
@@ -246,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a sweep (its name) or an MLflow experiment from the store and write"
         " <output_dir>/reports/<NAME>/report.md and seeds.png: per configuration and split, each seed's"
         " headline metrics (refusal gain, over-refusal change, win rates), their mean, min-max and 95%"
-        " interval over seeds, and a verdict (better / worse / inconclusive).")
+        " interval over seeds, and a verdict (better / worse / inconclusive); for a sweep with arms, each"
+        " arm's difference from the baseline arm (95% interval, verdict) and wall time per trial.")
     rep.add_argument("name", metavar="SWEEP_OR_EXPERIMENT")
     rep.add_argument("--output-dir", type=Path, default=Path("alignray-runs"),
                      help="the runs' output_dir: its mlflow.db is read, reports/ written (default: %(default)s)")

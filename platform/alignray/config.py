@@ -8,6 +8,7 @@ override) and the field and say what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -666,6 +667,7 @@ class EvaluateConfig(Strict):
         return self
 
 
+ARM_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 PIPELINES = ("rlcd", "rlcd_rescore", "rlaif", "context_distill", "morlaif", "rrhf", "rdpo")
 
 
@@ -723,11 +725,20 @@ class SweepConfig(Strict):
         None, ge=1, description="Trials at once; default: as many whole pipelines as the cluster's CPUs hold (1 on"
         " a small machine)."
     )
+    arms: dict[str, dict[str, Any]] = Field(
+        {}, description="Methods to compare, each run at every seed of the grid: arm name -> config fields deep-merged"
+        " over the pipeline config (any section; `pipeline` changes the recipe). An arm keeps the base's"
+        " stages.<name> of the stages its recipe has; its name defaults to <name>-<arm>. Evaluated on the test"
+        " split; nothing is chosen, so the grid may vary only the seed.",
+    )
+    baseline: str | None = Field(
+        None, description="The arm the others are compared against in the report; default: the first arm."
+    )
 
     @model_validator(mode="after")
     def _dimensions(self) -> SweepConfig:
-        if not self.grid and not self.random:
-            raise ValueError("give the fields to vary: grid (values) or random (distributions)")
+        if not self.grid and not self.random and not self.arms:
+            raise ValueError("give the fields to vary: grid (values), random (distributions) or arms (methods)")
         both = sorted(set(self.grid) & set(self.random))
         if both:
             raise ValueError(f"{both}: a field is either in grid or in random")
@@ -738,11 +749,39 @@ class SweepConfig(Strict):
                 raise ValueError(f"grid.{key}: the sweep cannot vary {key.split('.')[0]!r}")
         if "seed" in self.random:
             raise ValueError("random.seed: give seeds as a grid, e.g. grid: {seed: [0, 1, 2]}")
+        if "arm" in self.grid or "arm" in self.random:
+            raise ValueError("'arm' is the sweep's own dimension: list the methods under sweep.arms")
+        return self
+
+    @model_validator(mode="after")
+    def _arms(self) -> SweepConfig:
+        for arm, fields in self.arms.items():
+            if not re.fullmatch(ARM_NAME, arm):
+                raise ValueError(f"arms.{arm}: an arm's name is letters, digits and _ . - (it names its pipeline runs"
+                                 " and registered models)")
+            for reserved in ("seed", "sweep"):
+                if reserved in fields:
+                    raise ValueError(f"arms.{arm}.{reserved}: set by the sweep for every arm alike; remove it"
+                                     + (" (seeds go in sweep.grid.seed)" if reserved == "seed" else ""))
+        if self.arms and self.select is not None:
+            raise ValueError("select: a sweep with arms compares them on the test split and chooses nothing; run the"
+                             " variant sweep (grid + select) on its own and put its chosen values in an arm")
+        if self.arms and self.varies_more_than_seed:
+            raise ValueError("grid/random: with arms only the seed may vary (nothing is chosen); make each variant"
+                             " an arm, or run the variants as a sweep of their own with select")
+        if self.baseline is not None and self.baseline not in self.arms:
+            raise ValueError(f"baseline: {self.baseline!r} is not an arm (arms: {', '.join(self.arms) or 'none'})")
         return self
 
     @property
     def varies_more_than_seed(self) -> bool:
+        """The grid or random fields vary more than the seed (then the sweep must choose); arms aside."""
         return bool(self.random) or any(k != "seed" and len(v) > 1 for k, v in self.grid.items())
+
+    @property
+    def baseline_arm(self) -> str | None:
+        """The arm the report compares the others with: `baseline`, else the first arm."""
+        return self.baseline or next(iter(self.arms), None)
 
 
 class PipelineConfig(Strict):

@@ -10,6 +10,11 @@ seeds' own intervals over prompts where the runs logged them), and a verdict aga
 (0 for a gain, 0.5 for a win rate): "better" or "worse" only when the interval excludes it and
 there are two seeds or more, else "inconclusive". Every table names its split and, for a sweep,
 how many configurations were tried before the pick.
+
+A sweep with arms (methods compared, `sweep.arms`) also gets a comparison with its baseline arm:
+per other arm and headline metric, the difference of the means over seeds with a 95% interval
+(`alignray.stats.difference_across_seeds`) and a verdict; and each arm's wall time per trial
+(the trial's own stage runs, start to end, summed).
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import json
 import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
 from alignray.io import atomic_dir
-from alignray.stats import SeedSummary, across_seeds
+from alignray.stats import SeedDifference, SeedSummary, across_seeds, difference_across_seeds
 
 SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sweep), and only it
+TRIAL_TAG = "alignray.trial"  # on every stage run of a sweep's trial: its Tune trial id
 TRIALS_ARTIFACT = "trials.json"
 SEED_TAG = "alignray.seed"
 # headline metrics, by prefix: (what it is, the value of "no change", whether higher is better)
@@ -40,6 +47,14 @@ DEGENERATE_TAG = "alignray.degenerate"  # set by evaluate's diversity check agai
 
 class ReportError(ValueError):
     """No sweep or experiment of that name, or nothing evaluated in it."""
+
+
+def configuration_label(overrides: dict[str, Any]) -> str:
+    """A sweep trial's configuration: its arm, then its other overrides but the seed (trials with
+    the same label differ by seed only)."""
+    shown = [str(overrides["arm"])] if "arm" in overrides else []
+    shown += [f"{k}={v}" for k, v in sorted(overrides.items()) if k not in ("seed", "arm")]
+    return ", ".join(shown) or "(the config as given)"
 
 
 @dataclass
@@ -77,6 +92,12 @@ def bounds_of(metric: str) -> tuple[str, str]:
     return f"{head}_low.{rest}", f"{head}_high.{rest}"
 
 
+def _within(runs: list[dict[str, float]], metric: str) -> list[float] | None:
+    """Each run's own interval half-width of `metric` (over prompts), when every run logged it."""
+    low, high = bounds_of(metric)
+    return [(m[high] - m[low]) / 2 for m in runs] if all(low in m and high in m for m in runs) else None
+
+
 def summarize(group: Group, metrics: list[str]) -> dict[str, tuple[SeedSummary, str]]:
     """Per metric of the group: its summary over seeds and the verdict against no change. Where
     every seed's run has the metric's own interval (over prompts), the interval over seeds is
@@ -86,9 +107,7 @@ def summarize(group: Group, metrics: list[str]) -> dict[str, tuple[SeedSummary, 
         runs = [m for m in group.metrics.values() if metric in m]
         if not runs:
             continue
-        low, high = bounds_of(metric)
-        within = [(m[high] - m[low]) / 2 for m in runs] if all(low in m and high in m for m in runs) else None
-        summary = across_seeds([m[metric] for m in runs], within=within)
+        summary = across_seeds([m[metric] for m in runs], within=_within(runs, metric))
         spec = headline(metric)
         reference, higher = (spec[1], spec[2]) if spec else (0.0, True)
         if spec and summary.low is not None:  # a rate lies in [0, 1], a change of rates in [-1, 1]
@@ -96,6 +115,84 @@ def summarize(group: Group, metrics: list[str]) -> dict[str, tuple[SeedSummary, 
             summary = replace(summary, low=max(floor, summary.low), high=min(1.0, summary.high))
         out[metric] = (summary, summary.verdict(higher, reference))
     return out
+
+
+def compare(arm: Group, baseline: Group, metrics: list[str]) -> dict[str, tuple[SeedDifference, str]]:
+    """Per headline metric both groups have: the arm minus the baseline over their seeds
+    (`stats.difference_across_seeds`, widened by the runs' own intervals where both arms logged
+    them) and the verdict ("better": the arm is better than the baseline)."""
+    out = {}
+    for metric in (m for m in metrics if headline(m)):
+        a = [m for m in arm.metrics.values() if metric in m]
+        b = [m for m in baseline.metrics.values() if metric in m]
+        if not a or not b:
+            continue
+        wa, wb = _within(a, metric), _within(b, metric)
+        both = wa is not None and wb is not None
+        d = difference_across_seeds([m[metric] for m in a], [m[metric] for m in b],
+                                    within_a=wa if both else None, within_b=wb if both else None)
+        _, reference, higher = headline(metric)
+        if d.low is not None:  # two win rates differ by at most 1, two changes of rates by at most 2
+            bound = 1.0 if reference == 0.5 else 2.0
+            d = replace(d, low=max(-bound, d.low), high=min(bound, d.high))
+        out[metric] = (d, d.verdict(higher))
+    return out
+
+
+def wall_times(parent: str) -> dict[str, float]:
+    """Seconds per trial of a sweep: its own finished stage runs (nested under the sweep's parent
+    run, tagged with the trial), start to end, summed. A stage the trial reused ran in another
+    trial's run, so it counts 0 here."""
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                              output_format="list")
+    out: dict[str, float] = {}
+    for r in runs:
+        trial = r.data.tags.get(TRIAL_TAG)
+        if trial and r.info.end_time:
+            out[trial] = out.get(trial, 0.0) + (r.info.end_time - r.info.start_time) / 1000
+    return out
+
+
+def _durations(seconds: list[float]) -> str:
+    """"mean (min to max)" in one unit: minutes when the longest is 2 min or more, else seconds."""
+    scale, unit, fmt = (60, "min", ".1f") if max(seconds) >= 120 else (1, "s", ".0f")
+    low, mean, high = (v / scale for v in (min(seconds), sum(seconds) / len(seconds), max(seconds)))
+    return f"{mean:{fmt}} {unit} ({low:{fmt}} to {high:{fmt}} {unit})"
+
+
+def _arms(table: dict, parent: str, groups: list[Group], summaries: dict, metrics: list[str]) -> list[str]:
+    """The arms' wall times, and each arm against the baseline arm on the test split."""
+    tests = {g.label: g for g in groups if g.split == "test"}
+    baseline = table["baseline"]
+    walls = wall_times(parent)
+    seconds: dict[str, list[float]] = {}
+    for t in table["trials"]:
+        if t["trial_id"] in walls:
+            seconds.setdefault(configuration_label(t["overrides"]), []).append(walls[t["trial_id"]])
+    lines = [f"## Arms against the baseline arm {baseline} (test split)", "",
+             "| arm | pipeline | seeds | wall time per trial: mean (min to max) |", "|---|---|---|---|"]
+    for arm, spec in table["arms"].items():
+        wall = _durations(seconds[arm]) if arm in seconds else "–"
+        seeds = len(tests[arm].metrics) if arm in tests else 0
+        lines.append(f"| {arm}{' (baseline)' if arm == baseline else ''} | {spec['pipeline']} | {seeds} | {wall} |")
+    lines += ["", "Wall time per trial: the sum of its own stage runs, MLflow start to end. A stage it reused from"
+              " another trial (another arm's or another seed's: the same config and inputs) ran there and counts"
+              " 0 here.", ""]
+    if baseline not in tests:
+        return [*lines, f"The baseline arm {baseline} has no finished trial: nothing to compare with.", ""]
+    lines += [f"| arm − {baseline} | metric | arm: mean | {baseline}: mean | difference [95% interval] | verdict |",
+              "|---|---|---|---|---|---|"]
+    methods = []
+    for arm in (a for a in table["arms"] if a != baseline and a in tests):
+        for metric, (d, verdict) in compare(tests[arm], tests[baseline], metrics).items():
+            interval = "no interval" if d.low is None else f"[{d.low:+.3f}, {d.high:+.3f}]"
+            means = (summaries[(arm, "test")][metric][0].mean, summaries[(baseline, "test")][metric][0].mean)
+            lines.append(f"| {arm} | {headline(metric)[0]} | {means[0]:+.3f} | {means[1]:+.3f} | {d.diff:+.3f}"
+                         f" {interval} | {verdict} |")
+            methods.append(d.method)
+    return [*lines, "", "Differences: " + "; ".join(dict.fromkeys(methods) or ["none"]) + ". A verdict is \"better\""
+            " (the arm is better than the baseline) or \"worse\" only when the interval excludes 0 and both arms have"
+            " at least two seeds; otherwise \"inconclusive\".", ""]
 
 
 def _fmt(s: SeedSummary) -> str:
@@ -136,7 +233,7 @@ def _sweep(client, name: str) -> tuple[dict, list[Group], str] | None:
                           f" run `alignray sweep` to its end first ({exc})") from None
     groups: dict[tuple[str, str], Group] = {}
     for t in table["trials"]:
-        label = ", ".join(f"{k}={v}" for k, v in sorted(t["overrides"].items()) if k != "seed") or "(as given)"
+        label = configuration_label(t["overrides"])
         seed = str(t["overrides"].get("seed", t["trial_id"]))
         for split, run_id in (("dev", t.get("dev_run")), ("test", t.get("test_run"))):
             if run_id:
@@ -196,11 +293,14 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
                 mark = " (chosen)" if g.label == table.get("chosen") else ""
                 lines.append(f"| {g.label}{mark} | {len(g.metrics)} | {g.collapsed()} | " + " | ".join(cells) + " |")
             lines.append("")
+        arms = table.get("arms") or {}
         for g in (g for g in groups if g.split == "test"):
-            tried = f"chosen among {table['configurations']} configurations on the dev split" if dev else \
-                "the only configuration (no choice)"
+            tried = (f"chosen among {table['configurations']} configurations on the dev split" if dev else
+                     f"one of {len(arms)} arms compared (no choice)" if arms else "the only configuration (no choice)")
             lines += [f"## Test split: {g.label}", "", f"Reported once, {tried}; one evaluation per seed.", "",
                       *_table(g, summaries[(g.label, g.split)]), ""]
+        if arms:
+            lines += _arms(table, parent, groups, summaries, metrics)
     else:
         groups = _experiment(client, name)
         if not groups:

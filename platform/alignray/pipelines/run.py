@@ -53,10 +53,11 @@ class StageOutcome:
     skipped: bool
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
+    """`extra` deep-merged over `base` (sections merge, other values replace), as new dicts."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -101,7 +102,7 @@ def stage_config(cfg: PipelineConfig, stage: Stage, values: dict[tuple[str, str]
     if STAGES[stage.kind].trains:
         tree["registered_model"] = f"{cfg.label}-{stage.name}"
     # the pipeline's seed, then the recipe's settings, then the user's stage fields; the inputs go in below
-    tree = copy.deepcopy(_merge(_merge(_merge(tree, seeded), stage.defaults), _user_fields(cfg, stage)))
+    tree = copy.deepcopy(merge(merge(merge(tree, seeded), stage.defaults), _user_fields(cfg, stage)))
     tree.setdefault("tracking", {})["run_name"] = f"{cfg.label}-{stage.name}"
     if stage.kind == "evaluate":
         tree.setdefault("name", f"{cfg.label}-evaluate")

@@ -2,6 +2,10 @@
 `sweep:` section; then, when more than the seed varies, the configuration that is best on the
 dev split (`sweep.select`, averaged over its seeds) is evaluated once on the test split.
 
+- Arms (`sweep.arms`) are methods compared, not chosen among: each arm (a config subtree over
+  the base, possibly another recipe) runs at every seed and is evaluated on the test split;
+  `alignray report` compares them with the baseline arm. Tune's grid has an `arm` dimension.
+
 - A trial is the whole pipeline (`alignray.pipelines.run.run`) with the trial's overrides, run
   in a Tune trial. Tune reserves memory for the trial's driver but no CPU; its stages reserve
   their own samplers and trainer workers as they run, so at most as many trials run at once as
@@ -31,11 +35,12 @@ from pydantic import ValidationError
 
 from alignray import cluster, tracking
 from alignray.config import ConfigError, PipelineConfig, SweepConfig, explain_errors, set_path
-from alignray.evaluate.summary import SWEEP_TAG, TRIALS_ARTIFACT
+from alignray.evaluate.summary import SWEEP_TAG, TRIAL_TAG, TRIALS_ARTIFACT, configuration_label
 from alignray.pipelines import run as pipeline
+from alignray.pipelines.recipes import RECIPES
 from alignray.stages import STAGES
 
-TRIAL_TAG, OVERRIDES_TAG = "alignray.trial", "alignray.overrides"  # on every stage run of a trial
+OVERRIDES_TAG = "alignray.overrides"  # on every stage run of a trial, with TRIAL_TAG
 # What Tune reserves for a trial's driver: memory, no CPU (a stage may need every CPU of a node; the
 # stages reserve their own samplers and trainer workers as they run)
 TRIAL_RESOURCES = {"memory": 512 * 2**20}
@@ -53,13 +58,8 @@ class Trial:
 
     @property
     def configuration(self) -> str:
-        """The trial's overrides but the seed: trials with the same configuration differ by seed only."""
+        """The trial's arm and overrides but the seed: trials with the same configuration differ by seed only."""
         return configuration_label(self.overrides)
-
-
-def configuration_label(overrides: dict[str, Any]) -> str:
-    shown = {k: v for k, v in sorted(overrides.items()) if k != "seed"}
-    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "(the config as given)"
 
 
 @dataclass(frozen=True)
@@ -82,21 +82,39 @@ def _base_tree(cfg: PipelineConfig) -> dict:
     return tree
 
 
-def trial_config(base: dict, overrides: dict[str, Any], **extra: Any) -> PipelineConfig:
-    """The pipeline config of one trial: `base` with the dotted overrides and `extra` fields."""
-    tree = copy.deepcopy(base)
+def arm_tree(base: dict, arm: str, fields: dict[str, Any]) -> dict:
+    """The pipeline tree of an arm: `base` with the arm's fields deep-merged over it. The arm keeps
+    the base's `stages.<name>` sections of the stages its recipe has (all of them when it keeps
+    the base's recipe) and drops the others; its pipeline name defaults to `<base name>-<arm>`."""
+    recipe = fields.get("pipeline", base["pipeline"])
+    names = {s.name for s in RECIPES.get(recipe, [])}
+    kept = {k: v for k, v in base.get("stages", {}).items() if k in names}
+    label = base.get("name") or base["pipeline"]
+    return pipeline.merge({**base, "stages": kept, "name": f"{label}-{arm}"}, fields)
+
+
+def trial_config(base: dict, overrides: dict[str, Any], arms: dict[str, dict] | None = None,
+                 **extra: Any) -> PipelineConfig:
+    """The pipeline config of one trial: `base` (with the arm's fields when the overrides name an
+    arm of `arms`) with the dotted overrides and `extra` fields."""
+    overrides = dict(overrides)
+    arm = overrides.pop("arm", None)
+    tree = copy.deepcopy(base if arm is None else arm_tree(base, arm, (arms or {})[arm]))
     for dotted, value in {**overrides, **extra}.items():
         set_path(tree, dotted.split("."), value, f"sweep field {dotted!r}")
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(explain_errors(exc, PipelineConfig, f"sweep trial ({configuration_label(overrides)})", {})) from None
+        where = f"sweep.arms.{arm}" if arm is not None else f"sweep trial ({configuration_label(overrides)})"
+        raise ConfigError(explain_errors(exc, PipelineConfig, where, {})) from None
 
 
 def param_space(sweep: SweepConfig) -> dict:
     from ray import tune
 
     space: dict[str, Any] = {key: tune.grid_search(values) for key, values in sweep.grid.items()}
+    if sweep.arms:
+        space["arm"] = tune.grid_search(list(sweep.arms))
     for key, d in sweep.random.items():
         if d.uniform:
             space[key] = tune.uniform(*d.uniform)
@@ -125,7 +143,26 @@ def _check(cfg: PipelineConfig, base: dict) -> None:
     for key, values in sweep.grid.items():
         combos = [{**c, key: v} for c in combos for v in values]
     for combo in combos:
-        pipeline.plan(trial_config(base, {**combo, **at_bounds}))
+        if not sweep.arms:
+            pipeline.plan(trial_config(base, {**combo, **at_bounds}))
+        for arm in sweep.arms:
+            trial = trial_config(base, {**combo, "arm": arm}, sweep.arms)  # its errors name the arm
+            try:
+                pipeline.plan(trial)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep.arms.{arm}: {exc}") from None
+    named: dict[str, str] = {}
+    for arm, trial in arm_configs(cfg, base).items():
+        if trial.label in named:
+            raise ConfigError(f"sweep.arms.{named[trial.label]} and sweep.arms.{arm}: both name their pipeline"
+                              f" {trial.label!r}; give each arm its own `name` (it names the arm's MLflow runs and"
+                              " registered models)")
+        named[trial.label] = arm
+
+
+def arm_configs(cfg: PipelineConfig, base: dict) -> dict[str, PipelineConfig]:
+    """Each arm's pipeline config, at the base's seed (none when the sweep has no arms)."""
+    return {arm: trial_config(base, {"arm": arm}, cfg.sweep.arms) for arm in cfg.sweep.arms}
 
 
 def peak_cpus(cfg: PipelineConfig) -> float:
@@ -160,7 +197,7 @@ def _parent_run(cfg: PipelineConfig, name: str, spec: dict) -> str:
     return run.info.run_id
 
 
-def _trainable(base: dict, cwd: str, name: str, parent: str, evaluate_on: str):
+def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluate_on: str):
     """Tune's function: the pipeline of one trial; reports its evaluate run's metrics."""
 
     def trial(params: dict) -> None:
@@ -171,8 +208,8 @@ def _trainable(base: dict, cwd: str, name: str, parent: str, evaluate_on: str):
         overrides = dict(params)
         trial_id = tune.get_context().get_trial_id()
         tags = {TRIAL_TAG: trial_id, OVERRIDES_TAG: json.dumps(overrides, sort_keys=True)}
-        cfg = trial_config(base, overrides, evaluate_on=evaluate_on, **{"tracking.parent_run": parent,
-                                                                       "tracking.tags": tags})
+        cfg = trial_config(base, overrides, arms, evaluate_on=evaluate_on, **{"tracking.parent_run": parent,
+                                                                             "tracking.tags": tags})
         outcomes = pipeline.run(cfg, say=print)  # into the trial's log (Ray's worker files), not the terminal
         last = outcomes[-1]
         if last.output is None or last.stage != "evaluate":
@@ -266,12 +303,12 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
     import ray
 
     parent = _parent_run(cfg, name, spec)
-    per_trial = peak_cpus(cfg) or 1.0
+    per_trial = max(peak_cpus(c) for c in list(arm_configs(cfg, base).values()) or [cfg]) or 1.0
     concurrent = sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     chooses = sweep.select is not None
-    trainable = tune.with_resources(_trainable(base, os.getcwd(), name, parent, "dev" if chooses else "test"),
+    trainable = tune.with_resources(_trainable(base, sweep.arms, os.getcwd(), parent, "dev" if chooses else "test"),
                                     tune.PlacementGroupFactory([TRIAL_RESOURCES]))
-    combos = math.prod(len(v) for v in sweep.grid.values()) * sweep.num_samples
+    combos = math.prod(len(v) for v in sweep.grid.values()) * max(1, len(sweep.arms)) * sweep.num_samples
     progress = _progress(combos, say)
     if tune.Tuner.can_restore(str(folder)):
         say(f"sweep {name}: resuming {folder} (finished trials are kept)")
@@ -301,12 +338,16 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
             t.metrics = mlflow.MlflowClient().get_run(t.test_run).data.metrics
     else:
         chosen = None
-        selection = f"no choice: one configuration, {len(trials)} seeds (sweep {name})"
+        selection = (f"no choice: {configurations} arms compared on the test split (baseline {sweep.baseline_arm}),"
+                     f" {len(trials)} trials (sweep {name})" if sweep.arms
+                     else f"no choice: one configuration, {len(trials)} seeds (sweep {name})")
         for t in trials:
             t.test_run, t.dev_run = t.dev_run, None
+    arms = {arm: {"pipeline": c.pipeline, "name": c.label} for arm, c in arm_configs(cfg, base).items()}
     client = mlflow.MlflowClient()
     client.log_dict(parent, {"selection": selection, "chosen": chosen, "configurations": configurations,
-                             "select": spec["sweep"]["select"], "trials": [asdict(t) for t in trials]}, TRIALS_ARTIFACT)
+                             "select": spec["sweep"]["select"], "arms": arms, "baseline": sweep.baseline_arm,
+                             "trials": [asdict(t) for t in trials]}, TRIALS_ARTIFACT)
     failed = [t for t in trials if t.status != "TERMINATED"]
     client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     return SweepResult(name, parent, folder, trials, configurations, chosen, selection)
