@@ -160,3 +160,18 @@ def test_an_arms_sweeps_report_compares_every_arm_with_the_baseline(arms_store):
     assert "Welch t 95% over the two arms' seeds, widened by both arms' mean prompt intervals" in text
     assert "no interval: the seeds do not vary" in text and "counts 0 here" in text
     assert (folder / "reports" / "dpo-vs-rdpo" / "seeds.png").stat().st_size > 1000
+
+
+def test_a_reward_gain_is_not_clipped_like_a_rate_and_a_net_gain_spans_two(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("reward", artifact_location=(tmp_path / "art").as_uri())
+    for seed, gain in enumerate((2.5, 3.0, 3.5)):  # rewards are unbounded: +3 is a possible gain
+        _evaluate_run(client, experiment, seed, "test", {
+            "reward_gain.start": gain, "reward_gain_low.start": gain - 0.5, "reward_gain_high.start": gain + 0.5,
+            "net_refusal_gain.start": 1.5, "net_refusal_gain_low.start": 1.2, "net_refusal_gain_high.start": 1.8})
+    text = report("reward", uri, tmp_path).markdown
+    reward = next(line for line in text.splitlines() if line.startswith("| mean reward gain under the preference model"))
+    assert "+3.000 [+" in reward and "+1.000]" not in reward and reward.endswith("| better |")
+    net = next(line for line in text.splitlines() if line.startswith("| net refusal gain"))
+    assert "+1.500 [+" in net and net.endswith("| better |")

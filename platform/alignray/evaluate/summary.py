@@ -34,13 +34,16 @@ SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sw
 TRIAL_TAG = "alignray.trial"  # on every stage run of a sweep's trial: its Tune trial id
 TRIALS_ARTIFACT = "trials.json"
 SEED_TAG = "alignray.seed"
-# headline metrics, by prefix: (what it is, the value of "no change", whether higher is better)
+# headline metrics, by prefix: (what it is, the value of "no change", whether higher is better,
+# the range its values lie in: None when unbounded)
 HEADLINE = {
-    "refusal_gain.": ("refusal gain on harmful prompts", 0.0, True),
-    "over_refusal_gain.": ("over-refusal change on benign prompts", 0.0, False),
-    "win_rate.model.": ("AI-judge win rate", 0.5, True),
-    "win_rate.profanity.": ("profanity win rate", 0.5, True),
-    "win_rate.hate.": ("HateSonar win rate", 0.5, True),
+    "refusal_gain.": ("refusal gain on harmful prompts", 0.0, True, (-1.0, 1.0)),
+    "over_refusal_gain.": ("over-refusal change on benign prompts", 0.0, False, (-1.0, 1.0)),
+    "net_refusal_gain.": ("net refusal gain (harmful gain minus benign change)", 0.0, True, (-2.0, 2.0)),
+    "win_rate.model.": ("AI-judge win rate", 0.5, True, (0.0, 1.0)),
+    "win_rate.profanity.": ("profanity win rate", 0.5, True, (0.0, 1.0)),
+    "win_rate.hate.": ("HateSonar win rate", 0.5, True, (0.0, 1.0)),
+    "reward_gain.": ("mean reward gain under the preference model", 0.0, True, None),
 }
 DEGENERATE_TAG = "alignray.degenerate"  # set by evaluate's diversity check against the start
 
@@ -85,6 +88,11 @@ def headline(metric: str) -> tuple[str, float, bool] | None:
     return None
 
 
+def value_range(metric: str) -> tuple[float, float] | None:
+    """The range a headline metric's values lie in (intervals are clipped to it); None when unbounded."""
+    return next((spec[3] for prefix, spec in HEADLINE.items() if metric.startswith(prefix)), None)
+
+
 def bounds_of(metric: str) -> tuple[str, str]:
     """The names of a metric's own interval bounds in an evaluate run: refusal_gain.x ->
     (refusal_gain_low.x, refusal_gain_high.x)."""
@@ -108,11 +116,10 @@ def summarize(group: Group, metrics: list[str]) -> dict[str, tuple[SeedSummary, 
         if not runs:
             continue
         summary = across_seeds([m[metric] for m in runs], within=_within(runs, metric))
-        spec = headline(metric)
+        spec, span = headline(metric), value_range(metric)
         reference, higher = (spec[1], spec[2]) if spec else (0.0, True)
-        if spec and summary.low is not None:  # a rate lies in [0, 1], a change of rates in [-1, 1]
-            floor = 0.0 if reference == 0.5 else -1.0
-            summary = replace(summary, low=max(floor, summary.low), high=min(1.0, summary.high))
+        if span and summary.low is not None:  # e.g. a rate lies in [0, 1], a change of rates in [-1, 1]
+            summary = replace(summary, low=max(span[0], summary.low), high=min(span[1], summary.high))
         out[metric] = (summary, summary.verdict(higher, reference))
     return out
 
@@ -131,10 +138,10 @@ def compare(arm: Group, baseline: Group, metrics: list[str]) -> dict[str, tuple[
         both = wa is not None and wb is not None
         d = difference_across_seeds([m[metric] for m in a], [m[metric] for m in b],
                                     within_a=wa if both else None, within_b=wb if both else None)
-        _, reference, higher = headline(metric)
-        if d.low is not None:  # two win rates differ by at most 1, two changes of rates by at most 2
-            bound = 1.0 if reference == 0.5 else 2.0
-            d = replace(d, low=max(-bound, d.low), high=min(bound, d.high))
+        _, _, higher = headline(metric)
+        span = value_range(metric)
+        if span and d.low is not None:  # two values in [lo, hi] differ by at most hi - lo
+            d = replace(d, low=max(span[0] - span[1], d.low), high=min(span[1] - span[0], d.high))
         out[metric] = (d, d.verdict(higher))
     return out
 
