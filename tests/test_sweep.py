@@ -124,6 +124,42 @@ def test_arms_of_other_recipes_keep_the_base_stages_they_have_and_share_a_simula
     assert simulation("rlaif", 0) != simulation("rlcd", 0)  # another method of simulation
 
 
+SWEEPS = CONFIGS.parent / "sweeps"
+
+
+@pytest.mark.parametrize("config", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_comparison_sweeps_are_valid_and_keep_their_store_outside_the_checkout(config, tmp_path):
+    from alignray.pipelines.sweep import _base_tree, _check
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = load_config(config, [], PipelineConfig)
+    _check(cfg, _base_tree(cfg))  # every trial of every arm plans
+    assert cfg.sweep.name is None and cfg.name == config.stem.replace("_", "-")  # the report's name
+    checkout = CONFIGS.parents[2]
+    assert not (checkout / cfg.output_dir).resolve().is_relative_to(checkout)
+
+
+def test_the_comparison_sweeps_share_the_stages_their_headers_say(tmp_path):
+    """In one store, a stage two sweeps configure alike runs once: RRHF vs PPO reuses the RLCD
+    table's RLCD simulation and preference model (so its PPO arm is the table's RLCD run), and
+    MORLAIF vs RLAIF the table's RLAIF simulation."""
+    from alignray.pipelines.run import stage_configs, stage_key
+    from alignray.pipelines.sweep import _base_tree
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+
+    def first_key(sweep: str, arm: str, seed: int) -> str:
+        cfg = load_config(SWEEPS / f"{sweep}.yaml", [], PipelineConfig)
+        step, config = stage_configs(trial_config(_base_tree(cfg), {"arm": arm, "seed": seed}, cfg.sweep.arms))[0]
+        return stage_key(step, config)
+
+    table = {arm: first_key("rlcd_table_smollm2", arm, 1) for arm in ("rlcd", "rlaif", "context_distill")}
+    assert first_key("rrhf_vs_ppo_smollm2", "ppo", 1) == first_key("rrhf_vs_ppo_smollm2", "rrhf", 1) == table["rlcd"]
+    assert table["context_distill"] == table["rlcd"] != table["rlaif"]
+    assert first_key("morlaif_vs_rlaif_smollm2", "rlaif", 1) == table["rlaif"]
+    assert first_key("rdpo_vs_dpo_smollm2", "dpo", 0) == first_key("rdpo_vs_dpo_smollm2", "rdpo", 0)
+
+
 def test_a_trial_config_is_the_base_with_its_overrides(tmp_path):
     from alignray.pipelines.sweep import _base_tree
 
