@@ -175,3 +175,34 @@ def test_a_reward_gain_is_not_clipped_like_a_rate_and_a_net_gain_spans_two(tmp_p
     assert "+3.000 [+" in reward and "+1.000]" not in reward and reward.endswith("| better |")
     net = next(line for line in text.splitlines() if line.startswith("| net refusal gain"))
     assert "+1.500 [+" in net and net.endswith("| better |")
+
+
+def test_stage_tables_time_every_stage_and_show_pairs_losses_and_head_accuracies(tmp_path):
+    from alignray.evaluate.summary import stage_tables
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("stages", artifact_location=(tmp_path / "art").as_uri())
+
+    def run(seconds, **metrics):
+        start = 1_800_000_000_000
+        r = client.create_run(experiment, start_time=start)
+        for key, value in metrics.items():
+            client.log_metric(r.info.run_id, key, value)
+        client.set_terminated(r.info.run_id, end_time=start + seconds * 1000)
+        return r.info.run_id
+
+    shared = run(120, pairs=300, dropped_truncated=84)  # one simulation both morlaif seeds reused
+    trials = [{"trial_id": f"t{seed}", "overrides": {"arm": "morlaif", "seed": seed},
+               "stage_runs": {"simulate": shared,
+                              "preference": run(240 + 60 * seed, eval_accuracy=0.6 + 0.1 * seed,
+                                                eval_accuracy_toxicity=0.7, eval_accuracy_empathy=0.5 + 0.2 * seed),
+                              "ppo": run(600), "evaluate": run(30)}} for seed in (0, 1)]
+    trials.append({"trial_id": "old", "overrides": {"arm": "rlaif", "seed": 0}})  # recorded before stage_runs
+    text = "\n".join(stage_tables(client, {"trials": trials}))
+    assert "| configuration | simulate (min) | preference (min) | ppo (min) | preference pairs |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| morlaif |"))
+    assert row == ("| morlaif | 2.0 (2.0 to 2.0) | 4.5 (4.0 to 5.0) | 10.0 (10.0 to 10.0) | 300 (300 to 300) |"
+                   " 84 (84 to 84) | – | 0.650 (0.600 to 0.700) |")
+    assert "toxicity 0.700 (0.700 to 0.700); empathy 0.600 (0.500 to 0.700)" in text
+    assert "| rlaif |" not in text  # nothing recorded: no row rather than a made-up one
+    assert stage_tables(client, {"trials": trials[2:]}) == []

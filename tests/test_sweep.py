@@ -293,6 +293,11 @@ def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sw
                      shown), shown
     assert re.search(r"\| steps2 \| AI-judge win rate vs tiny-random-llama( \| [+-]\d\.\d{3}){3}"
                      r" (\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]|no interval) \| (better|worse|inconclusive) \|", shown), shown
+    # every trial's stages, the shared simulation included: its pairs in both arms' rows
+    [pairs] = {r.data.metrics["pairs"] for r in by_stage["simulate"]}
+    for arm in ("steps3", "steps2"):
+        assert re.search(rf"\| {arm} \| \d+\.\d \(.*\) \| \d+\.\d \(.*\) \| {pairs:.0f} \({pairs:.0f} to {pairs:.0f}\) \|",
+                         shown), shown
     folder = store / "reports" / "context_distill-sweep-tiny"
     assert (folder / "report.md").read_text() in shown and (folder / "seeds.png").stat().st_size > 0
 

@@ -202,6 +202,60 @@ def _arms(table: dict, parent: str, groups: list[Group], summaries: dict, metric
             " at least two seeds; otherwise \"inconclusive\".", ""]
 
 
+# figures of the stages behind each trial's evaluation: (stage, metric of its MLflow run, what it is)
+STAGE_FIGURES = (
+    ("simulate", "pairs", "preference pairs"),
+    ("simulate", "dropped_truncated", "pairs lost to truncation (drop)"),
+    ("simulate", "relabelled_truncated", "pairs relabelled for truncation (penalise)"),
+    ("preference", "eval_accuracy", "preference model held-out accuracy"),
+)
+
+
+def _per_seed(values: list[float], fmt: str) -> str:
+    return f"{sum(values) / len(values):{fmt}} ({min(values):{fmt}} to {max(values):{fmt}})"
+
+
+def stage_tables(client, table: dict) -> list[str]:
+    """Per configuration, over its seeds: each stage's wall time (every stage of the trial's
+    pipeline, also one reused from another trial or sweep: where it ran, it took that long), the
+    simulation's pairs and truncation losses, and the preference model's held-out accuracy (also
+    per principle head, as eval_accuracy_<head>). Needs the trials' stage_runs (sweeps run since
+    they were recorded); [] otherwise."""
+    runs: dict[str, list[dict]] = {}  # configuration -> per trial: stage -> its run
+    for t in table["trials"]:
+        if t.get("stage_runs"):
+            runs.setdefault(configuration_label(t["overrides"]), []).append(
+                {stage: client.get_run(run_id) for stage, run_id in t["stage_runs"].items()})
+    if not runs:
+        return []
+    stages = list(dict.fromkeys(s for trials in runs.values() for per in trials for s in per if s != "evaluate"))
+    lines = ["## Stages behind each configuration", "",
+             "Mean over seeds (min to max). Wall time of every stage of the pipeline, MLflow start to end, also of a"
+             " stage reused from another trial or sweep (the time it took where it ran).", "",
+             "| configuration | " + " | ".join(f"{s} (min)" for s in stages) + " | "
+             + " | ".join(what for _, _, what in STAGE_FIGURES) + " |",
+             "|---|" + "---|" * (len(stages) + len(STAGE_FIGURES))]
+    heads: dict[str, dict[str, list[float]]] = {}
+    for label, trials in runs.items():
+        cells = []
+        for s in stages:
+            took = [(per[s].info.end_time - per[s].info.start_time) / 60000 for per in trials
+                    if s in per and per[s].info.end_time]
+            cells.append(_per_seed(took, ".1f") if took else "–")
+        for stage, metric, _ in STAGE_FIGURES:
+            found = [per[stage].data.metrics[metric] for per in trials if stage in per and metric in per[stage].data.metrics]
+            cells.append(_per_seed(found, ".3f" if "accuracy" in metric else ".0f") if found else "–")
+            for per in (per for per in trials if stage == "preference" and stage in per):
+                for key, value in per[stage].data.metrics.items():
+                    if key.startswith("eval_accuracy_"):
+                        heads.setdefault(label, {}).setdefault(key.removeprefix("eval_accuracy_"), []).append(value)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for label, per_head in heads.items():
+        lines += ["", f"Held-out accuracy of each principle head, {label} (mean over seeds, min to max): "
+                  + "; ".join(f"{h} {_per_seed(v, '.3f')}" for h, v in per_head.items()) + "."]
+    return [*lines, ""]
+
+
 def _fmt(s: SeedSummary) -> str:
     interval = "no interval" if s.low is None else f"[{s.low:+.3f}, {s.high:+.3f}]"
     return f"{s.mean:+.3f} {interval}, {s.min:+.3f} to {s.max:+.3f}"
@@ -308,6 +362,7 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
                       *_table(g, summaries[(g.label, g.split)]), ""]
         if arms:
             lines += _arms(table, parent, groups, summaries, metrics)
+        lines += stage_tables(client, table)
     else:
         groups = _experiment(client, name)
         if not groups:

@@ -55,6 +55,7 @@ class Trial:
     test_run: str | None = None  # ... on the test split
     metrics: dict[str, float] = field(default_factory=dict)  # of the trial's evaluate run
     error: str | None = None
+    stage_runs: dict[str, str] = field(default_factory=dict)  # stage -> its MLflow run (its own, or one it reused)
 
     @property
     def configuration(self) -> str:
@@ -215,7 +216,8 @@ def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluat
         if last.output is None or last.stage != "evaluate":
             raise RuntimeError(f"the pipeline stopped before its evaluation (at stage {last.stage})")
         metrics = mlflow.MlflowClient().get_run(last.run_id).data.metrics
-        tune.report({**metrics, "evaluate_run": last.run_id})
+        stage_runs = json.dumps({o.stage: o.run_id for o in outcomes if o.run_id})
+        tune.report({**metrics, "evaluate_run": last.run_id, "stage_runs": stage_runs})
 
     return trial
 
@@ -252,8 +254,9 @@ def _trials(grid) -> list[Trial]:
                                  "time_since_restore", "iterations_since_restore", "pid")}
         run_id = (result.metrics or {}).get("evaluate_run")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        out.append(Trial(trial_id, dict(config),
-                         "ERROR" if error else "TERMINATED", dev_run=run_id, metrics=metrics, error=error))
+        stage_runs = json.loads((result.metrics or {}).get("stage_runs") or "{}")
+        out.append(Trial(trial_id, dict(config), "ERROR" if error else "TERMINATED", dev_run=run_id, metrics=metrics,
+                         error=error, stage_runs=stage_runs))
     return out
 
 
@@ -335,6 +338,7 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
                 "tracking.parent_run": parent, "tracking.tags": tags, "stages.evaluate.selection": selection})
             outcomes = pipeline.run(test, say=lambda line: None)
             t.test_run = outcomes[-1].run_id
+            t.stage_runs |= {o.stage: o.run_id for o in outcomes if o.run_id}
             t.metrics = mlflow.MlflowClient().get_run(t.test_run).data.metrics
     else:
         chosen = None
