@@ -146,6 +146,7 @@ def test_teacher_and_judge_behind_a_url_with_retries_and_kept_work(vllm_server, 
     [dataset] = out.glob("datasets/rdpo-sycophancy-*/preferences.parquet")
     frame = pd.read_parquet(dataset)
     assert len(frame) >= 1 and frame["preference_prob"].between(0, 1).all() and (frame["model"] == proxy.url).all()
+    assert (frame["chosen_truncated"] | frame["rejected_truncated"]).any()  # the API's finish_reason "length"
     chats = [b for b in first + again if "messages" in b]
     assert {len(b["messages"]) for b in chats} == {1, 3, 5}  # answer, critique, revision
     scored = [b for b in first + again if b.get("echo")]  # the judge's (A)/(B) log-probs, as token ids

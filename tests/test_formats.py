@@ -25,6 +25,8 @@ PAIR = {"prompt": P, "chosen": "yes", "rejected": "no"}
     (CANDIDATES, {"prompt": P, "candidates": ["a", "b"], "rewards": ["1", "2"]},
      "column 'rewards' must be list of numbers"),
     (CANDIDATES, {"prompt": P, "candidates": "a b", "rewards": [1.0, 2.0]}, "column 'candidates' must be list of text"),
+    (PAIRS, {**PAIR, "chosen_truncated": "no"}, "column 'chosen_truncated' must be boolean, not"),
+    (CANDIDATES, {"prompt": P, "candidates": ["a"], "rewards": [1.0], "truncated": [1]}, "column 'truncated' must be list of booleans"),
 ])
 def test_a_frame_that_breaks_its_format_is_not_written(tmp_path, fmt, row, message):
     target = tmp_path / "datasets" / fmt.file
@@ -35,13 +37,15 @@ def test_a_frame_that_breaks_its_format_is_not_written(tmp_path, fmt, row, messa
 
 
 def test_rows_as_the_methods_write_them_fit_their_formats():
+    cut = {"chosen_truncated": False, "rejected_truncated": True}
     rows = {
-        "rlcd": {**PAIR, "positive_affix": "kind", "negative_affix": "rude", "pair_index": 0, "method": "rlcd"},
-        "rlaif": {**PAIR, "preference_prob": 0.8, "instruction": "Which is kinder?", "positive_affix": None},
-        "rlcd_rescore": {**PAIR, "preference_prob": 0.8, "instruction": "Which?", "agrees_with_rlcd": True},
-        "morlaif": {**PAIR, "preference_prob": 0.6, "preference_prob_honesty": 0.4, "instructions": "{}"},
-        "rrhf": {"prompt": P, "candidates": ["a", "b"], "rewards": [0.1, 0.2], "policies": ["p", "p"]},
-        "rdpo": {**PAIR, "preference_prob": 0.7, "judge_score_difference": 0.8, "critique": "too short"},
+        "rlcd": {**PAIR, **cut, "positive_affix": "kind", "negative_affix": "rude", "pair_index": 0, "method": "rlcd"},
+        "rlaif": {**PAIR, **cut, "preference_prob": 0.8, "instruction": "Which is kinder?", "positive_affix": None},
+        "rlcd_rescore": {**PAIR, **cut, "preference_prob": 1.0, "instruction": None, "agrees_with_rlcd": True},
+        "morlaif": {**PAIR, **cut, "preference_prob": 0.6, "preference_prob_honesty": 0.4, "instructions": "{}"},
+        "rrhf": {"prompt": P, "candidates": ["a", "b"], "rewards": [0.1, 0.2], "truncated": [False, True],
+                 "policies": ["p", "p"]},
+        "rdpo": {**PAIR, **cut, "preference_prob": 0.7, "judge_score_difference": 0.8, "critique": "too short"},
     }
     assert set(rows) == set(METHODS)
     for method, row in rows.items():

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from alignray.rewards.scorers import HttpRewardModel, RewardError
 from alignray.sampling.endpoint import Endpoint, EndpointError
-from alignray.sampling.types import SamplingSpec
+from alignray.sampling.types import Reply, SamplingSpec
 
 CHAT_REPLY = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
@@ -113,7 +113,7 @@ def test_endpoint_retries_through_the_openai_client(tmp_path):
     with ScriptedServer(["fail", "throttle", "slow"], lambda body: CHAT_REPLY) as server:
         endpoint = Endpoint(server.url, timeout_s=1.0, retries=3)
         assert endpoint.model == "m"
-        assert endpoint.chat([[{"role": "user", "content": "hi"}]], SamplingSpec(max_tokens=4)) == ["fine"]
+        assert endpoint.chat([[{"role": "user", "content": "hi"}]], SamplingSpec(max_tokens=4)) == [Reply("fine", "stop")]
     assert len(server.arrivals) == 4 and server.arrivals[2] - server.arrivals[1] >= 1.0
     with ScriptedServer(["fail"] * 3, lambda body: CHAT_REPLY) as server:
         endpoint = Endpoint(server.url, retries=1)

@@ -280,8 +280,10 @@ def test_sample_pairs_resamples_empty_outputs_from_the_real_engine(pool):
     assert batches[0] == 24 and len(batches) == 3 and batches[0] > batches[1] > batches[2] > 0
     assert 0 < len(dropped) < len(plans)
     assert {i for i in range(len(plans)) if (i, 0) not in done or (i, 1) not in done} == dropped
-    for (i, side), (text, seed, attempts) in done.items():
+    for (i, side), (text, seed, attempts, truncated) in done.items():
         assert text and seed == request_seed(3, i, side, attempts - 1)
         prompt = (plans[i].prompts.positive, plans[i].prompts.negative)[side]
         [[again]] = pool.generate([prompt], [SamplingSpec(temperature=1.0, max_tokens=4, stop=stop, seed=seed)])
         assert again.text.strip() == text  # the kept output is the engine's sample for that seed
+        assert truncated is (again.finish_reason == "length")  # no stop string: cut off at max_tokens=4
+    assert 0 < sum(s.truncated for s in done.values()) < len(done)

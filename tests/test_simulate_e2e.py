@@ -68,6 +68,9 @@ def test_rlcd_simulation_writes_dataset_and_mlflow_run(tiny_model, tmp_path, cap
     assert run.info.status == "FINISHED"
     assert run.data.params["sampler.max_tokens"] == "16" and run.data.params["model.path"] == str(tiny_model)
     assert run.data.metrics["pairs"] == len(frame) and run.data.metrics["dropped_empty"] == dropped
+    # simulation.truncated=keep: replies cut off at max_tokens (the random model's, mostly) stay, marked
+    cut = frame["chosen_truncated"].sum() + frame["rejected_truncated"].sum()
+    assert cut > 0 and run.data.metrics["truncated_outputs"] == cut and run.data.metrics["dropped_truncated"] == 0
     assert [a.path for a in client.list_artifacts(run.info.run_id, "datasets")] == ["datasets/preferences.parquet"]
     inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in run.inputs.dataset_inputs}
     assert inputs["preferences"].name == "rlcd-harmlessness-preferences"
@@ -117,6 +120,70 @@ def test_a_separate_simulator_samples_in_its_own_template(tiny_model, tmp_path, 
     # ...while the prompt the preference model and PPO see stays in the policy's template
     assert with_simulator["prompt"].str.endswith("<|im_start|>assistant\n").all()
     assert not with_simulator["prompt"].str.startswith("SIM ").any() and simulator_alone["prompt"].str.startswith("SIM ").all()
+
+
+def make_brief_talker(path):
+    """A tiny random Llama that often ends its reply within a few tokens, where the plain one
+    (EOS is one token in 512) almost never does: every token embedding carries 1.0 in dimension
+    0, which only the EOS row of the output layer reads. At sampler.max_tokens=8 some replies
+    end and most are cut off."""
+    from alignray.models.tiny import make_tiny_llama
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    folder = make_tiny_llama(path, seed=0)
+    weights = load_file(folder / "model.safetensors")
+    weights["model.embed_tokens.weight"][:, 0] = 1.0
+    weights["lm_head.weight"][:, 0] = 0.0
+    weights["lm_head.weight"][AutoConfig.from_pretrained(folder).eos_token_id, 0] = 3.0
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_truncated_responses_lose_their_pair_or_to_the_finished_side(tmp_path, capsys):
+    """simulation.truncated on real samples: penalise with a labelled method (rlcd_rescore), then
+    drop (rlcd) on the same samples (the sampler cache answers the same requests)."""
+    from alignray.feedback.plans import request_seed
+
+    model = make_brief_talker(tmp_path / "brief")
+    transcripts = TRANSCRIPTS + [f"Human: Question {i}: what about {t}?\n\nAssistant:" for i, t in enumerate(["bread", "rain", "tea"])]
+    out = tmp_path / "runs"
+    common = overrides(model, out, f"data.source={write_prompts(tmp_path, transcripts)}", "sampler.max_tokens=8")
+    assert main(["simulate", *common, "simulation.method=rlcd_rescore", "simulation.truncated=penalise"]) == 0
+    assert main(["simulate", *common, "simulation.truncated=drop"]) == 0
+    printed = capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    runs = {r.info.run_name: r.data.metrics for r in client.search_runs([client.get_experiment_by_name("e2e").experiment_id])}
+    penalised = pd.read_parquet(next(out.glob("datasets/rlcd_rescore-*/preferences.parquet")))
+    dropped = pd.read_parquet(next(out.glob("datasets/rlcd-*/preferences.parquet")))
+
+    cut = penalised["chosen_truncated"] | penalised["rejected_truncated"]
+    one = penalised["chosen_truncated"] ^ penalised["rejected_truncated"]
+    assert one.any() and (~one & cut).any() and (~cut).any()  # mixed, both and neither cut off
+    assert not penalised.loc[one, "chosen_truncated"].any()  # the finished side is chosen...
+    assert (penalised.loc[one, "preference_prob"] == 1.0).all()  # ...with 1.0
+    assert penalised.loc[one, "instruction"].isna().all() and penalised.loc[~one, "instruction"].notna().all()  # not asked
+    assert (penalised.loc[~one, "preference_prob"] < 1.0).all()  # the labeller's soft labels
+    for k, row in penalised.iterrows():  # agrees_with_rlcd: chosen is o+, by the seed it was sampled with
+        i = transcripts.index(row.prompt)
+        from_o_plus = row.chosen_seed in {request_seed(0, i, 0, attempt) for attempt in range(3)}
+        assert row.agrees_with_rlcd == from_o_plus, k
+    metrics = runs["rlcd_rescore-harmlessness"]
+    assert metrics["truncated_outputs"] == penalised["chosen_truncated"].sum() + penalised["rejected_truncated"].sum()
+    assert metrics["relabelled_truncated"] == one.sum() and metrics["dropped_truncated"] == 0
+    assert metrics["agreement_with_rlcd"] == pytest.approx(penalised.loc[~one, "agrees_with_rlcd"].mean())
+
+    # drop: the pairs with a cut-off side are gone, counted and named in the tally
+    assert sorted(dropped["prompt"]) == sorted(penalised.loc[~cut, "prompt"])
+    assert not dropped["chosen_truncated"].any() and not dropped["rejected_truncated"].any()
+    metrics = runs["rlcd-harmlessness"]
+    assert metrics["dropped_truncated"] == cut.sum() and metrics["relabelled_truncated"] == 0
+    assert metrics["truncated_outputs"] == runs["rlcd_rescore-harmlessness"]["truncated_outputs"]
+    tally = re.search(r"(\d+) preference pairs \(\d+ prompts dropped for empty outputs\); (\d+) pairs lost to responses cut"
+                      r" off at sampler.max_tokens", printed)
+    assert tally and tuple(map(int, tally.groups())) == (len(dropped), cut.sum())
 
 
 TRANSCRIPT_LINE = json.dumps({"prompt": TRANSCRIPTS[1]}) + "\n"
@@ -262,6 +329,7 @@ def test_rdpo_revisions_judged(judge, tiny_model, tmp_path, capsys):
         assert row.critique and row.prompt in TRANSCRIPTS
         expected = 1 / (1 + math.exp(-row.judge_score_difference / 0.5))
         assert abs(row.preference_prob - expected) < 1e-9
+    assert (frame["chosen_truncated"] | frame["rejected_truncated"]).any()  # the random teacher, at max_tokens=16
     if judge == "hate":  # s = -P(hateful or offensive), recomputed here
         diff = hate(list(frame["rejected"])) - hate(list(frame["chosen"]))
         assert max(abs(diff - frame["judge_score_difference"])) < 1e-6
@@ -348,10 +416,11 @@ def test_rrhf_candidates_are_scored_and_feed_rrhf_training(tiny_model, pattern_r
     assert len(frame) == written and written + dropped == len(TRANSCRIPTS) and written >= 3
     scorer = LocalRewardModels([reward_model])
     for row in frame.itertuples():
-        assert 2 <= len(row.candidates) <= 8 and len(row.rewards) == len(row.candidates) == len(row.policies)
+        assert 2 <= len(row.candidates) <= 8 and len(row.rewards) == len(row.candidates) == len(row.policies) == len(row.truncated)
         assert set(row.policies) <= {str(tiny_model), str(other)} and list(row.policies) == sorted(row.policies, key=lambda p: p != str(tiny_model))
         expected = scorer([row.prompt] * len(row.candidates), list(row.candidates))[:, 0]
         assert max(abs(a - b) for a, b in zip(row.rewards, expected.tolist())) < 1e-4  # the reward model's scores
+    assert any(any(row.truncated) for row in frame.itertuples())  # cut off at max_tokens=16, kept (keep)
     cfg = load_config(None, [f"dataset={dataset}", "trainer.eval_fraction=0"], TrainConfig)
     assert len(load("rrhf", cfg, load_tokenizer(tiny_model)).train) == written  # valid `train rrhf` input
 

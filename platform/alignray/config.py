@@ -165,6 +165,17 @@ class SimulationConfig(Strict):
     max_retries: int = Field(
         2, ge=0, description="Re-samples of an empty output before the prompt is dropped."
     )
+    truncated: Literal["keep", "drop", "penalise"] = Field(
+        "keep",
+        description="What happens to a response cut off at sampler.max_tokens (vLLM's finish_reason"
+        " `length`). keep: used as if it had ended. drop: a pair with a cut-off side is dropped before"
+        " it is labelled (rdpo: the answer or the revision; rrhf: a cut-off candidate is left out, and"
+        " a prompt left with fewer than two). penalise: of a pair with one side cut off, the finished"
+        " side is chosen with preference_prob 1.0 and no labeller call (rlcd: o- is chosen when o+ was"
+        " cut off; rdpo: the revision stays chosen, with 1.0 or 0.0, and is still judged; rrhf: cut-off"
+        " candidates rank below every finished one); a pair with both sides cut off is kept as by keep."
+        " The default is provisional, to be chosen on a dev split.",
+    )
 
     @model_validator(mode="after")
     def _simulator_samples_pairs(self) -> SimulationConfig:

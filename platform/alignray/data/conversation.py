@@ -27,6 +27,13 @@ def clean_output(text: str) -> str:
     return (text[: m.start()] if m else text).strip()
 
 
+def cut_off(text: str, finish_reason: str | None) -> bool:
+    """Whether a sampled reply was cut off: the engine stopped at its token limit (vLLM's and the
+    OpenAI API's finish_reason "length") before the reply ended at a next ``Human:`` turn (where
+    `clean_output` cuts it)."""
+    return finish_reason == "length" and NEXT_HUMAN_TURN.search(text) is None
+
+
 class PromptError(ValueError):
     """A prompt record is malformed; the message names its file and line or row."""
 

@@ -6,11 +6,13 @@
 | labelled pairs | rlaif, rlcd_rescore, morlaif | preference, dpo | pairs' + preference_prob | see below |
 | revisions | rdpo | dpo | pairs' + preference_prob, judge_score_difference, critique | see below |
 | sft | (pairs) | sft | prompt, chosen (text) | |
-| candidates | rrhf | rrhf | prompt, candidates (list of text), rewards (list of numbers) | |
+| candidates | rrhf | rrhf | prompt, candidates (list of text), rewards (list of numbers) | truncated (list of booleans) |
 
 A pair's optional columns: preference_prob and preference_prob_<principle> (number: P(chosen is
-better)), principle, instruction and critique (text), and a margin column (number) named by the
-training config. Other columns (provenance: method, source, model, seed, ...) pass unchecked.
+better)), principle, instruction and critique (text), chosen_truncated and rejected_truncated
+(boolean: the response was cut off at sampler.max_tokens; datasets written before they existed
+lack them), and a margin column (number) named by the training config. Other columns
+(provenance: method, source, model, seed, ...) pass unchecked.
 A feedback stage checks its frame before the (atomic) write; training checks the file on read.
 """
 
@@ -33,6 +35,10 @@ def _number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
+def _flag(t: pa.DataType) -> bool:
+    return pa.types.is_boolean(t)
+
+
 def _list_of(item: Callable[[pa.DataType], bool]) -> Callable[[pa.DataType], bool]:
     return lambda t: (pa.types.is_list(t) or pa.types.is_large_list(t)) and item(t.value_type)
 
@@ -42,6 +48,8 @@ class Kind(Enum):
     NUMBER = ("number", _number)
     TEXTS = ("list of text", _list_of(_text))
     NUMBERS = ("list of numbers", _list_of(_number))
+    FLAG = ("boolean", _flag)
+    FLAGS = ("list of booleans", _list_of(_flag))
 
     def __init__(self, label: str, fits: Callable[[pa.DataType], bool]):
         self.label, self.fits = label, fits
@@ -81,12 +89,12 @@ class Format:
         return Format(name, self.file, {**self.required, **required}, self.optional, self.prefixed)
 
 
-_PAIR_LABELS = {"preference_prob": Kind.NUMBER, "principle": Kind.TEXT, "instruction": Kind.TEXT, "critique": Kind.TEXT,
-                "judge_score_difference": Kind.NUMBER}
+_PAIR_OPTIONAL = {"preference_prob": Kind.NUMBER, "principle": Kind.TEXT, "instruction": Kind.TEXT, "critique": Kind.TEXT,
+                "judge_score_difference": Kind.NUMBER, "chosen_truncated": Kind.FLAG, "rejected_truncated": Kind.FLAG}
 PAIRS = Format("pairs", "preferences.parquet", {"prompt": Kind.TEXT, "chosen": Kind.TEXT, "rejected": Kind.TEXT},
-               _PAIR_LABELS, {"preference_prob_": Kind.NUMBER})
+               _PAIR_OPTIONAL, {"preference_prob_": Kind.NUMBER})
 LABELLED_PAIRS = PAIRS.extended("labelled pairs", preference_prob=Kind.NUMBER)
 REVISIONS = LABELLED_PAIRS.extended("revisions", judge_score_difference=Kind.NUMBER, critique=Kind.TEXT)
 SFT = Format("sft", "preferences.parquet", {"prompt": Kind.TEXT, "chosen": Kind.TEXT})
 CANDIDATES = Format("candidates", "candidates.parquet",
-                    {"prompt": Kind.TEXT, "candidates": Kind.TEXTS, "rewards": Kind.NUMBERS})
+                    {"prompt": Kind.TEXT, "candidates": Kind.TEXTS, "rewards": Kind.NUMBERS}, {"truncated": Kind.FLAGS})

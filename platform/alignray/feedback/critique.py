@@ -9,18 +9,22 @@ The revision is `chosen`, the first answer `rejected`. A judge scores both and
 judge prompt (s_c - s_r = logit of P(revision is better), both orders averaged), the reward
 models / endpoint of the `reward` section, or an offline classifier (s = -P(profane) or
 -P(hateful or offensive)). A prompt whose answer or revision is empty, or whose revision repeats
-the answer, is dropped and counted.
+the answer, is dropped and counted. An answer or revision cut off at sampler.max_tokens is kept
+as it is, loses its pair, or loses to the other when that one finished (`simulation.truncated`,
+see `truncation`; the judge still scores the pair, but preference_prob is 1.0 for the finished side).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from typing import NamedTuple
 
 from alignray.config import SimulateConfig
-from alignray.data.conversation import TURN_STOP, clean_output
-from alignray.feedback import rlaif
+from alignray.data.conversation import TURN_STOP, clean_output, cut_off
+from alignray.feedback import rlaif, truncation
 from alignray.feedback.plans import Plan
+from alignray.feedback.truncation import Verdict, relabels, verdict
 from alignray.principles import Critique, PrincipleSet
 from alignray.rewards import judges
 from alignray.rewards.scorers import reward_source, scalar_reward
@@ -45,21 +49,44 @@ def revision_messages(base: list[dict], answer: str, request: Critique, critique
     ]
 
 
-def _chain(teacher, bases: list[list[dict]], requests: list[Critique], cfg: SimulateConfig) -> list[tuple[str, str, str]]:
-    """(answer, critique, revision) per conversation; "" where a step came out empty."""
-    def step(k: int, conversations: list[list[dict]]) -> list[str]:
+class Chain(NamedTuple):
+    answer: str  # "" where a step came out empty (or was not reached)
+    critique: str
+    revision: str
+    answer_truncated: bool  # cut off at sampler.max_tokens
+    revision_truncated: bool
+
+
+def _chain(teacher, bases: list[list[dict]], requests: list[Critique], cfg: SimulateConfig) -> list[Chain]:
+    """The chain of every conversation."""
+    def step(k: int, conversations: list[list[dict]]) -> list[tuple[str, bool]]:
         spec = SamplingSpec(
             temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p, max_tokens=cfg.sampler.max_tokens,
             stop=TURN_STOP, seed=cfg.simulation.seed * 1_000_003 + k * len(bases),
         )
-        return [clean_output(t) for t in teacher.chat(conversations, spec, desc=STEPS[k])] if conversations else []
+        replies = teacher.chat(conversations, spec, desc=STEPS[k]) if conversations else []
+        return [(clean_output(r.text), cut_off(r.text, r.finish_reason)) for r in replies]
 
     answers = step(0, bases)
-    live = [i for i, a in enumerate(answers) if a]
-    critiques = dict(zip(live, step(1, [critique_messages(bases[i], answers[i], requests[i]) for i in live])))
-    live = [i for i in live if critiques[i]]
-    revisions = dict(zip(live, step(2, [revision_messages(bases[i], answers[i], requests[i], critiques[i]) for i in live])))
-    return [(answers[i], critiques.get(i, ""), revisions.get(i, "")) for i in range(len(bases))]
+    live = [i for i, (a, _) in enumerate(answers) if a]
+    critiques = dict(zip(live, step(1, [critique_messages(bases[i], answers[i][0], requests[i]) for i in live])))
+    live = [i for i in live if critiques[i][0]]
+    revisions = dict(zip(live, step(2, [revision_messages(bases[i], answers[i][0], requests[i], critiques[i][0])
+                                        for i in live])))
+    none = ("", False)
+    return [Chain(answers[i][0], critiques.get(i, none)[0], revisions.get(i, none)[0], answers[i][1], revisions.get(i, none)[1])
+            for i in range(len(bases))]
+
+
+def preference_prob(v: Verdict, difference: float, tau: float) -> float:
+    """P(the revision is better): the judge's sigmoid((s_c - s_r) / tau), or, where penalise
+    decided (side 0 is the revision), 1.0 when only the answer was cut off and 0.0 when only the
+    revision was."""
+    if v is Verdict.FIRST_WINS:
+        return 1.0
+    if v is Verdict.SECOND_WINS:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-difference / tau))
 
 
 def _score_difference(cfg: SimulateConfig, prompts: list[str], chosen: list[str], rejected: list[str], principles: PrincipleSet,
@@ -82,33 +109,42 @@ def _score_difference(cfg: SimulateConfig, prompts: list[str], chosen: list[str]
 
 
 def run(cfg: SimulateConfig, plans: list[Plan], principles: PrincipleSet) -> tuple[list[dict], int, dict]:
-    """Answer, critique, revise and judge; returns (rows, dropped prompts, metrics)."""
+    """Answer, critique, revise and judge; returns (rows, prompts dropped for another reason than
+    truncation, metrics)."""
     seed = cfg.simulation.seed
     requests = [random.Random(f"rdpo:{seed}:{i}").choice(principles.critiques) for i in range(len(plans))]
     bases = [p.conv.message_dicts() for p in plans]
     with Models(cfg, seed) as models:
         chains = _chain(models.get(cfg.simulation.teacher or cfg.model.name), bases, requests, cfg)
-        kept = [i for i, (a, c, r) in enumerate(chains) if a and c and r and r != a]
+        complete = [i for i, (a, c, r, _, _) in enumerate(chains) if a and c and r and r != a]
+        verdicts = {i: verdict(chains[i].revision_truncated, chains[i].answer_truncated, cfg.simulation.truncated)
+                    for i in complete}
+        kept = [i for i in complete if verdicts[i] is not Verdict.DROP]
         if not kept:
-            raise RuntimeError(f"none of {len(plans)} prompts got an answer, a critique and a different revision; nothing to write")
+            lost = f" ({len(complete)} lost to simulation.truncated=drop: raise sampler.max_tokens)" if complete else ""
+            raise RuntimeError(f"none of {len(plans)} prompts got an answer, a critique and a different revision{lost};"
+                               " nothing to write")
         prompts = [plans[i].prompts.neutral for i in kept]
-        chosen, rejected = [chains[i][2] for i in kept], [chains[i][0] for i in kept]
+        chosen, rejected = [chains[i].revision for i in kept], [chains[i].answer for i in kept]
         if cfg.judge.kind != "model":
             models.close()  # the other judges need no engine
         diffs = _score_difference(cfg, prompts, chosen, rejected, principles, models)
-    tau = cfg.judge.temperature
     rows = [
         {
             "prompt": prompts[k], "chosen": chosen[k], "rejected": rejected[k],
-            "preference_prob": 1.0 / (1.0 + math.exp(-diffs[k] / tau)), "judge_score_difference": diffs[k],
-            "critique": chains[i][1], "critique_request": requests[i].critique, "revision_request": requests[i].revision,
+            "preference_prob": preference_prob(verdicts[i], diffs[k], cfg.judge.temperature),
+            "judge_score_difference": diffs[k], "chosen_truncated": chains[i].revision_truncated,
+            "rejected_truncated": chains[i].answer_truncated,
+            "critique": chains[i].critique, "critique_request": requests[i].critique, "revision_request": requests[i].revision,
             "method": "rdpo", "principles": principles.name, "judge": cfg.judge.kind, "source": plans[i].conv.origin,
             "model": cfg.simulation.teacher or cfg.model.name, "seed": seed,
         }
         for k, i in enumerate(kept)
     ]
     metrics = {
-        "conversations": len(plans), "pairs": len(rows), "dropped": len(plans) - len(rows),
+        "conversations": len(plans), "pairs": len(rows), "dropped": len(plans) - len(complete),
         "judge_prefers_revision": sum(d > 0 for d in diffs) / len(diffs),
+        **truncation.metrics(sum(chains[i].answer_truncated + chains[i].revision_truncated for i in complete),
+                             len(complete) - len(kept), sum(relabels(verdicts[i], True) for i in kept)),
     }
-    return rows, len(plans) - len(rows), metrics
+    return rows, len(plans) - len(complete), metrics

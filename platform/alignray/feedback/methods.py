@@ -23,6 +23,7 @@ class FeedbackMethod:
     format: Format  # what it writes; checked before the write
     tally: str  # the count `alignray simulate` prints, formatted with kept= and dropped=
     contrast: bool = False  # samples from RLCD's contrast prompts p+/p- (else the neutral prompt twice)
+    unit: str = "pairs"  # what simulation.truncated=drop loses (metric dropped_truncated)
 
 
 def _ranking(cfg: SimulateConfig, plans: list[Plan], principles: PrincipleSet, _: list[Plan]):
@@ -38,6 +39,6 @@ METHODS: dict[str, FeedbackMethod] = {
     "rlaif": FeedbackMethod(pairs.run, ("instructions",), LABELLED_PAIRS, pairs.TALLY),
     "rlcd_rescore": FeedbackMethod(pairs.run, ("pairs", "instructions"), LABELLED_PAIRS, pairs.TALLY, contrast=True),
     "morlaif": FeedbackMethod(pairs.run, ("criteria",), LABELLED_PAIRS, pairs.TALLY),
-    "rrhf": FeedbackMethod(_ranking, (), CANDIDATES, ranking.TALLY),
+    "rrhf": FeedbackMethod(_ranking, (), CANDIDATES, ranking.TALLY, unit="prompts"),
     "rdpo": FeedbackMethod(_critique, ("critiques",), REVISIONS, critique.TALLY),
 }

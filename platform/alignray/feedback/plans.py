@@ -12,8 +12,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
-from alignray.data.conversation import Conversation, clean_output
+from alignray.data.conversation import Conversation, clean_output, cut_off
 from alignray.sampling.types import SamplingSpec
 
 RenderChat = Callable[[list[dict[str, str]]], str]  # messages -> text ending in the open turn
@@ -51,6 +52,13 @@ def neutral_plans(convs: Sequence[Conversation], response_prefix: str, render: R
     return plans
 
 
+class Sample(NamedTuple):
+    text: str  # cleaned, non-empty
+    seed: int
+    attempts: int
+    truncated: bool  # cut off at max_tokens (`cut_off`)
+
+
 def request_seed(seed: int, index: int, side: int, attempt: int) -> int:
     """The sampling seed of one output: fixed by (run seed, conversation, side, attempt)."""
     # the "rlcd:" salt predates the other methods; changing it would change every seed
@@ -63,12 +71,13 @@ def sample_pairs(
     base: SamplingSpec,
     seed: int,
     max_retries: int,
-) -> tuple[dict[tuple[int, int], tuple[str, int, int]], set[int]]:
-    """Sample o+ (side 0) and o- (side 1) of every plan, re-sampling empty outputs.
+) -> tuple[dict[tuple[int, int], Sample], set[int]]:
+    """Sample o+ (side 0) and o- (side 1) of every plan, re-sampling empty outputs (a cut-off
+    output is not empty: it is kept, marked).
 
-    Returns ({(plan index, side): (cleaned output, seed, attempts)}, indices of dropped plans).
+    Returns ({(plan index, side): sample}, indices of dropped plans).
     """
-    done: dict[tuple[int, int], tuple[str, int, int]] = {}
+    done: dict[tuple[int, int], Sample] = {}
     pending = [(i, side) for i in range(len(plans)) for side in (0, 1)]
     for attempt in range(max_retries + 1):
         if not pending:
@@ -82,7 +91,7 @@ def sample_pairs(
         for (i, s), sd, out in zip(pending, seeds, outs, strict=True):
             text = clean_output(out[0].text)
             if text:
-                done[(i, s)] = (text, sd, attempt + 1)
+                done[(i, s)] = Sample(text, sd, attempt + 1, cut_off(out[0].text, out[0].finish_reason))
             else:
                 still.append((i, s))
         pending = still

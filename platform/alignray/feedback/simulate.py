@@ -27,7 +27,7 @@ from alignray.config import SimulateConfig
 from alignray.data.conversation import Conversation
 from alignray.data.formats import Format
 from alignray.data.sources import load_conversations
-from alignray.feedback import diagnostics, rlcd
+from alignray.feedback import diagnostics, rlcd, truncation
 from alignray.feedback.methods import METHODS
 from alignray.feedback.plans import Plan, RenderChat, neutral_plans
 from alignray.io import write_parquet
@@ -161,7 +161,8 @@ def run(cfg: SimulateConfig) -> SimulationResult:
         run_id=active.info.run_id,
         tracking_uri=tracking.tracking_uri(cfg.tracking, cfg.output_dir),
         experiment=cfg.tracking.experiment,
-        tally=method.tally.format(kept=len(rows), dropped=dropped),
+        tally=method.tally.format(kept=len(rows), dropped=dropped)
+        + truncation.tally_note(metrics["dropped_truncated"], method.unit),
         metrics=metrics,
         examples=rows[:3],
         all_ties=tied,

@@ -15,7 +15,7 @@ from alignray.config import EvaluateConfig, SimulateConfig
 from alignray.models.registry import ModelError, resolve
 from alignray.sampling.endpoint import Endpoint, option_totals
 from alignray.sampling.pool import SamplerPool
-from alignray.sampling.types import SamplingSpec, Score
+from alignray.sampling.types import Reply, SamplingSpec, Score
 
 
 def chat_renderer(model_path: Path):
@@ -47,10 +47,10 @@ class LocalModel:
         """Each option's log-prob right after each prompt."""
         return option_totals(self.score, prompts, options, desc)
 
-    def chat(self, conversations: Sequence[list[dict]], spec: SamplingSpec, desc: str | None = None) -> list[str]:
+    def chat(self, conversations: Sequence[list[dict]], spec: SamplingSpec, desc: str | None = None) -> list[Reply]:
         self._render = self._render or chat_renderer(self.path)
         outs = self.pool.generate([self._render(m) for m in conversations], spec, desc=desc)
-        return [o[0].text for o in outs]
+        return [Reply(o[0].text, o[0].finish_reason) for o in outs]
 
 
 def is_url(name: str) -> bool:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from alignray import logs
 from alignray.sampling import http
-from alignray.sampling.types import SamplingSpec, Score
+from alignray.sampling.types import Reply, SamplingSpec, Score
 
 log = logs.get(__name__)
 TOP_LOGPROBS = 20  # the most the OpenAI API (and vLLM by default) return per position
@@ -144,7 +144,7 @@ class Endpoint:
             out.append(Score(token_ids=tuple(ids), token_logprobs=tuple(values)))
         return out
 
-    def chat(self, conversations: Sequence[list[dict]], spec: SamplingSpec, desc: str | None = None) -> list[str]:
+    def chat(self, conversations: Sequence[list[dict]], spec: SamplingSpec, desc: str | None = None) -> list[Reply]:
         """One assistant reply per conversation (a list of {role, content} messages)."""
         bodies = [
             {
@@ -153,7 +153,8 @@ class Endpoint:
             }
             for i, m in enumerate(conversations)
         ]
-        return [r["choices"][0]["message"]["content"] or "" for r in self._post_all("/v1/chat/completions", bodies, desc)]
+        replies = self._post_all("/v1/chat/completions", bodies, desc)
+        return [Reply(r["choices"][0]["message"]["content"] or "", r["choices"][0].get("finish_reason")) for r in replies]
 
 
     def option_logprobs(self, prompts: Sequence[str], options: Sequence[str], desc: str | None = None) -> list[list[float]]:

@@ -50,6 +50,14 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """One chat reply (`LocalModel.chat`, `Endpoint.chat`): its text and why it ended."""
+
+    text: str
+    finish_reason: str | None  # "stop", or "length": cut off at max_tokens
+
+
+@dataclass(frozen=True)
 class Score:
     """Log-probabilities of a given continuation after a prompt."""
 
