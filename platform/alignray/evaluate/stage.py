@@ -180,13 +180,14 @@ def _agreement(cfg: EvaluateConfig) -> dict | None:
             "interval": wilson_method(), "judges": judges}
 
 
-def _rewards(frame: pd.DataFrame, cfg: EvaluateConfig) -> tuple[dict[str, float], str]:
-    """Score every answer of `frame` under `cfg.reward_models` (the mean over every head of every
-    model, each fed the prompt as in preference training; columns reward_policy / reward_opponent).
+def _rewards(frame: pd.DataFrame, cfg: EvaluateConfig, folders: list[Path]) -> tuple[dict[str, float], str]:
+    """Score every answer of `frame` under `cfg.reward_models` (resolved to `folders`; the mean over
+    every head of every model, each fed the prompt as in preference training; columns
+    reward_policy / reward_opponent).
     Returns the metrics (reward.<policy>, reward_gain.<opponent> and its bounds) and the report's line."""
     from alignray.rewards.scorers import LocalRewardModels
 
-    scorer = LocalRewardModels([local_folder(ref) for ref in cfg.reward_models], max_length=cfg.sampler.max_model_len)
+    scorer = LocalRewardModels(folders, max_length=cfg.sampler.max_model_len)
     for side in ("policy", "opponent"):
         frame[f"reward_{side}"] = scorer(list(frame["prompt"]), list(frame[f"{side}_response"])).mean(-1).numpy()
     means = policy_rates(frame, "reward", short(cfg.policy), cfg.bootstrap_samples, cfg.seed)
@@ -259,8 +260,9 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
     paths = {ref: str(resolve(ref)) for ref in [cfg.policy, *opponents]}  # fetched once, checked before Ray starts
     if cfg.agreement and not cfg.agreement.model.startswith("models:/") and not Path(cfg.agreement.model).is_dir():
         raise ModelError(f"agreement.model {cfg.agreement.model!r} is not a folder or a models:/ URI")
-    for k, ref in enumerate(cfg.reward_models):
-        if not local_folder(ref).is_dir():  # a models:/ URI is fetched here, before Ray starts
+    reward_folders = [local_folder(ref) for ref in cfg.reward_models]  # models:/ URIs fetched here, before Ray starts
+    for k, (ref, folder) in enumerate(zip(cfg.reward_models, reward_folders)):
+        if not folder.is_dir():
             raise ModelError(f"reward_models[{k}] {ref!r} is not a folder or a models:/ URI")
     convs = load_conversations(cfg.data)
     benign_convs = load_conversations(cfg.benign_data) if cfg.benign_data else []
@@ -293,7 +295,7 @@ def run(cfg: EvaluateConfig) -> EvaluationResult:
                          "opponent_response": y} for p, c, x, y in zip(ps, cs, a, b)]
         frame = _judge(pd.DataFrame(rows), cfg, models)
         models.close()
-        reward_metrics, reward_note = _rewards(frame, cfg) if cfg.reward_models else ({}, None)
+        reward_metrics, reward_note = _rewards(frame, cfg, reward_folders) if cfg.reward_models else ({}, None)
         benign = pd.DataFrame(benign_rows)
         if benign_rows:
             benign["refusal_policy"] = offline.JUDGES["refusal"].score(list(benign["policy_response"]))

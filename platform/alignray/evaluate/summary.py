@@ -245,10 +245,10 @@ def stage_tables(client, table: dict) -> list[str]:
         for stage, metric, _ in STAGE_FIGURES:
             found = [per[stage].data.metrics[metric] for per in trials if stage in per and metric in per[stage].data.metrics]
             cells.append(_per_seed(found, ".3f" if "accuracy" in metric else ".0f") if found else "–")
-            for per in (per for per in trials if stage == "preference" and stage in per):
-                for key, value in per[stage].data.metrics.items():
-                    if key.startswith("eval_accuracy_"):
-                        heads.setdefault(label, {}).setdefault(key.removeprefix("eval_accuracy_"), []).append(value)
+        for per in (per for per in trials if "preference" in per):
+            for key, value in per["preference"].data.metrics.items():
+                if key.startswith("eval_accuracy_"):
+                    heads.setdefault(label, {}).setdefault(key.removeprefix("eval_accuracy_"), []).append(value)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for label, per_head in heads.items():
         lines += ["", f"Held-out accuracy of each principle head, {label} (mean over seeds, min to max): "

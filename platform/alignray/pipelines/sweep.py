@@ -216,10 +216,14 @@ def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluat
         if last.output is None or last.stage != "evaluate":
             raise RuntimeError(f"the pipeline stopped before its evaluation (at stage {last.stage})")
         metrics = mlflow.MlflowClient().get_run(last.run_id).data.metrics
-        stage_runs = json.dumps({o.stage: o.run_id for o in outcomes if o.run_id})
-        tune.report({**metrics, "evaluate_run": last.run_id, "stage_runs": stage_runs})
+        tune.report({**metrics, "evaluate_run": last.run_id, "stage_runs": json.dumps(_stage_runs(outcomes))})
 
     return trial
+
+
+def _stage_runs(outcomes: list[pipeline.StageOutcome]) -> dict[str, str]:
+    """Stage -> the MLflow run of every stage a trial ran or reused."""
+    return {o.stage: o.run_id for o in outcomes if o.run_id}
 
 
 def _progress(total: int, say):
@@ -306,7 +310,8 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
     import ray
 
     parent = _parent_run(cfg, name, spec)
-    per_trial = max(peak_cpus(c) for c in list(arm_configs(cfg, base).values()) or [cfg]) or 1.0
+    arm_cfgs = arm_configs(cfg, base)
+    per_trial = max(peak_cpus(c) for c in list(arm_cfgs.values()) or [cfg]) or 1.0
     concurrent = sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     chooses = sweep.select is not None
     trainable = tune.with_resources(_trainable(base, sweep.arms, os.getcwd(), parent, "dev" if chooses else "test"),
@@ -338,7 +343,7 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
                 "tracking.parent_run": parent, "tracking.tags": tags, "stages.evaluate.selection": selection})
             outcomes = pipeline.run(test, say=lambda line: None)
             t.test_run = outcomes[-1].run_id
-            t.stage_runs |= {o.stage: o.run_id for o in outcomes if o.run_id}
+            t.stage_runs |= _stage_runs(outcomes)
             t.metrics = mlflow.MlflowClient().get_run(t.test_run).data.metrics
     else:
         chosen = None
@@ -347,7 +352,7 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
                      else f"no choice: one configuration, {len(trials)} seeds (sweep {name})")
         for t in trials:
             t.test_run, t.dev_run = t.dev_run, None
-    arms = {arm: {"pipeline": c.pipeline, "name": c.label} for arm, c in arm_configs(cfg, base).items()}
+    arms = {arm: {"pipeline": c.pipeline, "name": c.label} for arm, c in arm_cfgs.items()}
     client = mlflow.MlflowClient()
     client.log_dict(parent, {"selection": selection, "chosen": chosen, "configurations": configurations,
                              "select": spec["sweep"]["select"], "arms": arms, "baseline": sweep.baseline_arm,
