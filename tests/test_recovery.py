@@ -6,7 +6,8 @@ the run restarts its workers by itself (trainer.max_failures) from the last chec
 every step's loss equals an uninterrupted run's within 1e-4 (the last value logged for a step
 counts: the steps after the checkpoint are logged twice). Preference training on ZeRO-2, DPO on
 ZeRO-3; the driver killed and started again with the same command gives the same curve too.
-PPO has its own in tests/test_ppo.py.
+A finished run keeps only its model unless trainer.keep_final_state, and cannot then go on to
+more steps. PPO has its own in tests/test_ppo.py.
 """
 
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import ray
 from alignray.config import TrainConfig, load_config
+from alignray.train.launch import TrainingError, latest_checkpoint
 from alignray.train.runner import fit
 from conftest import last_per_step, logged_metrics, train_workers, when, with_dropout
 from test_train import pref_rows, write
@@ -58,6 +60,10 @@ def test_a_worker_killed_mid_epoch_resumes_to_the_same_curve(kind, tiny_model, t
     out = tmp_path / "runs"
     straight = fit(load_config(None, overrides(kind, model, data, out, "straight"), TrainConfig), kind)
     assert straight.model_uri is not None
+    # finished: each checkpoint keeps only its model, RNG and state (trainer.keep_final_state: false)
+    left = [c for c in (out / "train" / "straight").glob("checkpoint_*") if c.is_dir()]
+    assert len(left) == 2 and all(sorted(p.name for p in c.iterdir()) == ["hf", "rng_rank0.pt", "rng_rank1.pt",
+                                                                         "trainer_state.json"] for c in left)
 
     killed: list[float] = []
 
@@ -68,10 +74,13 @@ def test_a_worker_killed_mid_epoch_resumes_to_the_same_curve(kind, tiny_model, t
 
     # after step 6 is logged: the checkpoint of step 5 is the last one, in the epoch's second step
     killer = when(lambda: 6 in curve(out, "killed") and train_workers(), kill_one_worker)
-    resumed = fit(load_config(None, overrides(kind, model, data, out, "killed"), TrainConfig), kind)
+    keep = ["trainer.keep_final_state=true"]
+    resumed = fit(load_config(None, overrides(kind, model, data, out, "killed") + keep, TrainConfig), kind)
     killer.join(timeout=5)
     assert killed, "no worker was killed"
     assert resumed.model_uri is not None  # finished by itself: registered
+    kept = sorted(c for c in (out / "train" / "killed").glob("checkpoint_*") if c.is_dir())
+    assert len(kept) >= 2 and (kept[-1] / "deepspeed").is_dir()  # keep_final_state: nothing dropped
     assert len(history(out, "killed")) > 10  # steps after the checkpoint ran twice
     assert_same_curve(curve(out, "straight"), curve(out, "killed"))
     assert_same_curve(curve(out, "straight", "lr"), curve(out, "killed", "lr"))
@@ -80,6 +89,14 @@ def test_a_worker_killed_mid_epoch_resumes_to_the_same_curve(kind, tiny_model, t
 
     if kind != "preference":
         return
+    # a folder that a failed save left behind (a full disk) is not the last checkpoint: Ray Train's record says
+    (out / "train" / "straight" / "checkpoint_2999-01-01_00-00-00.000000").mkdir()
+    assert latest_checkpoint(out / "train" / "straight") == straight.checkpoint
+    longer = overrides(kind, model, data, out, "straight") + ["trainer.max_steps=12"]
+    with pytest.raises(TrainingError, match="finished at step 10 and its optimizer state was dropped then"
+                                           r" \(trainer.keep_final_state: false\), so it cannot go on to step 12"):
+        fit(load_config(None, longer, TrainConfig), kind)
+
     # The driver killed mid-run, then the same command again.
     command = [BIN / "alignray", "train", "preference", *overrides(kind, model, data, out, "driver"),
                "--address", ray.get_runtime_context().gcs_address]

@@ -2,7 +2,8 @@
 anything runs; a stage that concurrent trials share runs once (a real MLflow store, two
 processes); the choice of a configuration; and, slow, a sweep of two arms x two seeds of the tiny
 pipeline on Ray Tune whose driver is killed between trials and resumed, a sweep that chooses on
-the dev split and reports on the test split, and the report of both."""
+the dev split and reports on the test split (after a Ctrl-C that stops it with nothing chosen), and
+the report of both."""
 
 from __future__ import annotations
 
@@ -177,9 +178,12 @@ def test_the_configuration_with_the_best_mean_over_its_seeds_is_chosen():
         return Trial(f"t{lr}{seed}", {"seed": seed, "lr": lr}, status, metrics={"m": value})
 
     trials = [trial(1, 0, 0.9), trial(1, 1, 0.1), trial(2, 0, 0.6), trial(2, 1, 0.5), trial(3, 0, 1.0, "ERROR")]
-    best, means = choose(trials, "m", "max")
-    assert best == "lr=2" and means == {"lr=1": pytest.approx(0.5), "lr=2": pytest.approx(0.55)}
+    best, means, ties = choose(trials, "m", "max")
+    assert best == "lr=2" and means == {"lr=1": pytest.approx(0.5), "lr=2": pytest.approx(0.55)} and ties == []
     assert choose(trials, "m", "min")[0] == "lr=1"
+    # equal dev means: the configuration listed first wins, and the tie is named
+    even = [trial(1, 0, 0.25), trial(2, 0, 0.5), trial(3, 0, 0.5), trial(4, 0, 0.5)]
+    assert choose(even, "m", "max")[::2] == ("lr=2", ["lr=3", "lr=4"])
     with pytest.raises(ConfigError, match=r"sweep.select.metric 'nope': no finished trial has it \(their metrics: m\)"):
         choose(trials, "nope", "max")
 
@@ -306,13 +310,34 @@ def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sw
 def test_a_sweep_chooses_on_dev_and_reports_the_choice_on_test(sweep_store):
     store = sweep_store
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(_sweep_command(
+    command = _sweep_command(
         f"output_dir={store}", "sweep.name=choose", "sweep.grid={seed: [0], stages.sft.trainer.max_steps: [3, 2]}",
         "stages.sft.trainer.cpus_per_worker=2",  # as in the arms sweep: its seed-0 SFTs are reused
         "sweep.select.metric=win_rate.length.tiny-random-llama", "sweep.select.mode=max",
-        "dev_data={source: sample, skip: 10, limit: 4}"), capture_output=True, text=True, env=env, timeout=900)
+        "dev_data={source: sample, skip: 10, limit: 4}")
+    # Ctrl-C after the first trial: the sweep stops, and neither chooses nor touches the test split
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    printed = []
+    for line in first.stdout:
+        printed.append(line)
+        if re.match(r"trial \S+ finished \(1 of 2", line):
+            time.sleep(2)
+            first.send_signal(signal.SIGINT)  # the driver alone, as a terminal's Ctrl-C reaches it
+            break
+    out = "".join(printed) + first.communicate(timeout=300)[0]
+    assert first.returncode == 130, out
+    assert "sweep choose stopped with 1 of 2 trials unfinished; nothing was chosen" in out
+    assert "evaluating it on the test split" not in out
+    client, runs = _runs(store)
+    [parent] = [r for r in runs if r.data.tags.get("alignray.sweep") == "choose"]
+    assert not [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                and r.data.params.get("split") == "test"]
+    assert parent.info.status == "KILLED"
+
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    chosen = re.search(r"chose (stages.sft.trainer.max_steps=\d) \(win_rate.length.tiny-random-llama = ([\d.]+) on dev\)",
+    assert "resuming" in done.stdout
+    chosen = re.search(r"chose (stages.sft.trainer.max_steps=\d) \(win_rate.length.tiny-random-llama = ([\d.]+) on dev[;)]",
                        done.stdout)
     assert chosen, done.stdout
     assert "## Dev split: every configuration" in done.stdout and f"| {chosen.group(1)} (chosen) | 1 |" in done.stdout
@@ -321,7 +346,7 @@ def test_a_sweep_chooses_on_dev_and_reports_the_choice_on_test(sweep_store):
     client, runs = _runs(store)
     [parent] = [r for r in runs if r.data.tags.get("alignray.sweep") == "choose"]
     evaluations = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-                   and r.data.tags.get("alignray.stage") == "evaluate"]
+                   and r.data.tags.get("alignray.stage") == "evaluate" and r.info.status == "FINISHED"]
     splits = sorted((r.data.params["split"], r.data.params["data.skip"]) for r in evaluations)
     assert splits == [("dev", "10"), ("dev", "10"), ("test", "6")]  # two configurations on dev, the choice on test
     [test] = [r for r in evaluations if r.data.params["split"] == "test"]

@@ -104,9 +104,13 @@ def run_pipeline(items: list[str], address: str | None = None) -> int:
 def sweep(items: list[str], address: str | None = None) -> int:
     cfg = _pipeline(items, address, "sweep")
     from alignray.evaluate.summary import report
-    from alignray.pipelines.sweep import run
+    from alignray.pipelines.sweep import SweepStopped, run
 
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except SweepStopped as exc:
+        print(f"alignray: {exc}", file=sys.stderr)
+        return 130
     failed = [t for t in result.trials if t.status != "TERMINATED"]
     for t in failed:
         print(f"trial {t.trial_id} ({t.configuration}, seed {t.overrides.get('seed', '-')}) failed: {t.error}",

@@ -39,7 +39,7 @@ from alignray.stages import STAGES
 
 SHARED = ("model", "sampler", "data", "tracking", "output_dir", "address")
 VOLATILE = {"address", "run_name", "tracking.run_name", "tracking.parent_run", "tracking.tags", "registered_model",
-            "trainer.stop_after_steps", "ppo.stop_after_iterations"}
+            "trainer.stop_after_steps", "ppo.stop_after_iterations", "trainer.keep_final_state"}
 SEED_FIELD = {"simulate": "simulation.seed"}  # the pipeline's `seed` goes here; training kinds: trainer.seed
 KEY_TAG, OUTPUT_TAG = "alignray.stage_key", "alignray.stage_output"
 PLACEHOLDER = "<output of {}>"

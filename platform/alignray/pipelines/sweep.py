@@ -17,7 +17,8 @@ dev split (`sweep.select`, averaged over its seeds) is evaluated once on the tes
   trials and their evaluate runs that `alignray report` reads.
 - The Tune experiment lives in `<output_dir>/sweeps/<name>/`. Running the same command again
   resumes it (`Tuner.restore`): finished trials are kept, unfinished ones run again (their
-  finished stages are skipped, training resumes from its checkpoints).
+  finished stages are skipped, training resumes from its checkpoints). A sweep stopped before
+  all its trials finished (Ctrl-C) chooses nothing and never touches the test split.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ TRIAL_RESOURCES = {"memory": 512 * 2**20}
 class Trial:
     trial_id: str
     overrides: dict[str, Any]
-    status: str  # TERMINATED, ERROR, ...
+    status: str  # TERMINATED, ERROR or UNFINISHED (the sweep was stopped while it ran or before it started)
     dev_run: str | None = None  # the evaluate stage's MLflow run on the dev split (a sweep that chooses)
     test_run: str | None = None  # ... on the test split
     metrics: dict[str, float] = field(default_factory=dict)  # of the trial's evaluate run
@@ -61,6 +62,10 @@ class Trial:
     def configuration(self) -> str:
         """The trial's arm and overrides but the seed: trials with the same configuration differ by seed only."""
         return configuration_label(self.overrides)
+
+
+class SweepStopped(RuntimeError):
+    """The sweep was stopped (Ctrl-C) before every trial finished; running it again resumes it."""
 
 
 @dataclass(frozen=True)
@@ -259,14 +264,17 @@ def _trials(grid) -> list[Trial]:
         run_id = (result.metrics or {}).get("evaluate_run")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         stage_runs = json.loads((result.metrics or {}).get("stage_runs") or "{}")
-        out.append(Trial(trial_id, dict(config), "ERROR" if error else "TERMINATED", dev_run=run_id, metrics=metrics,
-                         error=error, stage_runs=stage_runs))
+        status = "ERROR" if error else "TERMINATED" if run_id else "UNFINISHED"  # a trial reports once, at its end
+        out.append(Trial(trial_id, dict(config), status, dev_run=run_id, metrics=metrics, error=error,
+                         stage_runs=stage_runs))
     return out
 
 
-def choose(trials: list[Trial], metric: str, mode: str) -> tuple[str, dict[str, float]]:
-    """The configuration with the best mean of `metric` over its trials (seeds), and every
-    configuration's mean. Raises ConfigError when no finished trial has the metric."""
+def choose(trials: list[Trial], metric: str, mode: str) -> tuple[str, dict[str, float], list[str]]:
+    """The configuration with the best mean of `metric` over its trials (seeds), every
+    configuration's mean, and the others tied with it (a tie goes to the configuration whose
+    trial came first: the first listed in the grid). Raises ConfigError when no finished trial has
+    the metric."""
     values: dict[str, list[float]] = {}
     for t in trials:
         if t.status == "TERMINATED" and metric in t.metrics and not math.isnan(t.metrics[metric]):
@@ -276,7 +284,8 @@ def choose(trials: list[Trial], metric: str, mode: str) -> tuple[str, dict[str, 
         raise ConfigError(f"sweep.select.metric {metric!r}: no finished trial has it (their metrics: {', '.join(known)})")
     means = {c: sum(v) / len(v) for c, v in values.items()}
     best = (max if mode == "max" else min)(means, key=means.get)
-    return best, means
+    ties = [c for c, m in means.items() if c != best and math.isclose(m, means[best], abs_tol=1e-12)]
+    return best, means, ties
 
 
 def run(cfg: PipelineConfig, say=print) -> SweepResult:
@@ -330,13 +339,20 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
         )
     grid = tuner.fit()
     trials = _trials(grid)
+    client = mlflow.MlflowClient()
+    if unfinished := [t for t in trials if t.status == "UNFINISHED"]:
+        client.set_terminated(parent, "KILLED")
+        raise SweepStopped(f"sweep {name} stopped with {len(unfinished)} of {len(trials)} trials unfinished; nothing"
+                           " was chosen or evaluated on the test split. Run the same command to resume it"
+                           f" ({folder})")
     configurations = len({t.configuration for t in trials})
     if chooses:
-        chosen, means = choose(trials, sweep.select.metric, sweep.select.mode)
+        chosen, means, ties = choose(trials, sweep.select.metric, sweep.select.mode)
+        tied = f"; tied on dev with {', '.join(ties)}, listed after it in the grid" if ties else ""
         selection = (f"the best of {configurations} configurations of sweep {name} by the dev-split mean over seeds of"
-                     f" {sweep.select.metric} ({sweep.select.mode}); {len(trials)} trials")
-        say(f"sweep {name}: chose {chosen} ({sweep.select.metric} = {means[chosen]:.4f} on dev); evaluating it on"
-            " the test split")
+                     f" {sweep.select.metric} ({sweep.select.mode}); {len(trials)} trials{tied}")
+        say(f"sweep {name}: chose {chosen} ({sweep.select.metric} = {means[chosen]:.4f} on dev{tied}); evaluating it"
+            " on the test split")
         for t in (t for t in trials if t.configuration == chosen and t.status == "TERMINATED"):
             tags = {TRIAL_TAG: t.trial_id, OVERRIDES_TAG: json.dumps(t.overrides, sort_keys=True)}
             test = trial_config(base, t.overrides, evaluate_on="test", **{
@@ -353,7 +369,6 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
         for t in trials:
             t.test_run, t.dev_run = t.dev_run, None
     arms = {arm: {"pipeline": c.pipeline, "name": c.label} for arm, c in arm_cfgs.items()}
-    client = mlflow.MlflowClient()
     client.log_dict(parent, {"selection": selection, "chosen": chosen, "configurations": configurations,
                              "select": spec["sweep"]["select"], "arms": arms, "baseline": sweep.baseline_arm,
                              "trials": [asdict(t) for t in trials]}, TRIALS_ARTIFACT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -118,17 +119,37 @@ def save_checkpoint(engines: dict, zero_stage: int, tokenizer, state: dict, metr
         ray.train.report({**metrics, "step": state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def restore_checkpoint(engines: dict) -> dict:
+def restore_checkpoint(engines: dict, total: int) -> dict:
     """Load the run's last checkpoint into the engines and this rank's RNG; the loop's state,
-    or {} when the run starts fresh."""
+    or {} when the run starts fresh. A finished run whose engine states were dropped
+    (`drop_resume_state`) loads nothing when it has no step left below `total`, and raises
+    RuntimeError when asked for more."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return {}
     with checkpoint.as_directory() as folder:
+        state = json.loads(Path(folder, STATE_FILE).read_text())
+        if not all(os.path.isdir(os.path.join(folder, name)) for name in engines):
+            if state["step"] >= total:
+                return state
+            raise RuntimeError(f"this run finished at step {state['step']} and its optimizer state was dropped then"
+                               f" (trainer.keep_final_state: false), so it cannot go on to step {total}; give the longer"
+                               " run another run_name")
         for name, e in engines.items():
             e.load_checkpoint(os.path.join(folder, name), tag="state")
         torch.set_rng_state(torch.load(os.path.join(folder, f"rng_rank{dist.get_rank()}.pt")))
-        return json.loads(Path(folder, STATE_FILE).read_text())
+        return state
+
+
+def drop_resume_state(run_dir: Path) -> int:
+    """A finished run's disk, freed: the engine states (every folder but the model, hf/) in each
+    of its checkpoints. The checkpoint folders stay: Ray Train's run snapshot lists them, and a
+    run folder missing one cannot be opened again. Returns the bytes freed."""
+    doomed = [d for c in run_dir.glob("checkpoint_*") if c.is_dir() for d in c.iterdir() if d.is_dir() and d.name != "hf"]
+    freed = sum(f.stat().st_size for d in doomed for f in d.rglob("*") if f.is_file())
+    for d in doomed:
+        shutil.rmtree(d)
+    return freed
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:

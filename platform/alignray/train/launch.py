@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from alignray import logs, tracking
 from alignray.config import EngineConfig, PPOConfig, TrainConfig
-from alignray.train.engines import STATE_FILE
+from alignray.train.engines import STATE_FILE, drop_resume_state
 
 log = logs.get(__name__)
 
@@ -145,7 +145,16 @@ def check_cpus(needs: dict[str, float]) -> None:
         raise TrainingError(f"{parts} CPUs, but the Ray cluster has {has:g}; lower one of them")
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The run's last checkpoint as Ray Train recorded it, the one a rerun resumes from: a folder
+    that a failed save left behind (a full disk) is not in the record."""
+    snapshot = run_dir / SNAPSHOT
+    if snapshot.is_file():
+        names = [r["checkpoint_dir_name"] for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+        return run_dir / max(names) if names else None  # names are checkpoint_<timestamp>
     found = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
     return found[-1] if found else None
 
@@ -196,5 +205,9 @@ class Launch:
         version, champion = tracking.register_model(
             folder / "hf", registered, result.metrics.get(metric), metric, higher_is_better
         )
+        if not self.cfg.trainer.keep_final_state:
+            freed = drop_resume_state(self.run_dir)
+            log.info("finished: dropped %.2f GB of optimizer and engine state from the checkpoints of %s (their"
+                     " models, hf/, are kept)", freed / 1e9, self.run_dir)
         return TrainResult(run_id, folder, f"models:/{registered}/{version}", result.metrics, champion,
                            tuple(self.warnings))

@@ -179,7 +179,7 @@ def ppo_loop(lc: dict) -> None:
         )
     )
     tr = _Trainer(lc, cfg, world)
-    state = restore_checkpoint(tr.engines)
+    state = restore_checkpoint(tr.engines, p.iterations)
     iteration = state.get("step", 0)
     kl_ctl = KLController(**state["kl"]) if state else KLController(p.kl_coef, p.kl_target, p.kl_horizon)
     norm = RunningMoments(**state.get("reward_norm", {}))

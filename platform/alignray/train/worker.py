@@ -81,7 +81,7 @@ def train_loop(lc: dict) -> None:
     per_epoch, total = plan_steps(cfg, len(train))
     trained = engine(model, t, t.learning_rate, total, t.micro_batch_per_worker, t.gradient_accumulation_steps)
     trained.train()  # from_pretrained hands models over in eval mode: dropout (if the config has any) on
-    step = restore_checkpoint({"deepspeed": trained}).get("step", 0)
+    step = restore_checkpoint({"deepspeed": trained}, total).get("step", 0)
     stop = min(total, t.stop_after_steps or total)
     client = mlflow.MlflowClient(lc["tracking_uri"]) if rank == 0 else None
     progress = lc["progress"]
