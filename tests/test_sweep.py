@@ -22,6 +22,7 @@ import mlflow
 import pytest
 from alignray.cli import main
 from alignray.config import ConfigError, PipelineConfig, load_config
+from alignray.io import one_of_locks
 from alignray.pipelines.sweep import Trial, choose, peak_cpus, trial_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "pipelines"
@@ -208,6 +209,27 @@ def _claim(args):
     return output, run_id, reused
 
 
+def test_trials_take_turns_in_the_sweeps_slots(tmp_path):
+    # Tune restarts every unfinished trial at once when a sweep resumes; the slot locks keep them to the limit
+    slots = [tmp_path / "locks" / f"slot{k}.lock" for k in range(2)]
+    inside, most, held = [0], [0], []
+    guard = threading.Lock()
+
+    def trial(_):
+        with one_of_locks(slots, poll_s=0.05) as slot:
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                held.append(slot.name)
+            time.sleep(0.3)
+            with guard:
+                inside[0] -= 1
+
+    with ThreadPoolExecutor(5) as pool:
+        list(pool.map(trial, range(5)))
+    assert most[0] == 2 and len(held) == 5 and set(held) == {"slot0.lock", "slot1.lock"}
+
+
 def test_a_stage_that_concurrent_trials_share_runs_once(tmp_path):
     import mlflow.tracking
 
@@ -285,6 +307,13 @@ def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sw
     assert overrides == [("steps2", 0), ("steps2", 1), ("steps3", 0), ("steps3", 1)]
     assert all(r.data.params["split"] == "test" for r in by_stage["evaluate"])
     assert all(r.info.start_time < killed_at for r in nested if r.data.tags["alignray.trial"] == finished)
+    # one trial at a time after the resume too, however many Tune restarted at once: their stage runs never overlap
+    spans: dict[str, tuple[int, int]] = {}
+    for r in (r for r in nested if r.info.start_time > killed_at and r.info.end_time):
+        start, end = spans.get(r.data.tags["alignray.trial"], (r.info.start_time, r.info.end_time))
+        spans[r.data.tags["alignray.trial"]] = (min(start, r.info.start_time), max(end, r.info.end_time))
+    ordered = sorted(spans.values())
+    assert len(ordered) == 3 and all(end <= start for (_, end), (start, _) in zip(ordered, ordered[1:])), spans
 
     assert main(["report", "context_distill-sweep-tiny", "--output-dir", str(store)]) == 0
     shown = capsys.readouterr().out

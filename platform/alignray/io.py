@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,3 +56,20 @@ def file_lock(path: Path) -> Iterator[None]:
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+@contextmanager
+def one_of_locks(paths: list[Path], poll_s: float = 2.0) -> Iterator[Path]:
+    """Hold an exclusive lock on one of `paths` while the block runs (yields which): at most
+    len(paths) holders at once, across processes; a caller finding all held waits."""
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        for path in paths:
+            with open(path, "w") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                yield path
+                return
+        time.sleep(poll_s)

@@ -10,6 +10,8 @@ dev split (`sweep.select`, averaged over its seeds) is evaluated once on the tes
   in a Tune trial. Tune reserves memory for the trial's driver but no CPU; its stages reserve
   their own samplers and trainer workers as they run, so at most as many trials run at once as
   the cluster's CPUs hold whole pipelines (`sweep.max_concurrent_trials`; 1 on a small machine).
+  Each trial holds one of that many lock files (`<output_dir>/locks/sweep-<name>-slot<k>.lock`)
+  while it runs: Tune restarts every trial a resume finds unfinished at once, above its limit.
 - Stages trials share (the same simulation under several PPO settings) run once: the stage
   cache of `pipelines.run` claims each stage key under a lock.
 - MLflow: one parent run per sweep (tag `alignray.sweep`); every stage run of a trial is nested
@@ -37,6 +39,7 @@ from pydantic import ValidationError
 from alignray import cluster, tracking
 from alignray.config import ConfigError, PipelineConfig, SweepConfig, explain_errors, set_path
 from alignray.evaluate.summary import SWEEP_TAG, TRIAL_TAG, TRIALS_ARTIFACT, configuration_label
+from alignray.io import one_of_locks
 from alignray.pipelines import run as pipeline
 from alignray.pipelines.recipes import RECIPES
 from alignray.stages import STAGES
@@ -203,8 +206,10 @@ def _parent_run(cfg: PipelineConfig, name: str, spec: dict) -> str:
     return run.info.run_id
 
 
-def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluate_on: str):
-    """Tune's function: the pipeline of one trial; reports its evaluate run's metrics."""
+def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluate_on: str, slots: list[Path]):
+    """Tune's function: the pipeline of one trial, holding one of the `slots` locks (Tune's own
+    limit does not hold for the trials a resume restarts together); reports its evaluate run's
+    metrics."""
 
     def trial(params: dict) -> None:
         from ray import tune
@@ -216,7 +221,10 @@ def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluat
         tags = {TRIAL_TAG: trial_id, OVERRIDES_TAG: json.dumps(overrides, sort_keys=True)}
         cfg = trial_config(base, overrides, arms, evaluate_on=evaluate_on, **{"tracking.parent_run": parent,
                                                                              "tracking.tags": tags})
-        outcomes = pipeline.run(cfg, say=print)  # into the trial's log (Ray's worker files), not the terminal
+        print(f"trial {trial_id}: waiting for one of the sweep's {len(slots)} trial slots", flush=True)
+        with one_of_locks(slots) as slot:
+            print(f"trial {trial_id}: runs in {slot.name}", flush=True)
+            outcomes = pipeline.run(cfg, say=print)  # into the trial's log (Ray's worker files), not the terminal
         last = outcomes[-1]
         if last.output is None or last.stage != "evaluate":
             raise RuntimeError(f"the pipeline stopped before its evaluation (at stage {last.stage})")
@@ -323,8 +331,9 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
     per_trial = max(peak_cpus(c) for c in list(arm_cfgs.values()) or [cfg]) or 1.0
     concurrent = sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     chooses = sweep.select is not None
-    trainable = tune.with_resources(_trainable(base, sweep.arms, os.getcwd(), parent, "dev" if chooses else "test"),
-                                    tune.PlacementGroupFactory([TRIAL_RESOURCES]))
+    slots = [cfg.output_dir.resolve() / "locks" / f"sweep-{name}-slot{k}.lock" for k in range(concurrent)]
+    trainable = tune.with_resources(_trainable(base, sweep.arms, os.getcwd(), parent, "dev" if chooses else "test",
+                                               slots), tune.PlacementGroupFactory([TRIAL_RESOURCES]))
     combos = math.prod(len(v) for v in sweep.grid.values()) * max(1, len(sweep.arms)) * sweep.num_samples
     progress = _progress(combos, say)
     if tune.Tuner.can_restore(str(folder)):
