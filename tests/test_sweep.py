@@ -185,6 +185,7 @@ def test_the_configuration_with_the_best_mean_over_its_seeds_is_chosen():
     # equal dev means: the configuration listed first wins, and the tie is named
     even = [trial(1, 0, 0.25), trial(2, 0, 0.5), trial(3, 0, 0.5), trial(4, 0, 0.5)]
     assert choose(even, "m", "max")[::2] == ("lr=2", ["lr=3", "lr=4"])
+    assert choose(even[::-1], "m", "max")[0] == "lr=2"  # by trial id (grid order), whatever order results come in
     with pytest.raises(ConfigError, match=r"sweep.select.metric 'nope': no finished trial has it \(their metrics: m\)"):
         choose(trials, "nope", "max")
 

@@ -280,11 +280,12 @@ def _trials(grid) -> list[Trial]:
 
 def choose(trials: list[Trial], metric: str, mode: str) -> tuple[str, dict[str, float], list[str]]:
     """The configuration with the best mean of `metric` over its trials (seeds), every
-    configuration's mean, and the others tied with it (a tie goes to the configuration whose
-    trial came first: the first listed in the grid). Raises ConfigError when no finished trial has
+    configuration's mean, and the others tied with it (a tie goes to the configuration of the
+    lowest trial id: Tune numbers trials in grid order, so the first listed in the grid; a
+    restored sweep's results come in another order). Raises ConfigError when no finished trial has
     the metric."""
     values: dict[str, list[float]] = {}
-    for t in trials:
+    for t in sorted(trials, key=lambda t: t.trial_id):
         if t.status == "TERMINATED" and metric in t.metrics and not math.isnan(t.metrics[metric]):
             values.setdefault(t.configuration, []).append(t.metrics[metric])
     if not values:
