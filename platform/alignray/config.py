@@ -277,6 +277,13 @@ class RewardConfig(Strict):
         description="HTTP URL instead of local models: POST {prompts, responses} ->"
         " {rewards: [[float per principle] per response]}.",
     )
+    function: str | None = Field(
+        None,
+        description="A Python function as the reward instead: \"module:function\" (importable where the reward is"
+        " scored) or \"path/to/file.py:function\". Called with (prompts, responses), two lists of strings, it"
+        " returns one number per response or one list of numbers (one per principle) per response"
+        " (see alignray.rewards.scorers).",
+    )
     endpoint_token_env: str | None = Field(
         None,
         description="Environment variable holding the endpoint's bearer token (sent as Authorization: Bearer;"
@@ -315,10 +322,21 @@ class RewardConfig(Strict):
             raise ValueError(f"unknown scalarizer {value!r}; choose from {', '.join(SCALARIZERS)}")
         return value
 
+    @field_validator("function")
+    @classmethod
+    def _function_spec(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        where, _, name = value.rpartition(":")
+        if not where or not name.isidentifier():
+            raise ValueError(f"{value!r}: give \"module:function\" or \"path/to/file.py:function\"")
+        # a file is found from wherever the reward is scored (Ray workers too): make it absolute here
+        return f"{Path(where).resolve()}:{name}" if where.endswith(".py") else value
+
     @model_validator(mode="after")
     def _one_source(self) -> RewardConfig:
-        if bool(self.models) == bool(self.endpoint):
-            raise ValueError("set exactly one of reward.models (a list) and reward.endpoint")
+        if sum((bool(self.models), bool(self.endpoint), bool(self.function))) != 1:
+            raise ValueError("set exactly one of reward.models (a list), reward.endpoint and reward.function")
         if self.fit_weights is not None and self.weights is not None:
             raise ValueError(
                 "set at most one of reward.weights (given) and reward.fit_weights (fitted on a labelled"
@@ -543,8 +561,30 @@ class CriticConfig(Strict):
 
 
 class PPOSettings(Strict):
-    """PPO's rollouts, losses and KL penalty."""
+    """PPO's rollouts, losses and KL penalty; or a critic-free method (RLOO, GRPO) on the same loop."""
 
+    algorithm: Literal["ppo", "rloo", "grpo"] = Field(
+        "ppo",
+        description="ppo: a critic (value model) and GAE advantages. rloo: each response's reward minus the mean of"
+        " the other samples of its prompt; grpo: minus its prompt's mean, over the prompt's standard deviation"
+        " (group_std). rloo and grpo build no critic and need samples_per_prompt >= 2; the advantage is the same"
+        " for every token of a response.",
+    )
+    group_std: bool = Field(
+        True, description="grpo: divide by the standard deviation of the prompt's rewards (false: only subtract the"
+        " mean, as Dr. GRPO does)."
+    )
+    loss_aggregation: Literal["token", "sequence"] = Field(
+        "token",
+        description="How the policy loss reduces: token, the mean over every response token of the minibatch; sequence,"
+        " the mean over responses of each response's token mean (GRPO's original).",
+    )
+    kl_in: Literal["reward", "loss"] = Field(
+        "reward",
+        description="Where the KL to the reference goes: reward, a penalty kl_coef x the kl_estimator estimate on the"
+        " reward (per token for ppo, summed over the response for rloo and grpo); loss, kl_coef x the k3 estimate"
+        " as a term of the policy loss (GRPO's; rloo and grpo only).",
+    )
     iterations: int = Field(20, ge=1, description="Rollout + update rounds.")
     stop_after_iterations: int | None = Field(
         None, ge=1, description="Stop (checkpointed) after this many; run again to resume."
@@ -553,7 +593,11 @@ class PPOSettings(Strict):
     samples_per_prompt: int = Field(2, ge=1, description="Responses sampled per prompt.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     minibatch_per_worker: int = Field(4, ge=1, description="Responses per optimizer step per worker.")
-    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip.")
+    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip: the ratio is kept within [1 - clip_eps, 1 + clip_eps_high].")
+    clip_eps_high: float | None = Field(
+        None, gt=0, description="The clip's upper bound 1 + clip_eps_high (a larger one lets unlikely tokens rise"
+        " faster); default clip_eps."
+    )
     value_clip_eps: float = Field(
         0.2, gt=0, description="Value clip: the clipped value term moves at most this far from the rollout's"
         " value (the loss takes the larger of clipped and unclipped)."
@@ -570,8 +614,9 @@ class PPOSettings(Strict):
         None, gt=0, description="Adaptive KL: per-response KL to aim for; fixed when unset."
     )
     kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon, samples.")
-    whiten_advantages: bool = Field(
-        True, description="Normalise the advantages of each worker's rollout share to mean 0, variance 1."
+    whiten_advantages: bool | None = Field(
+        None, description="Normalise the advantages of every worker's rollout share together to mean 0, variance 1;"
+        " default true for ppo, false for rloo and grpo (their advantages are already centred per prompt)."
     )
     checkpoint_every: int = Field(10, ge=1, description="Iterations between checkpoints.")
     sync_tolerance: float | None = Field(
@@ -586,6 +631,11 @@ class PPOSettings(Strict):
         " using all its cores in its phase; separate: each uses only its reserved CPUs, on any"
         " nodes; auto: colocated on a one-node cluster (see alignray.train.placement).",
     )
+
+    @property
+    def whiten(self) -> bool:
+        """whiten_advantages, or its default for the algorithm."""
+        return self.algorithm == "ppo" if self.whiten_advantages is None else self.whiten_advantages
 
 
 class PPOConfig(TrainedRun):
@@ -605,6 +655,14 @@ class PPOConfig(TrainedRun):
             raise ValueError(
                 f"sampler.top_p = {self.sampler.top_p:g}: PPO samples at top_p = 1, since its"
                 " log-probs and importance ratios are of the whole distribution; set sampler.top_p: 1.0"
+            )
+        p = self.ppo
+        if p.algorithm == "ppo" and p.kl_in == "loss":
+            raise ValueError("ppo.kl_in = loss is for rloo and grpo; ppo puts the KL on its per-token reward (kl_in: reward)")
+        if p.algorithm != "ppo" and p.samples_per_prompt < 2:
+            raise ValueError(
+                f"ppo.samples_per_prompt = {p.samples_per_prompt}: {p.algorithm} compares the samples of a prompt with"
+                " each other; give it at least 2"
             )
         return self
 

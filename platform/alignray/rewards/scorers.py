@@ -1,6 +1,12 @@
-"""Reward sources for PPO: local preference models, or any HTTP endpoint with the same contract.
+"""Reward sources: local preference models, any HTTP endpoint with the same contract, or a
+Python function (`reward.function`, "module:function" or "path/to/file.py:function").
 
-Both score (prompt, response) texts and return a [batch, K] tensor, one column per principle.
+Each scores (prompt, response) texts and returns a [batch, K] tensor, one column per principle.
+
+The function contract: called with two lists of strings (prompts, responses), it returns one
+number per response, or one list of K numbers (one per principle) per response; it may name
+its principles in an attribute `principles` (a list of K names); else a one-column reward is
+named after the function.
 
 The HTTP contract: ``POST <url>`` with JSON ``{"prompts": [str], "responses": [str]}`` answers
 ``{"rewards": [[float, ...], ...]}`` (one row per response, one value per principle) and may
@@ -12,16 +18,19 @@ timeouts, 408/409/429/5xx, honouring ``Retry-After``), `reward.endpoint_retries`
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import openai
 import torch
 from torch import Tensor
 
-from alignray.config import RewardConfig
+from alignray.config import ConfigError, RewardConfig
 from alignray.models.registry import local_folder
 from alignray.models.tokens import Tokenize, pad
 from alignray.rewards.scalarize import scalarize
@@ -128,8 +137,64 @@ class HttpRewardModel:
         return torch.tensor(rows, dtype=torch.float32)
 
 
-def reward_source(cfg: RewardConfig, max_length: int) -> LocalRewardModels | HttpRewardModel:
-    """The reward a config names: its endpoint, or its models (folders or models:/ URIs)."""
+def load_function(spec: str) -> Callable:
+    """The callable that "module:function" or "path/to/file.py:function" names; ConfigError
+    naming what is missing otherwise."""
+    where, _, name = spec.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            if not Path(where).is_file():
+                raise ConfigError(f"reward.function {spec!r}: no file {where}")
+            found = importlib.util.spec_from_file_location(Path(where).stem, where)
+            module = importlib.util.module_from_spec(found)
+            found.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as exc:
+        raise ConfigError(f"reward.function {spec!r}: cannot import {where}: {exc}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"reward.function {spec!r}: {where} has no function {name}")
+    return fn
+
+
+class FunctionReward:
+    """A Python function as the reward: see the module docstring for its contract."""
+
+    def __init__(self, spec: str):
+        self.spec, self.fn = spec, load_function(spec)
+        self.principles: list[str] | None = None
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        try:
+            out = self.fn(list(prompts), list(responses))
+        except Exception as exc:  # the user's code: name it, keep its traceback
+            raise RewardError(f"reward.function {self.spec!r} raised {type(exc).__name__}: {exc}") from exc
+        try:
+            rewards = torch.as_tensor(out, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise RewardError(f"reward.function {self.spec!r}: returned {type(out).__name__}, not numbers (one per"
+                              " response, or one list of numbers per response)") from None
+        rewards = rewards[:, None] if rewards.dim() == 1 else rewards
+        if rewards.dim() != 2 or len(rewards) != len(prompts) or not rewards.shape[1]:
+            raise RewardError(f"reward.function {self.spec!r}: returned shape {tuple(rewards.shape)} for"
+                              f" {len(prompts)} responses; give one number (or one row of numbers) per response")
+        if not math.isfinite(rewards.sum().item()):
+            raise RewardError(f"reward.function {self.spec!r}: returned a NaN or infinite reward")
+        names = getattr(self.fn, "principles", None)
+        k = rewards.shape[1]
+        self.principles = list(names) if isinstance(names, list) and len(names) == k else (
+            [self.fn.__name__] if k == 1 else [f"principle_{i}" for i in range(k)])
+        return rewards
+
+
+def reward_source(cfg: RewardConfig, max_length: int, dtype: torch.dtype = torch.float32,
+                  folders: Sequence[Path] | None = None,
+                  labels: Sequence[str] | None = None) -> LocalRewardModels | HttpRewardModel | FunctionReward:
+    """The reward a config names: its endpoint, its function, or its models (folders or
+    models:/ URIs; `folders` when already resolved, `labels` naming their single heads)."""
     if cfg.endpoint:
         return HttpRewardModel.of(cfg)
-    return LocalRewardModels([local_folder(m) for m in cfg.models], max_length=max_length)
+    if cfg.function:
+        return FunctionReward(cfg.function)
+    return LocalRewardModels(folders or [local_folder(m) for m in cfg.models], labels, max_length, dtype)

@@ -272,26 +272,83 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages, returns
 
 
+AGGREGATIONS = ("token", "sequence")
+
+
+def aggregate(x: Tensor, mask: Tensor, how: str) -> Tensor:
+    """0-dim reduction of per-token x (batch, T) over the masked entries: "token" is the mean
+    over every masked token of the batch (long responses weigh more); "sequence" is the mean
+    over rows of each row's masked mean (every response weighs the same). Rows with no masked
+    token are left out of "sequence"."""
+    if how == "token":
+        return masked_mean(x, mask)
+    if how != "sequence":
+        raise ValueError(f"how must be one of {AGGREGATIONS}, got {how!r}")
+    keep = _check_mask(mask, x, "x")
+    counts = keep.sum(1)
+    rows = counts > 0
+    if not rows.any():
+        raise ValueError("mask must select at least one entry, got all zeros")
+    per_row = torch.where(keep, x, 0.0).sum(1)[rows] / counts[rows]
+    return per_row.mean()
+
+
 def ppo_policy_loss(
-    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
+    clip_eps_high: float | None = None, aggregation: str = "token",
 ) -> tuple[Tensor, Tensor]:
-    """PPO clipped surrogate, reduced to a 0-dim masked mean over every token of the batch.
+    """PPO clipped surrogate, reduced to 0-dim by `aggregate` (default: the masked mean over
+    every token of the batch).
 
     Per token, with ratio = exp(logps - old_logps):
-    max(-A·ratio, -A·clip(ratio, 1 - ε, 1 + ε)). old_logps and advantages are constants (they
-    are detached). Also returns clip_fraction, the detached 0-dim share of masked tokens where
-    the clipped term is strictly the larger, i.e. where clipping was active.
+    max(-A·ratio, -A·clip(ratio, 1 - ε, 1 + ε_high)), ε_high defaulting to ε. old_logps and
+    advantages are constants (they are detached). Also returns clip_fraction, the detached 0-dim
+    share of masked tokens (over the whole batch) where the clipped term is strictly the larger,
+    i.e. where clipping was active.
     """
     _check_same_shape(logps=logps, old_logps=old_logps, advantages=advantages, mask=mask)
-    if not clip_eps > 0:
-        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    if not (clip_eps > 0 and high > 0):
+        raise ValueError(f"clip_eps and clip_eps_high must be > 0, got {clip_eps} and {high}")
     advantages = advantages.detach()
     ratio = torch.exp(logps - old_logps.detach())
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + high)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation)
     clip_fraction = masked_mean((clipped > unclipped).to(ratio.dtype), mask).detach()
     return loss, clip_fraction
+
+
+ADVANTAGES = ("rloo", "grpo")
+
+
+def group_advantages(rewards: Tensor, group: int, kind: str, scale: bool = True, eps: float = 1e-6) -> Tensor:
+    """Critic-free advantages, one per response, from the rewards of responses sampled `group` at
+    a time per prompt (rewards is 1-D, the `group` samples of each prompt next to each other).
+
+    "rloo": each reward minus the mean of the other group - 1 rewards of its prompt (the
+    leave-one-out baseline; group >= 2). "grpo": each reward minus its group's mean, divided by
+    the group's standard deviation (the sample one, n - 1) plus eps when `scale`, else not
+    divided (a group whose rewards are all equal gets zeros either way). Computed without a
+    graph: the output is a constant.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (one per response), got shape {tuple(rewards.shape)}")
+    if group < 2:
+        raise ValueError(f"group must be >= 2 samples per prompt for a baseline from the others, got {group}")
+    if len(rewards) % group:
+        raise ValueError(f"{len(rewards)} rewards do not split into groups of {group}")
+    if kind not in ADVANTAGES:
+        raise ValueError(f"kind must be one of {ADVANTAGES}, got {kind!r}")
+    with torch.no_grad():
+        r = rewards.reshape(-1, group)
+        if kind == "rloo":
+            out = r - (r.sum(1, keepdim=True) - r) / (group - 1)
+        else:
+            out = r - r.mean(1, keepdim=True)
+            if scale:
+                out = out / (r.std(1, keepdim=True) + eps)
+    return out.reshape(-1)
 
 
 def ppo_value_loss(

@@ -24,7 +24,7 @@ from alignray.data.sources import load_conversations
 from alignray.models.precision import torch_dtype
 from alignray.models.registry import ModelError, local_folder, model_name, resolve
 from alignray.rewards.scalarize import fitted_weights
-from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels, endpoint_token
+from alignray.rewards.scorers import endpoint_token, load_function, reward_source
 from alignray.sampling.clients import chat_renderer
 from alignray.sampling.pool import SamplerPool
 from alignray.train import data, placement
@@ -44,8 +44,9 @@ def _check_shapes(cfg: PPOConfig) -> None:
             f" multiple of trainer.num_workers x ppo.minibatch_per_worker ="
             f" {t.num_workers * p.minibatch_per_worker}"
         )
-    if cfg.critic.init == "reward" and not cfg.reward.models:
-        raise TrainingError("critic.init=reward needs local reward.models; with reward.endpoint use critic.init=policy")
+    if cfg.ppo.algorithm == "ppo" and cfg.critic.init == "reward" and not cfg.reward.models:
+        raise TrainingError("critic.init=reward needs local reward.models; with reward.endpoint or reward.function use"
+                            " critic.init=policy")
 
 
 def _reward_folder(ref: str) -> Path:
@@ -76,9 +77,8 @@ def _use_fitted_weights(cfg: PPOConfig, rewards: list[Path], run: mlflow.ActiveR
         record, how = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{FITTED}"), "recorded in this run"
     else:
         rows = load_pairs(r.fit_weights, "reward.fit_weights")
-        scorer = HttpRewardModel.of(r) if r.endpoint else LocalRewardModels(
-            rewards, [model_name(ref) for ref in r.models], cfg.sampler.max_model_len, torch_dtype(cfg.trainer.precision)
-        )
+        scorer = reward_source(r, cfg.sampler.max_model_len, torch_dtype(cfg.trainer.precision), rewards,
+                               [model_name(ref) for ref in r.models])
         w = fitted_weights(scorer, list(rows["prompt"]), list(rows["chosen"]), list(rows["rejected"]), r.fit_weights_l2)
         names = scorer.principles or [f"principle_{k}" for k in range(len(w))]
         record, how = {"weights": dict(zip(names, w, strict=True)), "pairs": len(rows), "l2": r.fit_weights_l2,
@@ -103,6 +103,8 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     _check_shapes(cfg)
     if cfg.reward.endpoint:
         endpoint_token(cfg.reward)  # an unset token variable stops the run here, before anything starts
+    if cfg.reward.function:
+        load_function(cfg.reward.function)  # so does a function that cannot be imported
     policy = resolve(cfg.model.name)
     tokenizer = data.load_tokenizer(policy)
     prompts = _prompts(cfg, policy)
@@ -121,9 +123,11 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
             tracking.log_model_input(ref, "reward model")
         if cfg.reward.fit_weights is not None:
             cfg = _use_fitted_weights(cfg, rewards, active)
-        one_head = cfg.critic.init == "reward" and len(rewards) == 1 and one_head_reward_model(str(critic))
-        head_scale = critic_head_scale(cfg.reward, one_head)
-        mlflow.set_tag("critic.head_start", f"the reward head x {head_scale:g}" if head_scale else "zeros")
+        head_scale = 0.0
+        if cfg.ppo.algorithm == "ppo":
+            one_head = cfg.critic.init == "reward" and len(rewards) == 1 and one_head_reward_model(str(critic))
+            head_scale = critic_head_scale(cfg.reward, one_head)
+            mlflow.set_tag("critic.head_start", f"the reward head x {head_scale:g}" if head_scale else "zeros")
         mlflow.set_tags({"placement": "colocated" if where.colocated else "separate",
                          "sampler_threads": where.sampler_threads, "trainer_threads": where.trainer_threads})
         with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed, threads=where.sampler_threads,

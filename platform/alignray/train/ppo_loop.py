@@ -1,7 +1,7 @@
-"""The PPO loop each Ray Train worker runs.
+"""The PPO loop each Ray Train worker runs (also RLOO and GRPO, `ppo.algorithm`: no critic).
 
-Every worker holds the actor and the critic (DeepSpeed engines), the frozen reference policy
-and the local reward models, and works on its share of each rollout batch; the vLLM samplers
+Every worker holds the actor and, for PPO, the critic (DeepSpeed engines), the frozen reference
+policy and the local reward models, and works on its share of each rollout batch; the vLLM samplers
 are separate Ray actors (the pool) that rank 0 drives. One iteration: rank 0 rolls out and
 broadcasts the batch; each rank turns its share into experience (rewards, reference and old
 log-probs, values, GAE advantages) and takes `ppo_epochs` passes of minibatch updates (DeepSpeed
@@ -106,7 +106,8 @@ def rollout(pool, tokenizer, prompts: list[str], cfg: PPOConfig, iteration: int)
 
 
 class _Trainer:
-    """The actor, critic and reference of one worker, and the weight sync from the actor to the samplers."""
+    """The actor, critic (ppo; None for rloo and grpo) and reference of one worker, and the weight
+    sync from the actor to the samplers."""
 
     def __init__(self, lc: dict, cfg: PPOConfig, world: int):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,12 +121,15 @@ class _Trainer:
         actor = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=torch.float32)
         self.reference = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=dtype).eval()
         self.reference.requires_grad_(False)
-        critic = critic_model(lc["critic_path"], self.pad_id, lc["critic_head_scale"])
         share = p.prompts_per_step * p.samples_per_prompt // world
         updates = p.iterations * p.ppo_epochs * (share // p.minibatch_per_worker)
         self.actor = engine(actor, t, t.learning_rate, updates, p.minibatch_per_worker)
-        self.critic = engine(critic, t, cfg.critic.learning_rate, updates, p.minibatch_per_worker)
-        self.engines = {"actor": self.actor, "critic": self.critic}  # the actor first: it is the checkpoint's hf/
+        self.engines = {"actor": self.actor}  # the actor first: it is the checkpoint's hf/
+        self.critic = None
+        if p.algorithm == "ppo":
+            critic = critic_model(lc["critic_path"], self.pad_id, lc["critic_head_scale"])
+            self.critic = self.engines["critic"] = engine(critic, t, cfg.critic.learning_rate, updates,
+                                                          p.minibatch_per_worker)
 
     def probe(self, prompt: str) -> Probe:
         """The trainer's raw log-probs of a fixed text after `prompt` (every rank calls it)."""
@@ -161,7 +165,7 @@ def warn_collapse(client, lc: dict, iteration: int, reasons: list[str]) -> None:
 def ppo_loop(lc: dict) -> None:
     import mlflow
 
-    from alignray.rewards.scorers import HttpRewardModel, LocalRewardModels
+    from alignray.rewards.scorers import reward_source
 
     cfg = PPOConfig.model_validate(lc["config"])
     t, p = cfg.trainer, cfg.ppo
@@ -171,13 +175,8 @@ def ppo_loop(lc: dict) -> None:
     prompts = ray.get(lc["prompts"])
     # colocated: the node's cores (alignray.train.placement), at most the cores this process may use
     torch.set_num_threads(min(lc["threads"], len(os.sched_getaffinity(0))))
-    scorer = (
-        HttpRewardModel.of(cfg.reward)
-        if cfg.reward.endpoint
-        else LocalRewardModels(
-            [Path(f) for f in lc["reward_paths"]], lc["reward_labels"], cfg.sampler.max_model_len, torch_dtype(t.precision)
-        )
-    )
+    scorer = reward_source(cfg.reward, cfg.sampler.max_model_len, torch_dtype(t.precision),
+                           [Path(f) for f in lc["reward_paths"]], lc["reward_labels"])
     tr = _Trainer(lc, cfg, world)
     state = restore_checkpoint(tr.engines, p.iterations)
     iteration = state.get("step", 0)
@@ -207,7 +206,7 @@ def ppo_loop(lc: dict) -> None:
         with phase("scoring"):
             exp = experience(tr, scorer, ro, mine, cfg, kl_ctl.coef, norm, iteration)
         with phase("training"):
-            losses = update(tr, cfg, exp, iteration)
+            losses = update(tr, cfg, exp, kl_ctl.coef, iteration)
         with phase("sync"):
             probe_diff = tr.sync(pool, prompts[0])
         iteration += 1
