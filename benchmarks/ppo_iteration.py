@@ -1,8 +1,10 @@
-"""PPO iteration time by phase: bf16 + colocated vs float32 + separate placement vs rollouts with transformers `generate`.
+"""PPO iteration time by phase: bf16 + colocated vs float32 + separate placement vs rollouts with transformers `generate`,
+and the critic-free RLOO and GRPO (`ppo.algorithm`) on the same workload.
 
 Every run is the same PPO loop (`alignray.train.ppo.fit`: Ray Train + DeepSpeed actor/critic, frozen reference, local
 reward model) with the same workload; runs differ in the compute dtype (`model.dtype` and `trainer.precision`), in
-`ppo.placement`, and in the object the loop rolls out with. `ours` is the SamplerPool (one vLLM actor). `hf` is one Ray
+`ppo.placement`, in the object the loop rolls out with, and in `ppo.algorithm` (an optional fourth part of a run,
+default ppo; rloo and grpo build no critic). `ours` is the SamplerPool (one vLLM actor). `hf` is one Ray
 actor holding SmolLM2 as a transformers AutoModelForCausalLM (same dtype, as many torch threads as the pool's engine
 would get) that samples every prompt x n in one batched `generate(do_sample=True)` call, takes the sampled tokens' raw
 log-probs from the returned logits, and on a weight sync loads the state dict and scores the trainer's probe;
@@ -20,11 +22,13 @@ network with a fresh 1-output head, since only time matters. Runs go one after t
 MFU = the iteration's matmul FLOPs / its time / the peak of its dtype on the node's cores (torch.mm, measured here).
 FLOPs, with S = prompt + response tokens of the iteration (logged as sequence_tokens), N_lm = the policy's and
 N_cls = the critic's (= reward model's) nn.Linear weights and e = PPO epochs: rollout 2 N_lm S, scoring
-2 S (2 N_lm + 2 N_cls) (old and reference log-probs, values, reward), training 6 e S (N_lm + N_cls); attention-score
-FLOPs and the LM head's skipped prompt positions are ignored (a slight overcount).
+2 S (2 N_lm + 2 N_cls) (old and reference log-probs, values, reward), training 6 e S (N_lm + N_cls); without a critic
+(rloo, grpo) scoring 2 S (2 N_lm + N_cls) and training 6 e S N_lm. Attention-score FLOPs and the LM head's skipped
+prompt positions are ignored (a slight overcount).
 
     .venv/bin/python benchmarks/ppo_iteration.py                    # 3 runs, ~15 min on 2 cores
     .venv/bin/python benchmarks/ppo_iteration.py --runs ours:bf16:colocated,ours:fp32:separate --iterations 3
+    .venv/bin/python benchmarks/ppo_iteration.py --runs ours:bf16:colocated:rloo,ours:bf16:colocated:ppo,ours:bf16:colocated:grpo
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ def run(spec: str, out: Path, reward: Path, args) -> dict[str, list[float]]:
     from alignray.train import ppo
     from mlflow import MlflowClient
 
-    side, dtype, placement = spec.split(":")
+    side, dtype, placement, algorithm = (spec.split(":") + ["ppo"])[:4]
     cfg = load_config(None, [
         f"output_dir={out}", "tracking.experiment=bench", "data.source=sample", f"reward.models=[{reward}]",
         "critic.init=reward", "trainer.num_workers=1", "trainer.cpus_per_worker=1", f"trainer.zero_stage={args.zero_stage}",
@@ -163,7 +167,7 @@ def run(spec: str, out: Path, reward: Path, args) -> dict[str, list[float]]:
         "sampler.max_model_len=512", f"ppo.iterations={args.iterations}", f"ppo.prompts_per_step={args.prompts}",
         f"ppo.samples_per_prompt={args.samples}", f"ppo.minibatch_per_worker={args.minibatch}", "ppo.ppo_epochs=1",
         f"model.dtype={'bfloat16' if dtype == 'bf16' else 'float32'}", f"trainer.precision={dtype}",
-        f"ppo.placement={placement}",
+        f"ppo.placement={placement}", f"ppo.algorithm={algorithm}",
     ], PPOConfig)
     result = ppo.fit(cfg, rollout_pool=SamplerPool if side == "ours" else HFGeneratePool)
     client = MlflowClient(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
@@ -173,9 +177,11 @@ def run(spec: str, out: Path, reward: Path, args) -> dict[str, list[float]]:
     return {k: [m.value for m in ms if m.step > args.warmup] for k, ms in history.items()}
 
 
-def iteration_flops(metrics: dict, n_lm: int, n_cls: int) -> float:
+def iteration_flops(metrics: dict, n_lm: int, n_cls: int, critic: bool) -> float:
     s = statistics.mean(metrics["sequence_tokens"])
-    return s * (2 * n_lm + 2 * (2 * n_lm + 2 * n_cls) + 6 * (n_lm + n_cls))
+    if critic:
+        return s * (2 * n_lm + 2 * (2 * n_lm + 2 * n_cls) + 6 * (n_lm + n_cls))
+    return s * (2 * n_lm + 2 * (2 * n_lm + n_cls) + 6 * n_lm)
 
 
 def report(results: dict, peaks: dict, sizes: tuple[int, int], load: list[tuple], args) -> None:
@@ -196,8 +202,8 @@ def report(results: dict, peaks: dict, sizes: tuple[int, int], load: list[tuple]
     for label, key in rows:
         agg = max if key == "sync_probe_diff" else mean
         print(f"{label:<26}" + "".join(f"{agg(results[s][key]):>{width}.3g}" for s in specs))
-    mfu = {s: iteration_flops(results[s], *sizes) / mean(results[s]["time_iteration"]) / peaks[s.split(":")[1]]
-           for s in specs}
+    mfu = {s: iteration_flops(results[s], *sizes, critic=(s.split(":") + ["ppo"])[3] == "ppo")
+              / mean(results[s]["time_iteration"]) / peaks[s.split(":")[1]] for s in specs}
     print(f"{'MFU (iteration)':<26}" + "".join(f"{mfu[s]:>{width}.2%}" for s in specs))
     first = specs[0]
     for other in specs[1:]:
@@ -209,8 +215,9 @@ def report(results: dict, peaks: dict, sizes: tuple[int, int], load: list[tuple]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="ours:bf16:colocated,ours:fp32:separate,hf:bf16:colocated",
-                        help="comma-separated side:dtype:placement (side: ours | hf; dtype: bf16 | fp32; placement:"
-                             " colocated | separate); the first is compared with each other one")
+                        help="comma-separated side:dtype:placement[:algorithm] (side: ours | hf; dtype: bf16 | fp32;"
+                             " placement: colocated | separate; algorithm: ppo (default) | rloo | grpo); the first is"
+                             " compared with each other one")
     parser.add_argument("--iterations", type=int, default=4, help="PPO iterations per run")
     parser.add_argument("--warmup", type=int, default=1, help="first iterations left out of the means")
     parser.add_argument("--prompts", type=int, default=8, help="ppo.prompts_per_step")
@@ -224,9 +231,9 @@ def main() -> None:
     specs = args.runs.split(",")
     for spec in specs:
         parts = spec.split(":")
-        if len(parts) != 3 or parts[0] not in POOLS or parts[1] not in ("bf16", "fp32") or parts[2] not in (
-                "colocated", "separate"):
-            parser.error(f"--runs: {spec!r} is not side:dtype:placement (e.g. ours:bf16:colocated)")
+        if len(parts) not in (3, 4) or parts[0] not in POOLS or parts[1] not in ("bf16", "fp32") or parts[2] not in (
+                "colocated", "separate") or parts[3:] not in ([], ["ppo"], ["rloo"], ["grpo"]):
+            parser.error(f"--runs: {spec!r} is not side:dtype:placement[:algorithm] (e.g. ours:bf16:colocated:rloo)")
 
     from alignray.models.registry import resolve
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

@@ -1,7 +1,7 @@
 """Typed config: YAML plus dotted overrides, and errors that name the file and field."""
 
 import pytest
-from alignray.config import ConfigError, SimulateConfig, load_config
+from alignray.config import ConfigError, PPOConfig, SimulateConfig, load_config
 
 
 def write(tmp_path, text):
@@ -101,3 +101,14 @@ def test_simulator_is_a_local_model_for_pair_methods(extra, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["simulation.simulator=smollm2-135m-instruct", *extra], SimulateConfig)
     assert load_config(None, ["simulation.simulator=x"], SimulateConfig).simulation.simulator == "x"
+
+
+def test_critic_free_algorithms_need_groups_and_only_they_take_the_kl_as_a_loss():
+    base = ["reward.models=[a]"]
+    with pytest.raises(ConfigError, match="ppo.samples_per_prompt = 1: rloo compares the samples of a prompt"):
+        load_config(None, [*base, "ppo.algorithm=rloo", "ppo.samples_per_prompt=1"], PPOConfig)
+    with pytest.raises(ConfigError, match="ppo.kl_in = loss is for rloo and grpo"):
+        load_config(None, [*base, "ppo.kl_in=loss"], PPOConfig)
+    grpo = load_config(None, [*base, "ppo.algorithm=grpo", "ppo.kl_in=loss"], PPOConfig).ppo
+    assert not grpo.whiten and load_config(None, base, PPOConfig).ppo.whiten  # whitening: ppo's default only
+    assert load_config(None, [*base, "ppo.algorithm=rloo", "ppo.whiten_advantages=true"], PPOConfig).ppo.whiten

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 from alignray.train.losses import (
+    aggregate,
     gae,
+    group_advantages,
     kl_penalty,
     masked_mean,
     masked_whiten,
@@ -126,6 +128,50 @@ def test_ppo_policy_loss_by_hand():
     loss.backward()
     # d/dlogp of -A·ratio is -A·ratio; clipped tokens and the masked one get 0.
     close(logps.grad, [[0.0, -1.0 * 0.5 / 5, 0.0], [2.0 * 1.1 / 5, 1.0 * 1.5 / 5, 0.0]])
+
+
+def test_ppo_policy_loss_with_a_higher_upper_clip_and_a_mean_per_response():
+    # clip range [0.8, 1.6]: the ratio 1.5 with A = 2 is no longer clipped; only (0.5, A = -1) is
+    old_logps = t([-1.0, -2.0, -0.5], [-3.0, -1.0, -2.0])
+    logps = (old_logps + torch.log(t(*RATIOS))).requires_grad_()
+    loss, clip_fraction = ppo_policy_loss(logps, old_logps, ADVANTAGES, POLICY_MASK, 0.2, clip_eps_high=0.6,
+                                          aggregation="sequence")
+    # per token: row 1 -3.0, -0.5, 0.8; row 2 2.2, 1.5 (and one masked): the mean of the rows' means
+    close(loss, ((-3.0 - 0.5 + 0.8) / 3 + (2.2 + 1.5) / 2) / 2)
+    close(clip_fraction, 1 / 5)  # over tokens, whatever the aggregation
+    loss.backward()
+    close(logps.grad, [[-2.0 * 1.5 / 6, -1.0 * 0.5 / 6, 0.0], [2.0 * 1.1 / 4, 1.0 * 1.5 / 4, 0.0]])
+    token, _ = ppo_policy_loss(logps.detach(), old_logps, ADVANTAGES, POLICY_MASK, 0.2, clip_eps_high=0.6)
+    close(token, (-3.0 - 0.5 + 0.8 + 2.2 + 1.5) / 5)
+    with pytest.raises(ValueError, match="clip_eps and clip_eps_high must be > 0"):
+        ppo_policy_loss(logps, old_logps, ADVANTAGES, POLICY_MASK, 0.2, clip_eps_high=0.0)
+
+
+def test_aggregate_per_token_or_per_response():
+    x, mask = t([1.0, 2.0, 9.0], [4.0, 9.0, 9.0], [9.0, 9.0, 9.0]), torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    close(aggregate(x, mask, "token"), (1 + 2 + 4) / 3)
+    close(aggregate(x, mask, "sequence"), (1.5 + 4) / 2)  # a row with no token is left out
+    with pytest.raises(ValueError, match="how must be one of"):
+        aggregate(x, mask, "prompt")
+    with pytest.raises(ValueError, match="at least one entry"):
+        aggregate(x, torch.zeros_like(mask), "sequence")
+
+
+def test_rloo_and_grpo_advantages_by_hand():
+    rewards = t(1.0, 2.0, 6.0, 5.0, 5.0, 5.0)  # two prompts, three samples each
+    # leave-one-out: each minus the mean of the other two
+    close(group_advantages(rewards, 3, "rloo"), [1 - 4, 2 - 3.5, 6 - 1.5, 0.0, 0.0, 0.0])
+    # GRPO: minus the group's mean (3), over its sample std (sqrt((4 + 1 + 9) / 2)); an even group: zeros
+    std = math.sqrt(7)
+    close(group_advantages(rewards, 3, "grpo", eps=1e-12), [-2 / std, -1 / std, 3 / std, 0.0, 0.0, 0.0])
+    close(group_advantages(rewards, 3, "grpo", scale=False), [-2.0, -1.0, 3.0, 0.0, 0.0, 0.0])
+    # RLOO is the unscaled GRPO advantage times k / (k - 1)
+    close(group_advantages(rewards, 3, "rloo"), 1.5 * group_advantages(rewards, 3, "grpo", scale=False))
+    assert not group_advantages(rewards.clone().requires_grad_(), 3, "rloo").requires_grad
+    for args, message in [((rewards, 1, "rloo"), "group must be >= 2"), ((rewards, 4, "rloo"), "do not split into groups of 4"),
+                          ((rewards, 3, "ppo"), "kind must be one of"), ((rewards[None], 3, "rloo"), "must be 1-D")]:
+        with pytest.raises(ValueError, match=message):
+            group_advantages(*args)
 
 
 def test_ppo_value_loss_by_hand():

@@ -62,3 +62,55 @@ def test_http_endpoint_errors_name_the_url_and_the_problem(reply, message):
         server.shutdown()
     with pytest.raises(RewardError, match="reward endpoint http://127.0.0.1:9/x"):
         HttpRewardModel("http://127.0.0.1:9/x", timeout_s=5, retries=0)(["p"], ["a"])
+
+
+REWARD_FILE = '''
+def e_share(prompts, responses):
+    return [r.count("e") / max(1, len(r)) for r in responses]
+
+def two(prompts, responses):
+    return [[len(r), len(p)] for p, r in zip(prompts, responses)]
+two.principles = ["length", "prompt_length"]
+
+def short(prompts, responses):
+    return [1.0]
+
+def nan(prompts, responses):
+    return [float("nan")] * len(responses)
+
+def words(prompts, responses):
+    return ["a lot"] * len(responses)
+
+def broken(prompts, responses):
+    raise KeyError("no such key")
+'''
+
+
+def test_a_python_function_is_a_reward_from_a_file_or_a_module(tmp_path, monkeypatch):
+    from alignray.config import ConfigError, RewardConfig
+    from alignray.rewards.scorers import reward_source
+
+    (tmp_path / "my_rewards.py").write_text(REWARD_FILE)
+    monkeypatch.chdir(tmp_path)  # a relative file is made absolute when the config is read
+    cfg = RewardConfig(function="my_rewards.py:e_share")
+    assert cfg.function == f"{tmp_path / 'my_rewards.py'}:e_share"
+    scorer = reward_source(cfg, 64)
+    torch.testing.assert_close(scorer(["p", "q"], ["eee", "abcd"]), torch.tensor([[1.0], [0.0]]))
+    assert scorer.principles == ["e_share"]
+    monkeypatch.syspath_prepend(str(tmp_path))  # the same file as a module
+    scorer = reward_source(RewardConfig(function="my_rewards:two"), 64)
+    torch.testing.assert_close(scorer(["pp"], ["abc"]), torch.tensor([[3.0, 2.0]]))
+    assert scorer.principles == ["length", "prompt_length"]
+
+    for name, message in [("short", r"returned shape \(1, 1\) for 2 responses"), ("nan", "a NaN or infinite reward"),
+                          ("words", "returned list, not numbers"), ("broken", "raised KeyError: 'no such key'")]:
+        with pytest.raises(RewardError, match=message):
+            reward_source(RewardConfig(function=f"my_rewards:{name}"), 64)(["p", "q"], ["a", "b"])
+    for spec, message in [("nowhere.py:f", "no file"), ("no_such_module_here:f", "cannot import no_such_module_here"),
+                          ("my_rewards:missing", "my_rewards has no function missing")]:
+        with pytest.raises(ConfigError, match=message):
+            reward_source(RewardConfig(function=spec), 64)
+    for fields, message in [({"function": "e_share"}, "give \"module:function\""),
+                            ({"function": "m:f", "models": ["a"]}, "exactly one of reward.models")]:
+        with pytest.raises(ValueError, match=message):
+            RewardConfig(**fields)
