@@ -26,6 +26,7 @@ from alignray.models.registry import prepare
 from alignray.principles import load_principles
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
+from alignray.models.precision import cpu_summary
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -81,7 +82,8 @@ def main() -> None:
     theirs = hf_label(model_path, items, args.batch_size)
     hf_s = time.perf_counter() - start
 
-    print(f"\nSmolLM2-135M-Instruct labelling {len(items)} pairs (both orders), batch {args.batch_size}")
+    print(f"\nCPU: {cpu_summary()}")
+    print(f"SmolLM2-135M-Instruct labelling {len(items)} pairs (both orders), batch {args.batch_size}")
     print(f"transformers forward  : {len(items) / hf_s:8.2f} pairs/s  ({args.threads} torch thread(s))")
     print(f"alignray labeller     : {len(items) / ours_s:8.2f} pairs/s  (1 vLLM actor, 1 CPU)")
     print(f"ratio (ours / HF)     : {hf_s / ours_s:8.2f}x")

@@ -50,6 +50,7 @@ import torch
 from alignray.sampling.transport import compact
 from alignray.sampling.types import Completion, Probe, SamplingSpec
 from flops import linear_params, peak_flops
+from alignray.models.precision import cpu_summary
 
 PHASES = ("rollout", "scoring", "training", "sync", "iteration")
 
@@ -187,7 +188,8 @@ def iteration_flops(metrics: dict, n_lm: int, n_cls: int, critic: bool) -> float
 def report(results: dict, peaks: dict, sizes: tuple[int, int], load: list[tuple], args) -> None:
     mean = statistics.mean
     specs = list(results)
-    print(f"\nSmolLM2-135M-Instruct PPO, {args.prompts} prompts x {args.samples} samples x <= {args.max_tokens} new "
+    print(f"\nCPU: {cpu_summary()}")
+    print(f"SmolLM2-135M-Instruct PPO, {args.prompts} prompts x {args.samples} samples x <= {args.max_tokens} new "
           f"tokens per iteration, minibatch {args.minibatch}, 1 PPO epoch; 1 trainer worker (1 CPU, ZeRO-{args.zero_stage}), "
           f"1 sampler (1 CPU); means over iterations {args.warmup + 1}..{args.iterations}")
     print(f"1-min load average before/after: {load[0][0]:.2f} / {load[1][0]:.2f}; peak GFLOP/s on "

@@ -24,6 +24,7 @@ from alignray.models.registry import prepare
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 from flops import linear_params, peak_flops
+from alignray.models.precision import cpu_summary
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -93,7 +94,8 @@ def main() -> None:
     ours = pool_tokens_per_s(model_path, prompts, args)
     peaks.append(peak_flops(args.dtype))
     peak = max(peaks)
-    print(f"\nSmolLM2-135M-Instruct {args.dtype}, {len(prompts)} prompts x {args.max_tokens} new tokens, "
+    print(f"\nCPU: {cpu_summary()}")
+    print(f"SmolLM2-135M-Instruct {args.dtype}, {len(prompts)} prompts x {args.max_tokens} new tokens, "
           f"batch {args.batch_size}, T={args.temperature}, top_p={args.top_p}")
     print(f"peak {args.dtype} on {args.samplers} thread(s): {peak / 1e9:.0f} GFLOP/s; N linear = {n / 1e6:.1f}M")
     print(f"transformers generate : {hf:8.1f} tokens/s  MFU {2 * n * hf / peak:6.2%}")

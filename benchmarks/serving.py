@@ -26,6 +26,7 @@ import requests
 from alignray.config import DataConfig
 from alignray.data.sources import load_conversations
 from alignray.models.registry import prepare
+from alignray.models.precision import cpu_summary
 
 MODEL = "smollm2"
 MAX_MODEL_LEN = 2048
@@ -122,7 +123,8 @@ def main() -> None:
     for name, side, port in (("alignray policy app", ours, args.port), ("vLLM OpenAI server", peer, args.port + 1)):
         results[name] = r = side(model, port, args)
         print(f"{name}: {r.rps:.2f} req/s, {r.tokens_per_s:.1f} tok/s, p50 {r.p50:.2f} s, p95 {r.p95:.2f} s", flush=True)
-    print(f"\n{args.requests} chat requests, {args.concurrency} in flight, {args.max_tokens} tokens max, greedy, "
+    print(f"\nCPU: {cpu_summary()}")
+    print(f"{args.requests} chat requests, {args.concurrency} in flight, {args.max_tokens} tokens max, greedy, "
           f"SmolLM2-135M float32, {os.cpu_count()} CPUs")
     print(f"{'':22s} {'req/s':>8s} {'tok/s':>8s} {'p50 s':>8s} {'p95 s':>8s}")
     for name, r in results.items():

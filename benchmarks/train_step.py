@@ -38,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from flops import linear_params, peak_flops
+from alignray.models.precision import cpu_summary
 
 TOPICS = ["bake sourdough bread", "fix a leaking kitchen tap", "learn to juggle three balls", "plan cheap meals",
           "start running after a long break", "write a polite complaint letter", "keep basil alive indoors",
@@ -160,7 +161,8 @@ def measure(work: Path, args) -> tuple[dict, list[float]]:
 
 def report(results: dict, peaks: list[float], load: list[tuple], args) -> None:
     peak, mean = max(peaks), statistics.mean
-    print(f"\nmodel {args.model}, {args.pairs} pairs, {args.batch} pairs/step, {args.steps} steps, rates over steps "
+    print(f"\nCPU: {cpu_summary()}")
+    print(f"model {args.model}, {args.pairs} pairs, {args.batch} pairs/step, {args.steps} steps, rates over steps "
           f"{args.warmup + 1}..{args.steps}; alignray worker {args.cpus:g} CPUs, TRL {torch.get_num_threads()} threads")
     print(f"peak {args.dtype} {peak / 1e9:.1f} GFLOP/s (runs: {', '.join(f'{p / 1e9:.1f}' for p in peaks)}); "
           f"1-min load average before/after: {load[0][0]:.2f} / {load[1][0]:.2f}")

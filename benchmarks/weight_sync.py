@@ -24,6 +24,7 @@ from alignray import cluster
 from alignray.config import SamplerConfig
 from alignray.models.registry import prepare
 from alignray.sampling.pool import SamplerPool
+from alignray.models.precision import cpu_summary
 from transformers import AutoModelForCausalLM
 
 
@@ -57,6 +58,7 @@ def main() -> None:
     state = model.state_dict()
     params = sum(p.numel() for p in model.parameters())
     nbytes = sum(t.nbytes for t in state.values())  # lm_head ties to the embedding: sent twice
+    print(f"CPU: {cpu_summary()}")
     print(f"SmolLM2-135M-Instruct weight sync: {params / 1e6:.1f}M parameters, state dict {nbytes / 1e6:.0f} MB"
           f" ({args.dtype}), buckets of {args.bucket_mb} MiB, mean of {args.repeats} after a warm-up")
     print(f"{'transport':<13} {'samplers':>8} {'first s':>8} {'s/sync':>8} {'delivered MB':>13} {'MB/s':>8}", flush=True)

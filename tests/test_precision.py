@@ -27,3 +27,21 @@ def test_auto_follows_this_machine_and_names_are_normalised():
     assert precision.torch_dtype("bf16") is torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype 'half'"):
         precision.resolve_dtype("half")
+
+
+def test_an_explicit_bfloat16_without_native_support_warns_once_with_a_measured_slowdown(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "device_has_bf16", lambda: False)  # as on an AVX2-only host
+    precision.warn_emulated_bf16.cache_clear()
+    with caplog.at_level("WARNING", logger=precision.log.name):
+        assert precision.resolve_dtype("bf16") == precision.resolve_dtype("bfloat16") == "bfloat16"
+        assert precision.resolve_dtype("auto") == "float32"  # auto never warns
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "neither AMX nor AVX512-BF16" in warning and "Set the dtype to auto" in warning
+    slower = float(warning.split("matmul ran ")[1].split("x slower")[0])
+    assert slower > 0  # measured on this host: its own bfloat16 against its own float32
+    precision.warn_emulated_bf16.cache_clear()
+
+
+def test_benchmarks_name_the_cpu_and_its_bfloat16(tmp_path):
+    assert precision.cpu_summary(cpuinfo(tmp_path, "avx512_bf16")) == "Some CPU; bfloat16: native (avx512_bf16)"
+    assert precision.cpu_summary(cpuinfo(tmp_path, "")) == "Some CPU; bfloat16: emulated (no AMX, no AVX512-BF16)"
