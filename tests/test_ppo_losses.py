@@ -233,7 +233,7 @@ ONES = torch.ones(2, 3)
         (lambda: gae(X, X, ONES[:, :2], 0.9, 0.9), "^mask has shape"),
         (lambda: gae(X, X, ONES, 1.5, 0.9), r"^gamma must be in \[0, 1\]"),
         (lambda: gae(X, X, ONES, 0.9, -0.1), r"^lam must be in \[0, 1\]"),
-        (lambda: ppo_policy_loss(X, X, X, ONES, 0.0), "^clip_eps must be > 0"),
+        (lambda: ppo_policy_loss(X, X, X, ONES, 0.0), "^clip_eps and clip_eps_high must be > 0"),
         (lambda: ppo_policy_loss(X, X, X[:1], ONES, 0.2), "^advantages has shape"),
         (lambda: ppo_policy_loss(X, X, X, ONES[:1], 0.2), "^mask has shape"),
         (lambda: ppo_policy_loss(X, X, X, -ONES, 0.2), "^mask must hold only 0 and 1"),
