@@ -28,16 +28,25 @@ NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16"
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
+def _cpu(cpuinfo: Path) -> tuple[str, list[str]] | None:
+    """(model name, flags) of the first processor in /proc/cpuinfo; None where it cannot be read."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return None
+
+    def field(name: str) -> str:
+        return next((line.split(":", 1)[1] for line in lines if line.startswith(name)), "")
+
+    return field("model name").strip() or "?", field("flags").split()
+
+
 @functools.cache
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU has native bfloat16 matmuls (AMX or AVX512-BF16); False where this
     cannot be read (not Linux)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return any(f in flags for f in CPU_BF16_FLAGS)
+    cpu = _cpu(cpuinfo)
+    return cpu is not None and any(f in cpu[1] for f in CPU_BF16_FLAGS)
 
 
 def device_has_bf16() -> bool:
@@ -84,14 +93,11 @@ def resolve_dtype(setting: str) -> str:
 
 def cpu_summary(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name and its bfloat16 support, for printing beside a benchmark's numbers."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
+    cpu = _cpu(cpuinfo)
+    if cpu is None:
         return "CPU unknown (no /proc/cpuinfo)"
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    native = [f for f in CPU_BF16_FLAGS if f in flags]
-    return f"{model}; bfloat16: {'native (' + ', '.join(native) + ')' if native else 'emulated (no AMX, no AVX512-BF16)'}"
+    native = [f for f in CPU_BF16_FLAGS if f in cpu[1]]
+    return f"{cpu[0]}; bfloat16: {'native (' + ', '.join(native) + ')' if native else 'emulated (no AMX, no AVX512-BF16)'}"
 
 
 def torch_dtype(setting: str) -> torch.dtype:
