@@ -104,8 +104,12 @@ class HFGenerateSampler:
 class HFGeneratePool:
     """SamplerPool's constructor and the part of it the PPO loop uses, over one HFGenerateSampler actor."""
 
-    def __init__(self, model_path, cfg, *, dtype: str, seed: int = 0, threads: int = 1, node_id=None, sleep_mode=False):
+    def __init__(self, model_path, cfg, *, dtype: str, seed: int = 0, threads: int = 1, node_id=None, sleep_mode=False,
+                 lora=None):
         from alignray.models.precision import resolve_dtype
+
+        if lora is not None:
+            raise ValueError("the transformers-generate baseline loads full weights only: set trainer.lora.sync: merged")
 
         self.dtype = resolve_dtype(dtype)
         remote = ray.remote(HFGenerateSampler).options(num_cpus=cfg.cpus_per_sampler, max_restarts=0)

@@ -165,6 +165,26 @@ def test_one_seed_seeds_every_stage_unless_a_stage_sets_its_own(tmp_path):
     assert stage_key(preference, built("seed=1")[1]) != stage_key(preference, built("seed=0")[1])
 
 
+def test_lora_off_keeps_the_keys_of_stages_run_before_the_option_existed():
+    import hashlib
+    import json
+
+    from alignray import tracking
+    from alignray.pipelines.recipes import RECIPES
+    from alignray.pipelines.run import VOLATILE, stage_config, stage_key
+
+    inputs = {("simulate", "output"): "d.parquet", ("preference", "output"): "models:/pm/1"}
+    _, preference, ppo, _ = RECIPES["rlcd"]
+    for stage in (preference, ppo):
+        def built(*overrides, stage=stage):
+            return stage_config(load_config(CONFIGS / "rlcd_tiny.yaml", list(overrides), PipelineConfig), stage, inputs)
+
+        plain = built()
+        before = {k: v for k, v in tracking.flatten(plain).items() if k not in VOLATILE and k != "trainer.lora"}
+        assert stage_key(stage, plain) == hashlib.sha256(json.dumps([stage.kind, before], sort_keys=True).encode()).hexdigest()
+        assert stage_key(stage, built(f"stages.{stage.name}.trainer.lora={{rank: 8}}")) != stage_key(stage, plain)
+
+
 def test_a_pipeline_needs_held_out_prompts(tmp_path, capsys):
     assert main(["run", str(CONFIGS / "rlcd_tiny.yaml"), "data.limit=null", "eval_data=null"]) == 2
     assert "set data.limit" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from alignray import logs
 from alignray.config import ConfigError, PipelineConfig, load_config
 from alignray.data.conversation import PromptError
 from alignray.data.pairs import DatasetError
-from alignray.models.registry import KNOWN, ModelError, cache_dir, prepare
+from alignray.models.registry import KNOWN, ModelError, cache_dir, merge_export, prepare
 from alignray.principles import PrincipleError, builtin_names, load_principles
 from alignray.rewards.judges import JudgeError
 from alignray.sampling.endpoint import EndpointError
@@ -155,6 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     if args.models_cmd == "prepare":
         print(prepare(args.name))
+    elif args.models_cmd == "merge":
+        print(merge_export(args.model, args.output, args.tracking_uri))
     else:
         for name, spec in KNOWN.items():
             ready = "prepared" if (cache_dir() / "models" / name / "config.json").is_file() else "not prepared"
@@ -277,11 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--write", type=Path, metavar="PATH", help="only write the adapted config to PATH")
     serve.add_argument("--address", help="Ray cluster to deploy to (default: RAY_ADDRESS, else a local one)")
 
-    models = sub.add_parser("models", help="list or prepare known models")
+    models = sub.add_parser("models", help="list or prepare known models; merge a LoRA adapter")
     msub = models.add_subparsers(dest="models_cmd", required=True)
     msub.add_parser("list", parents=[common], help="known model names and whether they are prepared")
     prep = msub.add_parser("prepare", parents=[common], help="convert a known model into a safetensors folder")
     prep.add_argument("name", choices=sorted(KNOWN))
+    merge = msub.add_parser(
+        "merge", parents=[common], help="write a LoRA adapter merged into its base as a full model folder",
+        description="Merge a LoRA adapter (a run's registered model or checkpoint hf/ folder, trained with"
+        " trainer.lora) into the base model it names, and write the full Hugging Face model to OUTPUT. Example:"
+        " alignray models merge models:/alignray-dpo/3 --output ./dpo-merged")
+    merge.add_argument("model", help="the adapter: a models:/name/version (or @alias) URI or a folder")
+    merge.add_argument("--output", type=Path, required=True, help="a new folder for the full model")
+    merge.add_argument("--tracking-uri", help="MLflow store of models:/ URIs (default: MLFLOW_TRACKING_URI)")
 
     from alignray.configdoc import KINDS as CONFIG_KINDS
 

@@ -397,6 +397,23 @@ class SimulateConfig(Strict):
         return self
 
 
+class LoRAConfig(Strict):
+    """Low-rank adapters (peft's LoRA) on the trained model instead of full fine-tuning."""
+
+    rank: int = Field(16, ge=1, description="Rank r of each adapter's two matrices.")
+    alpha: float = Field(32.0, gt=0, description="Scaling numerator: an adapter adds (alpha / rank) B A to its weight.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on each adapter's input while training.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="Names of the linear layers that get adapters (the attention and MLP projections of"
+        " Llama-style models).",
+    )
+    sync: Literal["adapter", "merged"] = Field(
+        "adapter", description="PPO, RLOO, GRPO: what reaches the vLLM samplers after each iteration: only the adapter"
+        " (vLLM serves it with its LoRA kernels), or the full weights with the adapter merged in."
+    )
+
+
 class EngineConfig(Strict):
     """The Ray Train workers and the DeepSpeed engine of every trained model."""
 
@@ -433,6 +450,10 @@ class EngineConfig(Strict):
     seed: int = Field(
         0, description="Seeds torch (plus the rank), the eval split and data order; in PPO also the prompt"
         " order and the rollouts."
+    )
+    lora: LoRAConfig | None = Field(
+        None, description="Train low-rank adapters (rank, alpha, dropout, target_modules) and freeze the base weights;"
+        " a preference model's or critic's head is trained whole. None: full fine-tuning. See README \"LoRA\"."
     )
     keep_final_state: bool = Field(
         False, description="Keep a finished run's optimizer and engine states (what continuing it to more steps"

@@ -21,6 +21,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from pydantic import BaseModel
 
 from alignray.config import TrackingConfig
+from alignray.models import lora
 
 
 def tracking_uri(cfg: TrackingConfig, output_dir: Path) -> str:
@@ -178,6 +179,8 @@ def register_model(
     except MlflowException:
         client.create_registered_model(name, description="alignray training output (HF folder)")
     tags = {metric: str(value)} if value is not None else {}
+    if lora.is_adapter_folder(folder):  # a LoRA adapter: registered without its base, which it names
+        tags["base_model"] = str(lora.base_ref(folder))
     version = client.create_model_version(
         name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags
     ).version

@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignray import logs
 from alignray.io import atomic_dir, file_lock
+from alignray.models import lora
 
 log = logs.get(__name__)
 
@@ -127,7 +129,13 @@ def check_causal_lm(folder: Path) -> Path:
 
 def local_folder(ref: str) -> Path:
     """The folder of a models:/ registry URI (downloaded from the current MLflow store) or of
-    a folder path: the one place models:/ URIs are resolved."""
+    a folder path: the one place models:/ URIs are resolved. A LoRA adapter's folder gives the
+    full model it makes with its base (merged once, :func:`alignray.models.lora.merged_folder`)."""
+    folder = _fetch(ref)
+    return _merged(ref, folder) if lora.is_adapter_folder(folder) else folder
+
+
+def _fetch(ref: str) -> Path:
     if not ref.startswith("models:/"):
         return Path(ref).expanduser().resolve()
     from alignray.tracking import download_model
@@ -136,6 +144,26 @@ def local_folder(ref: str) -> Path:
         return download_model(ref)
     except Exception as exc:  # MLflow raises its own types for an unknown name or version
         raise ModelError(f"model {ref!r}: not found in the MLflow registry ({exc})") from None
+
+
+def _merged(ref: str, adapter: Path) -> Path:
+    base = lora.base_ref(adapter)
+    if base is None:
+        raise ModelError(f"LoRA adapter {ref!r}: its adapter_config.json names no base model (base_model_name_or_path)")
+    try:
+        base_folder = resolve(base) if base in KNOWN or base.startswith("models:/") else local_folder(base)
+    except ModelError as exc:
+        raise ModelError(f"LoRA adapter {ref!r}: its base model {base!r} cannot be loaded: {exc}") from None
+    if not (base_folder / "config.json").is_file():
+        raise ModelError(f"LoRA adapter {ref!r}: its base model {base!r} is not a Hugging Face model folder")
+    downloads = os.environ.get("ALIGNRAY_DOWNLOADS")  # on a cluster, where every node sees the merged folder
+    return lora.merged_folder(adapter, base_folder, Path(downloads) if downloads else cache_dir())
+
+
+def portable_ref(ref: str) -> str:
+    """A model reference that means the same from any folder: a known name or a models:/ URI as it
+    is, a folder as its absolute path (what an adapter records as its base)."""
+    return ref if ref in KNOWN or ref.startswith("models:/") else str(Path(ref).expanduser().resolve())
 
 
 def model_name(ref: str) -> str:
@@ -158,3 +186,20 @@ def resolve(name_or_path: str) -> Path:
             " a models:/ URI nor an existing folder"
         )
     return check_causal_lm(folder)
+
+
+def merge_export(ref: str, output: Path, tracking_uri: str | None = None) -> Path:
+    """Write the full model of the LoRA adapter `ref` (a models:/ URI or a folder) to the new
+    folder `output`; returns it."""
+    if output.exists():
+        raise ModelError(f"{output} exists: give a new folder for the merged model")
+    if tracking_uri is not None:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    folder = _fetch(ref)
+    if not lora.is_adapter_folder(folder):
+        raise ModelError(f"{ref!r} is not a LoRA adapter (no {lora.ADAPTER_CONFIG}, or a full model beside it)")
+    with atomic_dir(output) as tmp:
+        shutil.copytree(_merged(ref, folder), tmp, dirs_exist_ok=True)
+    return output

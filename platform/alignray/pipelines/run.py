@@ -40,6 +40,9 @@ from alignray.stages import STAGES
 SHARED = ("model", "sampler", "data", "tracking", "output_dir", "address")
 VOLATILE = {"address", "run_name", "tracking.run_name", "tracking.parent_run", "tracking.tags", "registered_model",
             "trainer.stop_after_steps", "ppo.stop_after_iterations", "trainer.keep_final_state"}
+# Fields added after stages were first recorded, at the value that changes nothing: left out of
+# the key, so that stages run before the field existed are still reused.
+KEY_NEUTRAL = {"trainer.lora": "None"}
 SEED_FIELD = {"simulate": "simulation.seed"}  # the pipeline's `seed` goes here; training kinds: trainer.seed
 KEY_TAG, OUTPUT_TAG = "alignray.stage_key", "alignray.stage_output"
 PLACEHOLDER = "<output of {}>"
@@ -116,7 +119,7 @@ def stage_config(cfg: PipelineConfig, stage: Stage, values: dict[tuple[str, str]
 
 
 def stage_key(stage: Stage, config) -> str:
-    flat = {k: v for k, v in tracking.flatten(config).items() if k not in VOLATILE}
+    flat = {k: v for k, v in tracking.flatten(config).items() if k not in VOLATILE and KEY_NEUTRAL.get(k) != v}
     return hashlib.sha256(json.dumps([stage.kind, flat], sort_keys=True).encode()).hexdigest()
 
 

@@ -32,14 +32,27 @@ def _expected_shapes(model_path: str) -> tuple[dict[str, tuple[int, ...]], set[s
     return shapes, stored
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds adapters of `rank`."""
+    fits = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fits:
+        raise ValueError(f"LoRA rank {rank}: vLLM serves adapters of rank at most {VLLM_LORA_RANKS[-1]}")
+    return fits[0]
+
+
 class SamplerActor:
     def __init__(
         self, model_path: str, dtype: str, max_model_len: int, enforce_eager: bool, seed: int,
         gpu_memory_utilization: float = 0.9, sleep_mode: bool = False, threads: int | None = None,
-        transfer_backend: str | None = None,
+        transfer_backend: str | None = None, lora: dict | None = None,
     ):
         """`transfer_backend`: the vLLM weight-transfer engine for collective updates (`gloo`, ours,
-        registered here; `nccl`), or None to load only state dicts (`update_weights`)."""
+        registered here; `nccl`), or None to load only state dicts (`update_weights`). `lora`: an
+        adapter_config.json (peft's) whose adapters `update_adapter` loads, and every request
+        then uses; None: no adapters."""
         from vllm import LLM
         from vllm.config.weight_transfer import WeightTransferConfig
 
@@ -61,7 +74,9 @@ class SamplerActor:
             distributed_executor_backend="uni",
             enable_sleep_mode=sleep_mode,
             weight_transfer_config=WeightTransferConfig(backend=transfer_backend) if transfer_backend else None,
+            **({"enable_lora": True, "max_lora_rank": vllm_lora_rank(lora["r"]), "max_loras": 1} if lora else {}),
         )
+        self.lora_config, self.lora = lora, None  # the adapter requests use (a vLLM LoRARequest), once loaded
         self.tokenizer = self.llm.get_tokenizer()
         self.shapes, self.stored = _expected_shapes(model_path)
         self.weights_version = 0
@@ -69,7 +84,7 @@ class SamplerActor:
     def generate(
         self, prompts: Sequence[str], specs: Sequence[SamplingSpec]
     ) -> list[list[Completion]]:
-        outs = self.llm.generate(list(prompts), [s.to_vllm() for s in specs], use_tqdm=False)
+        outs = self.llm.generate(list(prompts), [s.to_vllm() for s in specs], use_tqdm=False, lora_request=self.lora)
         return [
             [
                 Completion(
@@ -99,7 +114,7 @@ class SamplerActor:
             requests.append(TokensPrompt(prompt_token_ids=p_ids + c_ids))
             splits.append((len(p_ids), c_ids))
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outs = self.llm.generate(requests, params, use_tqdm=False)
+        outs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora)
         scores = []
         for out, (start, c_ids) in zip(outs, splits):
             lps = tuple(out.prompt_logprobs[start + j][t].logprob for j, t in enumerate(c_ids))
@@ -134,6 +149,37 @@ class SamplerActor:
             "reload_weights",
             kwargs={"weights_iterator": iter(state_dict.items()), "is_checkpoint_format": True},
         )
+        self.llm.reset_prefix_cache()
+        self.weights_version = version
+        return version
+
+    def update_adapter(self, tensors: Mapping[str, torch.Tensor], version: int) -> int:
+        """Load a LoRA adapter's tensors (peft's names) as the one every request uses from now on,
+        in place of the last; return the new weights version. Raises ValueError when vLLM
+        rejects the adapter (names, shapes or rank), keeping the last one."""
+        import json
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        if self.lora_config is None:
+            raise ValueError("this sampler was started without LoRA (SamplerPool(lora=...)): it takes full weights only")
+        folder = tempfile.mkdtemp(prefix=f"alignray-adapter-v{version}-")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, "adapter_model.safetensors"))
+        with open(os.path.join(folder, "adapter_config.json"), "w") as fh:
+            json.dump(self.lora_config, fh)
+        request = LoRARequest(f"policy-v{version}", version, folder)
+        try:
+            self.llm.llm_engine.add_lora(request)
+        except Exception as exc:  # vLLM's own errors: the adapter does not fit this model or engine
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ValueError(f"the adapter does not fit {self.model_path}: {exc}") from None
+        previous, self.lora = self.lora, request
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
         self.llm.reset_prefix_cache()
         self.weights_version = version
         return version

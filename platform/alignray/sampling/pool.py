@@ -24,7 +24,13 @@ from alignray.cluster import sampler_runtime_env
 from alignray.config import SamplerConfig
 from alignray.sampling.actor import SamplerActor
 from alignray.sampling.cache import RequestCache, model_identity
-from alignray.sampling.transport import WeightsRejected, WeightSyncError, make_transport
+from alignray.sampling.transport import (
+    ObjectStoreTransport,
+    WeightsRejected,
+    WeightSyncError,
+    WeightTransport,
+    make_transport,
+)
 from alignray.sampling.types import Completion, Probe, SamplingSpec, Score
 
 
@@ -69,12 +75,14 @@ class SamplerPool:
         threads: int | None = None,
         node_id: str | None = None,
         sleep_mode: bool = False,
+        lora: dict | None = None,
     ):
         """`cache_dir`: where answered requests are kept, one JSONL file per model; while the
         weights are the initial ones, requests found there are not sampled again (see
         alignray.sampling.cache). `threads`: CPU threads of each engine (default: its reserved
         CPUs); `node_id`: start every actor on that node; `sleep_mode`: engines can `sleep()`
-        between uses to free GPU memory (see alignray.train.placement)."""
+        between uses to free GPU memory (see alignray.train.placement); `lora`: an adapter_config.json
+        (peft's) of the adapters `update_adapter` sends."""
         self.cfg = cfg
         self.restarts = 0  # actors replaced so far
         self.requests_done = 0  # requests answered so far
@@ -83,8 +91,9 @@ class SamplerPool:
         self.model_path = str(model_path)  # what every actor (and a replacement) loads
         self._args = (  # the rest of an actor's arguments
             dtype, cfg.max_model_len, cfg.enforce_eager, seed, cfg.gpu_memory_utilization, sleep_mode,
-            threads, getattr(self._transport, "backend", None),
+            threads, getattr(self._transport, "backend", None), lora,
         )
+        self._adapters = ObjectStoreTransport("update_adapter")  # LoRA adapters travel whole: they are small
         self._startup_timeout_s = startup_timeout_s
         self._sleep_mode = sleep_mode
         self._remote = ray.remote(SamplerActor).options(
@@ -154,9 +163,11 @@ class SamplerPool:
         self._transport.close()  # a collective group is formed again, with the new actor
         actor = self._remote.remote(self.model_path, *self._args)
         self._wait_ready([actor])
-        ref = self._transport.last()
-        if ref is not None:
-            ray.get(actor.update_weights.remote(ref, self.weights_version), timeout=self.cfg.weight_sync_timeout_s)
+        for transport in (self._transport, self._adapters):  # the last full weights, then the adapter on them
+            ref = transport.last()
+            if ref is not None:
+                load = getattr(actor, transport.method)
+                ray.get(load.remote(ref, self.weights_version), timeout=self.cfg.weight_sync_timeout_s)
         self.actors[slot] = actor
 
     def _replace_in_sync(self, slot: int, cause: BaseException) -> None:
@@ -257,9 +268,18 @@ class SamplerPool:
         call, so the pool never mixes versions silently), or, given a `probe`, a sampler
         scores the probe differently from the trainer (mean absolute log-prob difference over
         its tokens above `probe.tolerance`); `last_probe_diff` keeps the largest seen."""
+        return self._update(self._transport, state_dict, probe)
+
+    def update_adapter(self, tensors: Mapping[str, torch.Tensor], probe: Probe | None = None) -> int:
+        """Push a LoRA adapter's tensors (peft's names; the pool was started with `lora`) to
+        every sampler, which applies it to every request from then on; as `update_weights`
+        otherwise."""
+        return self._update(self._adapters, tensors, probe)
+
+    def _update(self, transport: WeightTransport, tensors: Mapping[str, torch.Tensor], probe: Probe | None) -> int:
         version = self.weights_version = self.weights_version + 1  # what stopped samplers restart with
         try:
-            self._transport.send(self.actors, state_dict, version, self.cfg.weight_sync_timeout_s, self._replace_in_sync)
+            transport.send(self.actors, tensors, version, self.cfg.weight_sync_timeout_s, self._replace_in_sync)
         except WeightsRejected:
             self.weights_version -= 1
             raise

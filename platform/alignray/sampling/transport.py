@@ -9,6 +9,9 @@ trainer's rank 0, or a driver) to every sampler: `sampler.weight_transfer`.
   `sampler.weight_bucket_mb`. The engine is vLLM's `nccl` on GPU samplers and our `gloo`
   (alignray.sampling.gloo_engine) on CPU ones: the same trainer-side calls drive both.
 
+A LoRA policy's adapter (`SamplerPool.update_adapter`) always takes the object store, to the
+actors' `update_adapter`: a few MB.
+
 Either raises `WeightSyncError` within `sampler.weight_sync_timeout_s` rather than hang. The
 probe check stays in the pool, above the transport.
 """
@@ -46,6 +49,8 @@ def compact(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class WeightTransport(ABC):
     """Sends weights to a pool's actors and keeps the last ones for a replacement actor."""
 
+    method = "update_weights"  # the actor's method that loads `last()` into a replacement
+
     @abstractmethod
     def send(
         self, actors: list, state_dict: Mapping[str, torch.Tensor], version: int, timeout_s: float,
@@ -65,7 +70,8 @@ class WeightTransport(ABC):
 
 
 class ObjectStoreTransport(WeightTransport):
-    def __init__(self) -> None:
+    def __init__(self, method: str = "update_weights") -> None:
+        self.method = method  # the actor's method that loads them: update_weights, or update_adapter
         self.ref: ray.ObjectRef | None = None
 
     def last(self) -> ray.ObjectRef | None:
@@ -73,7 +79,7 @@ class ObjectStoreTransport(WeightTransport):
 
     def send(self, actors, state_dict, version, timeout_s, replace) -> None:
         previous, self.ref = self.ref, ray.put(compact(state_dict))
-        calls = [a.update_weights.remote(self.ref, version) for a in actors]
+        calls = [getattr(a, self.method).remote(self.ref, version) for a in actors]
         ready, late = ray.wait(calls, num_returns=len(calls), timeout=timeout_s)
         for slot, call in enumerate(calls):
             if call in late:

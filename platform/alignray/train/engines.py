@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from alignray.config import EngineConfig
+from alignray.models import lora
 from alignray.models.precision import resolve_dtype
 
 STATE_FILE = "trainer_state.json"  # the loop's state in a checkpoint: step, final, and what the loop adds
@@ -89,6 +90,15 @@ def rank_sums(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def peak_rss_gib() -> float:
+    """The largest resident memory any rank's process has had so far, GiB (ru_maxrss is in KiB)."""
+    import resource
+
+    t = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def rank_means(metrics: dict[str, float]) -> dict[str, float]:
     keys = sorted(metrics)
     return {k: v / dist.get_world_size() for k, v in zip(keys, rank_sums([metrics[k] for k in keys]))}
@@ -101,19 +111,23 @@ def check_finite(value: torch.Tensor, message: str) -> None:
         raise FloatingPointError(message)
 
 
+def _has_frozen(engine) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
+
+
 def save_checkpoint(engines: dict, zero_stage: int, tokenizer, state: dict, metrics: dict) -> None:
     """Report a checkpoint to Ray Train: every engine (weights, optimiser, scheduler) in a
     folder of its name, every rank's RNG, and on rank 0 the first engine's model as a Hugging
     Face folder `hf` and `state` (with at least step and final) as STATE_FILE. Every rank calls it."""
     rank = dist.get_rank()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, e in engines.items():
-            e.save_checkpoint(os.path.join(tmp, name), tag="state")
+        for name, e in engines.items():  # frozen weights (LoRA's base) are the starting model's: not saved again
+            e.save_checkpoint(os.path.join(tmp, name), tag="state", exclude_frozen_parameters=_has_frozen(e))
         torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))
         first = next(iter(engines.values()))
         weights = hf_state_dict(first, zero_stage)
         if rank == 0:
-            first.module.save_pretrained(os.path.join(tmp, "hf"), state_dict=weights, safe_serialization=True)
+            lora.save(first.module, os.path.join(tmp, "hf"), weights)
             tokenizer.save_pretrained(os.path.join(tmp, "hf"))
             Path(tmp, STATE_FILE).write_text(json.dumps(state))
         ray.train.report({**metrics, "step": state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -136,7 +150,7 @@ def restore_checkpoint(engines: dict, total: int) -> dict:
                                f" (trainer.keep_final_state: false), so it cannot go on to step {total}; give the longer"
                                " run another run_name")
         for name, e in engines.items():
-            e.load_checkpoint(os.path.join(folder, name), tag="state")
+            e.load_checkpoint(os.path.join(folder, name), tag="state", load_module_strict=not _has_frozen(e))
         torch.set_rng_state(torch.load(os.path.join(folder, f"rng_rank{dist.get_rank()}.pt")))
         return state
 

@@ -21,8 +21,9 @@ from alignray import cluster, logs, tracking
 from alignray.config import PPOConfig
 from alignray.data.pairs import load_pairs
 from alignray.data.sources import load_conversations
+from alignray.models import lora
 from alignray.models.precision import torch_dtype
-from alignray.models.registry import ModelError, local_folder, model_name, resolve
+from alignray.models.registry import ModelError, local_folder, model_name, portable_ref, resolve
 from alignray.rewards.scalarize import fitted_weights
 from alignray.rewards.scorers import endpoint_token, load_function, reward_source
 from alignray.sampling.clients import chat_renderer
@@ -116,6 +117,7 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))  # for models:/ URIs
     rewards = [_reward_folder(ref) for ref in cfg.reward.models]
     critic = rewards[0] if cfg.critic.init == "reward" else policy
+    base_ref = portable_ref(cfg.model.name)  # what a LoRA adapter names as its base
     with launch.tracked("initial policy") as active:
         mlflow.log_metrics({"prompts": len(prompts), "total_iterations": cfg.ppo.iterations})
         tracking.log_prompts(prompts, cfg.data.label, "prompts")
@@ -130,12 +132,15 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
             mlflow.set_tag("critic.head_start", f"the reward head x {head_scale:g}" if head_scale else "zeros")
         mlflow.set_tags({"placement": "colocated" if where.colocated else "separate",
                          "sampler_threads": where.sampler_threads, "trainer_threads": where.trainer_threads})
+        adapters = t.lora is not None and t.lora.sync == "adapter"  # the samplers then serve the policy's adapter
         with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed, threads=where.sampler_threads,
-                          node_id=where.node_id, sleep_mode=where.sleep_samplers) as pool:
+                          node_id=where.node_id, sleep_mode=where.sleep_samplers,
+                          lora=lora.policy_adapter_config(t.lora, base_ref) if adapters else None) as pool:
             mlflow.set_tag("placement.sampler_nodes", ",".join(sorted({h["node_id"] for h in pool.health() if h["alive"]})))
             loop_config = {
                 "config": cfg.model_dump(mode="json"),
                 "policy_path": str(policy),
+                "base_ref": base_ref,
                 "critic_path": str(critic),
                 "critic_head_scale": head_scale,
                 "reward_paths": [str(r) for r in rewards],

@@ -27,9 +27,11 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from alignray.config import PPOConfig
 from alignray.data.conversation import TURN_STOP, clean_output
+from alignray.models import lora
 from alignray.models.precision import resolve_dtype, torch_dtype
 from alignray.sampling.types import Probe, SamplingSpec
 from alignray.train.engines import (
@@ -37,12 +39,14 @@ from alignray.train.engines import (
     engine,
     hf_state_dict,
     log_metrics,
+    peak_rss_gib,
     restore_checkpoint,
     save_checkpoint,
 )
 from alignray.train.ppo_parts import (
     DiversityWatch,
     KLController,
+    Packed,
     RunningMoments,
     critic_model,
     pack,
@@ -117,10 +121,13 @@ class _Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(lc["policy_path"])
         self.pad_id = lc["pad_id"]
         self.tolerance = probe_tolerance(cfg, lc["sampler_dtype"])
-        dtype = torch_dtype(t.precision)  # the reference computes as the actor does: KL starts at 0
         actor = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=torch.float32)
-        self.reference = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=dtype).eval()
-        self.reference.requires_grad_(False)
+        self.reference = None  # with LoRA: the actor with its adapters disabled
+        if t.lora is None:  # the reference computes as the actor does: KL starts at 0
+            self.reference = AutoModelForCausalLM.from_pretrained(lc["policy_path"], dtype=torch_dtype(t.precision))
+            self.reference.eval().requires_grad_(False)
+        else:
+            actor = lora.wrap(actor, t.lora, lc["base_ref"])
         share = p.prompts_per_step * p.samples_per_prompt // world
         updates = p.iterations * p.ppo_epochs * (share // p.minibatch_per_worker)
         self.actor = engine(actor, t, t.learning_rate, updates, p.minibatch_per_worker)
@@ -128,8 +135,17 @@ class _Trainer:
         self.critic = None
         if p.algorithm == "ppo":
             critic = critic_model(lc["critic_path"], self.pad_id, lc["critic_head_scale"])
+            if t.lora is not None:
+                critic = lora.wrap(critic, t.lora, lc["critic_path"])
             self.critic = self.engines["critic"] = engine(critic, t, cfg.critic.learning_rate, updates,
                                                           p.minibatch_per_worker)
+
+    def reference_logps(self, batch: Packed, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+        """token_logps under the reference policy: the initial one, or the actor without its adapters."""
+        if self.reference is not None:
+            return token_logps(self.reference, batch, temperature)
+        with self.actor.module.disable_adapter():
+            return token_logps(self.actor, batch, temperature)
 
     def probe(self, prompt: str) -> Probe:
         """The trainer's raw log-probs of a fixed text after `prompt` (every rank calls it)."""
@@ -143,12 +159,17 @@ class _Trainer:
     def sync(self, pool, probe_prompt: str) -> float | None:
         """Push the actor's weights to every sampler (waking them first) and verify them; rank
         0 (the one holding the pool) returns the largest probe log-prob difference."""
-        state = hf_state_dict(self.actor, self.cfg.trainer.zero_stage)
+        state, adapter = hf_state_dict(self.actor, self.cfg.trainer.zero_stage), self.cfg.trainer.lora
         probe = self.probe(probe_prompt)
         if pool is None:
             return None
         pool.wake_up()
-        pool.update_weights(state, probe)
+        if adapter is None:
+            pool.update_weights(state, probe)
+        elif adapter.sync == "adapter":
+            pool.update_adapter(lora.adapter_tensors(state), probe)
+        else:
+            pool.update_weights(lora.merged_state_dict(state, lora.scaling(adapter)), probe)
         return pool.last_probe_diff
 
 
@@ -212,6 +233,7 @@ def ppo_loop(lc: dict) -> None:
         iteration += 1
         logged = iteration_metrics(exp, losses, kl_ctl, scorer.principles, phase.seconds)
         logged["time_iteration"] = phase.total()
+        logged["trainer_peak_rss_gib"] = peak_rss_gib()  # per worker process: the model copies, optimizer state, activations
         # one answer per prompt: several samples of one prompt may rightly agree as the policy sharpens
         figures, collapsed = watch.observe(ro.responses[:: p.samples_per_prompt])
         logged |= figures

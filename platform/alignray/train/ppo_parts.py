@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignray.config import RewardConfig
+from alignray.models import lora
 from alignray.rewards.diversity import Diversity, collapse, diversity
 from alignray.rewards.scorers import scalar_reward
 
@@ -134,6 +135,7 @@ def token_logps(model: nn.Module, batch: Packed, temperature: float) -> tuple[Te
 
 def token_values(critic: nn.Module, batch: Packed) -> Tensor:
     """The value model's estimate at each response token's state (before emitting it), [B, R]."""
+    critic = lora.unwrap(critic)  # adapters stay in place
     hidden = critic.base_model(**_inputs(batch)).last_hidden_state[:, batch.prompt_width - 1 : -1]
     return critic.score(hidden).float()[..., 0]
 

@@ -117,7 +117,7 @@ def experience(tr, scorer, ro: Rollouts, mine: list[int], cfg: PPOConfig, kl_coe
     tr.actor.eval()  # the experience without dropout; the update trains with it (if the config has any)
     with torch.no_grad():
         old, raw, _ = _chunked(lambda b: token_logps(tr.actor, b, temperature), batch, mb)
-        ref, _, _ = _chunked(lambda b: token_logps(tr.reference, b, temperature), batch, mb)
+        ref, _, _ = _chunked(lambda b: tr.reference_logps(b, temperature), batch, mb)
     kl = kl_penalty(old, ref, p.kl_estimator) * mask
     values = returns = None
     if tr.critic is not None:

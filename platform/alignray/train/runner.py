@@ -14,7 +14,7 @@ import ray
 
 from alignray import cluster, tracking
 from alignray.config import TrainConfig
-from alignray.models.registry import resolve
+from alignray.models.registry import portable_ref, resolve
 from alignray.train import data
 from alignray.train.launch import Launch, TrainResult, check_cpus
 from alignray.train.methods import METHODS
@@ -45,6 +45,7 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
             "config": cfg.model_dump(mode="json"),
             "kind": kind,
             "model_path": str(model_path),
+            "base_ref": portable_ref(cfg.model.name),  # what a LoRA adapter names as its base
             "pad_id": tokenizer.pad_token_id,
             "train": ray.put(prepared.train),
             "eval": ray.put(prepared.eval),

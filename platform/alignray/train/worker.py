@@ -11,12 +11,14 @@ import ray.train
 import torch
 
 from alignray.config import TrainConfig
+from alignray.models import lora
 from alignray.models.precision import torch_dtype
 from alignray.train.data import DatasetError, Example
 from alignray.train.engines import (
     check_finite,
     engine,
     log_metrics,
+    peak_rss_gib,
     rank_means,
     rank_sums,
     restore_checkpoint,
@@ -74,7 +76,10 @@ def train_loop(lc: dict) -> None:
     method = METHODS[lc["kind"]](cfg, lc["pad_id"])
     # In the training dtype from the start, so per-example values computed before the first
     # step (DPO's reference log-probs) match the training forward passes.
-    model = method.load_model(lc["model_path"]).to(torch_dtype(t.precision))
+    model = method.load_model(lc["model_path"])
+    if t.lora is not None:
+        model = lora.wrap(model, t.lora, lc["base_ref"])
+    model = model.to(torch_dtype(t.precision))
     train, evals = ray.get(lc["train"]), ray.get(lc["eval"])
     method.prepare(model, train, rank, world)
     method.prepare(model, evals, rank, world)
@@ -112,6 +117,7 @@ def train_loop(lc: dict) -> None:
             elapsed = time.monotonic() - started
             logged["tokens_per_s"] = tokens * world / elapsed
             logged["samples_per_s"] = samples * world / elapsed
+            logged["peak_rss_gib"] = peak_rss_gib()
             window, window_steps, tokens, samples, started = {}, 0, 0, 0, time.monotonic()
         if evals and (at_end or (t.eval_every_steps and step % t.eval_every_steps == 0)):
             logged.update(_evaluate(method, trained, evals, rank, world))

@@ -1,0 +1,86 @@
+"""LoRA training (`trainer.lora`) on real Ray Train + DeepSpeed, vLLM samplers and a real MLflow
+store, with the tiny models of tests/test_train.py and tests/test_ppo.py: the adapters learn, the
+registry holds the adapter naming its base, every consumer gets the merged model, checkpoints
+leave the frozen base out, PPO's reference is the policy without its adapters, and the samplers
+serve the adapter itself (vLLM's LoRA kernels) or the merged weights."""
+
+import json
+
+import pytest
+import torch
+from alignray.models.registry import local_folder
+from alignray.tracking import download_model
+from alignray.train.ppo import fit as fit_ppo
+from test_ppo import client_of, history, ppo_config, word_share
+from test_rloo import HELD_OUT, rises
+from test_train import BAD, GOOD, pref_rows, train, write
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+LORA = ["trainer.lora={rank: 8, alpha: 16}", "trainer.learning_rate=1e-2"]
+
+
+def folder_bytes(folder, pattern="*"):
+    return sum(f.stat().st_size for f in folder.rglob(pattern) if f.is_file())
+
+
+def test_dpo_with_lora_registers_an_adapter_that_loads_as_its_full_model(tiny_model, tmp_path):
+    rows = [dict(r, preference_prob=1.0) for r in pref_rows()]
+    result, client = train("dpo", tiny_model, tmp_path, write(tmp_path, rows), "dpo.beta=0.5", *LORA)
+    assert result.metrics["eval_reward_accuracy"] >= 0.9
+    adapter = download_model(result.model_uri)
+    assert sorted(p.name for p in adapter.glob("adapter_*")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert not (adapter / "config.json").exists()
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model)
+    name, version = result.model_uri.removeprefix("models:/").split("/")
+    assert client.get_model_version(name, version).tags["base_model"] == str(tiny_model)
+    assert folder_bytes(adapter, "adapter_model.*") < folder_bytes(tiny_model, "*.safetensors") / 5
+    # the engine state leaves the frozen base out: a few adapter-sized files, not the model again
+    engine_state = folder_bytes(result.checkpoint / "deepspeed")
+    assert engine_state < folder_bytes(tiny_model, "*.safetensors"), engine_state
+    merged = local_folder(result.model_uri)  # what every stage, sampler and server loads
+    assert (merged / "config.json").is_file() and generates_folder(merged)
+
+
+def generates_folder(folder) -> bool:
+    from transformers import AutoModelForCausalLM
+
+    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    ids = tok("Human: Hello?\n\nAssistant:", return_tensors="pt").input_ids
+    return model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
+
+
+def test_a_lora_preference_model_under_zero3_learns_and_scores_as_a_full_one(tiny_model, tmp_path):
+    result, _ = train("preference", tiny_model, tmp_path, write(tmp_path, pref_rows()), "trainer.zero_stage=3", *LORA)
+    assert result.metrics["eval_accuracy"] >= 0.9
+    folder = local_folder(result.model_uri)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    prompt = "Human: A new question?\n\nAssistant: "
+    with torch.no_grad():
+        good = model(**tok(prompt + GOOD[0], return_tensors="pt")).logits.item()
+        bad = model(**tok(prompt + BAD[0], return_tensors="pt")).logits.item()
+    assert good > bad
+
+
+@pytest.mark.parametrize("algorithm, sync", [("rloo", "adapter"), ("ppo", "merged")])
+def test_lora_policies_learn_with_the_reference_inside_and_either_sync(algorithm, sync, tiny_model, pattern_reward,
+                                                                        tmp_path):
+    """RLOO with the adapter served by vLLM's LoRA kernels; PPO (its critic adapted too, its head
+    trained whole) with merged weights, stopped half-way and resumed from the checkpoint without
+    the frozen base."""
+    reward_model, words = pattern_reward
+    out = tmp_path / "runs"
+    args = [f"reward.models=[{reward_model}]", f"ppo.algorithm={algorithm}", "ppo.iterations=16", "ppo.kl_target=3",
+            "ppo.kl_horizon=64", "trainer.lora={rank: 8, alpha: 16, sync: %s}" % sync, "trainer.learning_rate=1e-2",
+            "critic.learning_rate=1e-2", "run_name=lora"]
+    if algorithm == "ppo":
+        fit_ppo(ppo_config(tiny_model, out, *args, "ppo.stop_after_iterations=8"))
+    result = fit_ppo(ppo_config(tiny_model, out, *args))
+    probe = history(out, result.run_id, "sync_probe_diff")
+    assert len(probe) == 16 and max(probe) < 1e-3, probe  # every sampler served what the trainer computes
+    assert history(out, result.run_id, "kl")[0] < 1e-6  # the reference is the starting policy: the adapters off
+    rises(out, result.run_id)
+    after = word_share(local_folder(result.model_uri), set(words), HELD_OUT)
+    assert after > word_share(tiny_model, set(words), HELD_OUT) + 0.1
+    assert client_of(out).get_run(result.run_id).data.metrics["trainer_peak_rss_gib"] > 0
