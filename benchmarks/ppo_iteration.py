@@ -3,8 +3,10 @@ and the critic-free RLOO and GRPO (`ppo.algorithm`) on the same workload.
 
 Every run is the same PPO loop (`alignray.train.ppo.fit`: Ray Train + DeepSpeed actor/critic, frozen reference, local
 reward model) with the same workload; runs differ in the compute dtype (`model.dtype` and `trainer.precision`), in
-`ppo.placement`, in the object the loop rolls out with, and in `ppo.algorithm` (an optional fourth part of a run,
-default ppo; rloo and grpo build no critic). `ours` is the SamplerPool (one vLLM actor). `hf` is one Ray
+`ppo.placement`, in the object the loop rolls out with, in `ppo.algorithm` (an optional fourth part of a run,
+default ppo; rloo and grpo build no critic) and in LoRA (an optional fifth part: `full`, the default, trains every
+weight; `lora` trains rank-16 adapters (alpha 32) on every projection, of the policy and the critic, and sends the
+samplers the adapter; `lora-merged` sends them the merged weights). `ours` is the SamplerPool (one vLLM actor). `hf` is one Ray
 actor holding SmolLM2 as a transformers AutoModelForCausalLM (same dtype, as many torch threads as the pool's engine
 would get) that samples every prompt x n in one batched `generate(do_sample=True)` call, takes the sampled tokens' raw
 log-probs from the returned logits, and on a weight sync loads the state dict and scores the trainer's probe;
@@ -23,12 +25,15 @@ MFU = the iteration's matmul FLOPs / its time / the peak of its dtype on the nod
 FLOPs, with S = prompt + response tokens of the iteration (logged as sequence_tokens), N_lm = the policy's and
 N_cls = the critic's (= reward model's) nn.Linear weights and e = PPO epochs: rollout 2 N_lm S, scoring
 2 S (2 N_lm + 2 N_cls) (old and reference log-probs, values, reward), training 6 e S (N_lm + N_cls); without a critic
-(rloo, grpo) scoring 2 S (2 N_lm + N_cls) and training 6 e S N_lm. Attention-score FLOPs and the LM head's skipped
-prompt positions are ignored (a slight overcount).
+(rloo, grpo) scoring 2 S (2 N_lm + N_cls) and training 6 e S N_lm. With LoRA the frozen weights take no weight
+gradient: training counts 4 per weight instead of 6 (the adapters' own FLOPs, under 2% at rank 16, are left out).
+Attention-score FLOPs and the LM head's skipped prompt positions are ignored (a slight overcount). Peak RSS is the
+largest resident memory of the trainer worker process (the metric trainer_peak_rss_gib).
 
     .venv/bin/python benchmarks/ppo_iteration.py                    # 3 runs, ~15 min on 2 cores
     .venv/bin/python benchmarks/ppo_iteration.py --runs ours:bf16:colocated,ours:fp32:separate --iterations 3
     .venv/bin/python benchmarks/ppo_iteration.py --runs ours:bf16:colocated:rloo,ours:bf16:colocated:ppo,ours:bf16:colocated:grpo
+    .venv/bin/python benchmarks/ppo_iteration.py --runs ours:bf16:colocated:ppo:lora,ours:bf16:colocated:ppo:full,ours:bf16:colocated:ppo:lora-merged
 """
 
 from __future__ import annotations
@@ -164,7 +169,9 @@ def run(spec: str, out: Path, reward: Path, args) -> dict[str, list[float]]:
     from alignray.train import ppo
     from mlflow import MlflowClient
 
-    side, dtype, placement, algorithm = (spec.split(":") + ["ppo"])[:4]
+    side, dtype, placement, algorithm, weights = fields(spec)
+    lora = [] if weights == "full" else [
+        "trainer.lora={rank: 16, alpha: 32, sync: %s}" % ("merged" if weights == "lora-merged" else "adapter")]
     cfg = load_config(None, [
         f"output_dir={out}", "tracking.experiment=bench", "data.source=sample", f"reward.models=[{reward}]",
         "critic.init=reward", "trainer.num_workers=1", "trainer.cpus_per_worker=1", f"trainer.zero_stage={args.zero_stage}",
@@ -172,21 +179,27 @@ def run(spec: str, out: Path, reward: Path, args) -> dict[str, list[float]]:
         "sampler.max_model_len=512", f"ppo.iterations={args.iterations}", f"ppo.prompts_per_step={args.prompts}",
         f"ppo.samples_per_prompt={args.samples}", f"ppo.minibatch_per_worker={args.minibatch}", "ppo.ppo_epochs=1",
         f"model.dtype={'bfloat16' if dtype == 'bf16' else 'float32'}", f"trainer.precision={dtype}",
-        f"ppo.placement={placement}", f"ppo.algorithm={algorithm}",
+        f"ppo.placement={placement}", f"ppo.algorithm={algorithm}", *lora,
     ], PPOConfig)
     result = ppo.fit(cfg, rollout_pool=SamplerPool if side == "ours" else HFGeneratePool)
     client = MlflowClient(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
     keys = [f"time_{p}" for p in PHASES] + ["tokens_per_s", "response_length", "sync_probe_diff", "logprob_gap",
-                                            "sequence_tokens"]
+                                            "sequence_tokens", "trainer_peak_rss_gib"]
     history = {k: sorted(client.get_metric_history(result.run_id, k), key=lambda m: m.step) for k in keys}
     return {k: [m.value for m in ms if m.step > args.warmup] for k, ms in history.items()}
 
 
-def iteration_flops(metrics: dict, n_lm: int, n_cls: int, critic: bool) -> float:
-    s = statistics.mean(metrics["sequence_tokens"])
+def fields(spec: str) -> tuple[str, str, str, str, str]:
+    """side, dtype, placement, algorithm (default ppo), weights (default full) of a run."""
+    parts = spec.split(":")
+    return (*parts[:3], *(parts[3:] + ["ppo", "full"][len(parts) - 3:]))
+
+
+def iteration_flops(metrics: dict, n_lm: int, n_cls: int, critic: bool, lora: bool) -> float:
+    s, train = statistics.mean(metrics["sequence_tokens"]), 4 if lora else 6
     if critic:
-        return s * (2 * n_lm + 2 * (2 * n_lm + 2 * n_cls) + 6 * (n_lm + n_cls))
-    return s * (2 * n_lm + 2 * (2 * n_lm + n_cls) + 6 * n_lm)
+        return s * (2 * n_lm + 2 * (2 * n_lm + 2 * n_cls) + train * (n_lm + n_cls))
+    return s * (2 * n_lm + 2 * (2 * n_lm + n_cls) + train * n_lm)
 
 
 def report(results: dict, peaks: dict, sizes: tuple[int, int], load: list[tuple], args) -> None:
@@ -204,11 +217,12 @@ def report(results: dict, peaks: dict, sizes: tuple[int, int], load: list[tuple]
     rows = [(p, f"time_{p}") for p in PHASES] + [("rollout tokens/s", "tokens_per_s"),
                                                  ("response length (tokens)", "response_length"),
                                                  ("probe diff (mean, max)", "sync_probe_diff"),
-                                                 ("sampler-trainer gap", "logprob_gap")]
+                                                 ("sampler-trainer gap", "logprob_gap"),
+                                                 ("trainer peak RSS (GiB)", "trainer_peak_rss_gib")]
     for label, key in rows:
-        agg = max if key == "sync_probe_diff" else mean
+        agg = max if key in ("sync_probe_diff", "trainer_peak_rss_gib") else mean
         print(f"{label:<26}" + "".join(f"{agg(results[s][key]):>{width}.3g}" for s in specs))
-    mfu = {s: iteration_flops(results[s], *sizes, critic=(s.split(":") + ["ppo"])[3] == "ppo")
+    mfu = {s: iteration_flops(results[s], *sizes, critic=fields(s)[3] == "ppo", lora=fields(s)[4] != "full")
               / mean(results[s]["time_iteration"]) / peaks[s.split(":")[1]] for s in specs}
     print(f"{'MFU (iteration)':<26}" + "".join(f"{mfu[s]:>{width}.2%}" for s in specs))
     first = specs[0]
@@ -221,9 +235,9 @@ def report(results: dict, peaks: dict, sizes: tuple[int, int], load: list[tuple]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="ours:bf16:colocated,ours:fp32:separate,hf:bf16:colocated",
-                        help="comma-separated side:dtype:placement[:algorithm] (side: ours | hf; dtype: bf16 | fp32;"
-                             " placement: colocated | separate; algorithm: ppo (default) | rloo | grpo); the first is"
-                             " compared with each other one")
+                        help="comma-separated side:dtype:placement[:algorithm[:weights]] (side: ours | hf; dtype: bf16 |"
+                             " fp32; placement: colocated | separate; algorithm: ppo (default) | rloo | grpo; weights:"
+                             " full (default) | lora | lora-merged); the first is compared with each other one")
     parser.add_argument("--iterations", type=int, default=4, help="PPO iterations per run")
     parser.add_argument("--warmup", type=int, default=1, help="first iterations left out of the means")
     parser.add_argument("--prompts", type=int, default=8, help="ppo.prompts_per_step")
@@ -237,9 +251,11 @@ def main() -> None:
     specs = args.runs.split(",")
     for spec in specs:
         parts = spec.split(":")
-        if len(parts) not in (3, 4) or parts[0] not in POOLS or parts[1] not in ("bf16", "fp32") or parts[2] not in (
-                "colocated", "separate") or parts[3:] not in ([], ["ppo"], ["rloo"], ["grpo"]):
-            parser.error(f"--runs: {spec!r} is not side:dtype:placement[:algorithm] (e.g. ours:bf16:colocated:rloo)")
+        if not 3 <= len(parts) <= 5 or parts[0] not in POOLS or parts[1] not in ("bf16", "fp32") or parts[2] not in (
+                "colocated", "separate") or fields(spec)[3] not in ("ppo", "rloo", "grpo") or fields(spec)[4] not in (
+                "full", "lora", "lora-merged"):
+            parser.error(f"--runs: {spec!r} is not side:dtype:placement[:algorithm[:weights]] (e.g."
+                         " ours:bf16:colocated:rloo:lora)")
 
     from alignray.models.registry import resolve
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
