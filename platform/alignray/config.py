@@ -453,7 +453,7 @@ class EngineConfig(Strict):
     )
     lora: LoRAConfig | None = Field(
         None, description="Train low-rank adapters (rank, alpha, dropout, target_modules) and freeze the base weights;"
-        " a preference model's or critic's head is trained whole. None: full fine-tuning. See README \"LoRA\"."
+        " a preference model's or critic's head is trained whole. null: full fine-tuning. See README \"LoRA\"."
     )
     keep_final_state: bool = Field(
         False, description="Keep a finished run's optimizer and engine states (what continuing it to more steps"

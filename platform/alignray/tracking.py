@@ -21,7 +21,6 @@ from mlflow.data.meta_dataset import MetaDataset
 from pydantic import BaseModel
 
 from alignray.config import TrackingConfig
-from alignray.models import lora
 
 
 def tracking_uri(cfg: TrackingConfig, output_dir: Path) -> str:
@@ -163,12 +162,12 @@ def log_model_input(ref: str, context: str) -> None:
 
 
 def register_model(
-    folder: Path, name: str, value: float | None, metric: str, higher_is_better: bool
+    folder: Path, name: str, value: float | None, metric: str, higher_is_better: bool, tags: dict | None = None
 ) -> tuple[str, bool]:
     """Log an HF folder as the active run's `model` artifact and register it as a new version
     of `name` (MLflow reserves the alias `latest`: `models:/name/latest` is always the newest
     version). It also becomes `@champion` when its `metric` beats the current champion's (or
-    there is none). Returns (version, became champion)."""
+    there is none); `tags` go on the version too. Returns (version, became champion)."""
     from mlflow.exceptions import MlflowException
 
     run = mlflow.active_run()
@@ -178,9 +177,7 @@ def register_model(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="alignray training output (HF folder)")
-    tags = {metric: str(value)} if value is not None else {}
-    if lora.is_adapter_folder(folder):  # a LoRA adapter: registered without its base, which it names
-        tags["base_model"] = str(lora.base_ref(folder))
+    tags = {**(tags or {}), **({metric: str(value)} if value is not None else {})}
     version = client.create_model_version(
         name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags
     ).version
