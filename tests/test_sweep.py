@@ -161,6 +161,15 @@ def test_the_comparison_sweeps_share_the_stages_their_headers_say(tmp_path):
     assert first_key("morlaif_vs_rlaif_smollm2", "rlaif", 1) == table["rlaif"]
     assert first_key("rdpo_vs_dpo_smollm2", "dpo", 0) == first_key("rdpo_vs_dpo_smollm2", "rdpo", 0)
 
+    def keys(sweep: str, arm: str) -> list[str]:
+        cfg = load_config(SWEEPS / f"{sweep}.yaml", [], PipelineConfig)
+        return [stage_key(*sc) for sc in stage_configs(trial_config(_base_tree(cfg), {"arm": arm, "seed": 0}, cfg.sweep.arms))]
+
+    # RLOO vs PPO: its PPO arm trains RRHF vs PPO's (simulation, preference model, PPO; each sweep evaluates
+    # under its own name); RLOO shares the data and the reward, not the PPO stage
+    ppo, rloo = keys("rloo_vs_ppo_smollm2", "ppo"), keys("rloo_vs_ppo_smollm2", "rloo")
+    assert ppo[:3] == keys("rrhf_vs_ppo_smollm2", "ppo")[:3] and rloo[:2] == ppo[:2] and rloo[2] != ppo[2]
+
 
 def test_a_trial_config_is_the_base_with_its_overrides(tmp_path):
     from alignray.pipelines.sweep import _base_tree
