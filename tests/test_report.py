@@ -196,7 +196,7 @@ def test_stage_tables_time_every_stage_and_show_pairs_losses_and_head_accuracies
                "stage_runs": {"simulate": shared,
                               "preference": run(240 + 60 * seed, eval_accuracy=0.6 + 0.1 * seed,
                                                 eval_accuracy_toxicity=0.7, eval_accuracy_empathy=0.5 + 0.2 * seed),
-                              "ppo": run(600), "evaluate": run(30)}} for seed in (0, 1)]
+                              "ppo": run(600 + 3600 * seed, active_seconds=600), "evaluate": run(30)}} for seed in (0, 1)]
     trials.append({"trial_id": "old", "overrides": {"arm": "rlaif", "seed": 0}})  # recorded before stage_runs
     text = "\n".join(stage_tables(client, {"trials": trials}))
     assert "| configuration | simulate (min) | preference (min) | ppo (min) | preference pairs |" in text

@@ -58,3 +58,14 @@ def test_inputs_name_the_run_that_produced_them_and_runs_have_system_metrics(tmp
 
     metrics = mlflow.get_run(producer_id).data.metrics
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics), metrics
+
+
+def test_a_resumed_run_counts_the_time_of_its_attempts_not_the_pause_between(tmp_path):
+    cfg = TrackingConfig(experiment="attempts")
+    for _ in range(2):
+        with tracking.start_run(cfg, tmp_path, "resumed", {}, resume=True) as active:
+            time.sleep(0.5)
+        time.sleep(2.0)  # the pause: stopped, then run again
+    run = mlflow.get_run(active.info.run_id)
+    start_to_end = (run.info.end_time - run.info.start_time) / 1000
+    assert 1.0 <= tracking.run_seconds(run) < 2.0 < start_to_end  # both attempts, not the pause

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,14 +99,37 @@ def start_run(
         previous = mlflow.search_runs(
             [experiment.experiment_id], f"tags.`{RUN_TAG}` = '{run_name}'", output_format="list"
         )
+    started = time.monotonic()
     if previous:
         with mlflow.start_run(run_id=previous[0].info.run_id, log_system_metrics=True) as run:
-            yield run
+            try:
+                yield run
+            finally:
+                _add_active_time(run.info.run_id, time.monotonic() - started)
         return
     tags = {RUN_TAG: run_name, **cfg.tags, **({PARENT_TAG: cfg.parent_run} if cfg.parent_run else {})}
     with mlflow.start_run(run_name=cfg.run_name or run_name, tags=tags, log_system_metrics=True) as run:
-        mlflow.log_params(params)
-        yield run
+        try:
+            mlflow.log_params(params)
+            yield run
+        finally:
+            _add_active_time(run.info.run_id, time.monotonic() - started)
+
+
+ACTIVE_SECONDS = "active_seconds"  # a run's wall time summed over its attempts: the pauses of a resumed run left out
+
+
+def _add_active_time(run_id: str, seconds: float) -> None:
+    before = mlflow.MlflowClient().get_run(run_id).data.metrics.get(ACTIVE_SECONDS, 0.0)
+    mlflow.log_metric(ACTIVE_SECONDS, before + seconds, run_id=run_id)
+
+
+def run_seconds(run) -> float | None:
+    """A finished run's wall time: its attempts' summed ACTIVE_SECONDS, or start to end for a run
+    recorded before that metric (or whose every attempt was killed); None while it runs."""
+    if ACTIVE_SECONDS in run.data.metrics:
+        return run.data.metrics[ACTIVE_SECONDS]
+    return (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
 
 
 def stamped(table: pa.Table, path: Path) -> pa.Table:

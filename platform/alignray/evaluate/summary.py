@@ -29,6 +29,7 @@ import mlflow
 
 from alignray.io import atomic_dir
 from alignray.stats import SeedDifference, SeedSummary, across_seeds, difference_across_seeds
+from alignray.tracking import run_seconds
 
 SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sweep), and only it
 TRIAL_TAG = "alignray.trial"  # on every stage run of a sweep's trial: its Tune trial id
@@ -148,15 +149,16 @@ def compare(arm: Group, baseline: Group, metrics: list[str]) -> dict[str, tuple[
 
 def wall_times(parent: str) -> dict[str, float]:
     """Seconds per trial of a sweep: its own finished stage runs (nested under the sweep's parent
-    run, tagged with the trial), start to end, summed. A stage the trial reused ran in another
-    trial's run, so it counts 0 here."""
+    run, tagged with the trial), each `tracking.run_seconds` (pauses of a resumed run left out),
+    summed. A stage the trial reused ran in another trial's run, so it counts 0 here."""
     runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
                               output_format="list")
     out: dict[str, float] = {}
     for r in runs:
         trial = r.data.tags.get(TRIAL_TAG)
-        if trial and r.info.end_time:
-            out[trial] = out.get(trial, 0.0) + (r.info.end_time - r.info.start_time) / 1000
+        seconds = run_seconds(r)
+        if trial and seconds is not None:
+            out[trial] = out.get(trial, 0.0) + seconds
     return out
 
 
@@ -182,7 +184,8 @@ def _arms(table: dict, parent: str, groups: list[Group], summaries: dict, metric
         wall = _durations(seconds[arm]) if arm in seconds else "–"
         seeds = len(tests[arm].metrics) if arm in tests else 0
         lines.append(f"| {arm}{' (baseline)' if arm == baseline else ''} | {spec['pipeline']} | {seeds} | {wall} |")
-    lines += ["", "Wall time per trial: the sum of its own stage runs, MLflow start to end. A stage it reused from"
+    lines += ["", "Wall time per trial: the sum of its own stage runs, each from start to end of every attempt (the"
+              " pauses of a stopped and resumed stage left out). A stage it reused from"
               " another trial (another arm's or another seed's: the same config and inputs) ran there and counts"
               " 0 here.", ""]
     if baseline not in tests:
@@ -230,7 +233,8 @@ def stage_tables(client, table: dict) -> list[str]:
         return []
     stages = list(dict.fromkeys(s for trials in runs.values() for per in trials for s in per if s != "evaluate"))
     lines = ["## Stages behind each configuration", "",
-             "Mean over seeds (min to max). Wall time of every stage of the pipeline, MLflow start to end, also of a"
+             "Mean over seeds (min to max). Wall time of every stage of the pipeline, start to end of every attempt"
+             " (pauses of a resumed stage left out), also of a"
              " stage reused from another trial or sweep (the time it took where it ran).", "",
              "| configuration | " + " | ".join(f"{s} (min)" for s in stages) + " | "
              + " | ".join(what for _, _, what in STAGE_FIGURES) + " |",
@@ -239,8 +243,7 @@ def stage_tables(client, table: dict) -> list[str]:
     for label, trials in runs.items():
         cells = []
         for s in stages:
-            took = [(per[s].info.end_time - per[s].info.start_time) / 60000 for per in trials
-                    if s in per and per[s].info.end_time]
+            took = [run_seconds(per[s]) / 60 for per in trials if s in per and run_seconds(per[s]) is not None]
             cells.append(_per_seed(took, ".1f") if took else "–")
         for stage, metric, _ in STAGE_FIGURES:
             found = [per[stage].data.metrics[metric] for per in trials if stage in per and metric in per[stage].data.metrics]
