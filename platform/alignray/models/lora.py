@@ -29,7 +29,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 HEAD = "score"  # a sequence-classification model's head: trained whole, not through an adapter
 
 
-def _peft_config(cfg: LoRAConfig, head: bool, base_ref: str):
+def _peft_config(cfg: LoRAConfig, head: bool, base_ref: str | None = None):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -44,7 +44,9 @@ def wrap(model: nn.Module, cfg: LoRAConfig, base_ref: str) -> nn.Module:
     model's or critic's head (`score`) is trained whole. The adapter names `base_ref` as its base."""
     from peft import get_peft_model
 
-    return get_peft_model(model, _peft_config(cfg, hasattr(model, HEAD), base_ref))
+    adapted = get_peft_model(model, _peft_config(cfg, hasattr(model, HEAD)))
+    adapted.peft_config["default"].base_model_name_or_path = base_ref  # peft sets the folder the model came from
+    return adapted
 
 
 def policy_adapter_config(cfg: LoRAConfig, base_ref: str) -> dict:
