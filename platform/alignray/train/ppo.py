@@ -99,8 +99,9 @@ def _prompts(cfg: PPOConfig, policy: Path) -> list[str]:
 
 def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
     """Run (or resume) PPO. `rollout_pool` is the class that rolls out: SamplerPool, or any
-    class with its constructor and its generate / update_weights / sleep / wake_up / health / dtype /
-    restarts / last_probe_diff (benchmarks/ppo_iteration.py plugs in transformers `generate`)."""
+    class with its constructor (including `lora=`) and its generate / update_weights / sleep / wake_up /
+    health / dtype / restarts / last_probe_diff, and update_adapter under trainer.lora.sync = adapter
+    (benchmarks/ppo_iteration.py plugs in transformers `generate`)."""
     _check_shapes(cfg)
     if cfg.reward.endpoint:
         endpoint_token(cfg.reward)  # an unset token variable stops the run here, before anything starts
