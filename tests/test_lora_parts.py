@@ -58,7 +58,8 @@ def test_adapter_tensors_are_what_peft_saves(tiny_model, tmp_path):
     mine = lora.adapter_tensors(model.state_dict())
     assert sorted(mine) == sorted(saved) and len(mine) == 2 * 7 * 2  # A and B, 7 projections, 2 layers
     assert all(torch.equal(mine[k], saved[k]) for k in saved)
-    assert lora.policy_adapter_config(CFG, "base")["r"] == 4
+    config = json.loads(json.dumps(lora.policy_adapter_config(CFG, "base")))  # written as adapter_config.json
+    assert config["r"] == 4 and sorted(config["target_modules"]) == sorted(CFG.target_modules)
     named = lora.wrap(AutoModelForCausalLM.from_pretrained(tiny_model), CFG, "models:/the-base/2")
     named.save_pretrained(tmp_path / "named")
     assert lora.base_ref(tmp_path / "named") == "models:/the-base/2"  # as the config named it, not the local folder

@@ -51,7 +51,8 @@ def wrap(model: nn.Module, cfg: LoRAConfig, base_ref: str) -> nn.Module:
 
 def policy_adapter_config(cfg: LoRAConfig, base_ref: str) -> dict:
     """A causal LM's adapter_config.json, as `wrap` configures its adapters."""
-    return _peft_config(cfg, False, base_ref).to_dict()
+    config = _peft_config(cfg, False, base_ref).to_dict()
+    return json.loads(json.dumps(config, default=sorted))  # peft keeps target_modules as a set
 
 
 def adapter_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
