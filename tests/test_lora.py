@@ -72,17 +72,17 @@ def test_lora_policies_learn_with_the_reference_inside_and_either_sync(algorithm
     reward_model, words = pattern_reward
     out = tmp_path / "runs"
     # the tiny model's output layer is a third of its weights: with adapters on the projections alone the
-    # reward rose by 0.02-0.05 in 16 iterations (lr 2e-3 to 3e-2, rank 8 or 32); with lm_head too, by 0.2-0.3
+    # reward rose by 0.02-0.05 in 16 iterations (lr 2e-3 to 3e-2, rank 8 or 32); with lm_head too, by 0.1-0.3
     lora = "{rank: 8, alpha: 16, sync: %s, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj," \
            " down_proj, lm_head]}" % sync
-    args = [f"reward.models=[{reward_model}]", f"ppo.algorithm={algorithm}", "ppo.iterations=16", "ppo.kl_target=3",
+    args = [f"reward.models=[{reward_model}]", f"ppo.algorithm={algorithm}", "ppo.iterations=12", "ppo.kl_target=3",
             "ppo.kl_horizon=64", f"trainer.lora={lora}", "trainer.learning_rate=1e-2", "critic.learning_rate=1e-3",
             "run_name=lora"]
     if algorithm == "ppo":
-        fit_ppo(ppo_config(tiny_model, out, *args, "ppo.stop_after_iterations=8"))
+        fit_ppo(ppo_config(tiny_model, out, *args, "ppo.stop_after_iterations=6"))
     result = fit_ppo(ppo_config(tiny_model, out, *args))
     probe = history(out, result.run_id, "sync_probe_diff")
-    assert len(probe) == 16 and max(probe) < 1e-3, probe  # every sampler served what the trainer computes
+    assert len(probe) == 12 and max(probe) < 1e-3, probe  # every sampler served what the trainer computes
     assert history(out, result.run_id, "kl")[0] < 1e-6  # the reference is the starting policy: the adapters off
     rises(out, result.run_id)
     after = word_share(local_folder(result.model_uri), set(words), HELD_OUT)

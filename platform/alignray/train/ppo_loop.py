@@ -183,6 +183,18 @@ def warn_collapse(client, lc: dict, iteration: int, reasons: list[str]) -> None:
     ray.get(lc["progress"].warn.remote("diversity", text))  # delivered before the run can end
 
 
+def _samplers_stale(pool, iteration: int) -> bool:
+    """Whether the samplers may hold other weights than the actor's, on every rank (rank 0 asks):
+    after a resume (they started from the initial policy), and after a restart of the workers
+    that found no checkpoint (Ray Train may not have recorded one reported just before a worker
+    died): the samplers kept the weights of the lost iterations. Their own weights_version says so."""
+    flag = [False]
+    if pool is not None:
+        flag[0] = iteration > 0 or any(h.get("weights_version") for h in pool.health() if h["alive"])
+    dist.broadcast_object_list(flag, src=0)
+    return flag[0]
+
+
 def ppo_loop(lc: dict) -> None:
     import mlflow
 
@@ -205,7 +217,7 @@ def ppo_loop(lc: dict) -> None:
     norm = RunningMoments(**state.get("reward_norm", {}))
     watch = DiversityWatch(**state.get("diversity", {}))
     pool = lc["pool"] if rank == 0 else None
-    if iteration:  # resumed: the samplers start from the initial policy
+    if _samplers_stale(pool, iteration):
         tr.sync(pool, prompts[0])
     client = mlflow.MlflowClient(lc["tracking_uri"]) if rank == 0 else None
     nodes = [None] * world
