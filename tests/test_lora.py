@@ -63,12 +63,12 @@ def test_a_lora_preference_model_under_zero3_learns_and_scores_as_a_full_one(tin
     assert good > bad
 
 
-@pytest.mark.parametrize("algorithm, sync", [("rloo", "adapter"), ("ppo", "merged")])
+@pytest.mark.parametrize("algorithm, sync", [("rloo", "adapter"), ("ppo", "auto")])
 def test_lora_policies_learn_with_the_reference_inside_and_either_sync(algorithm, sync, tiny_model, pattern_reward,
                                                                         tmp_path):
     """RLOO with the adapter served by vLLM's LoRA kernels; PPO (its critic adapted too, its head
-    trained whole) with merged weights, stopped half-way and resumed from the checkpoint without
-    the frozen base."""
+    trained whole) with merged weights (`auto` on CPU samplers), stopped half-way and resumed from
+    the checkpoint without the frozen base."""
     reward_model, words = pattern_reward
     out = tmp_path / "runs"
     # the tiny model's output layer is a third of its weights: with adapters on the projections alone the

@@ -108,6 +108,12 @@ def test_an_adapter_whose_base_is_gone_says_so(tiny_model, tmp_path, monkeypatch
         local_folder(str(folder))
 
 
+def test_auto_sends_the_adapter_to_gpu_samplers_and_merged_weights_to_cpu_ones():
+    assert not lora.sends_adapter(None, 1.0)
+    assert [lora.sends_adapter(LoRAConfig(sync=sync), gpus) for sync in ("auto", "adapter", "merged")
+            for gpus in (0.0, 1.0)] == [False, True, True, True, False, False]
+
+
 def test_vllm_lora_ranks():
     assert [vllm_lora_rank(r) for r in (1, 2, 8, 9, 300, 512)] == [1, 8, 8, 16, 320, 512]
     with pytest.raises(ValueError, match="at most 512"):

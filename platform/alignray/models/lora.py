@@ -49,6 +49,11 @@ def wrap(model: nn.Module, cfg: LoRAConfig, base_ref: str) -> nn.Module:
     return adapted
 
 
+def sends_adapter(cfg: LoRAConfig | None, gpus_per_sampler: float) -> bool:
+    """Whether a LoRA policy's samplers get only its adapter after each iteration (else merged weights)."""
+    return cfg is not None and (cfg.sync == "adapter" or (cfg.sync == "auto" and gpus_per_sampler > 0))
+
+
 def policy_adapter_config(cfg: LoRAConfig, base_ref: str) -> dict:
     """A causal LM's adapter_config.json, as `wrap` configures its adapters."""
     config = _peft_config(cfg, False, base_ref).to_dict()

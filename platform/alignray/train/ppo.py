@@ -133,7 +133,7 @@ def fit(cfg: PPOConfig, rollout_pool: type = SamplerPool) -> TrainResult:
             mlflow.set_tag("critic.head_start", f"the reward head x {head_scale:g}" if head_scale else "zeros")
         mlflow.set_tags({"placement": "colocated" if where.colocated else "separate",
                          "sampler_threads": where.sampler_threads, "trainer_threads": where.trainer_threads})
-        adapters = t.lora is not None and t.lora.sync == "adapter"  # the samplers then serve the policy's adapter
+        adapters = lora.sends_adapter(t.lora, s.gpus_per_sampler)  # the samplers then serve the policy's adapter
         with rollout_pool(policy, s, dtype=cfg.model.dtype, seed=t.seed, threads=where.sampler_threads,
                           node_id=where.node_id, sleep_mode=where.sleep_samplers,
                           lora=lora.policy_adapter_config(t.lora, base_ref) if adapters else None) as pool:

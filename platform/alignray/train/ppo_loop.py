@@ -166,7 +166,7 @@ class _Trainer:
         pool.wake_up()
         if adapter is None:
             pool.update_weights(state, probe)
-        elif adapter.sync == "adapter":
+        elif lora.sends_adapter(adapter, self.cfg.sampler.gpus_per_sampler):
             pool.update_adapter(lora.adapter_tensors(state), probe)
         else:
             pool.update_weights(lora.merged_state_dict(state, lora.scaling(adapter)), probe)
