@@ -85,17 +85,23 @@ class SteadyEndpoint(Endpoint):
         super().do_POST()
 
 
-def test_grpo_on_an_http_reward_endpoint(tiny_model, tmp_path):
+def test_grpo_on_an_http_reward_endpoint_in_one_update_per_iteration(tiny_model, tmp_path):
+    """Also GRPO's single update (one epoch, one minibatch per worker, the KL as a loss): the
+    experience skips the actor's forward pass and the update's own log-probs are the old ones."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), SteadyEndpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "runs"
     try:
         result = fit(ppo_config(tiny_model, out, f"reward.endpoint=http://127.0.0.1:{server.server_port}/score",
                                 "critic.init=policy", "ppo.algorithm=grpo", "ppo.group_std=false",
-                                "reward.weights=[1.0, 2.0]", "ppo.iterations=2"))
+                                "reward.weights=[1.0, 2.0]", "ppo.iterations=2", "ppo.kl_in=loss", "ppo.ppo_epochs=1",
+                                "ppo.minibatch_per_worker=32"))
     finally:
         server.shutdown()
     assert result.model_uri is not None
     for principle in ("length", "e_share"):
         assert len(history(out, result.run_id, f"reward_{principle}")) == 2
     assert client_of(out).get_run(result.run_id).data.params["ppo.group_std"] == "False"
+    assert history(out, result.run_id, "approx_kl") == [0.0, 0.0]  # the ratio is exactly 1: old = this pass
+    assert history(out, result.run_id, "kl")[0] < 1e-6 < history(out, result.run_id, "kl")[1]  # filled by the update
+    assert max(history(out, result.run_id, "logprob_gap")) < 1e-3  # the update's raw log-probs against the sampler's

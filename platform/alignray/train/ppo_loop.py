@@ -140,12 +140,13 @@ class _Trainer:
             self.critic = self.engines["critic"] = engine(critic, t, cfg.critic.learning_rate, updates,
                                                           p.minibatch_per_worker)
 
-    def reference_logps(self, batch: Packed, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
-        """token_logps under the reference policy: the initial one, or the actor without its adapters."""
+    def reference_logps(self, batch: Packed, temperature: float) -> Tensor:
+        """The reference policy's log-probs at `temperature`: the initial policy's, or the actor's
+        without its adapters."""
         if self.reference is not None:
-            return token_logps(self.reference, batch, temperature)
+            return token_logps(self.reference, batch, temperature, raw=False, entropy=False)[0]
         with self.actor.module.disable_adapter():
-            return token_logps(self.actor, batch, temperature)
+            return token_logps(self.actor, batch, temperature, raw=False, entropy=False)[0]
 
     def probe(self, prompt: str) -> Probe:
         """The trainer's raw log-probs of a fixed text after `prompt` (every rank calls it)."""
@@ -153,7 +154,7 @@ class _Trainer:
         cont = self.tokenizer(PROBE_TEXT, add_special_tokens=False).input_ids
         self.actor.eval()  # as the sampler computes: no dropout
         with torch.no_grad():
-            _, raw, _ = token_logps(self.actor, pack([ids], [cont], self.pad_id), 1.0)
+            _, raw, _ = token_logps(self.actor, pack([ids], [cont], self.pad_id), 1.0, entropy=False)
         return Probe(prompt, PROBE_TEXT, tuple(raw[0].tolist()), self.tolerance)
 
     def sync(self, pool, probe_prompt: str) -> float | None:

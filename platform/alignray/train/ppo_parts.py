@@ -121,16 +121,21 @@ def _inputs(batch: Packed) -> dict[str, Tensor]:
     return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
 
 
-def token_logps(model: nn.Module, batch: Packed, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+def token_logps(model: nn.Module, batch: Packed, temperature: float, *, raw: bool = True,
+                entropy: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Per response token: (log-prob at `temperature`, raw log-prob at 1, entropy at
-    `temperature`), each [B, R]. Logits at column P-1+j predict response token j."""
+    `temperature`), each [B, R]; the last two are None unless asked for (each is another pass over
+    the vocabulary). Logits at column P-1+j predict response token j."""
     r_width = batch.response_mask.shape[1]
     logits = model(**_inputs(batch), logits_to_keep=r_width + 1).logits[:, :-1].float()
     targets = batch.input_ids[:, batch.prompt_width :].unsqueeze(-1)
-    raw = F.log_softmax(logits, -1)
-    tempered = raw if temperature == 1.0 else F.log_softmax(logits / temperature, -1)
-    entropy = -(tempered.exp() * tempered).sum(-1)
-    return tempered.gather(-1, targets).squeeze(-1), raw.gather(-1, targets).squeeze(-1), entropy
+    tempered = F.log_softmax(logits if temperature == 1.0 else logits / temperature, -1)
+    picked = tempered.gather(-1, targets).squeeze(-1)
+    at_one = None
+    if raw:
+        at_one = picked if temperature == 1.0 else F.log_softmax(logits, -1).gather(-1, targets).squeeze(-1)
+    spread = -(tempered.exp() * tempered).sum(-1) if entropy else None
+    return picked, at_one, spread
 
 
 def token_values(critic: nn.Module, batch: Packed) -> Tensor:

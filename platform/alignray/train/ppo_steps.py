@@ -7,7 +7,9 @@
   penalty, with kl_in = reward) against the other samples of its prompt, over every rank
   (`losses.group_advantages`), the same on each of its tokens.
 - `update`: `ppo_epochs` passes of minibatch updates of the actor (with the k3 KL term when
-  kl_in = loss) and of the critic, if there is one.
+  kl_in = loss) and of the critic, if there is one. When the update is a single pass over the
+  rank's rows that nothing before it needs the old log-probs of (`single_update`), the
+  experience skips the actor's forward pass and the update's log-probs serve as the old ones.
 
 `iteration_metrics` turns both into the iteration's logged metrics (sums over ranks).
 """
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from alignray.config import PPOConfig
+from alignray.models import lora
 from alignray.rewards.scorers import scalar_reward
 from alignray.train.engines import check_finite, rank_means, rank_sums
 from alignray.train.losses import (
@@ -57,10 +60,11 @@ class Experience:
     batch: Packed
     per_principle: Tensor  # [b, K] the reward models' scores
     reward: Tensor  # [b] the scalarized reward before normalising (the logged one)
-    old: Tensor  # the actor's log-probs at the sampling temperature (PPO's ratio denominator)
-    raw: Tensor  # the actor's log-probs at temperature 1 (compared with the sampler's)
+    # old, raw and kl are None until `update` fills them when its one forward pass gives them (`single_update`)
+    old: Tensor | None  # the actor's log-probs at the sampling temperature (PPO's ratio denominator)
+    raw: Tensor | None  # the actor's log-probs at temperature 1 (compared with the sampler's)
     sampler: Tensor  # the sampler's log-probs at temperature 1, zero-padded
-    kl: Tensor  # per-token KL estimate to the reference, masked
+    kl: Tensor | None  # per-token KL estimate to the reference, masked
     ref: Tensor  # the reference's log-probs at the sampling temperature
     advantages: Tensor
     values: Tensor | None = None  # the critic's (ppo); None without one
@@ -80,11 +84,23 @@ def _whiten(x: Tensor, mask: Tensor) -> Tensor:
     return (x - mean) / (var + 1e-8) ** 0.5 * mask
 
 
-def _chunked(fn, batch: Packed, size: int) -> list[Tensor]:
-    """fn over row chunks of the batch, concatenated per output."""
+def _chunked(fn, batch: Packed, size: int) -> list[Tensor | None]:
+    """fn over row chunks of the batch, concatenated per output (None stays None)."""
     n = len(batch.input_ids)
     parts = [fn(batch.rows(torch.arange(i, min(i + size, n)))) for i in range(0, n, size)]
-    return [torch.cat(col) for col in zip(*parts)]
+    return [None if col[0] is None else torch.cat(col) for col in zip(*parts)]
+
+
+def single_update(tr, cfg: PPOConfig, rows: int) -> bool:
+    """Whether an iteration's update is one forward and backward pass over this rank's rows whose
+    log-probs are then the old ones (one epoch, one minibatch, no dropout), nothing before the
+    update needing them (RLOO / GRPO with the KL as a loss term): the experience then skips the
+    actor's forward pass and the update fills in old, raw and kl."""
+    p, model = cfg.ppo, tr.actor.module
+    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()) or getattr(
+        lora.unwrap(model).config, "attention_dropout", 0.0)
+    return (tr.critic is None and p.kl_in == "loss" and p.ppo_epochs == 1 and rows <= p.minibatch_per_worker
+            and not dropout)
 
 
 def _shared_advantages(sequence: Tensor, mine: list[int], cfg: PPOConfig) -> Tensor:
@@ -115,10 +131,13 @@ def experience(tr, scorer, ro: Rollouts, mine: list[int], cfg: PPOConfig, kl_coe
     batch = pack([ro.prompt_ids[i] for i in mine], [ro.response_ids[i] for i in mine], tr.pad_id)
     mask, mb = batch.response_mask, p.minibatch_per_worker
     tr.actor.eval()  # the experience without dropout; the update trains with it (if the config has any)
+    old = raw = kl = None
     with torch.no_grad():
-        old, raw, _ = _chunked(lambda b: token_logps(tr.actor, b, temperature), batch, mb)
-        ref, _, _ = _chunked(lambda b: tr.reference_logps(b, temperature), batch, mb)
-    kl = kl_penalty(old, ref, p.kl_estimator) * mask
+        if not single_update(tr, cfg, len(mine)):
+            old, raw, _ = _chunked(lambda b: token_logps(tr.actor, b, temperature, entropy=False), batch, mb)
+        (ref,) = _chunked(lambda b: (tr.reference_logps(b, temperature),), batch, mb)
+    if old is not None:
+        kl = kl_penalty(old, ref, p.kl_estimator) * mask
     values = returns = None
     if tr.critic is not None:
         tr.critic.eval()
@@ -133,7 +152,7 @@ def experience(tr, scorer, ro: Rollouts, mine: list[int], cfg: PPOConfig, kl_coe
     if p.whiten:
         advantages = _whiten(advantages, mask)
     _guard(advantages, "advantages", "advantage", iteration)
-    sampler = torch.zeros_like(raw)
+    sampler = torch.zeros_like(ref)
     for row, i in enumerate(mine):
         sampler[row, : len(ro.sampler_logps[i])] = torch.tensor(ro.sampler_logps[i])
     return Experience(batch, per_principle, reward, old, raw, sampler, kl, ref, advantages, values, returns)
@@ -155,8 +174,15 @@ def update(tr, cfg: PPOConfig, exp: Experience, kl_coef: float, iteration: int) 
         order = torch.randperm(len(mask), generator=torch.Generator().manual_seed(seed))
         for start in range(0, len(mask), mb):
             idx = order[start : start + mb]
-            sub, m, old = exp.batch.rows(idx), mask[idx], exp.old[idx]
-            logps, _, entropy = token_logps(tr.actor, sub, cfg.sampler.temperature)
+            sub, m = exp.batch.rows(idx), mask[idx]
+            logps, raw, entropy = token_logps(tr.actor, sub, cfg.sampler.temperature, raw=exp.old is None)
+            if exp.old is None:  # single_update: this pass's log-probs are the old ones
+                for name, value in (("old", logps.detach()), ("raw", raw.detach())):
+                    filled = torch.empty_like(value)
+                    filled[idx] = value
+                    setattr(exp, name, filled)
+                exp.kl = kl_penalty(exp.old, exp.ref, p.kl_estimator) * mask
+            old = exp.old[idx]
             policy_loss, clip_fraction = ppo_policy_loss(logps, old, exp.advantages[idx], m, p.clip_eps,
                                                          p.clip_eps_high, p.loss_aggregation)
             ent = masked_mean(entropy, m)
