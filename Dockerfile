@@ -19,6 +19,7 @@ from vllm.distributed.weight_transfer import ParamMeta, TrainerWeightTransferEng
 from vllm.distributed.weight_transfer.base import TrainerInitInfo, WeightTransferInitInfo, WeightTransferUpdateInfo; \
 from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo; \
 from vllm.inputs import TokensPrompt; \
+from vllm.lora.request import LoRARequest; \
 from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload; \
 import alignray.sampling.actor, alignray.sampling.gloo_engine, alignray.sampling.transport, alignray.sampling.types"
 
