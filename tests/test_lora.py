@@ -7,14 +7,12 @@ serve the adapter itself (vLLM's LoRA kernels) or the merged weights."""
 import json
 
 import pytest
-import torch
 from alignray.models.registry import local_folder
 from alignray.tracking import download_model
 from alignray.train.ppo import fit as fit_ppo
 from test_ppo import client_of, history, ppo_config, word_share
 from test_rloo import HELD_OUT, rises
-from test_train import BAD, GOOD, pref_rows, train, write
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from test_train import generates_folder, pref_rows, prefers_good, train, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 LORA = ["trainer.lora={rank: 8, alpha: 16}", "trainer.learning_rate=1e-2"]
@@ -42,25 +40,10 @@ def test_dpo_with_lora_registers_an_adapter_that_loads_as_its_full_model(tiny_mo
     assert (merged / "config.json").is_file() and generates_folder(merged)
 
 
-def generates_folder(folder) -> bool:
-    from transformers import AutoModelForCausalLM
-
-    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    ids = tok("Human: Hello?\n\nAssistant:", return_tensors="pt").input_ids
-    return model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
-
-
 def test_a_lora_preference_model_under_zero3_learns_and_scores_as_a_full_one(tiny_model, tmp_path):
     result, _ = train("preference", tiny_model, tmp_path, write(tmp_path, pref_rows()), "trainer.zero_stage=3", *LORA)
     assert result.metrics["eval_accuracy"] >= 0.9
-    folder = local_folder(result.model_uri)
-    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
-    prompt = "Human: A new question?\n\nAssistant: "
-    with torch.no_grad():
-        good = model(**tok(prompt + GOOD[0], return_tensors="pt")).logits.item()
-        bad = model(**tok(prompt + BAD[0], return_tensors="pt")).logits.item()
-    assert good > bad
+    assert prefers_good(local_folder(result.model_uri))
 
 
 @pytest.mark.parametrize("algorithm, sync", [("rloo", "adapter"), ("ppo", "auto")])

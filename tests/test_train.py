@@ -62,14 +62,18 @@ def test_preference_model_learns_and_loads_from_registry(tiny_model, tmp_path):
     assert result.metrics["eval_accuracy"] >= 0.9  # held-out pairs, chance is 0.5
     assert result.model_uri == "models:/alignray-preference/1" and result.champion
 
-    folder = download_model("models:/alignray-preference@champion")
+    assert prefers_good(download_model("models:/alignray-preference@champion"))
+
+
+def prefers_good(folder) -> bool:
+    """Whether the preference model in `folder` scores a kind answer above a rude one, on a new prompt."""
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     prompt = "Human: A new question?\n\nAssistant: "
     with torch.no_grad():
         good = model(**tok(prompt + GOOD[0], return_tensors="pt")).logits.item()
         bad = model(**tok(prompt + BAD[0], return_tensors="pt")).logits.item()
-    assert good > bad
+    return good > bad
 
 
 def test_bf16_training_keeps_float32_master_weights_and_learns(tiny_model, tmp_path):
@@ -158,7 +162,10 @@ def test_context_distillation_sft_zero3(tiny_model, tmp_path):
 
 
 def generates(uri: str) -> bool:
-    folder = download_model(uri)
+    return generates_folder(download_model(uri))
+
+
+def generates_folder(folder) -> bool:
     model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     ids = tok("Human: Hello?\n\nAssistant:", return_tensors="pt").input_ids
     return model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
