@@ -151,11 +151,9 @@ def _merged(ref: str, adapter: Path) -> Path:
     if base is None:
         raise ModelError(f"LoRA adapter {ref!r}: its adapter_config.json names no base model (base_model_name_or_path)")
     try:
-        base_folder = resolve(base) if base in KNOWN or base.startswith("models:/") else local_folder(base)
+        base_folder = resolve(base)
     except ModelError as exc:
         raise ModelError(f"LoRA adapter {ref!r}: its base model {base!r} cannot be loaded: {exc}") from None
-    if not (base_folder / "config.json").is_file():
-        raise ModelError(f"LoRA adapter {ref!r}: its base model {base!r} is not a Hugging Face model folder")
     downloads = os.environ.get("ALIGNRAY_DOWNLOADS")  # on a cluster, where every node sees the merged folder
     return lora.merged_folder(adapter, base_folder, Path(downloads) if downloads else cache_dir())
 

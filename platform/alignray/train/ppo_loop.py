@@ -128,6 +128,9 @@ class _Trainer:
             self.reference.eval().requires_grad_(False)
         else:
             actor = lora.wrap(actor, t.lora, lc["base_ref"])
+        # whether the actor drops out in training (then an update's log-probs are not the old ones)
+        self.dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in actor.modules()) or bool(
+            getattr(lora.unwrap(actor).config, "attention_dropout", 0.0))
         share = p.prompts_per_step * p.samples_per_prompt // world
         updates = p.iterations * p.ppo_epochs * (share // p.minibatch_per_worker)
         self.actor = engine(actor, t, t.learning_rate, updates, p.minibatch_per_worker)

@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from alignray.config import PPOConfig
-from alignray.models import lora
 from alignray.rewards.scorers import scalar_reward
 from alignray.train.engines import check_finite, rank_means, rank_sums
 from alignray.train.losses import (
@@ -96,11 +95,9 @@ def single_update(tr, cfg: PPOConfig, rows: int) -> bool:
     log-probs are then the old ones (one epoch, one minibatch, no dropout), nothing before the
     update needing them (RLOO / GRPO with the KL as a loss term): the experience then skips the
     actor's forward pass and the update fills in old, raw and kl."""
-    p, model = cfg.ppo, tr.actor.module
-    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()) or getattr(
-        lora.unwrap(model).config, "attention_dropout", 0.0)
+    p = cfg.ppo
     return (tr.critic is None and p.kl_in == "loss" and p.ppo_epochs == 1 and rows <= p.minibatch_per_worker
-            and not dropout)
+            and not tr.dropout)
 
 
 def _shared_advantages(sequence: Tensor, mine: list[int], cfg: PPOConfig) -> Tensor:
