@@ -180,6 +180,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def hub_cache(cache: Path, repo_id: str, model: Path, revision: str = "main") -> Path:
+    """Put `model` into the Hugging Face cache folder `cache` as `repo_id` at `revision`, laid out
+    as a download leaves it (blobs named by their hash, a snapshot of links to them, the revision's
+    ref); returns the snapshot folder."""
+    import hashlib
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    for f in sorted(model.iterdir()):
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot
+
+
 def with_dropout(model: Path, folder: Path) -> Path:
     """A copy of `model` whose config turns attention dropout on (0.1)."""
     shutil.copytree(model, folder)

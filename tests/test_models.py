@@ -72,3 +72,59 @@ def test_two_processes_preparing_one_model_wait_for_each_other(tmp_path, monkeyp
     assert folders[0] == folders[1] == tmp_path / "models" / "tiny-random-llama"
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny-random-llama"]
     assert (folders[0] / "model.safetensors").is_file()
+
+
+def test_hub_ids_resolve_offline_from_the_cache(tiny_model, tmp_path, monkeypatch):
+    """A Hugging Face id is read from the Hub's cache with the Hub off (conftest sets
+    HF_HUB_OFFLINE=1), as `org/name` and at a revision; what is not cached is a clear error."""
+    from conftest import hub_cache
+
+    monkeypatch.setenv("ALIGNRAY_DOWNLOADS", str(tmp_path / "downloads"))  # the Hub cache is downloads/hub
+    snapshot = hub_cache(tmp_path / "downloads" / "hub", "alignray-test/tiny-llama", tiny_model)
+    assert resolve("alignray-test/tiny-llama") == snapshot
+    assert resolve("alignray-test/tiny-llama@main") == snapshot
+    assert model_name("alignray-test/tiny-llama@main") == "tiny-llama"
+    assert registry.portable_ref("alignray-test/tiny-llama") == "alignray-test/tiny-llama"
+
+    with pytest.raises(ModelError, match=r"'alignray-test/absent' \(no such folder here; read as a Hugging Face id\):"
+                       r" not in the Hugging Face cache .*downloads/hub and the Hub is off \(HF_HUB_OFFLINE=1\)"):
+        resolve("alignray-test/absent")
+    with pytest.raises(ModelError, match="not in the Hugging Face cache"):
+        resolve("alignray-test/tiny-llama@v2")  # a revision the cache does not hold
+
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    for f in tiny_model.glob("*.json"):
+        (weightless / f.name).write_bytes(f.read_bytes())
+    hub_cache(tmp_path / "downloads" / "hub", "alignray-test/weightless", weightless)
+    with pytest.raises(ModelError, match="has no safetensors weights"):
+        resolve("alignray-test/weightless")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert not registry.is_hub_id("org/name")  # an existing folder wins over a Hub id
+    assert registry.is_hub_id("org/other") and not registry.is_hub_id("runs/models/ppo")
+
+
+def test_models_prepare_downloads_nothing_offline_and_prints_the_cached_folder(tiny_model, tmp_path):
+    """`alignray models prepare ID` in a fresh process whose HF_HOME holds the model, Hub off."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import hub_cache
+
+    snapshot = hub_cache(tmp_path / "hf" / "hub", "alignray-test/tiny-llama", tiny_model)
+    env = {k: v for k, v in os.environ.items() if k not in ("ALIGNRAY_DOWNLOADS", "HF_HUB_CACHE")}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+
+    def prepare(ref):
+        return subprocess.run([sys.executable, "-m", "alignray.cli", "models", "prepare", ref], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    done = prepare("alignray-test/tiny-llama")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(snapshot)
+    missing = prepare("alignray-test/other")
+    assert missing.returncode == 2
+    assert f"not in the Hugging Face cache {tmp_path / 'hf' / 'hub'} and the Hub is off" in missing.stderr

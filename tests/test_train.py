@@ -182,14 +182,20 @@ def test_rdpo_soft_labels(tiny_model, tmp_path):
     assert generates("models:/alignray-dpo@champion")
 
 
-def test_rrhf_from_the_command_line(tiny_model, tmp_path, capsys):
+def test_rrhf_from_the_command_line(tiny_model, tmp_path, capsys, monkeypatch):
+    """Also: the policy named by a Hugging Face id, read from the Hub's cache on the driver with the
+    Hub off; the workers get its folder."""
+    from conftest import hub_cache
+
+    monkeypatch.setenv("ALIGNRAY_DOWNLOADS", str(tmp_path / "downloads"))  # the Hub cache is downloads/hub
+    hub_cache(tmp_path / "downloads" / "hub", "alignray-test/tiny-llama", tiny_model)
     rng = random.Random(2)
     rows = [
         {"prompt": p, "candidates": [rng.choice(GOOD), "Maybe.", rng.choice(BAD)], "rewards": [1.0, 0.0, -1.0]}
         for p in prompts(48)
     ]
     out = tmp_path / "runs"
-    args = [f"dataset={write(tmp_path, rows)}", f"model.name={tiny_model}", f"output_dir={out}",
+    args = [f"dataset={write(tmp_path, rows)}", "model.name=alignray-test/tiny-llama", f"output_dir={out}",
             "trainer.max_steps=10", "trainer.log_every_steps=1", "trainer.learning_rate=1e-3",
             "trainer.eval_fraction=0.25", "rrhf.length_penalty=1.0"]
     assert main(["train", "rrhf", *args]) == 0

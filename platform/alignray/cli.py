@@ -12,7 +12,7 @@ from alignray import logs
 from alignray.config import ConfigError, PipelineConfig, load_config
 from alignray.data.conversation import PromptError
 from alignray.data.pairs import DatasetError
-from alignray.models.registry import KNOWN, ModelError, cache_dir, merge_export, prepare
+from alignray.models.registry import KNOWN, ModelError, cache_dir, merge_export, resolve
 from alignray.principles import PrincipleError, builtin_names, load_principles
 from alignray.rewards.judges import JudgeError
 from alignray.sampling.endpoint import EndpointError
@@ -154,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     if args.models_cmd == "prepare":
-        print(prepare(args.name))
+        print(resolve(args.name))
     elif args.models_cmd == "merge":
         print(merge_export(args.model, args.output, args.tracking_uri))
     else:
@@ -282,8 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list or prepare known models; merge a LoRA adapter")
     msub = models.add_subparsers(dest="models_cmd", required=True)
     msub.add_parser("list", parents=[common], help="known model names and whether they are prepared")
-    prep = msub.add_parser("prepare", parents=[common], help="convert a known model into a safetensors folder")
-    prep.add_argument("name", choices=sorted(KNOWN))
+    prep = msub.add_parser(
+        "prepare", parents=[common], help="make a model ready: convert a known one, download a Hugging Face one",
+        description="Convert a known model into a safetensors folder in alignray's cache, or download a Hugging Face"
+        " model (config, tokenizer, safetensors weights) into the Hugging Face cache ($ALIGNRAY_DOWNLOADS/hub when"
+        " set), then print its folder. Example: alignray models prepare HuggingFaceTB/SmolLM2-360M-Instruct")
+    prep.add_argument("name", help=f"a known model ({', '.join(KNOWN)}) or a Hugging Face id org/name[@revision]")
     merge = msub.add_parser(
         "merge", parents=[common], help="write a LoRA adapter merged into its base as a full model folder",
         description="Merge a LoRA adapter (a run's registered model or checkpoint hf/ folder, trained with"

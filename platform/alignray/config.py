@@ -36,8 +36,9 @@ class ModelConfig(Strict):
 
     name: str = Field(
         "smollm2-135m-instruct",
-        description="A known model name (see `alignray models list`), a local HF model folder or a models:/"
-        " registry URI.",
+        description="A known model name (see `alignray models list`), a Hugging Face id (org/name or"
+        " org/name@revision: downloaded once, on the driver, into the Hugging Face cache), a local HF model folder"
+        " or a models:/ registry URI. Every other field that names a model takes the same.",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",

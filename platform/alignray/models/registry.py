@@ -1,7 +1,10 @@
-"""Named models and local model folders.
+"""Named models, local model folders, MLflow registry URIs and Hugging Face Hub ids.
 
-A config names a model either by a known name (prepared once into a plain safetensors folder
-in the cache) or by the path of a local Hugging Face folder holding a causal LM.
+A config names a model by a known name (prepared once into a plain safetensors folder in the
+cache), the path of a local Hugging Face folder holding a causal LM, a `models:/` URI of the
+MLflow registry or a Hub id (`org/name`, optionally `org/name@revision`). Every reference is
+turned into a local folder here, on the driver: Ray workers are handed folders and never call
+the Hub.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,12 @@ KNOWN: dict[str, GGUFModel | RandomModel] = {
         seed=0, description="a 2-layer random Llama with alignray's own tokenizer: smoke tests and the *_tiny configs (its text is noise)"
     ),
 }
+
+
+# `org/name` or `org/name@revision`: the Hub's repository ids have exactly one slash
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+# what a model needs from its Hub repository: config, tokenizer, safetensors weights, chat template
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 
 
 def cache_dir() -> Path:
@@ -135,7 +145,51 @@ def local_folder(ref: str) -> Path:
     return _merged(ref, folder) if lora.is_adapter_folder(folder) else folder
 
 
+def is_hub_id(ref: str) -> bool:
+    """Whether `ref` names a Hub repository: `org/name[@revision]` that is no existing path."""
+    return HUB_ID.fullmatch(ref) is not None and not Path(ref).expanduser().exists()
+
+
+def hub_cache() -> Path:
+    """Where Hub models are downloaded: $ALIGNRAY_DOWNLOADS/hub when it is set (on a cluster, a
+    volume every node mounts), else Hugging Face's cache (HF_HOME, HF_HUB_CACHE)."""
+    downloads = os.environ.get("ALIGNRAY_DOWNLOADS")
+    if downloads:
+        return Path(downloads) / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _hub_snapshot(ref: str) -> Path:
+    """The local folder of Hub model `ref` (downloaded on first use, then read from the cache)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = ref.partition("@")
+    cache = hub_cache()
+    what = f"model {ref!r} (no such folder here; read as a Hugging Face id)"
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision or None, cache_dir=cache, allow_patterns=HUB_FILES))
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise ModelError(
+                f"{what}: not in the Hugging Face cache {cache} and the Hub is off (HF_HUB_OFFLINE=1); download it"
+                f" where the Hub is reachable (`alignray models prepare {ref}`) into that cache, or point HF_HOME"
+                " (or ALIGNRAY_DOWNLOADS) at a cache that holds it") from None
+        raise ModelError(f"{what}: not in the Hugging Face cache {cache} and the Hub cannot be reached; check the"
+                         " network (or HF_ENDPOINT), or download it elsewhere into that cache") from None
+    except HfHubHTTPError as exc:  # unknown repository or revision, gated, private
+        raise ModelError(f"{what}: the Hugging Face Hub refuses it: {str(exc).splitlines()[0]}") from None
+    if not any(folder.glob("*.safetensors")):
+        raise ModelError(f"{what}: its repository has no safetensors weights ({folder}); alignray loads"
+                         " safetensors only: convert it, save it as a folder and give the folder")
+    return folder
+
+
 def _fetch(ref: str) -> Path:
+    if is_hub_id(ref):
+        return _hub_snapshot(ref)
     if not ref.startswith("models:/"):
         return Path(ref).expanduser().resolve()
     from alignray.tracking import download_model
@@ -159,29 +213,33 @@ def _merged(ref: str, adapter: Path) -> Path:
 
 
 def portable_ref(ref: str) -> str:
-    """A model reference that means the same from any folder: a known name or a models:/ URI as it
-    is, a folder as its absolute path (what an adapter records as its base)."""
-    return ref if ref in KNOWN or ref.startswith("models:/") else str(Path(ref).expanduser().resolve())
+    """A model reference that means the same from any folder: a known name, a models:/ URI or a Hub
+    id as it is, a folder as its absolute path (what an adapter records as its base)."""
+    if ref in KNOWN or ref.startswith("models:/") or is_hub_id(ref):
+        return ref
+    return str(Path(ref).expanduser().resolve())
 
 
 def model_name(ref: str) -> str:
     """A model's name in metrics and APIs: the registered name of a models:/ URI (without its
-    version or alias), else the folder's name."""
+    version or alias), a Hub id's repository name (without org and revision), else the folder's name."""
     if ref.startswith("models:/"):
         return ref.removeprefix("models:/").split("@")[0].split("/")[0]
+    if is_hub_id(ref):
+        return ref.split("@")[0].split("/")[1]
     return Path(ref).name
 
 
 def resolve(name_or_path: str) -> Path:
     """A known model name (prepared on first use), a models:/ registry URI (in the current
-    MLflow store) or a local causal-LM folder."""
+    MLflow store), a Hub id (downloaded on first use) or a local causal-LM folder."""
     if name_or_path in KNOWN:
         return prepare(name_or_path)
     folder = local_folder(name_or_path)
     if not folder.exists():
         raise ModelError(
-            f"model {name_or_path!r} is neither a known model ({', '.join(KNOWN)}),"
-            " a models:/ URI nor an existing folder"
+            f"model {name_or_path!r} is neither a known model ({', '.join(KNOWN)}), a models:/ URI, a Hugging"
+            " Face id (org/name or org/name@revision) nor an existing folder"
         )
     return check_causal_lm(folder)
 
