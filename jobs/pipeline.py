@@ -1,24 +1,24 @@
-"""Ray job entrypoint of a whole pipeline (the shared body of jobs/<pipeline>.py).
+"""Ray job entrypoint of a whole pipeline (the shared body of jobs/<pipeline>.py): `alignray run`.
 
     ray job submit --working-dir . -- python jobs/rlcd.py [--config jobs/configs/pipelines/rlcd_smollm2.yaml] [KEY=VALUE ...]
 
-Inside a Ray job RAY_ADDRESS is set, so every stage joins that cluster.
+The config may also be named first (`jobs/rlcd.py CONFIG [KEY=VALUE ...]`); without one, the
+pipeline's SmolLM2 config is run. `--dry-run` shows what would run. Inside a Ray job RAY_ADDRESS
+is set, so every stage joins that cluster.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from alignray.cli import main
+from alignray.cli import build_parser, main
 
 
 def job(pipeline: str) -> int:
-    default = Path(__file__).parent / "configs" / "pipelines" / f"{pipeline}_smollm2.yaml"
-    parser = argparse.ArgumentParser(description=f"The {pipeline} pipeline as a Ray job.")
-    parser.add_argument("--config", default=str(default), help=f"pipeline config (default: {default})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args()
-    return main(["run", args.config, f"pipeline={pipeline}", *args.overrides])
+    argv = sys.argv[1:]
+    args, _ = build_parser().parse_known_args(["run", *argv])
+    if args.config is None and (not args.items or "=" in args.items[0]):  # no config named: the SmolLM2 one
+        argv = ["--config", str(Path(__file__).parent / "configs" / "pipelines" / f"{pipeline}_smollm2.yaml"), *argv]
+    return main(["run", *argv, f"pipeline={pipeline}"])
 
 
 if __name__ == "__main__":

@@ -1,20 +1,14 @@
-"""Ray job entrypoint of a training stage.
+"""Ray job entrypoint of a training stage: `alignray train KIND`, with its arguments.
 
     ray job submit --working-dir . -- python jobs/train.py preference --config jobs/configs/preference_smollm2.yaml dataset=/abs/prefs.parquet
 
-Inside a Ray job RAY_ADDRESS is set, so the stage joins that cluster.
+(`jobs/train.py KIND CONFIG [KEY=VALUE ...]` works too.) Inside a Ray job RAY_ADDRESS is set, so the
+stage joins that cluster.
 """
 
-import argparse
 import sys
 
 from alignray.cli import main
-from alignray.stages import TRAIN_KINDS
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=TRAIN_KINDS)
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args()
-    sys.exit(main(["train", args.kind, args.config, *args.overrides]))
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from alignray.cli import main
 from alignray.config import PIPELINES, ConfigError, PipelineConfig, load_config
 from alignray.pipelines.run import plan
@@ -190,6 +191,32 @@ def test_a_pipeline_needs_held_out_prompts(tmp_path, capsys):
     assert "set data.limit" in capsys.readouterr().err
 
 
+def test_a_dry_run_shows_the_stage_configs_and_runs_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "runs"
+    config = str(CONFIGS / "rlcd_tiny.yaml")
+    assert main(["run", config, f"output_dir={out}", "stages.ppo.ppo.iterations=3", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists()
+    assert dry_run_states(printed) == {"simulate": "run", "preference": "run (on simulate's new output)",
+                                       "ppo": "run (on preference's new output)", "evaluate": "run (on ppo's new output)"}
+    configs = {m.group(1): yaml.safe_load(m.group(2)) for m in re.finditer(
+        r"^# \[\d/\d\] (\w+) \(\w+ stage\): [^\n]*\n(.*?)\n\n", printed, re.MULTILINE | re.DOTALL)}
+    assert configs["ppo"]["ppo"]["iterations"] == 3 and configs["ppo"]["sampler"]["top_p"] == 1.0  # override, recipe
+    assert configs["ppo"]["reward"]["models"] == ["<output of preference>"]
+    assert configs["simulate"]["simulation"]["method"] == "rlcd"
+    assert re.search(r"\[3/4\] ppo .* \d+ sampler actor\(s\) x [\d.]+ CPU, \d+ Ray Train worker\(s\) x [\d.]+ CPU",
+                     printed)
+    assert main(["run", config, "--config", config, "--dry-run"]) == 2
+    assert "two config files" in capsys.readouterr().err
+    assert main(["run", "--dry-run", "seed=1"]) == 2
+    assert "needs a pipeline config file (first, or as --config FILE" in capsys.readouterr().err
+
+
+def dry_run_states(printed):
+    """{stage: what `alignray run --dry-run` says it would do} from its summary."""
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^  \[\d/\d\] (\w+) +(\S.*?)  +\d+ ", printed, re.MULTILINE)}
+
+
 def lines(printed):
     return {m.group(1): m.group(2) for m in re.finditer(r"^\[\d/\d\] (\w+) \(\w+\): (\w[^\n]*)", printed, re.MULTILINE)}
 
@@ -209,6 +236,11 @@ def test_rlcd_pipeline_stops_resumes_and_skips(store, capsys):
     assert first["ppo"].startswith("stopped before the end") and "evaluate" not in first
     assert "label check by independent judges" in printed_first  # the simulation's data diagnostics
 
+    assert main(["run", "--config", config, f"output_dir={store}", "--dry-run"]) == 0
+    planned = dry_run_states(capsys.readouterr().out)
+    assert planned["simulate"].startswith("skip: done before") and planned["preference"].startswith("skip: done before")
+    assert planned["ppo"] == "run" and planned["evaluate"] == "run (on ppo's new output)"
+
     assert main(["run", config, f"output_dir={store}"]) == 0
     printed = capsys.readouterr().out
     second = lines(printed)
@@ -225,6 +257,9 @@ def test_rlcd_pipeline_stops_resumes_and_skips(store, capsys):
     assert main(["run", config, f"output_dir={store}"]) == 0
     third = lines(capsys.readouterr().out)
     assert all(v.startswith("already done") for v in third.values()) and len(third) == 4
+    assert main(["run", config, f"output_dir={store}", "--dry-run"]) == 0
+    planned = dry_run_states(capsys.readouterr().out)
+    assert all(v.startswith("skip: done before") for v in planned.values()) and len(planned) == 4
 
 
 @pytest.mark.slow

@@ -21,10 +21,19 @@ from alignray.stages import STAGES, TRAIN_KINDS, StageResult
 USER_ERRORS = (ConfigError, PromptError, ModelError, PrincipleError, DatasetError, EndpointError, JudgeError)
 
 
-def _load(items: list[str], address: str | None, schema, command: str):
+def _items(args: argparse.Namespace) -> list[str]:
+    """A stage command's `[CONFIG] [KEY=VALUE ...]`, with `--config FILE` put first."""
+    if args.config is None:
+        return args.items
+    if args.items and "=" not in args.items[0]:
+        raise ConfigError(f"two config files: --config {args.config} and {args.items[0]}; give one")
+    return [args.config, *args.items]
+
+
+def _load(items: list[str], address: str | None, schema, command: str, log: bool = True):
     """`[CONFIG] [key=value ...]` (the first item is the config file unless it is an override)
     plus --address, validated against `schema`; other libraries' output will go to a log file
-    under its output_dir (unless --log-level debug)."""
+    under its output_dir (unless --log-level debug, or `log` is false: nothing is written)."""
     path, overrides = (items[0], items[1:]) if items and "=" not in items[0] else (None, list(items))
     if address:
         overrides.append(f"address={address}")
@@ -33,7 +42,8 @@ def _load(items: list[str], address: str | None, schema, command: str):
     uri = cfg.tracking.uri or ""
     if uri.startswith("sqlite:///"):
         _check_writable(Path(uri.removeprefix("sqlite:///")).parent, "tracking.uri")
-    logs.log_to(cfg.output_dir / "logs", command)
+    if log:
+        logs.log_to(cfg.output_dir / "logs", command)
     return cfg
 
 
@@ -74,15 +84,21 @@ def train(kind: str, items: list[str], address: str | None = None) -> int:
     return _show(result)
 
 
-def _pipeline(items: list[str], address: str | None, command: str) -> PipelineConfig:
+def _pipeline(items: list[str], address: str | None, command: str, log: bool = True) -> PipelineConfig:
     """A pipeline config file (named first) with its overrides, as `alignray run` and `sweep` take it."""
-    if "=" in items[0]:
-        raise ConfigError(f"alignray {command} needs a pipeline config file first (see jobs/configs/pipelines/)")
-    return _load(items, address, PipelineConfig, command)
+    if not items or "=" in items[0]:
+        raise ConfigError(f"alignray {command} needs a pipeline config file (first, or as --config FILE; see"
+                          " jobs/configs/pipelines/)")
+    return _load(items, address, PipelineConfig, command, log)
 
 
-def run_pipeline(items: list[str], address: str | None = None) -> int:
-    cfg = _pipeline(items, address, "run")
+def run_pipeline(items: list[str], address: str | None = None, dry_run: bool = False) -> int:
+    cfg = _pipeline(items, address, "run", log=not dry_run)
+    if dry_run:
+        from alignray.pipelines.run import preview
+
+        print("\n".join(preview(cfg)))
+        return 0
     from alignray.pipelines.run import run
     from alignray.train.launch import TrainingError
 
@@ -219,12 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="info (default): alignray's progress and results here, other libraries' output in a log file"
         " under output_dir/logs; debug: everything here")
 
-    def stage(name: str, help: str, description: str, nargs: str = "*", metavar: str = "[CONFIG] [KEY=VALUE]",
-              kinds: tuple[str, ...] = ()):
+    def stage(name: str, help: str, description: str, metavar: str = "[CONFIG] [KEY=VALUE]", kinds: tuple[str, ...] = ()):
         parser = sub.add_parser(name, help=help, description=description, parents=[common])
         if kinds:
             parser.add_argument("kind", choices=kinds)
-        parser.add_argument("items", nargs=nargs, metavar=metavar)
+        parser.add_argument("items", nargs="*", metavar=metavar)
+        parser.add_argument("--config", metavar="FILE", help="the config file (the same as naming it first)")
         parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new embedded one; auto: the one `ray start` runs on this machine)")
         return parser
 
@@ -235,11 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
           "Train one model. CONFIG is a YAML file (see jobs/configs/); KEY=VALUE items override it, e.g."
           " dataset=prefs.parquet trainer.zero_stage=3. Running again with the same run_name resumes from"
           " the last checkpoint.", kinds=TRAIN_KINDS)
-    stage("run", "run a whole pipeline (rlcd, rlcd_rescore, rlaif, context_distill, morlaif, rrhf, rdpo)",
-          "Run a pipeline config (see jobs/configs/pipelines/): its stages in order, each fed by the outputs"
-          " before it. Stages already done for the same inputs and config are skipped (and say so); an"
-          " interrupted training stage resumes. KEY=VALUE items override the config, e.g. data.limit=16"
-          " stages.ppo.ppo.iterations=4.", nargs="+", metavar="CONFIG [KEY=VALUE]")
+    run = stage("run", "run a whole pipeline (rlcd, rlcd_rescore, rlaif, context_distill, morlaif, rrhf, rdpo)",
+                "Run a pipeline config (see jobs/configs/pipelines/): its stages in order, each fed by the outputs"
+                " before it. Stages already done for the same inputs and config are skipped (and say so); an"
+                " interrupted training stage resumes. KEY=VALUE items override the config, e.g. data.limit=16"
+                " stages.ppo.ppo.iterations=4.", metavar="CONFIG [KEY=VALUE]")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print each stage's resolved config, whether the store already holds its output (it would be"
+                     " skipped) and the Ray resources it reserves; run nothing")
     stage("sweep", "run a pipeline over seeds and settings on Ray Tune; choose on dev, report on test",
           "Run the pipeline config's sweep section (grid: field -> values; random: field -> distribution) as"
           " Ray Tune trials, each a whole pipeline; stages trials share run once. With sweep.select, the"
@@ -247,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
           " With sweep.arms (methods, each a config over the base), every arm runs at every seed and the report"
           " compares each with sweep.baseline. Running the same command again resumes the sweep. KEY=VALUE items override the config, e.g."
           " 'sweep.grid={seed: [0, 1, 2]}'. Prints the report of `alignray report` at the end.",
-          nargs="+", metavar="CONFIG [KEY=VALUE]")
+          metavar="CONFIG [KEY=VALUE]")
     rep = sub.add_parser(
         "report", parents=[common], help="tables and a plot across seeds for a sweep or an MLflow experiment",
         description="Read a sweep (its name) or an MLflow experiment from the store and write"
@@ -317,19 +336,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE items after an option (`run FILE --dry-run seed=1`) are items too
+        if not hasattr(args, "items") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.items += extra
     logs.setup(args.log_level)
     try:
         if args.command == "simulate":
-            return simulate(args.items, args.address)
+            return simulate(_items(args), args.address)
         if args.command == "train":
-            return train(args.kind, args.items, args.address)
+            return train(args.kind, _items(args), args.address)
         if args.command == "run":
-            return run_pipeline(args.items, args.address)
+            return run_pipeline(_items(args), args.address, args.dry_run)
         if args.command == "evaluate":
-            return evaluate(args.items, args.address)
+            return evaluate(_items(args), args.address)
         if args.command == "sweep":
-            return sweep(args.items, args.address)
+            return sweep(_items(args), args.address)
         if args.command == "report":
             return _report(args)
         if args.command == "models":

@@ -99,6 +99,27 @@ def _evaluate(cfg: EvaluateConfig) -> StageResult:
                        tuple(f"warning: {w}" for w in result.warnings))
 
 
+def reserves(cfg: BaseModel) -> tuple[str, float, float]:
+    """What a stage's config asks Ray for while it runs: its vLLM sampler actors (a simulation, an
+    evaluation, PPO's rollouts) and its Ray Train workers. (description, CPUs, GPUs)"""
+    parts, cpus, gpus = [], 0.0, 0.0
+    if isinstance(cfg, (SimulateConfig, PPOConfig, EvaluateConfig)):
+        s = cfg.sampler
+        parts.append(f"{s.num_samplers} sampler actor(s) x {_amount(s.cpus_per_sampler, s.gpus_per_sampler)}")
+        cpus, gpus = cpus + s.num_samplers * s.cpus_per_sampler, gpus + s.num_samplers * s.gpus_per_sampler
+    if isinstance(cfg, (TrainConfig, PPOConfig)):
+        t, gpu = cfg.trainer, float(cfg.trainer.use_gpu)
+        parts.append(f"{t.num_workers} Ray Train worker(s) x {_amount(t.cpus_per_worker, gpu)}")
+        cpus, gpus = cpus + t.num_workers * t.cpus_per_worker, gpus + t.num_workers * gpu
+    if isinstance(cfg, PPOConfig):
+        parts.append(f"placement {cfg.ppo.placement}")
+    return ", ".join(parts), cpus, gpus
+
+
+def _amount(cpus: float, gpus: float) -> str:
+    return f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
+
+
 STAGES: dict[str, StageKind] = {
     s.name: s
     for s in (

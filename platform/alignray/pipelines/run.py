@@ -25,6 +25,7 @@ from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
+import yaml
 from pydantic import ValidationError
 
 from alignray import tracking
@@ -35,7 +36,7 @@ from alignray.evaluate.summary import SEED_TAG
 from alignray.io import file_lock
 from alignray.pipelines.recipes import LIST_FIELDS, RECIPES, Stage
 from alignray.principles import load_principles
-from alignray.stages import STAGES
+from alignray.stages import STAGES, reserves
 
 SHARED = ("model", "sampler", "data", "tracking", "output_dir", "address")
 VOLATILE = {"address", "run_name", "tracking.run_name", "tracking.parent_run", "tracking.tags", "registered_model",
@@ -239,6 +240,45 @@ def once(key: str, experiment: str, locks: Path, produce: Callable[[], tuple[str
             for tag, value in {KEY_TAG: key, OUTPUT_TAG: output, **tags}.items():
                 client.set_tag(run_id, tag, value)
         return output, run_id, False
+
+
+def preview(cfg: PipelineConfig) -> list[str]:
+    """What `run(cfg)` would do, without running or writing anything: each stage's resolved config
+    (shared sections, the recipe's settings, `stages.<name>`, the wired inputs), whether the store
+    already holds its output (so it would be skipped), and what it reserves on the cluster."""
+    uri = tracking.tracking_uri(cfg.tracking, cfg.output_dir)
+    store = not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()  # no file: nothing done
+    if store:
+        mlflow.set_tracking_uri(uri)
+    stages = plan(cfg)
+    values: dict = {}
+    pending: list[str] = []  # the stages that would run: the stages they feed get new inputs
+    lines, table, most = [], [], (0.0, 0.0)
+    for n, s in enumerate(stages, 1):
+        config = stage_config(cfg, s, values)
+        use = (cfg.stages.get(s.name) or {}).get("use")
+        waits_for = [source for source, _ in s.inputs.values() if source in pending]
+        done = None if use is not None or waits_for or not store else _done_before(stage_key(s, config), cfg.tracking.experiment)
+        if use is not None:
+            state, output = "skip: uses the given output", str(use)
+        elif done is not None:
+            state, output = f"skip: done before (MLflow run {done[0][:8]})", done[1]
+        else:
+            state, output = "run" + (f" (on {waits_for[0]}'s new output)" if waits_for else ""), None
+            pending.append(s.name)
+        values[(s.name, "output")] = output or PLACEHOLDER.format(s.name)
+        values[(s.name, "run")] = done[0] if done else PLACEHOLDER.format(s.name)
+        if s.kind == "simulate":
+            values[(s.name, "criteria")] = _criteria(config)
+        lines += [f"# [{n}/{len(stages)}] {s.name} ({s.kind} stage): {state}", yaml.safe_dump(
+            json.loads(config.model_dump_json()), sort_keys=False, allow_unicode=True).rstrip(), ""]
+        what, cpus, gpus = reserves(config)
+        most = (max(most[0], cpus), max(most[1], gpus))
+        table.append(f"  [{n}/{len(stages)}] {s.name:11s} {state:40s}  {what}" + (f"\n        -> {output}" if output else ""))
+    where = f"the cluster at {cfg.address}" if cfg.address else f"this machine has {len(os.sched_getaffinity(0))} CPUs"
+    needs = f"{most[0]:g} CPUs" + (f" and {most[1]:g} GPUs" if most[1] else "")
+    return [*lines, f"pipeline {cfg.label} ({cfg.pipeline}), MLflow store {uri}:", *table,
+            f"the largest stage reserves {needs} at once ({where})"]
 
 
 def run(cfg: PipelineConfig, say=print) -> list[StageOutcome]:
