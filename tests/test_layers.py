@@ -74,7 +74,7 @@ def layer(module: str) -> int:
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "alignray.tracking" in graph["alignray.models.registry"]  # imported inside local_folder
+    assert "alignray.models.mlflow_model" in graph["alignray.models.registry"]  # imported inside _fetch
     assert "alignray.rewards.scorers" in graph["alignray.evaluate.stage"]  # inside _agreement
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from alignray.models.registry import local_folder
-from alignray.tracking import download_model
+from alignray.models.mlflow_model import download as download_model
 from alignray.train.ppo import fit as fit_ppo
 from test_ppo import client_of, history, ppo_config, word_share
 from test_rloo import HELD_OUT, rises

@@ -253,6 +253,10 @@ def test_rlcd_pipeline_stops_resumes_and_skips(store, capsys):
     [ppo] = client.search_runs([experiment], "tags.`alignray.stage` = 'ppo'")
     steps = sorted(m.step for m in client.get_metric_history(ppo.info.run_id, "reward"))
     assert steps == [1, 2]  # iteration 1 before the stop, iteration 2 after the resume, in one run
+    [parent] = client.search_runs([experiment], "tags.`alignray.pipeline_run` = 'rlcd-tiny'")  # one, over both runs
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline-rlcd-tiny"
+    nested = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["alignray.stage"] for r in nested) == ["evaluate", "ppo", "preference", "simulate"]
 
     assert main(["run", config, f"output_dir={store}"]) == 0
     third = lines(capsys.readouterr().out)

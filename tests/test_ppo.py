@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from alignray.config import ConfigError, PPOConfig, load_config
-from alignray.tracking import download_model
+from alignray.models.mlflow_model import download as download_model
 from alignray.train.launch import TrainingError
 from alignray.train.ppo import fit
 from conftest import (

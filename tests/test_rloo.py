@@ -7,7 +7,7 @@ import threading
 from http.server import ThreadingHTTPServer
 
 import pytest
-from alignray.tracking import download_model
+from alignray.models.mlflow_model import download as download_model
 from alignray.train.ppo import fit
 from test_ppo import Endpoint, client_of, history, ppo_config, twelve_heads, word_share
 

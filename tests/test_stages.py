@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from alignray import tracking
+from alignray.models import mlflow_model
 from alignray.config import (
     EvaluateConfig,
     PPOConfig,
@@ -48,7 +49,7 @@ def test_simulate_resolves_models_in_its_own_tracking_store(tiny_model, tmp_path
                              f"data.source={prompts}", "simulation.method=rlaif",
                              f"simulation.labeller={tmp_path / 'nowhere'}"], SimulateConfig)
     with tracking.start_run(cfg.tracking, out, "register", {}):
-        tracking.register_model(tiny_model, "own-policy", None, "loss", False)
+        mlflow_model.register(tiny_model, "own-policy", None, "loss", False)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # another store is current
     # the policy resolves in the config's store; the next model checked, the labeller, does not exist
     with pytest.raises(ModelError, match="nowhere.* is neither a known model"):

@@ -8,26 +8,25 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 from alignray import tracking
+from alignray.models import mlflow_model
 from alignray.config import TrackingConfig
 from alignray.io import write_parquet
 
 CONTEXT = "mlflow.data.context"
 
 
-def test_inputs_name_the_run_that_produced_them_and_runs_have_system_metrics(tmp_path, monkeypatch):
+def test_inputs_name_the_run_that_produced_them_and_runs_have_system_metrics(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     cfg = TrackingConfig(experiment="lineage")
     frame = pd.DataFrame({"prompt": ["a", "b"], "chosen": ["x", "y"], "rejected": ["p", "q"]})
     produced = tmp_path / "datasets" / "preferences.parquet"
     plain = write_parquet(pa.Table.from_pandas(frame), tmp_path / "mine.parquet")  # made by no run
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    model = tiny_model
     with tracking.start_run(cfg, tmp_path, "simulate", {}) as producer:
         write_parquet(tracking.stamped(pa.Table.from_pandas(frame), produced), produced)
         tracking.log_dataset(produced, frame, "prefs", "preferences")
-        first, _ = tracking.register_model(model, "lineage-model", 0.5, "eval_accuracy", True)  # @champion
-        latest, _ = tracking.register_model(model, "lineage-model", 0.4, "eval_accuracy", True)
+        first, _ = mlflow_model.register(model, "lineage-model", 0.5, "eval_accuracy", True)  # @champion
+        latest, _ = mlflow_model.register(model, "lineage-model", 0.4, "eval_accuracy", True)
         time.sleep(1.0)  # a few samples of system metrics
     with tracking.start_run(cfg, tmp_path, "train", {}) as consumer:
         tracking.log_input_file(produced, "training")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from alignray.cli import main
 from alignray.config import TrainConfig, load_config
-from alignray.tracking import download_model
+from alignray.models.mlflow_model import download as download_model
 from alignray.train.launch import TrainingError
 from alignray.train.runner import fit
 from mlflow.tracking import MlflowClient

@@ -5,8 +5,6 @@ that reads either logs it as a dataset input whose source is that URI (lineage a
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,12 +86,7 @@ def start_run(
     `cfg.tags`. With `resume`, an earlier run of the same name is continued instead of starting
     anew."""
     mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
-    if mlflow.get_experiment_by_name(cfg.experiment) is None:
-        location = None
-        if cfg.uri is None:
-            location = (output_dir / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(cfg.experiment, artifact_location=location)
-    experiment = mlflow.set_experiment(cfg.experiment)
+    experiment = mlflow.set_experiment(experiment_id=_experiment_id(cfg, output_dir))
     previous = []
     if resume:
         previous = mlflow.search_runs(
@@ -114,6 +107,29 @@ def start_run(
             yield run
         finally:
             _add_active_time(run.info.run_id, time.monotonic() - started)
+
+
+def _experiment_id(cfg: TrackingConfig, output_dir: Path) -> str:
+    """`cfg.experiment`'s id, created when missing (a local store keeps artifacts beside its database)."""
+    found = mlflow.get_experiment_by_name(cfg.experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None if cfg.uri else (output_dir / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+
+
+def parent_run(cfg: TrackingConfig, output_dir: Path, tag: str, name: str, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """The MLflow run that a pipeline's (or a sweep's) runs are nested under: the earlier run tagged
+    `tag` = `name` in `cfg.experiment`, marked running again, else a new one with `tags` too.
+    Returns (run id, whether it is new)."""
+    mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
+    client = mlflow.MlflowClient()
+    experiment_id = _experiment_id(cfg, output_dir)
+    found = client.search_runs([experiment_id], f"tags.`{tag}` = '{name}'", max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id, False
+    return client.create_run(experiment_id, run_name=run_name, tags={tag: name, **tags}).info.run_id, True
 
 
 ACTIVE_SECONDS = "active_seconds"  # a run's wall time summed over its attempts: the pauses of a resumed run left out
@@ -183,47 +199,3 @@ def log_model_input(ref: str, context: str) -> None:
         return
     source = RunArtifactSource(f"runs:/{found.run_id}/model")
     mlflow.log_input(MetaDataset(source, name=f"{found.name}/{found.version}"), context=context)
-
-
-def register_model(
-    folder: Path, name: str, value: float | None, metric: str, higher_is_better: bool, tags: dict | None = None
-) -> tuple[str, bool]:
-    """Log an HF folder as the active run's `model` artifact and register it as a new version
-    of `name` (MLflow reserves the alias `latest`: `models:/name/latest` is always the newest
-    version). It also becomes `@champion` when its `metric` beats the current champion's (or
-    there is none); `tags` go on the version too. Returns (version, became champion)."""
-    from mlflow.exceptions import MlflowException
-
-    run = mlflow.active_run()
-    mlflow.log_artifacts(str(folder), artifact_path="model")
-    client = mlflow.MlflowClient()
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="alignray training output (HF folder)")
-    tags = {**(tags or {}), **({metric: str(value)} if value is not None else {})}
-    version = client.create_model_version(
-        name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags
-    ).version
-    try:
-        best = client.get_model_version_by_alias(name, "champion").tags.get(metric)
-    except MlflowException:
-        best = None
-    better = best is None or (
-        value is not None and (value > float(best) if higher_is_better else value < float(best))
-    )
-    if better:
-        client.set_registered_model_alias(name, "champion", version)
-    return version, better
-
-
-def download_model(uri: str) -> Path:
-    """A local folder holding the model behind a `models:/name@alias` (or /version) URI: a new
-    folder under $ALIGNRAY_DOWNLOADS when it is set (on a cluster, a volume every node mounts,
-    since the folder is handed to actors on other nodes), else a temporary one."""
-    downloads = os.environ.get("ALIGNRAY_DOWNLOADS")
-    target = None
-    if downloads:
-        Path(downloads).mkdir(parents=True, exist_ok=True)
-        target = tempfile.mkdtemp(prefix="model-", dir=downloads)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=target))

@@ -139,7 +139,8 @@ def merged_folder(adapter: Path, base: Path, cache: Path) -> Path:
     return target
 
 
-def _merge(adapter: Path, base: Path, out: Path) -> None:
+def load_adapted(adapter: Path, base: Path):
+    """The peft model of an adapter folder on the base folder `base`, in float32."""
     import torch
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -148,9 +149,11 @@ def _merge(adapter: Path, base: Path, out: Path) -> None:
     archs = config.architectures or []
     auto = AutoModelForSequenceClassification if any(a.endswith("ForSequenceClassification") for a in archs) \
         else AutoModelForCausalLM
-    model = auto.from_pretrained(base, config=config, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
+    return PeftModel.from_pretrained(auto.from_pretrained(base, config=config, dtype=torch.float32), adapter)
+
+
+def _merge(adapter: Path, base: Path, out: Path) -> None:
+    load_adapted(adapter, base).merge_and_unload().save_pretrained(out, safe_serialization=True)
     for name in os.listdir(adapter):
         if name.startswith(("tokenizer", "special_tokens", "chat_template")) or name in ("vocab.json", "merges.txt"):
             shutil.copy2(adapter / name, out / name)

@@ -192,10 +192,10 @@ def _fetch(ref: str) -> Path:
         return _hub_snapshot(ref)
     if not ref.startswith("models:/"):
         return Path(ref).expanduser().resolve()
-    from alignray.tracking import download_model
+    from alignray.models.mlflow_model import download
 
     try:
-        return download_model(ref)
+        return download(ref)
     except Exception as exc:  # MLflow raises its own types for an unknown name or version
         raise ModelError(f"model {ref!r}: not found in the MLflow registry ({exc})") from None
 

@@ -46,6 +46,7 @@ VOLATILE = {"address", "run_name", "tracking.run_name", "tracking.parent_run", "
 KEY_NEUTRAL = {"trainer.lora": "None"}
 SEED_FIELD = {"simulate": "simulation.seed"}  # the pipeline's `seed` goes here; training kinds: trainer.seed
 KEY_TAG, OUTPUT_TAG = "alignray.stage_key", "alignray.stage_output"
+PIPELINE_TAG = "alignray.pipeline_run"  # on a pipeline's parent run: the pipeline's name
 PLACEHOLDER = "<output of {}>"
 
 
@@ -282,9 +283,26 @@ def preview(cfg: PipelineConfig) -> list[str]:
 
 
 def run(cfg: PipelineConfig, say=print) -> list[StageOutcome]:
-    """Run (or resume) the pipeline; stops after a stage that stopped early."""
+    """Run (or resume) the pipeline, every stage's MLflow run nested under the pipeline's own
+    parent run (one per pipeline name; a sweep's trial: the sweep's); stops after a stage that
+    stopped early."""
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
     stages = plan(cfg)
+    if cfg.tracking.parent_run is not None:
+        return _run(cfg, stages, say)
+    parent, _ = tracking.parent_run(cfg.tracking, cfg.output_dir, PIPELINE_TAG, cfg.label, f"pipeline-{cfg.label}",
+                                    {"alignray.pipeline": cfg.label})
+    status = "FAILED"
+    try:
+        outcomes = _run(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"parent_run": parent})}),
+                        stages, say)
+        status = "FINISHED" if outcomes[-1].output is not None else "KILLED"  # KILLED: stopped early, resumable
+        return outcomes
+    finally:
+        mlflow.MlflowClient().set_terminated(parent, status)
+
+
+def _run(cfg: PipelineConfig, stages: list[Stage], say) -> list[StageOutcome]:
     values: dict = {}
     outcomes = []
     for n, s in enumerate(stages, 1):

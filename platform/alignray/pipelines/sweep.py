@@ -42,7 +42,7 @@ from alignray.evaluate.summary import SWEEP_TAG, TRIAL_TAG, TRIALS_ARTIFACT, con
 from alignray.io import one_of_locks
 from alignray.pipelines import run as pipeline
 from alignray.pipelines.recipes import RECIPES
-from alignray.stages import STAGES
+from alignray.stages import reserves
 
 OVERRIDES_TAG = "alignray.overrides"  # on every stage run of a trial, with TRIAL_TAG
 # What Tune reserves for a trial's driver: memory, no CPU (a stage may need every CPU of a node; the
@@ -176,34 +176,16 @@ def arm_configs(cfg: PipelineConfig, base: dict) -> dict[str, PipelineConfig]:
 
 def peak_cpus(cfg: PipelineConfig) -> float:
     """The most CPUs one stage of the pipeline reserves at once (PPO: its trainer and samplers)."""
-    need = 0.0
-    for s, config in pipeline.stage_configs(cfg):
-        cpus = 0.0
-        if hasattr(config, "sampler") and s.kind in ("simulate", "ppo", "evaluate"):
-            cpus += config.sampler.num_samplers * config.sampler.cpus_per_sampler
-        if STAGES[s.kind].trains:
-            cpus += config.trainer.num_workers * config.trainer.cpus_per_worker
-        need = max(need, cpus)
-    return need
+    return max(reserves(config)[1] for _, config in pipeline.stage_configs(cfg))
 
 
 def _parent_run(cfg: PipelineConfig, name: str, spec: dict) -> str:
     """The sweep's MLflow parent run (the earlier one of this name, when resuming)."""
-    client = mlflow.MlflowClient()
-    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-    if experiment is None:
-        location = None if cfg.tracking.uri else (cfg.output_dir / "mlartifacts").resolve().as_uri()
-        experiment_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
-        found = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{name}'", max_results=1)
-        if found:
-            client.update_run(found[0].info.run_id, status="RUNNING")
-            return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"sweep-{name}", tags={SWEEP_TAG: name, "alignray.pipeline": cfg.label})
-    for key, value in spec["sweep"].items():
-        client.log_param(run.info.run_id, f"sweep.{key}", json.dumps(value, sort_keys=True))
-    return run.info.run_id
+    run_id, new = tracking.parent_run(cfg.tracking, cfg.output_dir, SWEEP_TAG, name, f"sweep-{name}",
+                                      {"alignray.pipeline": cfg.label})
+    for key, value in spec["sweep"].items() if new else ():
+        mlflow.MlflowClient().log_param(run_id, f"sweep.{key}", json.dumps(value, sort_keys=True))
+    return run_id
 
 
 def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluate_on: str, slots: list[Path]):

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from alignray import logs, tracking
 from alignray.config import EngineConfig, PPOConfig, TrainConfig
-from alignray.models import lora
+from alignray.models import lora, mlflow_model
+from alignray.models.registry import resolve
 from alignray.train.engines import STATE_FILE, drop_resume_state
 
 log = logs.get(__name__)
@@ -203,10 +204,10 @@ class Launch:
         run_id = self.active.info.run_id
         if not json.loads((folder / STATE_FILE).read_text())["final"]:
             return TrainResult(run_id, folder, None, result.metrics, False, tuple(self.warnings))
-        adapter = lora.is_adapter_folder(folder / "hf")  # registered without its base, which it names
-        version, champion = tracking.register_model(
+        base = lora.base_ref(folder / "hf") if lora.is_adapter_folder(folder / "hf") else None  # registered without it
+        version, champion = mlflow_model.register(
             folder / "hf", registered, result.metrics.get(metric), metric, higher_is_better,
-            {"base_model": str(lora.base_ref(folder / "hf"))} if adapter else None,
+            {"base_model": base} if base else None, resolve(base) if base else None,
         )
         if not self.cfg.trainer.keep_final_state:
             freed = drop_resume_state(self.run_dir)
