@@ -11,7 +11,8 @@ one DeepSpeed rank (gloo, world size 1, no Ray) and the same threads for every s
   `ds-autocast`: the same with trainer.bf16_mode=autocast (alignray's default: float32 weights, DeepSpeed's
   torch_autocast to bfloat16); `autocast`: the model in float32 under `torch.autocast("cpu", torch.bfloat16)`,
   `torch.optim.AdamW(fused=True)`, gradient-norm clip 1.0: what TRL's Trainer does with `bf16=True` on CPU;
-  `ds-fp32` and `fp32`: DeepSpeed and plain torch in float32, to separate the engine from the dtype.
+  `ds-fp32` and `fp32`: DeepSpeed and plain torch in float32, to separate the engine from the dtype. DeepSpeed sides
+  are one ZeRO-0 rank, so like alignray on one rank they skip DeepSpeed's gradient all-reduce.
 - BATCHING `one`: the pairs' 2B sequences padded to the longest, one forward pass (TRL's way, and alignray's before
   length buckets); `buckets`: `alignray.train.batch.bucketed` (alignray's default: runs of the sorted lengths, padded
   separately; `--overhead` sets BUCKET_OVERHEAD, the padded token slots one more pass is taken to cost).
