@@ -36,7 +36,7 @@ class PreferenceMethod(Method):
 
     def loss(self, model: nn.Module, examples: list[Example]) -> tuple[Tensor, dict[str, float]]:
         (scores,) = bucketed(lambda b: (model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,),
-                             [s for ex in examples for s in ex.seqs], self.pad_id)
+                             [s for ex in examples for s in ex.seqs], self.pad_id, self.split)
         scores = scores.view(len(examples), 2, -1)
         if self.cfg.preference.soft_labels:
             return self._soft_loss(scores, examples)
