@@ -85,9 +85,9 @@ def run(side: str, cfg, pad_id: int, model_dir: Path, steps: list, args) -> dict
     mode = "weights" if kind == "ds-weights" else "autocast"
     cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(
         update={"precision": "bf16" if bf16 else "fp32", "bf16_mode": mode})})
-    batching.length_buckets = (lambda lengths: [list(range(len(lengths)))]) if grouping == "one" else (
-        lambda lengths: length_buckets(lengths, args.overhead))
+    batching.length_buckets = lambda lengths: length_buckets(lengths, args.overhead)
     method = PreferenceMethod(cfg, pad_id)
+    method.split = grouping == "buckets"
     torch.manual_seed(0)
     model = method.load_model(str(model_dir))
     if kind.startswith("ds-"):

@@ -8,6 +8,7 @@ prompt from `side` first, then the response's tail; `Tokenize.truncated` counts 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -73,11 +74,11 @@ def length_buckets(lengths: list[int], overhead: int = BUCKET_OVERHEAD) -> list[
     """The indices of `lengths`, grouped to be padded and run separately: runs of the sorted
     lengths, chosen to minimise the padded token slots plus `overhead` per group."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    cost, cut = [0] + [None] * len(order), [0] * (len(order) + 1)  # best cost of the first j sorted
+    cost, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)  # best cost of the first j sorted
     for j in range(1, len(order) + 1):
         for i in range(j):
             c = cost[i] + (j - i) * lengths[order[j - 1]] + overhead
-            if cost[j] is None or c < cost[j]:
+            if c < cost[j]:
                 cost[j], cut[j] = c, i
     groups, j = [], len(order)
     while j:
