@@ -13,8 +13,9 @@ MFU = 6 * N * tokens/s / peak. N counts the weights of every nn.Linear (all matm
 the 1-output score head for the preference model; not the embedding lookup); tokens are the unpadded prompt+response
 tokens of both sequences; attention-score FLOPs are left out (~1.5% for SmolLM2 here). peak: the best of two ~2 s
 runs (before and after training) of torch.mm on 2048x2048 matrices of --dtype with torch's default threads.
---dtype bf16: alignray trains in DeepSpeed's bf16 mode (bf16 compute, fp32 master weights and optimizer state);
-TRL with `bf16=True` (autocast to bf16 over fp32 weights).
+--dtype bf16: both autocast the matmuls to bf16 over fp32 weights (alignray's default trainer.bf16_mode, through
+DeepSpeed's torch_autocast; TRL with `bf16=True`). alignray pads each length bucket of a step's sequences apart
+(`alignray.train.batch.bucketed`), TRL pads every sequence to the longest.
 Other load on the machine skews everything: see the load-average line and the per-step stdev.
 
     .venv/bin/python benchmarks/train_step.py                     # SmolLM2-135M-Instruct, ~9 min on 2 cores

@@ -166,7 +166,9 @@ def test_one_seed_seeds_every_stage_unless_a_stage_sets_its_own(tmp_path):
     assert stage_key(preference, built("seed=1")[1]) != stage_key(preference, built("seed=0")[1])
 
 
-def test_lora_off_keeps_the_keys_of_stages_run_before_the_option_existed():
+def test_new_fields_at_the_old_behaviour_keep_the_keys_of_stages_run_before_them():
+    """trainer.lora off and trainer.bf16_mode weights (DeepSpeed's bf16 mode, all there was before
+    it) leave the stage key as it was before the fields existed."""
     import hashlib
     import json
 
@@ -180,10 +182,13 @@ def test_lora_off_keeps_the_keys_of_stages_run_before_the_option_existed():
         def built(*overrides, stage=stage):
             return stage_config(load_config(CONFIGS / "rlcd_tiny.yaml", list(overrides), PipelineConfig), stage, inputs)
 
-        plain = built()
-        before = {k: v for k, v in tracking.flatten(plain).items() if k not in VOLATILE and k != "trainer.lora"}
-        assert stage_key(stage, plain) == hashlib.sha256(json.dumps([stage.kind, before], sort_keys=True).encode()).hexdigest()
-        assert stage_key(stage, built(f"stages.{stage.name}.trainer.lora={{rank: 8}}")) != stage_key(stage, plain)
+        old = built(*([f"stages.{stage.name}.trainer.bf16_mode=weights"] if stage is preference else []))
+        before = {k: v for k, v in tracking.flatten(old).items()
+                  if k not in VOLATILE and k not in ("trainer.lora", "trainer.bf16_mode")}
+        assert stage_key(stage, old) == hashlib.sha256(json.dumps([stage.kind, before], sort_keys=True).encode()).hexdigest()
+        assert stage_key(stage, built(f"stages.{stage.name}.trainer.lora={{rank: 8}}")) != stage_key(stage, old)
+        if stage is preference:  # autocast, the new default, trains differently: a stage of its own
+            assert stage_key(stage, built()) != stage_key(stage, old)
 
 
 def test_a_pipeline_needs_held_out_prompts(tmp_path, capsys):

@@ -45,3 +45,29 @@ def test_an_explicit_bfloat16_without_native_support_warns_once_with_a_measured_
 def test_benchmarks_name_the_cpu_and_its_bfloat16(tmp_path):
     assert precision.cpu_summary(cpuinfo(tmp_path, "avx512_bf16")) == "Some CPU; bfloat16: native (avx512_bf16)"
     assert precision.cpu_summary(cpuinfo(tmp_path, "")) == "Some CPU; bfloat16: emulated (no AMX, no AVX512-BF16)"
+
+
+def test_bf16_modes_reach_deepspeed_and_ppo_keeps_bf16_weights():
+    from alignray.config import EngineConfig, TrainerConfig
+    from alignray.train.engines import deepspeed_config, weights_dtype
+
+    def mode(t):
+        c = deepspeed_config(t, 4)
+        return c["bf16"]["enabled"], c["torch_autocast"]["enabled"], weights_dtype(t)
+
+    assert mode(TrainerConfig(precision="bf16")) == (False, True, torch.float32)  # the default: autocast
+    assert mode(TrainerConfig(precision="bf16", bf16_mode="weights")) == (True, False, torch.bfloat16)
+    assert mode(TrainerConfig(precision="fp32")) == (False, False, torch.float32)
+    assert mode(EngineConfig(precision="bf16")) == (True, False, torch.bfloat16)  # PPO's, RLOO's and GRPO's engines
+
+
+def test_a_frozen_base_stays_in_the_compute_dtype_under_autocast():
+    from alignray.config import TrainerConfig
+    from alignray.train.engines import to_training_dtypes
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    model[0].requires_grad_(False)  # as LoRA freezes a base layer
+    to_training_dtypes(model, TrainerConfig(precision="bf16"))
+    assert (model[0].weight.dtype, model[1].weight.dtype) == (torch.bfloat16, torch.float32)
+    to_training_dtypes(model, TrainerConfig(precision="bf16", bf16_mode="weights"))
+    assert (model[0].weight.dtype, model[1].weight.dtype) == (torch.bfloat16, torch.bfloat16)

@@ -1,5 +1,6 @@
 """Training on real Ray Train + DeepSpeed (2 workers, CPU/gloo), tracked in a real MLflow store."""
 
+import json
 import random
 
 import mlflow
@@ -76,13 +77,14 @@ def prefers_good(folder) -> bool:
     return good > bad
 
 
-def test_bf16_training_keeps_float32_master_weights_and_learns(tiny_model, tmp_path):
+def test_bf16_training_keeps_float32_weights_and_exports_bfloat16(tiny_model, tmp_path):
     result, client = train("preference", tiny_model, tmp_path, write(tmp_path, pref_rows()), "trainer.precision=bf16",
                            "trainer.zero_stage=1", "trainer.keep_final_state=true")  # its optimizer state is read below
     curve = losses(client, result.run_id)
     assert curve[-1] < curve[0] * 0.5 and result.metrics["eval_accuracy"] >= 0.9
     exported = load_file(result.checkpoint / "hf" / "model.safetensors")
-    assert {t.dtype for t in exported.values()} == {torch.bfloat16}  # computed (and exported) in bf16
+    assert {t.dtype for t in exported.values()} == {torch.bfloat16}  # trained under autocast, exported in bf16
+    assert json.loads((result.checkpoint / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
     masters = [t for f in (result.checkpoint / "deepspeed").rglob("*optim_states.pt")
                for t in tensors(torch.load(f, map_location="cpu", weights_only=False))]
     n_params = sum(t.numel() for t in exported.values())
@@ -175,6 +177,7 @@ def test_rdpo_soft_labels(tiny_model, tmp_path):
     rows = [dict(r, preference_prob=0.9) for r in pref_rows()]
     result, client = train(
         "dpo", tiny_model, tmp_path, write(tmp_path, rows), "dpo.soft_labels=true", "dpo.beta=0.5",
+        "trainer.precision=bf16", "trainer.bf16_mode=weights",  # DeepSpeed's bf16 mode (autocast is the default)
     )
     curve = losses(client, result.run_id)
     assert curve[-1] < curve[0]

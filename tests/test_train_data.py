@@ -112,3 +112,32 @@ def test_length_balance_keeps_as_many_longer_as_shorter_chosen(tmp_path, tokeniz
     assert prepared.filtered == 4 and len(prepared.train) + len(prepared.eval) == 8
     with pytest.raises(ValueError, match="length_balance needs hard labels"):
         cfg_for(write(tmp_path, rows), "preference.length_balance=true", "preference.soft_labels=true")
+
+
+def test_length_buckets_trade_padding_against_forward_passes():
+    from alignray.models.tokens import length_buckets
+
+    # one batch: 4 x 100 + 64 = 464 slots; the three short apart: 3 x 10 + 64 + 100 + 64 = 258
+    assert length_buckets([10, 100, 10, 10], overhead=64) == [[0, 2, 3], [1]]
+    assert length_buckets([54, 50, 52], overhead=64) == [[1, 2, 0]]  # splitting saves < 64 slots
+    assert length_buckets([5, 40, 80], overhead=0) == [[0], [1], [2]]  # free passes: no padding at all
+    groups = length_buckets([17, 3, 90, 44, 45, 91, 2, 60], overhead=32)
+    assert sorted(i for g in groups for i in g) == list(range(8))
+
+
+def test_bucketed_forward_passes_give_what_one_padded_batch_gives(tiny_model):
+    import torch
+    from alignray.models.tokens import Seq, pad
+    from alignray.train.batch import response_logps
+    from alignray.train.losses import sequence_logps
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    seqs = [Seq([1, 5, 6], [7] * n) for n in (2, 60, 3, 58, 1, 4)]  # two buckets at the default overhead
+    with torch.no_grad():
+        logps, counts = response_logps(model, seqs, pad_id=0)
+        batch = pad(seqs, 0)
+        ref, ref_counts = sequence_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                         batch["labels"])
+    assert counts.tolist() == ref_counts.tolist() == [2, 60, 3, 58, 1, 4]
+    assert torch.allclose(logps, ref, atol=1e-4)

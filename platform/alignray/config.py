@@ -437,8 +437,9 @@ class EngineConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Training compute dtype: auto = bf16 where the worker's device has it natively,"
-        " else fp32. bf16 computes in bfloat16 and keeps float32 master weights and optimizer state"
-        " (DeepSpeed's bf16 mode); exported models are bfloat16.",
+        " else fp32. bf16 computes the matmuls in bfloat16 and keeps float32 weights or master weights and"
+        " optimizer state (how: trainer.bf16_mode; PPO, RLOO and GRPO use DeepSpeed's bf16 mode); exported models"
+        " are bfloat16.",
     )
     learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (of the policy, in PPO).")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
@@ -470,6 +471,13 @@ class TrainerConfig(EngineConfig):
 
     micro_batch_per_worker: int = Field(
         4, ge=1, description="Examples (pairs, sequences or prompts) per worker per forward."
+    )
+    bf16_mode: Literal["autocast", "weights"] = Field(
+        "autocast",
+        description="How precision bf16 trains: autocast = float32 weights, gradients and AdamW state with the"
+        " matmuls autocast to bfloat16 (DeepSpeed's torch_autocast; TRL's recipe); weights = bfloat16 weights and"
+        " gradients plus a float32 master copy (DeepSpeed's bf16 mode), which halves what ZeRO-3 gathers but on"
+        " CPU costs two extra copies per step (README \"Benchmarks\").",
     )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches summed into one optimizer step.")
     epochs: int = Field(1, ge=1, description="Passes over the training split.")

@@ -77,13 +77,21 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if is_adapted(model) else model
 
 
-def save(model: nn.Module, folder: str, state_dict: dict | None) -> None:
-    """Save a model as a Hugging Face folder: an adapted one as its adapter plus MERGED_CONFIG."""
+def save(model: nn.Module, folder: str, state_dict: dict | None, dtype: torch.dtype | None = None) -> None:
+    """Save a model as a Hugging Face folder: an adapted one as its adapter plus MERGED_CONFIG;
+    with `dtype`, its floating-point weights cast to it and its config saying so."""
+    if dtype is not None:
+        state = model.state_dict() if state_dict is None else state_dict
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    named = {} if dtype is None else {"dtype": str(dtype).removeprefix("torch.")}
     if is_adapted(model):
         full = unwrap(model)
-        config = full.config.to_dict() | {"architectures": [type(full).__name__]}  # save_pretrained would set it
+        config = full.config.to_dict() | {"architectures": [type(full).__name__]} | named  # as save_pretrained would
         Path(folder, MERGED_CONFIG).write_text(json.dumps(config, indent=2))
+    elif named:
+        path = Path(folder, "config.json")
+        path.write_text(json.dumps(json.loads(path.read_text()) | named, indent=2))
 
 
 def merged_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ class DPOMethod(Method):
                 examples[i].values["ref"] = ref
 
     def loss(self, model: nn.Module, examples: list[Example]) -> tuple[Tensor, dict[str, float]]:
-        logps, _ = response_logps(model, [s for ex in examples for s in ex.seqs], self.pad_id)
+        logps, _ = response_logps(model, [s for ex in examples for s in ex.seqs], self.pad_id, self.split)
         pc, pr = logps[0::2], logps[1::2]
         ref = torch.tensor([ex.values["ref"] for ex in examples], dtype=logps.dtype)
         rc, rr = ref[:, 0], ref[:, 1]

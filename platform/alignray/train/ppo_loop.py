@@ -262,4 +262,4 @@ def ppo_loop(lc: dict) -> None:
         if iteration % p.checkpoint_every == 0 or iteration == stop:
             state = {"step": iteration, "final": iteration == p.iterations, "prompt_position": iteration * p.prompts_per_step,
                      "kl": kl_ctl.state(), "reward_norm": norm.state(), "diversity": watch.state()}
-            save_checkpoint(tr.engines, t.zero_stage, tr.tokenizer, state, logged)
+            save_checkpoint(tr.engines, t, tr.tokenizer, state, logged)

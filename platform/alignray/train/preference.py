@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from alignray.models.tokens import pad
-from alignray.train.batch import Method
+from alignray.train.batch import Method, bucketed
 from alignray.train.data import Example
 from alignray.train.losses import bradley_terry_loss, soft_bradley_terry_loss
 
@@ -36,8 +35,8 @@ class PreferenceMethod(Method):
         return model
 
     def loss(self, model: nn.Module, examples: list[Example]) -> tuple[Tensor, dict[str, float]]:
-        batch = pad([s for ex in examples for s in ex.seqs], self.pad_id)
-        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        (scores,) = bucketed(lambda b: (model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,),
+                             [s for ex in examples for s in ex.seqs], self.pad_id, self.split)
         scores = scores.view(len(examples), 2, -1)
         if self.cfg.preference.soft_labels:
             return self._soft_loss(scores, examples)

@@ -17,7 +17,7 @@ class RRHFMethod(Method):
     higher_is_better = False
 
     def loss(self, model: nn.Module, examples: list[Example]) -> tuple[Tensor, dict[str, float]]:
-        logps, lengths = response_logps(model, [s for ex in examples for s in ex.seqs], self.pad_id)
+        logps, lengths = response_logps(model, [s for ex in examples for s in ex.seqs], self.pad_id, self.split)
         totals, ranks, sfts, start = [], [], [], 0
         for ex in examples:
             k = len(ex.seqs)

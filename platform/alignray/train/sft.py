@@ -14,6 +14,6 @@ class SFTMethod(Method):
     higher_is_better = False
 
     def loss(self, model: nn.Module, examples: list[Example]) -> tuple[Tensor, dict[str, float]]:
-        logps, lengths = response_logps(model, [ex.seqs[0] for ex in examples], self.pad_id)
+        logps, lengths = response_logps(model, [ex.seqs[0] for ex in examples], self.pad_id, self.split)
         loss = -logps.sum() / lengths.sum()  # mean negative log-likelihood per response token
         return loss, {"response_tokens": lengths.sum().item()}

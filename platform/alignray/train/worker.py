@@ -12,9 +12,9 @@ import torch
 
 from alignray.config import TrainConfig
 from alignray.models import lora
-from alignray.models.precision import torch_dtype
 from alignray.train.data import DatasetError, Example
 from alignray.train.engines import (
+    autocasts,
     check_finite,
     engine,
     log_metrics,
@@ -23,6 +23,7 @@ from alignray.train.engines import (
     rank_sums,
     restore_checkpoint,
     save_checkpoint,
+    to_training_dtypes,
 )
 from alignray.train.methods import METHODS
 
@@ -74,15 +75,15 @@ def train_loop(lc: dict) -> None:
     torch.manual_seed(t.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(lc["model_path"])
     method = METHODS[lc["kind"]](cfg, lc["pad_id"])
-    # In the training dtype from the start, so per-example values computed before the first
-    # step (DPO's reference log-probs) match the training forward passes.
     model = method.load_model(lc["model_path"])
     if t.lora is not None:
         model = lora.wrap(model, t.lora, lc["base_ref"])
-    model = model.to(torch_dtype(t.precision))
+    model = to_training_dtypes(model, t)
     train, evals = ray.get(lc["train"]), ray.get(lc["eval"])
-    method.prepare(model, train, rank, world)
-    method.prepare(model, evals, rank, world)
+    # computed as the training forward passes compute, so DPO's reference log-probs match them
+    with torch.autocast(next(model.parameters()).device.type, torch.bfloat16, enabled=autocasts(t)):
+        method.prepare(model, train, rank, world)
+        method.prepare(model, evals, rank, world)
     per_epoch, total = plan_steps(cfg, len(train))
     trained = engine(model, t, t.learning_rate, total, t.micro_batch_per_worker, t.gradient_accumulation_steps)
     trained.train()  # from_pretrained hands models over in eval mode: dropout (if the config has any) on
@@ -126,4 +127,4 @@ def train_loop(lc: dict) -> None:
                 log_metrics(client, lc["run_id"], logged, step)
             progress.update.remote(step, logged.get("train_loss"))
         if step % t.checkpoint_every_steps == 0 or at_end:
-            save_checkpoint({"deepspeed": trained}, t.zero_stage, tokenizer, {"step": step, "final": step == total}, logged)
+            save_checkpoint({"deepspeed": trained}, t, tokenizer, {"step": step, "final": step == total}, logged)
