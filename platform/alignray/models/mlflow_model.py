@@ -50,7 +50,7 @@ def save(folder: Path, target: Path, base: Path | None) -> None:
     requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
     card = ModelCard(f"---\nlibrary_name: transformers\ntags: [alignray]\n---\nalignray training output ({task}); its"
                      f" Hugging Face folder is {'peft' if adapter else 'model'}/.\n")
-    if not adapter:  # from the folder: nothing is loaded, the files are copied
+    if not adapter:  # from the folder: its weights are copied, not loaded
         mlflow.transformers.save_model(str(folder), str(target), task=task, pip_requirements=requirements,
                                        model_card=card)
         return

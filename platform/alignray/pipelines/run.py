@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.exceptions import MlflowException
 import yaml
+from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
 from alignray import tracking
@@ -259,7 +259,9 @@ def preview(cfg: PipelineConfig) -> list[str]:
         config = stage_config(cfg, s, values)
         use = (cfg.stages.get(s.name) or {}).get("use")
         waits_for = [source for source, _ in s.inputs.values() if source in pending]
-        done = None if use is not None or waits_for or not store else _done_before(stage_key(s, config), cfg.tracking.experiment)
+        done = None
+        if use is None and not waits_for and store:
+            done = _done_before(stage_key(s, config), cfg.tracking.experiment)
         if use is not None:
             state, output = "skip: uses the given output", str(use)
         elif done is not None:
