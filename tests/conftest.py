@@ -180,22 +180,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def hub_cache(cache: Path, repo_id: str, model: Path, revision: str = "main") -> Path:
-    """Put `model` into the Hugging Face cache folder `cache` as `repo_id` at `revision`, laid out
-    as a download leaves it (blobs named by their hash, a snapshot of links to them, the revision's
-    ref); returns the snapshot folder."""
+def hub_cache(cache: Path, repo_id: str, files: Path, revision: str = "main", kind: str = "models") -> Path:
+    """Put the folder `files` into the Hugging Face cache folder `cache` as the repository `repo_id`
+    (`kind`: models or datasets) at `revision`, laid out as a download leaves it (blobs named by
+    their hash, a snapshot of links to them, the revision's ref); returns the snapshot folder."""
     import hashlib
 
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    repo = cache / f"{kind}--{repo_id.replace('/', '--')}"
     commit = hashlib.sha1(repo_id.encode()).hexdigest()
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (repo / "blobs").mkdir(exist_ok=True)
-    for f in sorted(model.iterdir()):
+    for f in sorted(p for p in files.rglob("*") if p.is_file()):
         data = f.read_bytes()
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
         blob.write_bytes(data)
-        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+        link = snapshot / f.relative_to(files)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
     return snapshot

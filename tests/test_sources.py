@@ -55,8 +55,9 @@ def test_jsonl_and_parquet_files(tmp_path):
         ('{"prompt": "Human: a\\n\\nAssistant:"}\n{"prompt": "Human: b\n', ":2: malformed JSON"),
         ('{"prompt": "Human: what is up?"}\n', ":1: the transcript has no 'Assistant:' turn"),
         ('{"prompt": "Human: a\\n\\nAssistant: b"}\n', ":1: the transcript must end with an open"),
-        ('{"text": "hello"}\n', ":1: needs a 'prompt' transcript or a 'messages' list"),
-        ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n', "last message must be from the user"),
+        ('{"text": "hello"}\n', ":1: needs a 'prompt' (a transcript, a question or a list of messages) or a 'messages'"),
+        ('{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}\n', "last message must be from the user"),
+        ('{"messages": [{"role": "assistant", "content": "b"}]}\n', "'messages' must be a non-empty list"),
         ('{"messages": [{"role": "bot", "content": "a"}]}\n', "messages[0] needs a role"),
     ],
 )
@@ -73,6 +74,8 @@ def test_missing_file_and_unknown_source(tmp_path):
         load(tmp_path / "nope.jsonl")
     with pytest.raises(PromptError, match="neither a built-in prompt set"):
         load("harmbenchh")
+    with pytest.raises(PromptError, match="neither a built-in prompt set"):
+        load(tmp_path / "prompts.txt")
 
 
 def test_several_sources_sliced_concatenated_and_deduplicated(tmp_path):
@@ -91,3 +94,67 @@ def test_several_sources_sliced_concatenated_and_deduplicated(tmp_path):
         load("mtbench[90:]")
     with pytest.raises(PromptError, match=r"neither a built-in prompt set .* slice"):
         load("mtbench[0:x]")
+
+
+def test_trl_prompt_formats_json_and_csv_files_and_column_names(tmp_path):
+    """TRL's standard (a plain question) and conversational (a list of messages) prompts, a whole
+    conversation's messages (its prompt: before the last reply), in .json and .csv files through
+    `datasets`, and columns named by prompt_key / messages_key."""
+    rows = [
+        {"prompt": "What is two plus two?"},
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                      {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Fine."}]},
+    ]
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(rows))
+    question, listed, whole = load(path)
+    assert question.transcript == "Human: What is two plus two?\n\nAssistant:"
+    assert listed.messages == (("system", "Be brief."), ("user", "Name a colour."))
+    assert whole.messages == (("user", "Hi"), ("assistant", "Hello!"), ("user", "How are you?"))
+    assert load(path, format="chat")[0].messages == (("user", "What is two plus two?"),)
+    assert question.origin == f"{path}[train]: row 0"
+
+    csv = tmp_path / "questions.csv"
+    csv.write_text('id,question\n1,"Why is the sky blue?"\n2,"Human: hello\n\nAssistant:"\n')
+    convs = load(f"{csv}[0:2]", prompt_key="question")
+    assert [c.transcript for c in convs] == ["Human: Why is the sky blue?\n\nAssistant:", "Human: hello\n\nAssistant:"]
+    with pytest.raises(PromptError, match=r"row 0: needs a 'prompt' .* \(fields present: id, question\)"):
+        load(csv)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"conversation": rows[2]["messages"]}) + "\n")
+    assert load(chats, messages_key="conversation")[0].messages[-1] == ("user", "How are you?")
+
+
+def test_a_hugging_face_dataset_id_reads_the_hub_cache_offline(tmp_path):
+    """org/name and org/name:config with a split, from a Hub cache the test builds, in a process
+    whose HF_HOME is that cache and whose Hub is off; an id the cache lacks is a clear error."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import hub_cache
+
+    files = tmp_path / "repo"
+    (files / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"prompt": f"Question {i}?"} for i in range(5)]),
+                   files / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist([{"prompt": f"Test {i}?"} for i in range(3)]),
+                   files / "data" / "test-00000-of-00001.parquet")
+    hub_cache(tmp_path / "hf" / "hub", "alignray-test/prompts", files, kind="datasets")
+    script = ("import sys; from alignray.config import DataConfig; from alignray.data.sources import load_conversations;"
+              " print([c.transcript for c in load_conversations(DataConfig(source=sys.argv[1], split=sys.argv[2]))])")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HF_DATASETS_CACHE")}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+
+    def prompts(source, split="train"):
+        return subprocess.run([sys.executable, "-c", script, source, split], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    test = prompts("alignray-test/prompts[1:3]", "test")
+    assert test.returncode == 0, test.stderr
+    assert test.stdout.strip() == repr(["Human: Test 1?\n\nAssistant:", "Human: Test 2?\n\nAssistant:"])
+    missing = prompts("alignray-test/absent")
+    assert missing.returncode == 1
+    assert ("'alignray-test/absent': this Hugging Face dataset is not in the cache" in missing.stderr
+            and "the Hub is off (HF_HUB_OFFLINE=1)" in missing.stderr)

@@ -105,11 +105,17 @@ class DataConfig(Strict):
 
     source: str | list[str] = Field(
         "sample",
-        description="A built-in prompt set (sample, donotanswer, harmbench, advbench, mtbench)"
-        " or a .jsonl / .parquet file of `prompt` transcripts or `messages` lists; any of them may"
-        " end in a slice (`mtbench[0:40]`). A list is concatenated and deduplicated (case and"
-        " punctuation ignored; the first occurrence stays).",
+        description="A built-in prompt set (sample, donotanswer, harmbench, advbench, mtbench), a .jsonl,"
+        " .json, .csv or .parquet file, or a Hugging Face dataset id (org/name or org/name:config, its `split`):"
+        " rows with a `prompt` (a Human/Assistant transcript, a plain question, or a list of chat messages:"
+        " TRL's standard and conversational prompts) or a `messages` list (a whole conversation: its prompt is"
+        " everything before the last assistant reply). Any of them may end in a slice (`mtbench[0:40]`). A list"
+        " is concatenated and deduplicated (case and punctuation ignored; the first occurrence stays).",
     )
+    split: str = Field("train", description="The split read from a Hugging Face dataset.")
+    prompt_key: str = Field("prompt", description="The column holding each row's prompt.")
+    messages_key: str = Field("messages", description="The column holding each row's chat messages (when it has no"
+                              " prompt).")
     format: Literal["transcript", "chat"] = Field(
         "transcript",
         description="How plain questions are framed: a `Human: ... Assistant:` transcript, or a"

