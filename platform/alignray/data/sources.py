@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from alignray.config import DataConfig
+from alignray.data import hub
 from alignray.data.conversation import Conversation, PromptError
 
 
@@ -102,46 +103,16 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
         for row, rec in enumerate(table.to_pylist()):
             yield f"{path}: row {row}", rec
     else:
-        yield from _dataset_rows(DATASET_BUILDERS[path.suffix], str(path), None, "train")
+        yield from _dataset_rows(str(path), "train")
 
 
-def _dataset_rows(name: str, files: str | None, config: str | None, split: str) -> Iterator[tuple[str, object]]:
-    """The rows of a `datasets.load_dataset` source: a builder (json, csv) over a local file, or the
-    files of a Hugging Face dataset repository, downloaded once into the Hub's cache (read from
-    it alone when the Hub is off)."""
-    import datasets
-
-    what = files or f"{name}{':' + config if config else ''}"
-    if files is None:
-        name = str(_hub_snapshot(name, what))
-    datasets.disable_progress_bars()
-    try:
-        rows = datasets.load_dataset(name, config, data_files=files, split=split)
-    except Exception as exc:  # datasets raises many types: no such config or split, an unreadable file
-        raise PromptError(f"data.source {what!r} (split {split!r}): {str(exc).strip().splitlines()[0]}") from None
-    for row, rec in enumerate(rows):
-        yield f"{what}[{split}]: row {row}", rec
-
-
-def _hub_snapshot(repo_id: str, what: str) -> Path:
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset"))
-    except LocalEntryNotFoundError:
-        why = "the Hub is off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
-        raise PromptError(f"data.source {what!r}: this Hugging Face dataset is not in the cache {constants.HF_HUB_CACHE}"
-                          f" and {why}; download it where the Hub is reachable (`hf download {repo_id} --repo-type"
-                          " dataset`), or point HF_HOME at a cache that holds it") from None
-    except HfHubHTTPError as exc:  # unknown repository, gated, private
-        raise PromptError(f"data.source {what!r}: the Hugging Face Hub refuses it: {str(exc).splitlines()[0]}") from None
+def _dataset_rows(source: str, split: str) -> Iterator[tuple[str, object]]:
+    for row, rec in enumerate(hub.load(source, split, "data.source", PromptError)):
+        yield f"{source}[{split}]: row {row}", rec
 
 
 SLICE = re.compile(r"^(?P<name>.+?)\[(?P<start>\d*):(?P<stop>\d*)\]$")
-DATASET_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(:(?P<config>[\w.-]+))?")  # org/name[:config]
-DATASET_BUILDERS = {".json": "json", ".csv": "csv"}
-FILES = (".jsonl", ".parquet", *DATASET_BUILDERS)
+FILES = (".jsonl", ".parquet", ".json", ".csv")
 
 
 def _one_source(cfg: DataConfig, source: str) -> list[Conversation]:
@@ -149,7 +120,7 @@ def _one_source(cfg: DataConfig, source: str) -> list[Conversation]:
     sliced (`name[a:b]`)."""
     match = SLICE.match(source)
     name = match["name"] if match else source
-    path, hub = Path(name), DATASET_ID.fullmatch(name)
+    path = Path(name)
 
     def conversation(rec: object, origin: str) -> Conversation:
         return Conversation.from_record(rec, origin, cfg.format, cfg.prompt_key, cfg.messages_key)
@@ -160,8 +131,8 @@ def _one_source(cfg: DataConfig, source: str) -> list[Conversation]:
         if not path.is_file():
             raise PromptError(f"{path}: prompt file not found")
         convs = [conversation(rec, origin) for origin, rec in _records(path)]
-    elif hub and not path.exists():
-        convs = [conversation(rec, origin) for origin, rec in _dataset_rows(hub["repo"], None, hub["config"], cfg.split)]
+    elif hub.is_dataset_id(name):
+        convs = [conversation(rec, origin) for origin, rec in _dataset_rows(name, cfg.split)]
     else:
         raise PromptError(
             f"data.source {source!r} is neither a built-in prompt set ({', '.join(BUILTIN)}), a {' / '.join(FILES)}"
