@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ import psutil
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `datasets` keeps what it reads from json / csv files and Hub datasets: here, not in ~/.cache
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(tempfile.gettempdir(), f"alignray-tests-datasets-{os.getuid()}"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray Train's preemption watcher (an actor per run, polling for drained nodes) has nothing to watch
 # here: no test drains a node. Off, the suite spends ~70 CPU-seconds less on starting it.

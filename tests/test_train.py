@@ -173,10 +173,22 @@ def generates_folder(folder) -> bool:
     return model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
 
 
-def test_rdpo_soft_labels(tiny_model, tmp_path):
-    rows = [dict(r, preference_prob=0.9) for r in pref_rows()]
+def test_rdpo_soft_labels(tiny_model, tmp_path, monkeypatch):
+    """Also: the pairs come as a Hugging Face dataset id, read from the Hub's cache with the Hub off,
+    in TRL's conversational format (prompt, chosen and rejected as chat messages)."""
+    from conftest import hub_cache
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    rows = [{"prompt": [{"role": "user", "content": f"Question number {i}, please?"}],
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}], "preference_prob": 0.9}
+            for i, r in enumerate(pref_rows())]
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet")
+    hub_cache(tmp_path / "hub", "alignray-test/soft-pairs", tmp_path / "repo", kind="datasets")
     result, client = train(
-        "dpo", tiny_model, tmp_path, write(tmp_path, rows), "dpo.soft_labels=true", "dpo.beta=0.5",
+        "dpo", tiny_model, tmp_path, "alignray-test/soft-pairs", "dpo.soft_labels=true", "dpo.beta=0.5",
         "trainer.precision=bf16", "trainer.bf16_mode=weights",  # DeepSpeed's bf16 mode (autocast is the default)
     )
     curve = losses(client, result.run_id)

@@ -580,7 +580,18 @@ class TrainConfig(TrainedRun):
     """`alignray train KIND`: one training stage on Ray Train + DeepSpeed."""
 
     model: ModelConfig = ModelConfig()
-    dataset: Path = Field(description="Parquet file written by a feedback stage.")
+    dataset: str = Field(
+        description="The training data: a file written by a feedback stage, any .parquet, .jsonl, .json or .csv"
+        " file, or a Hugging Face dataset id (org/name or org/name:config; see dataset_split). TRL's standard and"
+        " conversational formats are read as they are: prompt/chosen/rejected as text or as chat messages (the"
+        " prompt may be left implicit in chosen and rejected), prompt/completion, or a messages list (SFT on its"
+        " last reply); chat messages are rendered with the model's chat template.",
+    )
+    dataset_split: str = Field("train", description="The split read from a Hugging Face dataset.")
+    prompt_key: str = Field("prompt", description="The dataset's column holding the prompt.")
+    chosen_key: str = Field("chosen", description="The dataset's column holding the preferred (or SFT) reply.")
+    rejected_key: str = Field("rejected", description="The dataset's column holding the other reply.")
+    messages_key: str = Field("messages", description="The dataset's column holding whole conversations.")
     trainer: TrainerConfig = TrainerConfig()
     preference: PreferenceConfig = PreferenceConfig()
     dpo: DPOConfig = DPOConfig()

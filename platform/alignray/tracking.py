@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.data.dataset_source import DatasetSource
-from mlflow.data.dataset_source_registry import register_dataset_source
+from mlflow.data.dataset_source_registry import register_dataset_source, resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from pydantic import BaseModel
 
@@ -175,6 +175,22 @@ def log_input_file(path: Path, context: str) -> None:
     produced = (table.schema.metadata or {}).get(PRODUCED_BY)
     source = RunArtifactSource(produced.decode()) if produced else str(Path(path).resolve())
     mlflow.log_input(mlflow.data.from_pandas(table.to_pandas(), source=source, name=Path(path).stem), context=context)
+
+
+def log_dataset_input(source: str, split: str, context: str) -> None:
+    """Log the dataset a run reads: a Parquet file with its producing run (log_input_file), another
+    file by its path, a Hugging Face dataset id with its config and split."""
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    path = Path(source)
+    if path.suffix == ".parquet" and path.is_file():
+        return log_input_file(path, context)
+    if path.is_file():
+        origin = resolve_dataset_source(str(path.resolve()))
+    else:
+        repo, _, config = source.partition(":")
+        origin = HuggingFaceDatasetSource(repo, config_name=config or None, split=split)
+    mlflow.log_input(MetaDataset(origin, name=path.stem), context=context)
 
 
 def log_model_input(ref: str, context: str) -> None:

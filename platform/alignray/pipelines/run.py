@@ -43,7 +43,8 @@ VOLATILE = {"address", "run_name", "tracking.run_name", "tracking.parent_run", "
             "trainer.stop_after_steps", "ppo.stop_after_iterations", "trainer.keep_final_state"}
 # Fields added after stages were first recorded, at the value that changes nothing: left out of
 # the key, so that stages run before the field existed are still reused.
-KEY_NEUTRAL = {"trainer.lora": "None", "trainer.bf16_mode": "weights",
+KEY_NEUTRAL = {"trainer.lora": "None", "trainer.bf16_mode": "weights", "dataset_split": "train",
+               **{f"{key}_key": key for key in ("prompt", "chosen", "rejected", "messages")},
                **{f"{section}.{field}": value for section in ("data", "benign_data")
                   for field, value in (("split", "train"), ("prompt_key", "prompt"), ("messages_key", "messages"))}}
 SEED_FIELD = {"simulate": "simulation.seed"}  # the pipeline's `seed` goes here; training kinds: trainer.seed

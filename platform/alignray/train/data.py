@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from alignray.config import TrainConfig
+from alignray.data import tables
 from alignray.data.formats import CANDIDATES, PAIRS, SFT, Format, Kind
 from alignray.data.pairs import DatasetError
 from alignray.models.tokens import Seq, Tokenize
@@ -155,14 +155,11 @@ class Prepared:
 
 
 def load(kind: str, cfg: TrainConfig, tokenizer) -> Prepared:
-    """Read, validate and tokenize `cfg.dataset` for `kind`, then split off the eval share."""
-    path = Path(cfg.dataset)
-    if not path.is_file():
-        raise DatasetError(f"{path}: dataset not found")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from None
+    """Read (TRL's formats turned into alignray's text columns), validate and tokenize
+    `cfg.dataset` for `kind`, then split off the eval share."""
+    path = cfg.dataset
+    keys = {key: getattr(cfg, f"{key}_key") for key in ("prompt", "chosen", "rejected", "messages")}
+    table = tables.as_text(tables.read(path, cfg.dataset_split, "dataset"), keys, chat_renderer(tokenizer, path), path)
     reader = READERS[kind]
     labels = reader.labels(cfg)
     reader.format.check(table.schema, str(path), labels, f" needed for {kind} training")
@@ -187,6 +184,17 @@ def load(kind: str, cfg: TrainConfig, tokenizer) -> Prepared:
     eval_ = [examples[i] for i in order[:n_eval]]
     train = [examples[i] for i in order[n_eval:]]
     return Prepared(train, eval_, tokenize.truncated, filtered)
+
+
+def chat_renderer(tokenizer, where: str) -> tables.Render:
+    """Chat messages as the model's chat template renders them (a conversational dataset's)."""
+    def render(messages: list[dict], generation: bool) -> str:
+        if not tokenizer.chat_template:
+            raise DatasetError(f"{where}: holds chat messages, and the model's tokenizer has no chat template to render"
+                               " them with; give a model that has one, or the prompts as text")
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+    return render
 
 
 def load_tokenizer(model_path: Path):

@@ -35,7 +35,7 @@ def fit(cfg: TrainConfig, kind: str) -> TrainResult:
     t = cfg.trainer
     check_cpus({"trainer.num_workers x trainer.cpus_per_worker": t.num_workers * t.cpus_per_worker})
     with launch.tracked("initial model"):
-        tracking.log_input_file(Path(cfg.dataset), "training")
+        tracking.log_dataset_input(cfg.dataset, cfg.dataset_split, "training")
         mlflow.log_metrics(
             {"train_examples": len(prepared.train), "eval_examples": len(prepared.eval),
              "truncated_sequences": prepared.truncated, "filtered_examples": prepared.filtered,
