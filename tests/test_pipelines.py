@@ -167,8 +167,9 @@ def test_one_seed_seeds_every_stage_unless_a_stage_sets_its_own(tmp_path):
 
 
 def test_new_fields_at_the_old_behaviour_keep_the_keys_of_stages_run_before_them():
-    """trainer.lora off and trainer.bf16_mode weights (DeepSpeed's bf16 mode, all there was before
-    it) leave the stage key as it was before the fields existed."""
+    """Fields added after stages were recorded, at the value that is what there was before them
+    (trainer.lora off, trainer.bf16_mode weights: DeepSpeed's bf16 mode; the dataset's split and
+    column names), leave every stage's key as it was before the fields existed."""
     import hashlib
     import json
 
@@ -176,19 +177,25 @@ def test_new_fields_at_the_old_behaviour_keep_the_keys_of_stages_run_before_them
     from alignray.pipelines.recipes import RECIPES
     from alignray.pipelines.run import VOLATILE, stage_config, stage_key
 
-    inputs = {("simulate", "output"): "d.parquet", ("preference", "output"): "models:/pm/1"}
-    _, preference, ppo, _ = RECIPES["rlcd"]
-    for stage in (preference, ppo):
+    added = {"trainer.lora", "trainer.bf16_mode", "dataset_split", "prompt_key", "chosen_key", "rejected_key",
+             "messages_key", *(f"{section}.{field}" for section in ("data", "benign_data")
+                               for field in ("split", "prompt_key", "messages_key"))}
+    inputs = {("simulate", "output"): "d.parquet", ("simulate", "criteria"): [], ("preference", "output"): "models:/pm/1",
+              ("ppo", "output"): "models:/p/1", ("ppo", "run"): "r"}
+    for stage in RECIPES["rlcd"]:
         def built(*overrides, stage=stage):
             return stage_config(load_config(CONFIGS / "rlcd_tiny.yaml", list(overrides), PipelineConfig), stage, inputs)
 
-        old = built(*([f"stages.{stage.name}.trainer.bf16_mode=weights"] if stage is preference else []))
-        before = {k: v for k, v in tracking.flatten(old).items()
-                  if k not in VOLATILE and k not in ("trainer.lora", "trainer.bf16_mode")}
+        old = built(*([f"stages.{stage.name}.trainer.bf16_mode=weights"] if stage.name == "preference" else []))
+        before = {k: v for k, v in tracking.flatten(old).items() if k not in VOLATILE and k not in added}
         assert stage_key(stage, old) == hashlib.sha256(json.dumps([stage.kind, before], sort_keys=True).encode()).hexdigest()
-        assert stage_key(stage, built(f"stages.{stage.name}.trainer.lora={{rank: 8}}")) != stage_key(stage, old)
-        if stage is preference:  # autocast, the new default, trains differently: a stage of its own
+        if stage.name in ("preference", "ppo"):
+            assert stage_key(stage, built(f"stages.{stage.name}.trainer.lora={{rank: 8}}")) != stage_key(stage, old)
+        if stage.name == "preference":  # autocast, the new default, trains differently: a stage of its own
             assert stage_key(stage, built()) != stage_key(stage, old)
+            assert stage_key(stage, built("stages.preference.prompt_key=question")) != stage_key(stage, old)
+        if stage.name == "simulate":
+            assert stage_key(stage, built("data.split=test")) != stage_key(stage, old)
 
 
 def test_a_pipeline_needs_held_out_prompts(tmp_path, capsys):
