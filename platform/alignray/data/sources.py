@@ -112,7 +112,7 @@ def _dataset_rows(source: str, split: str) -> Iterator[tuple[str, object]]:
 
 
 SLICE = re.compile(r"^(?P<name>.+?)\[(?P<start>\d*):(?P<stop>\d*)\]$")
-FILES = (".jsonl", ".parquet", ".json", ".csv")
+FILES = tuple(hub.BUILDERS)  # .json, .jsonl, .csv, .parquet
 
 
 def _one_source(cfg: DataConfig, source: str) -> list[Conversation]:
