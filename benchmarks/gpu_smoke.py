@@ -9,7 +9,7 @@ Checks, in order; each runs whether or not an earlier one failed:
                  holding one GPU, as PPO's trainer rank 0, sends SmolLM2's weights changed by 10% noise to a sampler
                  on another GPU with the probe check (the sampler must reproduce the sender's log-probs of a probe
                  text); the probe must fail before the sync. Needs 2 GPUs: NCCL refuses two ranks on one GPU, and
-                 the CUDA IPC engine a shared GPU would need is not wired (README, "Weight sync"). Skipped on one.
+                 the CUDA IPC engine a shared GPU would need is not wired (docs/samplers.md, "Weight sync"). Skipped on one.
   zero2, zero3   one SFT step through `alignray.train.runner.fit` (Ray Train + DeepSpeed ZeRO-2 / ZeRO-3, bf16, one
                  GPU worker), checkpoint and registration included.
   ppo-colocated  one PPO iteration (`alignray.train.ppo.fit`) with ppo.placement=colocated: the sampler and the

@@ -34,7 +34,7 @@ def tiny_model(tmp_path_factory):
 
 # Modules that each start a Ray Serve instance: they run one after another, on one worker.
 SHARED_WORKER = {"test_serve": "serve", "test_chat_labeller": "serve"}
-# The groups that take minutes, longest first (measured; see README): handed out before the
+# The groups that take minutes, longest first (measured; see docs/getting-started.md): handed out before the
 # others so that the two workers finish together.
 LONGEST_FIRST = ["test_ppo", "test_rloo", "test_lora", "serve", "test_pipelines", "test_sweep", "test_simulate_e2e", "test_job_submit",
                  "test_train", "test_multinode", "test_recovery", "test_sampler", "test_k8s_shared_paths"]

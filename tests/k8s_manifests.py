@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 RAY_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
 PIPELINES = ("rlcd", "morlaif", "rrhf", "rdpo")
-# The order of README "Kubernetes (KubeRay)": volumes (or a storage class example), base, jobs,
+# The order of docs/deployment.md, "Kubernetes (KubeRay)": volumes (or a storage class example), base, jobs,
 # serving; restore only when restoring a backup.
 STORAGE_CLASSES = ("aws-efs", "gke-filestore", "azure-files")
 OVERLAYS = ("volumes", *(f"storage-classes/{c}" for c in STORAGE_CLASSES), "base", *(f"jobs/{p}" for p in PIPELINES),

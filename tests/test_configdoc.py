@@ -1,5 +1,5 @@
 """Configuration that documents itself: every field described, `alignray config show`, and the
-README's tables generated from the schema."""
+the documentation's tables generated from the schema."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 from alignray import configdoc
 from alignray.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 @pytest.mark.parametrize("kind", list(configdoc.KINDS))
@@ -18,11 +18,11 @@ def test_every_field_has_a_description(kind):
                               " a class docstring)")
 
 
-def test_readme_tables_are_generated_from_the_schema():
-    text = README.read_text()
+def test_tables_block_are_generated_from_the_schema():
+    text = PAGE.read_text()
     assert configdoc.replace_block(text) == text, (
-        "README.md's configuration tables differ from the schema; regenerate them with"
-        " `PYTHONPATH=platform python -m alignray.configdoc README.md`")
+        "docs/configuration.md's tables differ from the schema; regenerate them with"
+        " `PYTHONPATH=platform python -m alignray.configdoc`")
 
 
 def test_show_prints_dotted_fields_with_type_default_and_description(capsys):

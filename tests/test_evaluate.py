@@ -109,7 +109,7 @@ def test_refusal_gains_are_paired_differences():
 def test_no_refusal_change_on_forty_prompts_is_not_zero_width():
     frame = pd.DataFrame({"opponent": ["base"] * 40, "refusal_policy": 0.0, "refusal_opponent": 0.0})
     [g] = gains(frame, "refusal", 1000, 0)
-    # nothing changed and nobody refused: ± the Wilson bound of 0/40 (the README's full runs printed
+    # nothing changed and nobody refused: ± the Wilson bound of 0/40 (docs/results.md: the full runs printed
     # over-refusal changes of "+0.000 [+0.000, +0.000]" on 40 benign prompts)
     assert (g.gain, round(g.low, 3), round(g.high, 3), g.method) == (0.0, -0.088, 0.088, "paired Newcombe 95%")
 

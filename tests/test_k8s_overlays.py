@@ -119,7 +119,7 @@ def test_postgres_is_backed_up_to_the_shared_volume_and_restored_from_it():
 def test_pods_give_their_volumes_group_ownership_once():
     """A pod with a volume claim writes to it as group fsGroup; fsGroupChangePolicy OnRootMismatch
     changes the ownership only when the volume's root is not already the pod's group, instead of
-    walking every file at every start (a shared volume holds millions). README: the one-time
+    walking every file at every start (a shared volume holds millions). docs/deployment.md: the one-time
     ownership step for shares whose driver ignores fsGroup."""
     checked = 0
     for overlay, doc in every_doc():

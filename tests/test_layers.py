@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "alignray"
 LAYERS = (
     "logs",  # where output goes (standard library only)
     "config",  # typed config (pydantic only)
-    "configdoc",  # the config schemas described: `alignray config show`, the README tables
+    "configdoc",  # the config schemas described: `alignray config show`, the documentation's tables
     "io",  # atomic writes
     "stats",  # interval arithmetic: Wilson, paired Newcombe, bootstrap, across seeds (numpy, scipy)
     "data",  # conversations, prompt sources, pair files

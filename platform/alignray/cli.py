@@ -213,7 +213,7 @@ def _config(args: argparse.Namespace) -> int:
 
     if args.kind is None:
         if args.markdown:
-            print(configdoc.readme_tables())
+            print(configdoc.tables_block())
             return 0
         for kind, (schema, command) in configdoc.KINDS.items():
             print(f"{kind:10s} {schema.__name__:16s} read by {command}")
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("kind", nargs="?", choices=list(CONFIG_KINDS), metavar="KIND",
                       help="one of: " + ", ".join(CONFIG_KINDS))
     show.add_argument("--markdown", action="store_true",
-                      help="a Markdown table instead (without KIND: the README's tables of every kind)")
+                      help="a Markdown table instead (without KIND: the documentation's tables of every kind)")
 
     princ = sub.add_parser("principles", parents=[common], help="list the built-in principle sets, or show one")
     princ.add_argument("name", nargs="?", help="a built-in set to show in full")

@@ -418,7 +418,7 @@ class LoRAConfig(Strict):
     sync: Literal["auto", "adapter", "merged"] = Field(
         "auto", description="PPO, RLOO, GRPO: what reaches the vLLM samplers after each iteration: only the adapter"
         " (vLLM serves it with its LoRA kernels), or the full weights with the adapter merged in. auto: the adapter to"
-        " GPU samplers, merged weights to CPU ones (vLLM's CPU LoRA kernels sampled SmolLM2 3.5x slower; README \"LoRA\")."
+        " GPU samplers, merged weights to CPU ones (vLLM's CPU LoRA kernels sampled SmolLM2 3.5x slower; docs/training.md, \"LoRA\")."
     )
 
 
@@ -462,7 +462,7 @@ class EngineConfig(Strict):
     )
     lora: LoRAConfig | None = Field(
         None, description="Train low-rank adapters (rank, alpha, dropout, target_modules) and freeze the base weights;"
-        " a preference model's or critic's head is trained whole. null: full fine-tuning. See README \"LoRA\"."
+        " a preference model's or critic's head is trained whole. null: full fine-tuning. See docs/training.md, \"LoRA\"."
     )
     keep_final_state: bool = Field(
         False, description="Keep a finished run's optimizer and engine states (what continuing it to more steps"
@@ -483,7 +483,7 @@ class TrainerConfig(EngineConfig):
         description="How precision bf16 trains: autocast = float32 weights, gradients and AdamW state with the"
         " matmuls autocast to bfloat16 (DeepSpeed's torch_autocast; TRL's recipe); weights = bfloat16 weights and"
         " gradients plus a float32 master copy (DeepSpeed's bf16 mode), which halves what ZeRO-3 gathers but on"
-        " CPU costs two extra copies per step (README \"Benchmarks\").",
+        " CPU costs two extra copies per step (docs/benchmarks.md).",
     )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches summed into one optimizer step.")
     epochs: int = Field(1, ge=1, description="Passes over the training split.")

@@ -16,7 +16,7 @@ from torch import Tensor
 
 IGNORE = -100  # the label of a position the loss skips
 # What one more forward pass costs, in padded token slots: on SmolLM2-135M, 2 CPU threads, bf16
-# autocast, forward + backward measured as much as 60-120 slots (README "Benchmarks"); the low end.
+# autocast, forward + backward measured as much as 60-120 slots (docs/benchmarks.md); the low end.
 BUCKET_OVERHEAD = 64
 
 

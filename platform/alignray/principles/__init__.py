@@ -1,6 +1,6 @@
 """Principle sets as data files, and their loader.
 
-A principle set is a YAML file (see README "Principle sets"):
+A principle set is a YAML file (see docs/configuration.md, "Principle sets"):
 
     name: harmlessness                 # required
     description: one line              # optional

@@ -95,7 +95,7 @@ def engine(model: torch.nn.Module, t: EngineConfig, lr: float, total_steps: int,
     config = deepspeed_config(t, micro_batch, accumulation)
     trained = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)[0]
     if t.zero_stage == 0 and dist.get_world_size() == 1:  # one rank: no gradient to average, and DeepSpeed's
-        trained.enable_backward_allreduce = False        # all-reduce would copy each one twice (0.18 s/step, README)
+        trained.enable_backward_allreduce = False        # all-reduce would copy each one twice (0.18 s/step, docs/benchmarks.md)
     return trained
 
 
