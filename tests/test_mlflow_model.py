@@ -82,3 +82,39 @@ def test_versions_registered_as_plain_folders_still_resolve(tiny_model, store, t
     folder = resolve("models:/old/1")
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
     shutil.rmtree(folder)
+
+
+def test_mlflow_models_serve_answers_over_http(tiny_model, store):
+    """`mlflow models serve` of a registered policy, in this environment: real HTTP to /invocations."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from conftest import free_port
+
+    register(tiny_model, "served")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/served/1", "--env-manager",
+                               "local", "--host", "127.0.0.1", "--port", str(port)], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                               json={"inputs": ["Human: Hello?\n\nAssistant:"]})
+        assert answer.ok, answer.text
+        [text] = answer.json()["predictions"]
+        assert isinstance(text, str) and text
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

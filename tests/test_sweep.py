@@ -165,6 +165,13 @@ def test_the_comparison_sweeps_share_the_stages_their_headers_say(tmp_path):
         cfg = load_config(SWEEPS / f"{sweep}.yaml", [], PipelineConfig)
         return [stage_key(*sc) for sc in stage_configs(trial_config(_base_tree(cfg), {"arm": arm, "seed": 0}, cfg.sweep.arms))]
 
+    # the table's rlcd_best arm is the variant sweep's choice: the same simulation, preference model and PPO
+    variants = load_config(SWEEPS / "rlcd_variants_smollm2.yaml", [], PipelineConfig)
+    chosen = {"principles": "harmlessness_demonstrations", "affix_placement": "demonstration"}
+    variant = [stage_key(*sc) for sc in stage_configs(trial_config(
+        _base_tree(variants), {"stages.simulate.simulation": chosen, "seed": 0}))]
+    assert variant[:3] == keys("rlcd_table_smollm2", "rlcd_best")[:3]
+
     # RLOO vs PPO: its PPO arm trains RRHF vs PPO's (simulation, preference model, PPO; each sweep evaluates
     # under its own name); RLOO shares the data and the reward, not the PPO stage
     ppo, rloo = keys("rloo_vs_ppo_smollm2", "ppo"), keys("rloo_vs_ppo_smollm2", "rloo")
