@@ -9,7 +9,7 @@ override) and the field and say what is allowed.
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal, get_args
 
 import yaml
@@ -596,6 +596,11 @@ class TrainConfig(TrainedRun):
     preference: PreferenceConfig = PreferenceConfig()
     dpo: DPOConfig = DPOConfig()
     rrhf: RRHFConfig = RRHFConfig()
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, PurePath) else value
 
 
 class CriticConfig(Strict):
