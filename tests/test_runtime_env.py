@@ -4,6 +4,7 @@ this checkout), and its stage, sampler actors included, runs from that install."
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,12 +24,16 @@ pytestmark = pytest.mark.slow  # builds a wheel, starts a Ray head, installs a r
 
 
 def wheel(tmp_path: Path) -> Path:
-    """alignray's wheel, built from a copy of the checkout (a build leaves nothing in the checkout)."""
+    """alignray's wheel, built from a copy of the checkout (a build leaves nothing in the checkout),
+    with a local version label: the node's Python has this checkout installed (editable), and pip
+    replaces only another version, as on a node that lacks alignray."""
     src = tmp_path / "src"
     shutil.copytree(ROOT / "platform" / "alignray", src / "platform" / "alignray",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
+    shutil.copy(ROOT / "README.md", src / "README.md")
+    project = (ROOT / "pyproject.toml").read_text()
+    (src / "pyproject.toml").write_text(re.sub(r'^version = "([^"]+)"', r'version = "\1+wheel"', project, count=1,
+                                               flags=re.MULTILINE))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
     [built] = (tmp_path / "dist").glob("alignray-*.whl")
@@ -41,6 +46,7 @@ def test_a_job_installs_alignray_from_its_runtime_env_and_runs_a_stage(tiny_mode
     address = f"http://127.0.0.1:{dashboard}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("PYTHONPATH", None)  # the job imports what its runtime environment installed
     ray_tmp = tempfile.mkdtemp(prefix="are", dir="/tmp")  # Ray's socket paths must stay short
     ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
              f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
@@ -63,7 +69,7 @@ def test_a_job_installs_alignray_from_its_runtime_env_and_runs_a_stage(tiny_mode
 
     try:
         submit = ["submit", "--no-wait", "--submission-id", "pip-env", "--runtime-env-json",
-                  json.dumps({"pip": [str(built)]}), "--", entrypoint]
+                  json.dumps({"pip": [str(built)]}), "--", "bash", "-c", entrypoint]
         deadline = time.monotonic() + 180  # the job API comes up a little after the head
         while (code := ray_job(*submit))[0] != 0 and time.monotonic() < deadline:
             assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
