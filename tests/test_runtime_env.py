@@ -62,8 +62,8 @@ def test_a_job_installs_alignray_from_its_runtime_env_and_runs_a_stage(tiny_mode
         " sampler.num_samplers=1 sampler.max_tokens=8 sampler.max_model_len=256 sampler.prompts_per_request=4"
     )
 
-    def ray_job(*args: str) -> tuple[int, str]:
-        done = subprocess.run([BIN / "ray", "job", *args, "--address", address], env=env, capture_output=True,
+    def ray_job(command: str, *args: str) -> tuple[int, str]:
+        done = subprocess.run([BIN / "ray", "job", command, "--address", address, *args], env=env, capture_output=True,
                               text=True, timeout=120)
         return done.returncode, done.stdout + done.stderr
 

@@ -36,6 +36,7 @@ def test_our_preference_file_trains_trl_dpo_and_reward_models(tiny_model, tmp_pa
     tok = AutoTokenizer.from_pretrained(tiny_model)
     tok.pad_token = tok.pad_token or tok.eos_token
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("trl-formats")  # not an experiment id an earlier test left active
     with mlflow.start_run():  # the writer stamps the file with the run that made it
         path = write_dataset(pd.DataFrame(rlcd_rows(tok)), PAIRS, tmp_path / "preferences.parquet")
     data = datasets.load_dataset("parquet", data_files=str(path), split="train")
