@@ -139,6 +139,7 @@ def test_shipped_comparison_sweeps_are_valid_and_keep_their_store_outside_the_ch
     assert cfg.sweep.name is None and cfg.name == config.stem.replace("_", "-")  # the report's name
     checkout = CONFIGS.parents[2]
     assert not (checkout / cfg.output_dir).resolve().is_relative_to(checkout)
+    assert cfg.sweep.record == Path("results")  # its trials are kept in the checkout, apart from the store
 
 
 def test_the_comparison_sweeps_share_the_stages_their_headers_say(tmp_path):
@@ -188,6 +189,31 @@ def test_a_trial_config_is_the_base_with_its_overrides(tmp_path):
     assert trial.seed == 2 and trial.stages["sft"]["trainer"]["learning_rate"] == 3e-4 and trial.sweep is None
     assert cfg.stages["sft"]["trainer"]["learning_rate"] == 1e-4  # the base is not changed
     assert peak_cpus(cfg) == 1  # one sampler, or one trainer worker, at a time
+
+
+def test_a_trial_record_is_named_by_its_configuration_and_keyed_by_what_changes_its_results(tmp_path):
+    from alignray.pipelines import records
+    from alignray.pipelines.sweep import _base_tree
+
+    def trial(where, **extra):
+        base = _base_tree(load_config(SWEEP, [f"output_dir={where}"], PipelineConfig))
+        return trial_config(base, {"arm": "a", "seed": 1}, {"a": {}}, **{"evaluate_on": "test", **extra})
+
+    here = trial(tmp_path / "one")
+    # another machine's store, parent run and tags: the same trial
+    moved = trial(tmp_path / "two", **{"tracking.parent_run": "abc", "tracking.tags": {"x": "y"}})
+    assert records.fingerprint(here) == records.fingerprint(moved)
+    assert records.fingerprint(here) != records.fingerprint(trial(tmp_path / "one", **{"stages.sft.trainer.max_steps": 9}))
+    assert records.fingerprint(here) != records.fingerprint(
+        trial(tmp_path / "one", evaluate_on="dev", dev_data={"source": "sample", "skip": 10, "limit": 4}))
+    target = records.path(tmp_path / "rec", "s", {"arm": "a", "seed": 1, "stages.sft.trainer.max_steps": 2}, "test")
+    assert target == tmp_path / "rec" / "s" / "a_stages.sft.trainer.max_steps=2.seed-1.test.json"
+    target.parent.mkdir(parents=True)
+    for text, problem in (("{", "not JSON"), ('{"fingerprint": "f", "runs": {}}', "it lacks fingerprint, runs or runs.evaluate")):
+        target.write_text(text)
+        with pytest.raises(ConfigError, match=rf"{re.escape(str(target))}: not a sweep trial's record: {problem}.*delete it"):
+            records.load(target)
+    assert records.load(target.with_name("none.json")) is None
 
 
 def test_the_configuration_with_the_best_mean_over_its_seeds_is_chosen():
@@ -282,10 +308,11 @@ def sweep_store(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sweep_store, capsys):
-    store = sweep_store
+def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sweep_store, tmp_path, capsys):
+    store, record = sweep_store, tmp_path / "record"
     # SFT on every CPU of the machine (2): a trial that held a CPU share itself would leave it waiting
-    command = _sweep_command(f"output_dir={store}", "sweep.max_concurrent_trials=1", "stages.sft.trainer.cpus_per_worker=2",
+    command = _sweep_command(f"output_dir={store}", f"sweep.record={record}", "sweep.max_concurrent_trials=1",
+                             "stages.sft.trainer.cpus_per_worker=2",
                              "sweep.grid={seed: [0, 1]}", "sweep.baseline=steps3",
                              "sweep.arms={steps3: {}, steps2: {stages: {sft: {trainer: {max_steps: 2}}}}}")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded cluster
@@ -350,6 +377,21 @@ def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sw
                          shown), shown
     folder = store / "reports" / "context_distill-sweep-tiny"
     assert (folder / "report.md").read_text() in shown and (folder / "seeds.png").stat().st_size > 0
+
+    # its record, on a new store (another machine): every trial is restored, none runs, and the report is the same
+    assert sorted(p.name for p in (record / "context_distill-sweep-tiny").iterdir()) == [
+        f"{arm}.seed-{seed}.test.json" for arm in ("steps2", "steps3") for seed in (0, 1)]
+    fresh = tmp_path / "fresh"
+    restored = subprocess.run([f"output_dir={fresh}" if c.startswith("output_dir=") else c for c in command],
+                              capture_output=True, text=True, env=env, timeout=600)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    client, runs = _runs(fresh)
+    stage_runs = [r for r in runs if "alignray.sweep" not in r.data.tags]
+    assert len(stage_runs) == 4 * 3 and all(r.data.tags["alignray.restored_from"] for r in stage_runs)
+    assert not [r for r in stage_runs if "alignray.stage_key" in r.data.tags]  # never reused as a stage's output
+    assert main(["report", "context_distill-sweep-tiny", "--output-dir", str(fresh)]) == 0
+    again = capsys.readouterr().out
+    assert re.sub(r"parent run `\w+`", "", again) == re.sub(r"parent run `\w+`", "", shown)
 
 
 @pytest.mark.slow

@@ -861,6 +861,12 @@ class SweepConfig(Strict):
     baseline: str | None = Field(
         None, description="The arm the others are compared against in the report; default: the first arm."
     )
+    record: Path | None = Field(
+        None, description="A folder kept apart from output_dir (in git, say) where each finished trial's MLflow runs"
+        " are written, one JSON file per trial; a sweep whose store lacks a recorded trial (a new machine, a lost"
+        " store) restores it from there instead of running it again. Models and datasets are not recorded. Not part"
+        " of the sweep's identity: it can be added to a sweep already started."
+    )
 
     @model_validator(mode="after")
     def _dimensions(self) -> SweepConfig:

@@ -48,6 +48,20 @@ def write_parquet(table: pa.Table, target: Path) -> Path:
     return target
 
 
+def write_text(target: Path, text: str) -> Path:
+    """Write `text` to `target` through a temp file and a rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if missing) while the block runs; another

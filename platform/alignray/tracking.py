@@ -86,7 +86,7 @@ def start_run(
     `cfg.tags`. With `resume`, an earlier run of the same name is continued instead of starting
     anew."""
     mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
-    experiment = mlflow.set_experiment(experiment_id=_experiment_id(cfg, output_dir))
+    experiment = mlflow.set_experiment(experiment_id=experiment_id(cfg, output_dir))
     previous = []
     if resume:
         previous = mlflow.search_runs(
@@ -109,7 +109,7 @@ def start_run(
             _add_active_time(run.info.run_id, time.monotonic() - started)
 
 
-def _experiment_id(cfg: TrackingConfig, output_dir: Path) -> str:
+def experiment_id(cfg: TrackingConfig, output_dir: Path) -> str:
     """`cfg.experiment`'s id, created when missing (a local store keeps artifacts beside its database)."""
     found = mlflow.get_experiment_by_name(cfg.experiment)
     if found is not None:
@@ -124,12 +124,12 @@ def parent_run(cfg: TrackingConfig, output_dir: Path, tag: str, name: str, run_n
     Returns (run id, whether it is new)."""
     mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
     client = mlflow.MlflowClient()
-    experiment_id = _experiment_id(cfg, output_dir)
-    found = client.search_runs([experiment_id], f"tags.`{tag}` = '{name}'", max_results=1)
+    experiment = experiment_id(cfg, output_dir)
+    found = client.search_runs([experiment], f"tags.`{tag}` = '{name}'", max_results=1)
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id, False
-    return client.create_run(experiment_id, run_name=run_name, tags={tag: name, **tags}).info.run_id, True
+    return client.create_run(experiment, run_name=run_name, tags={tag: name, **tags}).info.run_id, True
 
 
 ACTIVE_SECONDS = "active_seconds"  # a run's wall time summed over its attempts: the pauses of a resumed run left out

@@ -21,6 +21,9 @@ dev split (`sweep.select`, averaged over its seeds) is evaluated once on the tes
   resumes it (`Tuner.restore`): finished trials are kept, unfinished ones run again (their
   finished stages are skipped, training resumes from its checkpoints). A sweep stopped before
   all its trials finished (Ctrl-C) chooses nothing and never touches the test split.
+- With `sweep.record`, each finished trial's runs are also written to a file there
+  (`alignray.pipelines.records`), and a trial whose file matches its config is restored from it
+  instead of run: the sweep survives the loss of its store.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from pydantic import ValidationError
 from alignray import cluster, tracking
 from alignray.config import ConfigError, PipelineConfig, SweepConfig, explain_errors, set_path
 from alignray.evaluate.summary import SWEEP_TAG, TRIAL_TAG, TRIALS_ARTIFACT, configuration_label
-from alignray.io import one_of_locks
+from alignray.io import one_of_locks, write_text
+from alignray.pipelines import records
 from alignray.pipelines import run as pipeline
 from alignray.pipelines.recipes import RECIPES
 from alignray.stages import reserves
@@ -188,10 +192,33 @@ def _parent_run(cfg: PipelineConfig, name: str, spec: dict) -> str:
     return run_id
 
 
-def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluate_on: str, slots: list[Path]):
-    """Tune's function: the pipeline of one trial, holding one of the `slots` locks (Tune's own
-    limit does not hold for the trials a resume restarts together); reports its evaluate run's
-    metrics."""
+def _trial_runs(cfg: PipelineConfig, overrides: dict, record: Path | None, name: str, parent: str, trial_id: str,
+                say) -> tuple[str, dict[str, str]]:
+    """The trial's evaluate run and its stage runs (stage -> run id): restored from its file in
+    `record` when that matches the trial's config, else run by the pipeline (then recorded)."""
+    target = record and records.path(record, name, overrides, cfg.evaluate_on)
+    found = records.load(target) if target else None
+    if found and found["fingerprint"] == records.fingerprint(cfg):
+        say(f"trial {trial_id}: restored from {target}")
+        runs = records.restore(found, target.name, cfg, parent, trial_id)
+        return runs["evaluate"], runs
+    if found:
+        say(f"trial {trial_id}: {target} records another config of this trial; running it, then replacing that file")
+    outcomes = pipeline.run(cfg, say=say)
+    last = outcomes[-1]
+    if last.output is None or last.stage != "evaluate":
+        raise RuntimeError(f"the pipeline stopped before its evaluation (at stage {last.stage})")
+    runs = _stage_runs(outcomes)
+    if target:
+        records.save(target, cfg, overrides, runs, own={o.stage for o in outcomes if not o.skipped})
+    return last.run_id, runs
+
+
+def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluate_on: str, slots: list[Path],
+               name: str, record: Path | None):
+    """Tune's function: the pipeline of one trial (or its record), holding one of the `slots` locks
+    (Tune's own limit does not hold for the trials a resume restarts together); reports its
+    evaluate run's metrics."""
 
     def trial(params: dict) -> None:
         from ray import tune
@@ -206,12 +233,10 @@ def _trainable(base: dict, arms: dict[str, dict], cwd: str, parent: str, evaluat
         print(f"trial {trial_id}: waiting for one of the sweep's {len(slots)} trial slots", flush=True)
         with one_of_locks(slots) as slot:
             print(f"trial {trial_id}: runs in {slot.name}", flush=True)
-            outcomes = pipeline.run(cfg, say=print)  # into the trial's log (Ray's worker files), not the terminal
-        last = outcomes[-1]
-        if last.output is None or last.stage != "evaluate":
-            raise RuntimeError(f"the pipeline stopped before its evaluation (at stage {last.stage})")
-        metrics = mlflow.MlflowClient().get_run(last.run_id).data.metrics
-        tune.report({**metrics, "evaluate_run": last.run_id, "stage_runs": json.dumps(_stage_runs(outcomes))})
+            # its lines go into the trial's log (Ray's worker files), not the terminal
+            evaluate_run, runs = _trial_runs(cfg, overrides, record, name, parent, trial_id, say=print)
+        metrics = mlflow.MlflowClient().get_run(evaluate_run).data.metrics
+        tune.report({**metrics, "evaluate_run": evaluate_run, "stage_runs": json.dumps(runs)})
 
     return trial
 
@@ -290,7 +315,7 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking, cfg.output_dir))
     base = _base_tree(cfg)
     _check(cfg, base)
-    spec = {"pipeline": base, "sweep": json.loads(sweep.model_dump_json())}
+    spec = {"pipeline": base, "sweep": json.loads(sweep.model_dump_json(exclude={"record"}))}
     storage = (cfg.output_dir / "sweeps").resolve()
     folder = storage / name
     stamp = storage / f"{name}.json"  # what the sweep of this name was started with
@@ -299,9 +324,7 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
                           f" another sweep.name, or delete {folder} and {stamp} to start it anew")
     storage.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
-        tmp = stamp.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(spec, indent=1, sort_keys=True))
-        os.replace(tmp, stamp)
+        write_text(stamp, json.dumps(spec, indent=1, sort_keys=True))
 
     # Tune saves the experiment's state (which trials finished) at every step, not every 10 s: a
     # driver killed right after a trial finished must not run it again when resumed
@@ -315,8 +338,9 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
     concurrent = sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     chooses = sweep.select is not None
     slots = [cfg.output_dir.resolve() / "locks" / f"sweep-{name}-slot{k}.lock" for k in range(concurrent)]
+    record = sweep.record.resolve() if sweep.record else None
     trainable = tune.with_resources(_trainable(base, sweep.arms, os.getcwd(), parent, "dev" if chooses else "test",
-                                               slots), tune.PlacementGroupFactory([TRIAL_RESOURCES]))
+                                               slots, name, record), tune.PlacementGroupFactory([TRIAL_RESOURCES]))
     combos = math.prod(len(v) for v in sweep.grid.values()) * max(1, len(sweep.arms)) * sweep.num_samples
     progress = _progress(combos, say)
     if tune.Tuner.can_restore(str(folder)):
@@ -349,9 +373,8 @@ def run(cfg: PipelineConfig, say=print) -> SweepResult:
             tags = {TRIAL_TAG: t.trial_id, OVERRIDES_TAG: json.dumps(t.overrides, sort_keys=True)}
             test = trial_config(base, t.overrides, evaluate_on="test", **{
                 "tracking.parent_run": parent, "tracking.tags": tags, "stages.evaluate.selection": selection})
-            outcomes = pipeline.run(test, say=lambda line: None)
-            t.test_run = outcomes[-1].run_id
-            t.stage_runs |= _stage_runs(outcomes)
+            t.test_run, runs = _trial_runs(test, t.overrides, record, name, parent, t.trial_id, say=lambda line: None)
+            t.stage_runs |= runs
             t.metrics = mlflow.MlflowClient().get_run(t.test_run).data.metrics
     else:
         chosen = None
