@@ -156,5 +156,5 @@ def test_a_hugging_face_dataset_id_reads_the_hub_cache_offline(tmp_path):
     assert test.stdout.strip() == repr(["Human: Test 1?\n\nAssistant:", "Human: Test 2?\n\nAssistant:"])
     missing = prompts("alignray-test/absent")
     assert missing.returncode == 1
-    assert ("'alignray-test/absent': this Hugging Face dataset is not in the cache" in missing.stderr
+    assert ("'alignray-test/absent' (a Hugging Face dataset): not in the Hugging Face cache" in missing.stderr
             and "the Hub is off (HF_HUB_OFFLINE=1)" in missing.stderr)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignray import logs
+from alignray.data.hub import snapshot
 from alignray.io import atomic_dir, file_lock
 from alignray.models import lora
 
@@ -163,24 +164,10 @@ def hub_cache() -> Path:
 
 def _hub_snapshot(ref: str) -> Path:
     """The local folder of Hub model `ref` (downloaded on first use, then read from the cache)."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
     repo_id, _, revision = ref.partition("@")
-    cache = hub_cache()
     what = f"model {ref!r} (no such folder here; read as a Hugging Face id)"
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision or None, cache_dir=cache, allow_patterns=HUB_FILES))
-    except LocalEntryNotFoundError:
-        if constants.HF_HUB_OFFLINE:
-            raise ModelError(
-                f"{what}: not in the Hugging Face cache {cache} and the Hub is off (HF_HUB_OFFLINE=1); download it"
-                f" where the Hub is reachable (`alignray models prepare {ref}`) into that cache, or point HF_HOME"
-                " (or ALIGNRAY_DOWNLOADS) at a cache that holds it") from None
-        raise ModelError(f"{what}: not in the Hugging Face cache {cache} and the Hub cannot be reached; check the"
-                         " network (or HF_ENDPOINT), or download it elsewhere into that cache") from None
-    except HfHubHTTPError as exc:  # unknown repository or revision, gated, private
-        raise ModelError(f"{what}: the Hugging Face Hub refuses it: {str(exc).splitlines()[0]}") from None
+    folder = snapshot(repo_id, "model", what, ModelError, f"alignray models prepare {ref}", revision=revision or None,
+                      cache_dir=hub_cache(), allow_patterns=HUB_FILES)
     if not any(folder.glob("*.safetensors")):
         raise ModelError(f"{what}: its repository has no safetensors weights ({folder}); alignray loads"
                          " safetensors only: convert it, save it as a folder and give the folder")
