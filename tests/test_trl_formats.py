@@ -1,6 +1,8 @@
-"""What alignray writes, TRL reads as it is: a preference file with every column an RLCD
-simulation writes loads with `datasets` and trains TRL's DPOTrainer and RewardTrainer for a step
-on the tiny model."""
+"""What alignray writes, TRL reads: a preference file with every column an RLCD simulation writes
+loads with `datasets` and trains TRL's DPOTrainer and RewardTrainer for a step on the tiny model
+as it is, and TRL's SFTTrainer (prompt-completion) with its `chosen` column named `completion`.
+alignray writes no SFT file of its own: SFT (context distillation) trains on a pairs file's
+`chosen` side."""
 
 import math
 
@@ -13,7 +15,7 @@ from alignray.data.formats import PAIRS
 from alignray.feedback.simulate import write_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-pytestmark = pytest.mark.slow  # two TRL trainers, one step each (~20 s)
+pytestmark = pytest.mark.slow  # three TRL trainers, one step each (~20 s)
 
 
 def rlcd_rows(tokenizer, n=8):
@@ -32,7 +34,7 @@ def rlcd_rows(tokenizer, n=8):
     return rows
 
 
-def test_our_preference_file_trains_trl_dpo_and_reward_models(tiny_model, tmp_path):
+def test_our_preference_file_trains_trl_dpo_reward_and_sft(tiny_model, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     tok.pad_token = tok.pad_token or tok.eos_token
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -51,6 +53,9 @@ def test_our_preference_file_trains_trl_dpo_and_reward_models(tiny_model, tmp_pa
     reward = trl.RewardTrainer(reward_model, args=trl.RewardConfig(output_dir=str(tmp_path / "reward"), **common),
                                train_dataset=data, processing_class=tok)
     reward.train()
-    for trainer in (dpo, reward):
+    sft = trl.SFTTrainer(str(tiny_model), args=trl.SFTConfig(output_dir=str(tmp_path / "sft"), **common),
+                         train_dataset=data.rename_column("chosen", "completion"), processing_class=tok)
+    sft.train()
+    for trainer in (dpo, reward, sft):
         [logged] = [entry for entry in trainer.state.log_history if "loss" in entry]
         assert trainer.state.global_step == 1 and math.isfinite(logged["loss"])
