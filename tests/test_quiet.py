@@ -80,6 +80,24 @@ def test_debug_leaves_the_libraries_on_the_terminal(tmp_path, capfd):
     assert "library notice" in err and err.count("alignray detail") == 1
 
 
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_what_deepspeed_prints_while_it_is_imported_goes_to_the_file(level, tmp_path):
+    """DeepSpeed logs "Setting accelerator to CPU" to stdout while it is being imported (on a machine
+    without a GPU), through a handler of its own, before `adopt` can reach its logger."""
+    script = ("import sys; from pathlib import Path; from alignray import logs; logs.setup(sys.argv[1]);"
+              " logs.log_to(Path(sys.argv[2]), 'x'); logs.open_file(); import deepspeed")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run([sys.executable, "-c", script, level, str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    if level == "debug":
+        assert "Setting accelerator to CPU" in done.stdout  # what the quiet mode has to catch
+        return
+    assert done.stdout == "" and not FOREIGN.search(done.stderr), done.stdout + done.stderr
+    [path] = tmp_path.glob("x-*.log")
+    assert "Setting accelerator to CPU" in path.read_text()
+
+
 @pytest.mark.slow
 def test_a_real_simulate_prints_only_alignray_lines_and_logs_the_rest(tiny_model, tmp_path):
     """`alignray simulate` as a user runs it: its own Ray cluster, vLLM samplers, MLflow."""

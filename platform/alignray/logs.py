@@ -24,6 +24,8 @@ LIBRARY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's older reporter, which prints nothing at verbose=0 (a sweep prints its own lines)
 }
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Loggers that print while their library is being imported, before `adopt` can reach them
+IMPORT_TIME = ("DeepSpeed",)  # "Setting accelerator to CPU ..." on a machine without a GPU
 
 
 class _Console(logging.StreamHandler):
@@ -43,7 +45,16 @@ class _Console(logging.StreamHandler):
         pass
 
 
+class _ToRoot(logging.Filter):
+    """Hands a record to the root logger's handlers (the log file) instead of its logger's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logging.getLogger().handle(record)
+        return False
+
+
 _state: dict = {"quiet": False, "buffer": None, "path": None, "file": None}
+_TO_ROOT = _ToRoot()
 
 
 def get(name: str) -> logging.Logger:
@@ -69,6 +80,8 @@ def setup(level: str = "info") -> None:
         root.removeHandler(handler)
         handler.close()
     _state.update(quiet=level != "debug", buffer=None, path=None, file=None)
+    for name in IMPORT_TIME:
+        (logging.getLogger(name).removeFilter if level == "debug" else logging.getLogger(name).addFilter)(_TO_ROOT)
     ours = logging.getLogger("alignray")
     ours.propagate = level != "debug"  # to the log file; in debug the root handler would print it twice
     if level == "debug":
