@@ -29,6 +29,7 @@ from alignray import tracking
 from alignray.config import ConfigError, PipelineConfig
 from alignray.evaluate.summary import TRIAL_TAG, configuration_label
 from alignray.io import write_text
+from alignray.models.precision import cpu_summary, resolve_dtype
 from alignray.pipelines.run import KEY_TAG, OUTPUT_TAG
 
 RESTORED_TAG = "alignray.restored_from"  # on a restored run: its record file's name
@@ -63,7 +64,9 @@ def save(target: Path, cfg: PipelineConfig, overrides: dict, stage_runs: dict[st
     client = mlflow.MlflowClient()
     runs = {stage: _run_entry(client.get_run(run_id), stage in own) for stage, run_id in stage_runs.items()}
     record = {"fingerprint": fingerprint(cfg), "overrides": overrides, "split": cfg.evaluate_on,
-              "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": runs}
+              "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              # the sweep driver's machine (every stage's, on one machine) and the model dtype there
+              "host": cpu_summary(), "dtype": resolve_dtype(cfg.model.dtype), "runs": runs}
     return write_text(target, json.dumps(record, indent=1) + "\n")
 
 
