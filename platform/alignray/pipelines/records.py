@@ -53,7 +53,8 @@ def path(folder: Path, sweep: str, overrides: dict, split: str) -> Path:
 
 def _run_entry(run, own: bool) -> dict:
     return {"run_id": run.info.run_id, "experiment": mlflow.get_experiment(run.info.experiment_id).name,
-            "run_name": run.info.run_name, "own": own, "status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
+            "run_name": run.info.run_name, "own": own, "status": run.info.status,
+            "start_time": run.info.start_time, "end_time": run.info.end_time,
             "tags": {k: v for k, v in sorted(run.data.tags.items()) if not k.startswith("mlflow.") and k != TRIAL_TAG},
             "params": dict(sorted(run.data.params.items())), "metrics": dict(sorted(run.data.metrics.items()))}
 
