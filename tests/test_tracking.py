@@ -2,11 +2,14 @@
 samples system metrics."""
 
 import json
+import subprocess
+import sys
 import time
 
 import mlflow
 import pandas as pd
 import pyarrow as pa
+import pytest
 from alignray import tracking
 from alignray.models import mlflow_model
 from alignray.config import TrackingConfig
@@ -68,3 +71,18 @@ def test_a_resumed_run_counts_the_time_of_its_attempts_not_the_pause_between(tmp
     run = mlflow.get_run(active.info.run_id)
     start_to_end = (run.info.end_time - run.info.start_time) / 1000
     assert 1.0 <= tracking.run_seconds(run) < 2.0 < start_to_end  # both attempts, not the pause
+
+
+@pytest.mark.slow  # a process that imports alignray and MLflow
+def test_an_attempt_killed_outright_still_counts_up_to_its_last_beat(tmp_path):
+    script = ("import sys, time; from pathlib import Path; from alignray import tracking;"
+              " from alignray.config import TrackingConfig; tracking.ACTIVE_EVERY_S = 0.2\n"
+              "with tracking.start_run(TrackingConfig(experiment='killed'), Path(sys.argv[1]), 'killed', {}) as run:\n"
+              "    print(run.info.run_id, flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().strip()
+    time.sleep(2.0)
+    proc.kill()  # no finally runs: only the beats count
+    proc.wait(timeout=30)
+    mlflow.set_tracking_uri(tracking.tracking_uri(TrackingConfig(experiment="killed"), tmp_path))
+    assert 1.0 <= mlflow.get_run(run_id).data.metrics[tracking.ACTIVE_SECONDS] <= 3.0

@@ -5,6 +5,7 @@ that reads either logs it as a dataset input whose source is that URI (lineage a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,21 +93,15 @@ def start_run(
         previous = mlflow.search_runs(
             [experiment.experiment_id], f"tags.`{RUN_TAG}` = '{run_name}'", output_format="list"
         )
-    started = time.monotonic()
     if previous:
-        with mlflow.start_run(run_id=previous[0].info.run_id, log_system_metrics=True) as run:
-            try:
-                yield run
-            finally:
-                _add_active_time(run.info.run_id, time.monotonic() - started)
+        with mlflow.start_run(run_id=previous[0].info.run_id, log_system_metrics=True) as run, _active_time(run):
+            yield run
         return
     tags = {RUN_TAG: run_name, **cfg.tags, **({PARENT_TAG: cfg.parent_run} if cfg.parent_run else {})}
-    with mlflow.start_run(run_name=cfg.run_name or run_name, tags=tags, log_system_metrics=True) as run:
-        try:
-            mlflow.log_params(params)
-            yield run
-        finally:
-            _add_active_time(run.info.run_id, time.monotonic() - started)
+    with (mlflow.start_run(run_name=cfg.run_name or run_name, tags=tags, log_system_metrics=True) as run,
+          _active_time(run)):
+        mlflow.log_params(params)
+        yield run
 
 
 def experiment_id(cfg: TrackingConfig, output_dir: Path) -> str:
@@ -133,11 +128,35 @@ def parent_run(cfg: TrackingConfig, output_dir: Path, tag: str, name: str, run_n
 
 
 ACTIVE_SECONDS = "active_seconds"  # a run's wall time summed over its attempts: the pauses of a resumed run left out
+ACTIVE_EVERY_S = 60.0  # while a run runs, its active time is logged this often: a killed attempt loses at most this
 
 
-def _add_active_time(run_id: str, seconds: float) -> None:
-    before = mlflow.MlflowClient().get_run(run_id).data.metrics.get(ACTIVE_SECONDS, 0.0)
-    mlflow.log_metric(ACTIVE_SECONDS, before + seconds, run_id=run_id)
+@contextmanager
+def _active_time(run: mlflow.ActiveRun) -> Iterator[None]:
+    """Log ACTIVE_SECONDS (the earlier attempts' time plus this one's) every ACTIVE_EVERY_S while the
+    block runs and when it ends, so that an attempt killed outright still counts."""
+    run_id, client = run.info.run_id, mlflow.MlflowClient()
+    before = client.get_run(run_id).data.metrics.get(ACTIVE_SECONDS, 0.0)
+    started, stop = time.monotonic(), threading.Event()
+
+    def log() -> None:
+        client.log_metric(run_id, ACTIVE_SECONDS, before + time.monotonic() - started)
+
+    def beat() -> None:
+        while not stop.wait(ACTIVE_EVERY_S):
+            try:
+                log()
+            except Exception:  # noqa: BLE001  a store busy for a moment: the next beat, or the end, logs it
+                pass
+
+    thread = threading.Thread(target=beat, name="alignray-active-time", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        log()
 
 
 def run_seconds(run) -> float | None:
