@@ -387,7 +387,8 @@ def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sw
     assert restored.returncode == 0, restored.stdout + restored.stderr
     client, runs = _runs(fresh)
     stage_runs = [r for r in runs if "alignray.sweep" not in r.data.tags]
-    assert len(stage_runs) == 4 * 3 and all(r.data.tags["alignray.restored_from"] for r in stage_runs)
+    # the simulation the four trials share is restored once, and counts in the wall time of the trial that ran it
+    assert len(stage_runs) == 1 + 4 * 2 and all(r.data.tags["alignray.restored_from"] for r in stage_runs)
     assert not [r for r in stage_runs if "alignray.stage_key" in r.data.tags]  # never reused as a stage's output
     assert main(["report", "context_distill-sweep-tiny", "--output-dir", str(fresh)]) == 0
     again = capsys.readouterr().out

@@ -4,8 +4,8 @@ in a folder the user keeps (in git, say) apart from the run store.
 A file holds every stage run the trial ran or reused: its experiment, name, status, start and end,
 tags, params and last metric values. A sweep whose store has lost a trial (a new machine, a deleted
 store) restores it from its file instead of running it again: the runs are created anew in the
-store, nested under the sweep's parent run, so `alignray report` reads the same numbers and wall
-times. Models and datasets are not in the record: a restored run never stands in for a stage
+store (once each: a stage two trials share is restored once), the trial's own nested under the
+sweep's parent run, so `alignray report` reads the same numbers and wall times. Models and datasets are not in the record: a restored run never stands in for a stage
 another trial needs (its stage key is left off), so such a stage runs again.
 
 A file is used only for the same trial config: its fingerprint is a hash of the trial's pipeline
@@ -32,7 +32,8 @@ from alignray.io import write_text
 from alignray.models.precision import cpu_summary, resolve_dtype
 from alignray.pipelines.run import KEY_TAG, OUTPUT_TAG
 
-RESTORED_TAG = "alignray.restored_from"  # on a restored run: its record file's name
+RESTORED_TAG = "alignray.restored_from"  # on a restored run: the record file it was first restored from
+RESTORED_RUN_TAG = "alignray.restored_run"  # ... and the id the run had in the store it ran in
 PLACE_ONLY = {"output_dir", "address"}
 TRACKING_PLACE_ONLY = {"uri", "parent_run", "tags"}
 MLFLOW_BATCH = 100  # params per log_batch call (MLflow's limit)
@@ -59,11 +60,17 @@ def _run_entry(run, own: bool) -> dict:
             "params": dict(sorted(run.data.params.items())), "metrics": dict(sorted(run.data.metrics.items()))}
 
 
-def save(target: Path, cfg: PipelineConfig, overrides: dict, stage_runs: dict[str, str], own: set[str]) -> Path:
-    """Write the trial's record: each of `stage_runs` (stage -> run id); `own`: the stages the trial
-    ran (the others it reused from another trial, or from its own earlier pass)."""
+def save(target: Path, cfg: PipelineConfig, overrides: dict, stage_runs: dict[str, str], parent: str,
+         trial_id: str) -> Path:
+    """Write the trial's record: each of `stage_runs` (stage -> run id). A run is the trial's own when
+    it is nested under `parent` and tagged with `trial_id` (also one an earlier attempt of the trial
+    ran), else the trial reused it from another trial or sweep."""
     client = mlflow.MlflowClient()
-    runs = {stage: _run_entry(client.get_run(run_id), stage in own) for stage, run_id in stage_runs.items()}
+    runs = {}
+    for stage, run_id in stage_runs.items():
+        run = client.get_run(run_id)
+        own = run.data.tags.get(tracking.PARENT_TAG) == parent and run.data.tags.get(TRIAL_TAG) == trial_id
+        runs[stage] = _run_entry(run, own)
     record = {"fingerprint": fingerprint(cfg), "overrides": overrides, "split": cfg.evaluate_on,
               "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               # the sweep driver's machine (every stage's, on one machine) and the model dtype there
@@ -86,33 +93,43 @@ def load(target: Path) -> dict | None:
 
 
 def restore(record: dict, name: str, cfg: PipelineConfig, parent: str, trial_id: str) -> dict[str, str]:
-    """Create the record's runs in the current store (the trial's own nested under `parent` and tagged
-    `trial_id`; reused ones stand alone, as they ran elsewhere), without their stage keys; returns
-    stage -> new run id. `name` is the record file's name, tagged on every run. A run still in the
-    store (the trial ended after its record was written, before Tune noted it) is kept as it is."""
+    """Put the record's runs in the current store, without their stage keys, and return stage -> run
+    id. A run already there is kept: the run itself (the trial ended after its record was written,
+    before Tune noted it) or its copy restored for another trial. Otherwise it is created, tagged
+    with `name` (the record file's name) and its first id. The trial's own runs are nested under
+    `parent` and tagged `trial_id`; the runs it reused stand alone, as they ran elsewhere."""
     client = mlflow.MlflowClient()
     out = {}
     for stage, entry in record["runs"].items():
-        if _in_store(client, entry["run_id"]):
-            out[stage] = entry["run_id"]
-            continue
-        where = cfg.tracking.model_copy(update={"experiment": entry["experiment"]})
-        tags = {k: v for k, v in entry["tags"].items() if k not in (KEY_TAG, OUTPUT_TAG)} | {RESTORED_TAG: name}
+        run_id = _in_store(client, entry["run_id"]) or _create(client, entry, name, cfg)
         if entry["own"]:
-            tags |= {tracking.PARENT_TAG: parent, TRIAL_TAG: trial_id}
-        run_id = client.create_run(tracking.experiment_id(where, cfg.output_dir), start_time=entry["start_time"],
-                                   tags=tags, run_name=entry["run_name"]).info.run_id
-        params = [Param(k, v) for k, v in entry["params"].items()]
-        metrics = [Metric(k, v, entry["end_time"] or entry["start_time"], 0) for k, v in entry["metrics"].items()]
-        for k in range(0, max(len(params), len(metrics)), MLFLOW_BATCH):
-            client.log_batch(run_id, metrics=metrics[k:k + MLFLOW_BATCH], params=params[k:k + MLFLOW_BATCH])
-        client.set_terminated(run_id, entry["status"], end_time=entry["end_time"])
+            for key, value in {tracking.PARENT_TAG: parent, TRIAL_TAG: trial_id}.items():
+                client.set_tag(run_id, key, value)
         out[stage] = run_id
     return out
 
 
-def _in_store(client, run_id: str) -> bool:
+def _in_store(client, run_id: str) -> str | None:
+    """`run_id` when that run is in the store, else the id of its restored copy, else None."""
     try:
-        return client.get_run(run_id).info.status == "FINISHED"
+        if client.get_run(run_id).info.status == "FINISHED":
+            return run_id
     except MlflowException:
-        return False
+        pass
+    found = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{RESTORED_RUN_TAG}` = '{run_id}'",
+                               max_results=1, output_format="list")
+    return found[0].info.run_id if found else None
+
+
+def _create(client, entry: dict, name: str, cfg: PipelineConfig) -> str:
+    where = cfg.tracking.model_copy(update={"experiment": entry["experiment"]})
+    tags = {k: v for k, v in entry["tags"].items() if k not in (KEY_TAG, OUTPUT_TAG)}
+    run_id = client.create_run(tracking.experiment_id(where, cfg.output_dir), start_time=entry["start_time"],
+                               tags=tags | {RESTORED_TAG: name, RESTORED_RUN_TAG: entry["run_id"]},
+                               run_name=entry["run_name"]).info.run_id
+    params = [Param(k, v) for k, v in entry["params"].items()]
+    metrics = [Metric(k, v, entry["end_time"] or entry["start_time"], 0) for k, v in entry["metrics"].items()]
+    for k in range(0, max(len(params), len(metrics)), MLFLOW_BATCH):
+        client.log_batch(run_id, metrics=metrics[k:k + MLFLOW_BATCH], params=params[k:k + MLFLOW_BATCH])
+    client.set_terminated(run_id, entry["status"], end_time=entry["end_time"])
+    return run_id

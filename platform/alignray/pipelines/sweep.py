@@ -210,7 +210,7 @@ def _trial_runs(cfg: PipelineConfig, overrides: dict, record: Path | None, name:
         raise RuntimeError(f"the pipeline stopped before its evaluation (at stage {last.stage})")
     runs = _stage_runs(outcomes)
     if target:
-        records.save(target, cfg, overrides, runs, own={o.stage for o in outcomes if not o.skipped})
+        records.save(target, cfg, overrides, runs, parent, trial_id)
     return last.run_id, runs
 
 
