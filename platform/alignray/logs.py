@@ -81,7 +81,10 @@ def setup(level: str = "info") -> None:
         handler.close()
     _state.update(quiet=level != "debug", buffer=None, path=None, file=None)
     for name in IMPORT_TIME:
-        (logging.getLogger(name).removeFilter if level == "debug" else logging.getLogger(name).addFilter)(_TO_ROOT)
+        if level == "debug":
+            logging.getLogger(name).removeFilter(_TO_ROOT)
+        else:
+            logging.getLogger(name).addFilter(_TO_ROOT)
     ours = logging.getLogger("alignray")
     ours.propagate = level != "debug"  # to the log file; in debug the root handler would print it twice
     if level == "debug":
