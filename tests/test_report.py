@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from alignray.cli import main
 from alignray.evaluate.summary import ReportError, report
+from alignray.tracking import HOST_TAG
 from mlflow.tracking import MlflowClient
 
 
@@ -192,6 +193,7 @@ def test_stage_tables_time_every_stage_and_show_pairs_losses_and_head_accuracies
         return r.info.run_id
 
     shared = run(120, pairs=300, dropped_truncated=84)  # one simulation both morlaif seeds reused
+    client.set_tag(shared, HOST_TAG, "CPU A | CPU B")  # begun on one machine, resumed on another
     trials = [{"trial_id": f"t{seed}", "overrides": {"arm": "morlaif", "seed": seed},
                "stage_runs": {"simulate": shared,
                               "preference": run(240 + 60 * seed, eval_accuracy=0.6 + 0.1 * seed,
@@ -204,5 +206,8 @@ def test_stage_tables_time_every_stage_and_show_pairs_losses_and_head_accuracies
     assert row == ("| morlaif | 2.0 (2.0 to 2.0) | 4.5 (4.0 to 5.0) | 10.0 (10.0 to 10.0) | 300 (300 to 300) |"
                    " 84 (84 to 84) | – | 0.650 (0.600 to 0.700) |")
     assert "toxicity 0.700 (0.700 to 0.700); empathy 0.600 (0.500 to 0.700)" in text
+    # a run two trials share counts once; runs from before runs noted their CPU are said to be so
+    assert "CPUs the stage runs of morlaif ran on (`auto` is bfloat16 where it is native, else float32): CPU A (1 of 7 runs);" \
+           " CPU B (1 of 7 runs); not recorded (6 of 7 runs)." in text
     assert "| rlaif |" not in text  # nothing recorded: no row rather than a made-up one
     assert stage_tables(client, {"trials": trials[2:]}) == []

@@ -216,6 +216,25 @@ def test_a_trial_record_is_named_by_its_configuration_and_keyed_by_what_changes_
     assert records.load(target.with_name("none.json")) is None
 
 
+def test_a_restored_run_of_the_trials_own_gets_the_records_cpu_where_it_named_none(tmp_path):
+    from alignray.pipelines import records
+    from alignray.tracking import HOST_TAG
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = load_config(SWEEP, [f"output_dir={tmp_path}"], PipelineConfig)
+
+    def entry(run_id, own, tags):
+        return {"run_id": run_id, "experiment": "old", "run_name": run_id, "own": own, "status": "FINISHED",
+                "start_time": 1_800_000_000_000, "end_time": 1_800_000_060_000, "tags": tags, "params": {}, "metrics": {}}
+
+    record = {"host": "Old CPU", "runs": {"simulate": entry("a", True, {}), "preference": entry("b", False, {}),
+                                          "evaluate": entry("c", True, {HOST_TAG: "Newer CPU"})}}
+    restored = records.restore(record, "r.json", cfg, parent="p", trial_id="t")
+    hosts = {stage: mlflow.get_run(run_id).data.tags.get(HOST_TAG) for stage, run_id in restored.items()}
+    # the trial's own ran where the record was written; a reused run may have run anywhere
+    assert hosts == {"simulate": "Old CPU", "preference": None, "evaluate": "Newer CPU"}
+
+
 def test_the_configuration_with_the_best_mean_over_its_seeds_is_chosen():
     def trial(lr, seed, value, status="TERMINATED"):
         return Trial(f"t{lr}{seed}", {"seed": seed, "lr": lr}, status, metrics={"m": value})

@@ -73,6 +73,23 @@ def test_a_resumed_run_counts_the_time_of_its_attempts_not_the_pause_between(tmp
     assert 1.0 <= tracking.run_seconds(run) < 2.0 < start_to_end  # both attempts, not the pause
 
 
+def test_a_run_names_each_cpu_its_attempts_started_on(tmp_path):
+    from alignray.models.precision import cpu_summary
+
+    cfg = TrackingConfig(experiment="hosts")
+    with tracking.start_run(cfg, tmp_path, "moved", {}, resume=True) as active:
+        pass
+    run_id = active.info.run_id
+    assert mlflow.get_run(run_id).data.tags[tracking.HOST_TAG] == cpu_summary()
+    with tracking.start_run(cfg, tmp_path, "moved", {}, resume=True):  # again here: named once
+        pass
+    assert mlflow.get_run(run_id).data.tags[tracking.HOST_TAG] == cpu_summary()
+    mlflow.MlflowClient().set_tag(run_id, tracking.HOST_TAG, "Another CPU; bfloat16: emulated")  # as if begun elsewhere
+    with tracking.start_run(cfg, tmp_path, "moved", {}, resume=True):
+        pass
+    assert mlflow.get_run(run_id).data.tags[tracking.HOST_TAG] == f"Another CPU; bfloat16: emulated | {cpu_summary()}"
+
+
 @pytest.mark.slow  # a process that imports alignray and MLflow
 def test_an_attempt_killed_outright_still_counts_up_to_its_last_beat(tmp_path):
     script = ("import sys, time; from pathlib import Path; from alignray import tracking;"

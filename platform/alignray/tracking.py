@@ -94,12 +94,12 @@ def start_run(
             [experiment.experiment_id], f"tags.`{RUN_TAG}` = '{run_name}'", output_format="list"
         )
     if previous:
-        with mlflow.start_run(run_id=previous[0].info.run_id, log_system_metrics=True) as run, _active_time(run):
+        with mlflow.start_run(run_id=previous[0].info.run_id, log_system_metrics=True) as run, _attempt(run):
             yield run
         return
     tags = {RUN_TAG: run_name, **cfg.tags, **({PARENT_TAG: cfg.parent_run} if cfg.parent_run else {})}
     with (mlflow.start_run(run_name=cfg.run_name or run_name, tags=tags, log_system_metrics=True) as run,
-          _active_time(run)):
+          _attempt(run)):
         mlflow.log_params(params)
         yield run
 
@@ -129,14 +129,23 @@ def parent_run(cfg: TrackingConfig, output_dir: Path, tag: str, name: str, run_n
 
 ACTIVE_SECONDS = "active_seconds"  # a run's wall time summed over its attempts: the pauses of a resumed run left out
 ACTIVE_EVERY_S = 60.0  # while a run runs, its active time is logged this often: a killed attempt loses at most this
+HOST_TAG = "alignray.host"  # the CPU (and its bfloat16 support) of each machine an attempt of the run started on
+HOST_SEPARATOR = " | "
 
 
 @contextmanager
-def _active_time(run: mlflow.ActiveRun) -> Iterator[None]:
-    """Log ACTIVE_SECONDS (the earlier attempts' time plus this one's) every ACTIVE_EVERY_S while the
-    block runs and when it ends, so that an attempt killed outright still counts."""
+def _attempt(run: mlflow.ActiveRun) -> Iterator[None]:
+    """One attempt of a run: add this machine's CPU to HOST_TAG, and log ACTIVE_SECONDS (the earlier
+    attempts' time plus this one's) every ACTIVE_EVERY_S while the block runs and when it ends, so
+    that an attempt killed outright still counts."""
+    from alignray.models.precision import cpu_summary  # it imports torch: not at this module's import
+
     run_id, client = run.info.run_id, mlflow.MlflowClient()
-    before = client.get_run(run_id).data.metrics.get(ACTIVE_SECONDS, 0.0)
+    earlier = client.get_run(run_id).data
+    hosts = [h for h in earlier.tags.get(HOST_TAG, "").split(HOST_SEPARATOR) if h]
+    if cpu_summary() not in hosts:
+        client.set_tag(run_id, HOST_TAG, HOST_SEPARATOR.join([*hosts, cpu_summary()]))
+    before = earlier.metrics.get(ACTIVE_SECONDS, 0.0)
     started, stop = time.monotonic(), threading.Event()
 
     def log() -> None:

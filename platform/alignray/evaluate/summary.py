@@ -29,7 +29,7 @@ import mlflow
 
 from alignray.io import atomic_dir
 from alignray.stats import SeedDifference, SeedSummary, across_seeds, difference_across_seeds
-from alignray.tracking import run_seconds
+from alignray.tracking import HOST_SEPARATOR, HOST_TAG, run_seconds
 
 SWEEP_TAG = "alignray.sweep"  # the parent run of a sweep (alignray.pipelines.sweep), and only it
 TRIAL_TAG = "alignray.trial"  # on every stage run of a sweep's trial: its Tune trial id
@@ -256,7 +256,21 @@ def stage_tables(client, table: dict) -> list[str]:
     for label, per_head in heads.items():
         lines += ["", f"Held-out accuracy of each principle head, {label} (mean over seeds, min to max): "
                   + "; ".join(f"{h} {_per_seed(v, '.3f')}" for h, v in per_head.items()) + "."]
+    for label, trials in runs.items():
+        lines += ["", f"CPUs the stage runs of {label} ran on (`auto` is bfloat16 where it is native, else float32): "
+                  + _hosts([run for per in trials for run in per.values()]) + "."]
     return [*lines, ""]
+
+
+def _hosts(runs: list) -> str:
+    """Each CPU the runs started an attempt on, with how many of the runs did (a run reused by several
+    trials counts once); runs from before runs noted their CPU count as not recorded."""
+    unique = {run.info.run_id: run for run in runs}.values()
+    count: dict[str, int] = {}
+    for run in unique:
+        for host in run.data.tags.get(HOST_TAG, "not recorded").split(HOST_SEPARATOR):
+            count[host] = count.get(host, 0) + 1
+    return "; ".join(f"{host} ({n} of {len(unique)} runs)" for host, n in count.items())
 
 
 def _fmt(s: SeedSummary) -> str:

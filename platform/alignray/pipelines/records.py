@@ -101,7 +101,7 @@ def restore(record: dict, name: str, cfg: PipelineConfig, parent: str, trial_id:
     client = mlflow.MlflowClient()
     out = {}
     for stage, entry in record["runs"].items():
-        run_id = _in_store(client, entry["run_id"]) or _create(client, entry, name, cfg)
+        run_id = _in_store(client, entry["run_id"]) or _create(client, entry, name, cfg, record.get("host"))
         if entry["own"]:
             for key, value in {tracking.PARENT_TAG: parent, TRIAL_TAG: trial_id}.items():
                 client.set_tag(run_id, key, value)
@@ -121,9 +121,13 @@ def _in_store(client, run_id: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def _create(client, entry: dict, name: str, cfg: PipelineConfig) -> str:
+def _create(client, entry: dict, name: str, cfg: PipelineConfig, host: str | None) -> str:
+    """A copy of the recorded run; a run of the trial's own from before runs noted their CPU gets the
+    record's `host` (the machine the trial ran on)."""
     where = cfg.tracking.model_copy(update={"experiment": entry["experiment"]})
     tags = {k: v for k, v in entry["tags"].items() if k not in (KEY_TAG, OUTPUT_TAG)}
+    if entry["own"] and host and tracking.HOST_TAG not in tags:
+        tags[tracking.HOST_TAG] = host
     run_id = client.create_run(tracking.experiment_id(where, cfg.output_dir), start_time=entry["start_time"],
                                tags=tags | {RESTORED_TAG: name, RESTORED_RUN_TAG: entry["run_id"]},
                                run_name=entry["run_name"]).info.run_id
