@@ -141,10 +141,10 @@ def _attempt(run: mlflow.ActiveRun) -> Iterator[None]:
     from alignray.models.precision import cpu_summary  # it imports torch: not at this module's import
 
     run_id, client = run.info.run_id, mlflow.MlflowClient()
-    earlier = client.get_run(run_id).data
+    earlier, host = client.get_run(run_id).data, cpu_summary()
     hosts = [h for h in earlier.tags.get(HOST_TAG, "").split(HOST_SEPARATOR) if h]
-    if cpu_summary() not in hosts:
-        client.set_tag(run_id, HOST_TAG, HOST_SEPARATOR.join([*hosts, cpu_summary()]))
+    if host not in hosts:
+        client.set_tag(run_id, HOST_TAG, HOST_SEPARATOR.join([*hosts, host]))
     before = earlier.metrics.get(ACTIVE_SECONDS, 0.0)
     started, stop = time.monotonic(), threading.Event()
 

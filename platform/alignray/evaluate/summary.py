@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -266,10 +267,7 @@ def _hosts(runs: list) -> str:
     """Each CPU the runs started an attempt on, with how many of the runs did (a run reused by several
     trials counts once); runs from before runs noted their CPU count as not recorded."""
     unique = {run.info.run_id: run for run in runs}.values()
-    count: dict[str, int] = {}
-    for run in unique:
-        for host in run.data.tags.get(HOST_TAG, "not recorded").split(HOST_SEPARATOR):
-            count[host] = count.get(host, 0) + 1
+    count = Counter(host for run in unique for host in run.data.tags.get(HOST_TAG, "not recorded").split(HOST_SEPARATOR))
     return "; ".join(f"{host} ({n} of {len(unique)} runs)" for host, n in count.items())
 
 
