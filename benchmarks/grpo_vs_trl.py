@@ -42,7 +42,7 @@ from flops import linear_params, peak_flops
 from ppo_iteration import make_reward_model
 from train_step import make_rows
 
-from alignray.models.precision import cpu_summary
+from alignray.host import cpu_summary
 
 PHASES = ("rollout", "scoring", "training", "sync", "step")
 

@@ -26,7 +26,7 @@ from alignray.models.registry import prepare
 from alignray.principles import load_principles
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
-from alignray.models.precision import cpu_summary
+from alignray.host import cpu_summary
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 

@@ -55,7 +55,7 @@ import torch
 from alignray.sampling.transport import compact
 from alignray.sampling.types import Completion, Probe, SamplingSpec
 from flops import linear_params, peak_flops
-from alignray.models.precision import cpu_summary
+from alignray.host import cpu_summary
 
 PHASES = ("rollout", "scoring", "training", "sync", "iteration")
 

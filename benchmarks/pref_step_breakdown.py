@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from train_step import make_rows
 
-from alignray.models.precision import cpu_summary
+from alignray.host import cpu_summary
 from alignray.models.tokens import BUCKET_OVERHEAD, length_buckets
 from alignray.train.engines import weights_dtype
 

@@ -24,7 +24,7 @@ from alignray.models.registry import prepare
 from alignray.sampling.pool import SamplerPool
 from alignray.sampling.types import SamplingSpec
 from flops import linear_params, peak_flops
-from alignray.models.precision import cpu_summary
+from alignray.host import cpu_summary
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 

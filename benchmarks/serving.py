@@ -26,7 +26,7 @@ import requests
 from alignray.config import DataConfig
 from alignray.data.sources import load_conversations
 from alignray.models.registry import prepare
-from alignray.models.precision import cpu_summary
+from alignray.host import cpu_summary
 
 MODEL = "smollm2"
 MAX_MODEL_LEN = 2048

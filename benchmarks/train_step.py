@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from flops import linear_params, peak_flops
-from alignray.models.precision import cpu_summary
+from alignray.host import cpu_summary
 
 TOPICS = ["bake sourdough bread", "fix a leaking kitchen tap", "learn to juggle three balls", "plan cheap meals",
           "start running after a long break", "write a polite complaint letter", "keep basil alive indoors",

@@ -24,7 +24,7 @@ from alignray import cluster
 from alignray.config import SamplerConfig
 from alignray.models.registry import prepare
 from alignray.sampling.pool import SamplerPool
-from alignray.models.precision import cpu_summary
+from alignray.host import cpu_summary
 from transformers import AutoModelForCausalLM
 
 

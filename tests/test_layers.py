@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "alignray"
 # Lowest first: a module may import from its own layer and the ones before it, never after.
 LAYERS = (
     "logs",  # where output goes (standard library only)
+    "host",  # the CPU this runs on (standard library only)
     "config",  # typed config (pydantic only)
     "configdoc",  # the config schemas described: `alignray config show`, the documentation's tables
     "io",  # atomic writes

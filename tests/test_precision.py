@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from alignray import host
 from alignray.models import precision
 
 
@@ -14,11 +15,11 @@ def cpuinfo(tmp_path, flags: str):
 @pytest.mark.parametrize(("flags", "native"), [("avx512f amx_bf16 amx_tile", True), ("avx512f avx512_bf16", True),
                                                ("avx512f avx512_vnni", False), ("", False)])
 def test_cpu_bf16_comes_from_the_cpu_flags(tmp_path, flags, native):
-    assert precision.cpu_has_bf16.__wrapped__(cpuinfo(tmp_path, flags)) is native
+    assert host.cpu_has_bf16.__wrapped__(cpuinfo(tmp_path, flags)) is native
 
 
 def test_unreadable_cpuinfo_means_float32(tmp_path):
-    assert precision.cpu_has_bf16.__wrapped__(tmp_path / "missing") is False
+    assert host.cpu_has_bf16.__wrapped__(tmp_path / "missing") is False
 
 
 def test_auto_follows_this_machine_and_names_are_normalised():
@@ -43,8 +44,8 @@ def test_an_explicit_bfloat16_without_native_support_warns_once_with_a_measured_
 
 
 def test_benchmarks_name_the_cpu_and_its_bfloat16(tmp_path):
-    assert precision.cpu_summary(cpuinfo(tmp_path, "avx512_bf16")) == "Some CPU; bfloat16: native (avx512_bf16)"
-    assert precision.cpu_summary(cpuinfo(tmp_path, "")) == "Some CPU; bfloat16: emulated (no AMX, no AVX512-BF16)"
+    assert host.cpu_summary(cpuinfo(tmp_path, "avx512_bf16")) == "Some CPU; bfloat16: native (avx512_bf16)"
+    assert host.cpu_summary(cpuinfo(tmp_path, "")) == "Some CPU; bfloat16: emulated (no AMX, no AVX512-BF16)"
 
 
 def test_bf16_modes_reach_deepspeed_and_ppo_keeps_bf16_weights():

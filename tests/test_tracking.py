@@ -74,7 +74,7 @@ def test_a_resumed_run_counts_the_time_of_its_attempts_not_the_pause_between(tmp
 
 
 def test_a_run_names_each_cpu_its_attempts_started_on(tmp_path):
-    from alignray.models.precision import cpu_summary
+    from alignray.host import cpu_summary
 
     cfg = TrackingConfig(experiment="hosts")
     with tracking.start_run(cfg, tmp_path, "moved", {}, resume=True) as active:

@@ -21,6 +21,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from pydantic import BaseModel
 
 from alignray.config import TrackingConfig
+from alignray.host import cpu_summary
 
 
 def tracking_uri(cfg: TrackingConfig, output_dir: Path) -> str:
@@ -138,8 +139,6 @@ def _attempt(run: mlflow.ActiveRun) -> Iterator[None]:
     """One attempt of a run: add this machine's CPU to HOST_TAG, and log ACTIVE_SECONDS (the earlier
     attempts' time plus this one's) every ACTIVE_EVERY_S while the block runs and when it ends, so
     that an attempt killed outright still counts."""
-    from alignray.models.precision import cpu_summary  # it imports torch: not at this module's import
-
     run_id, client = run.info.run_id, mlflow.MlflowClient()
     earlier, host = client.get_run(run_id).data, cpu_summary()
     hosts = [h for h in earlier.tags.get(HOST_TAG, "").split(HOST_SEPARATOR) if h]

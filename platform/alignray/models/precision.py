@@ -16,37 +16,15 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 
 import torch
 
 from alignray import logs
+from alignray.host import CPU_BF16_FLAGS, cpu_has_bf16
 
 log = logs.get(__name__)
 
 NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def _cpu(cpuinfo: Path) -> tuple[str, list[str]] | None:
-    """(model name, flags) of the first processor in /proc/cpuinfo; None where it cannot be read."""
-    try:
-        lines = cpuinfo.read_text().splitlines()
-    except OSError:
-        return None
-
-    def field(name: str) -> str:
-        return next((line.split(":", 1)[1] for line in lines if line.startswith(name)), "")
-
-    return field("model name").strip() or "?", field("flags").split()
-
-
-@functools.cache
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU has native bfloat16 matmuls (AMX or AVX512-BF16); False where this
-    cannot be read (not Linux)."""
-    cpu = _cpu(cpuinfo)
-    return cpu is not None and any(f in cpu[1] for f in CPU_BF16_FLAGS)
 
 
 def device_has_bf16() -> bool:
@@ -89,15 +67,6 @@ def resolve_dtype(setting: str) -> str:
     if NAMES[setting] == "bfloat16" and not device_has_bf16() and not torch.cuda.is_available():
         warn_emulated_bf16()
     return NAMES[setting]
-
-
-def cpu_summary(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name and its bfloat16 support, for printing beside a benchmark's numbers."""
-    cpu = _cpu(cpuinfo)
-    if cpu is None:
-        return "CPU unknown (no /proc/cpuinfo)"
-    native = [f for f in CPU_BF16_FLAGS if f in cpu[1]]
-    return f"{cpu[0]}; bfloat16: {'native (' + ', '.join(native) + ')' if native else 'emulated (no AMX, no AVX512-BF16)'}"
 
 
 def torch_dtype(setting: str) -> torch.dtype:

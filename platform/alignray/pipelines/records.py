@@ -29,7 +29,8 @@ from alignray import tracking
 from alignray.config import ConfigError, PipelineConfig
 from alignray.evaluate.summary import TRIAL_TAG, configuration_label
 from alignray.io import write_text
-from alignray.models.precision import cpu_summary, resolve_dtype
+from alignray.host import cpu_summary
+from alignray.models.precision import resolve_dtype
 from alignray.pipelines.run import KEY_TAG, OUTPUT_TAG
 
 RESTORED_TAG = "alignray.restored_from"  # on a restored run: the record file it was first restored from
