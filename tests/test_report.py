@@ -64,6 +64,7 @@ def test_a_sweeps_report_has_every_configuration_on_dev_and_the_choice_on_test(s
                           " +0.070 to +0.110 | better |")
     [win] = [line for line in text.splitlines() if line.startswith("| AI-judge win rate vs start |")]
     assert win.endswith("| inconclusive |")  # 0.5 every seed, no interval of its own: zero spread, no change
+    assert "| 0.500 | 0.500 | 0.500 | 0.500 " in win  # a rate prints unsigned; a gain with its sign
     assert "widened by the seeds' mean prompt interval" in text
     assert (folder / "reports" / "kl" / "report.md").read_text() == text
     assert (folder / "reports" / "kl" / "seeds.png").stat().st_size > 1000
@@ -94,6 +95,7 @@ def test_intervals_stay_within_what_a_rate_or_a_change_can_be(tmp_path):
         _evaluate_run(client, experiment, seed, "test", _metrics(1.0, half=0.2, win=1.0))
     text = report("edge", uri, tmp_path).markdown
     assert "+1.000 [+0.800, +1.000]" in text and "| +1.000 | +1.000 | +1.000 | +1.000 [" in text
+    assert "| AI-judge win rate vs start | 1.000 | 1.000 | 1.000 | 1.000 " in text  # a rate, unsigned
 
 
 def test_unknown_names_and_empty_stores_say_what_to_do(store, capsys):
@@ -157,7 +159,7 @@ def test_an_arms_sweeps_report_compares_every_arm_with_the_baseline(arms_store):
     # by both arms' prompt half-widths 0.04: sqrt(0.0498² + 0.04² + 0.04²) = 0.0753
     assert gain == "| rdpo | refusal gain on harmful prompts vs start | +0.120 | +0.030 | +0.090 [+0.015, +0.165] | better |"
     [win] = [line for line in text.splitlines() if line.startswith("| rdpo | AI-judge win rate vs start |")]
-    assert win == "| rdpo | AI-judge win rate vs start | +0.500 | +0.500 | +0.000 no interval | inconclusive |"
+    assert win == "| rdpo | AI-judge win rate vs start | 0.500 | 0.500 | +0.000 no interval | inconclusive |"
     assert "Welch t 95% over the two arms' seeds, widened by both arms' mean prompt intervals" in text
     assert "no interval: the seeds do not vary" in text and "counts 0 here" in text
     assert (folder / "reports" / "dpo-vs-rdpo" / "seeds.png").stat().st_size > 1000

@@ -198,7 +198,8 @@ def _arms(table: dict, parent: str, groups: list[Group], summaries: dict, metric
         for metric, (d, verdict) in compare(tests[arm], tests[baseline], metrics).items():
             interval = "no interval" if d.low is None else f"[{d.low:+.3f}, {d.high:+.3f}]"
             means = (summaries[(arm, "test")][metric][0].mean, summaries[(baseline, "test")][metric][0].mean)
-            lines.append(f"| {arm} | {headline(metric)[0]} | {means[0]:+.3f} | {means[1]:+.3f} | {d.diff:+.3f}"
+            f = _spec(metric)
+            lines.append(f"| {arm} | {headline(metric)[0]} | {means[0]:{f}} | {means[1]:{f}} | {d.diff:+.3f}"
                          f" {interval} | {verdict} |")
             methods.append(d.method)
     return [*lines, "", "Differences: " + "; ".join(dict.fromkeys(methods) or ["none"]) + ". A verdict is \"better\""
@@ -271,9 +272,16 @@ def _hosts(runs: list) -> str:
     return "; ".join(f"{host} ({n} of {len(unique)} runs)" for host, n in count.items())
 
 
-def _fmt(s: SeedSummary) -> str:
-    interval = "no interval" if s.low is None else f"[{s.low:+.3f}, {s.high:+.3f}]"
-    return f"{s.mean:+.3f} {interval}, {s.min:+.3f} to {s.max:+.3f}"
+def _spec(metric: str) -> str:
+    """How a metric's values print: a rate (no change at 0.5) as it is, a gain or change with its sign."""
+    found = headline(metric)
+    return ".3f" if found and found[1] == 0.5 else "+.3f"
+
+
+def _fmt(s: SeedSummary, metric: str) -> str:
+    f = _spec(metric)
+    interval = "no interval" if s.low is None else f"[{s.low:{f}}, {s.high:{f}}]"
+    return f"{s.mean:{f}} {interval}, {s.min:{f}} to {s.max:{f}}"
 
 
 def _metric_names(groups: list[Group], extra: tuple[str, ...] = ()) -> list[str]:
@@ -287,9 +295,10 @@ def _table(group: Group, found: dict[str, tuple[SeedSummary, str]]) -> list[str]
     lines = [f"| metric | {' | '.join(f'seed {s}' for s in seeds)} | mean [95% CI over seeds], min to max | verdict |",
              "|---|" + "---|" * len(seeds) + "---|---|"]
     for metric, (s, verdict) in found.items():
-        cells = [f"{group.metrics[seed][metric]:+.3f}" if metric in group.metrics[seed] else "–" for seed in seeds]
+        cells = [f"{group.metrics[seed][metric]:{_spec(metric)}}" if metric in group.metrics[seed] else "–"
+                 for seed in seeds]
         name = headline(metric)[0] if headline(metric) else metric
-        lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(s)} | {verdict} |")
+        lines.append(f"| {name} | {' | '.join(cells)} | {_fmt(s, metric)} | {verdict} |")
     if group.degenerate:
         lines += ["", f"Diversity check (`{DEGENERATE_TAG}`, evaluate's collapse flags against the start): the policy's"
                       f" answers look degenerate in {group.collapsed()} seeds."]
@@ -365,7 +374,7 @@ def report(name: str, tracking_uri: str, output_dir: Path) -> Report:
                       "|---|---|---|" + "---|" * len(metrics)]
             for g in dev:
                 found_metrics = summaries[(g.label, g.split)]
-                cells = [_fmt(found_metrics[m][0]) if m in found_metrics else "–" for m in metrics]
+                cells = [_fmt(found_metrics[m][0], m) if m in found_metrics else "–" for m in metrics]
                 mark = " (chosen)" if g.label == table.get("chosen") else ""
                 lines.append(f"| {g.label}{mark} | {len(g.metrics)} | {g.collapsed()} | " + " | ".join(cells) + " |")
             lines.append("")
