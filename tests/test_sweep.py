@@ -203,6 +203,8 @@ def test_a_trial_record_is_named_by_its_configuration_and_keyed_by_what_changes_
     # another machine's store, parent run and tags: the same trial
     moved = trial(tmp_path / "two", **{"tracking.parent_run": "abc", "tracking.tags": {"x": "y"}})
     assert records.fingerprint(here) == records.fingerprint(moved)
+    # another sweep's arm of the same config, named after its own sweep: the same trial too
+    assert records.fingerprint(here) == records.fingerprint(trial(tmp_path / "one", name="other-sweep-a"))
     assert records.fingerprint(here) != records.fingerprint(trial(tmp_path / "one", **{"stages.sft.trainer.max_steps": 9}))
     assert records.fingerprint(here) != records.fingerprint(
         trial(tmp_path / "one", evaluate_on="dev", dev_data={"source": "sample", "skip": 10, "limit": 4}))
@@ -233,6 +235,37 @@ def test_a_restored_run_of_the_trials_own_gets_the_records_cpu_where_it_named_no
     hosts = {stage: mlflow.get_run(run_id).data.tags.get(HOST_TAG) for stage, run_id in restored.items()}
     # the trial's own ran where the record was written; a reused run may have run anywhere
     assert hosts == {"simulate": "Old CPU", "preference": None, "evaluate": "Newer CPU"}
+
+
+def test_a_trial_without_a_record_of_its_own_takes_another_sweeps_of_the_same_config_as_reused(tmp_path):
+    from alignray import tracking
+    from alignray.evaluate.summary import TRIAL_TAG
+    from alignray.pipelines import records
+    from alignray.pipelines.sweep import _base_tree
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    base = _base_tree(load_config(SWEEP, [f"output_dir={tmp_path}"], PipelineConfig))
+    ours, theirs = (trial_config(base, {"arm": "a", "seed": 1}, {"a": {}}, name=name, evaluate_on="test")
+                    for name in ("ours-a", "theirs-a"))
+    entry = {"experiment": "old", "own": True, "status": "FINISHED", "start_time": 1_800_000_000_000,
+             "end_time": 1_800_000_060_000, "tags": {}, "params": {}, "metrics": {"m": 1.0}}
+    record = {"fingerprint": records.fingerprint(theirs), "host": "Their CPU",
+              "runs": {s: {**entry, "run_id": s, "run_name": s} for s in ("simulate", "evaluate")}}
+    folder = tmp_path / "results"
+    (folder / "theirs").mkdir(parents=True)
+    (folder / "theirs" / "a.seed-1.test.json").write_text(json.dumps(record))
+    (folder / "unrelated").mkdir()
+    (folder / "unrelated" / "a.seed-1.test.json").write_text(json.dumps({**record, "fingerprint": "another"}))
+    assert records.elsewhere(folder, "ours", ours) == (folder / "theirs" / "a.seed-1.test.json", record)
+    assert records.elsewhere(folder, "theirs", theirs) is None  # a sweep's own folder is not "elsewhere"
+    other = trial_config(base, {"arm": "a", "seed": 2}, {"a": {}}, name="ours-a", evaluate_on="test")
+    assert records.elsewhere(folder, "ours", other) is None  # another seed: another config
+    restored = records.restore(record, "a.seed-1.test.json", ours, parent="p", trial_id="t", reused=True)
+    runs = {stage: mlflow.get_run(run_id) for stage, run_id in restored.items()}
+    # they ran in the other sweep: standalone here, not nested under this sweep's parent, still naming their CPU
+    assert not any(tracking.PARENT_TAG in r.data.tags or TRIAL_TAG in r.data.tags for r in runs.values())
+    assert {r.data.tags[tracking.HOST_TAG] for r in runs.values()} == {"Their CPU"}
+    assert runs["evaluate"].data.metrics == {"m": 1.0}
 
 
 def test_the_configuration_with_the_best_mean_over_its_seeds_is_chosen():
@@ -415,6 +448,26 @@ def test_an_arms_sweep_survives_its_driver_being_killed_and_compares_its_arms(sw
         return re.sub(r"parent run `\w+`|\S+/reports/", "", text)
 
     assert same(again) == same(shown)
+
+    # another sweep of the same trials under other names (as comparisons share an arm), on another new
+    # store: each trial takes the first sweep's record, its runs restored as reused ones; none runs
+    other = tmp_path / "other"
+    command = [f"output_dir={other}" if c.startswith("output_dir=") else c for c in command]
+    shared = subprocess.run([*command, "sweep.name=again", "name=again-tiny"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert shared.returncode == 0, shared.stdout + shared.stderr
+    _, runs = _runs(other)
+    stage_runs = [r for r in runs if "alignray.sweep" not in r.data.tags]
+    assert len(stage_runs) == 1 + 4 * 2 and all(r.data.tags["alignray.restored_from"] for r in stage_runs)
+    assert not [r for r in stage_runs if "mlflow.parentRunId" in r.data.tags]  # they ran in the first sweep
+    kept = sorted((record / "again").iterdir())
+    assert [p.name for p in kept] == sorted(p.name for p in (record / "context_distill-sweep-tiny").iterdir())
+    assert not any(run["own"] for p in kept for run in json.loads(p.read_text())["runs"].values())
+    assert main(["report", "again", "--output-dir", str(other)]) == 0
+    def per_seed(text):  # the rows of the per-arm tables over seeds
+        return sorted(line for line in text.splitlines() if line.startswith(("| net", "| refusal", "| AI-judge")))
+
+    assert per_seed(shown) and per_seed(capsys.readouterr().out) == per_seed(shown)
 
 
 @pytest.mark.slow

@@ -9,8 +9,11 @@ sweep's parent run, so `alignray report` reads the same numbers and wall times. 
 another trial needs (its stage key is left off), so such a stage runs again.
 
 A file is used only for the same trial config: its fingerprint is a hash of the trial's pipeline
-config without the fields that only place or name its runs (output_dir, the tracking URI, the
-parent run, tags, address). The code's version is not in it, as in the stage keys.
+config without the fields that only place or name its runs (output_dir, the pipeline's name, the
+tracking URI, the parent run, tags, address). The code's version is not in it, as in the stage keys.
+A trial with no file of its own takes another sweep's file of the same fingerprint (an arm two
+comparisons share, such as the RLCD table's RLAIF in MORLAIF against RLAIF): its runs are restored
+as the trial's reused ones, as if it had found their stages in a shared store.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from alignray.pipelines.run import KEY_TAG, OUTPUT_TAG
 
 RESTORED_TAG = "alignray.restored_from"  # on a restored run: the record file it was first restored from
 RESTORED_RUN_TAG = "alignray.restored_run"  # ... and the id the run had in the store it ran in
-PLACE_ONLY = {"output_dir", "address"}
+PLACE_ONLY = {"output_dir", "address", "name"}
 TRACKING_PLACE_ONLY = {"uri", "parent_run", "tags"}
 MLFLOW_BATCH = 100  # params per log_batch call (MLflow's limit)
 
@@ -51,6 +54,16 @@ def path(folder: Path, sweep: str, overrides: dict, split: str) -> Path:
     """`<folder>/<sweep>/<configuration>.seed-<seed>.<split>.json`."""
     label = re.sub(r"[^A-Za-z0-9._=-]+", "_", configuration_label(overrides))
     return folder / sweep / f"{label}.seed-{overrides.get('seed', '-')}.{split}.json"
+
+
+def elsewhere(folder: Path, sweep: str, cfg: PipelineConfig) -> tuple[Path, dict] | None:
+    """Another sweep's record in `folder` of the same trial config as `cfg` (path, record); None when
+    there is none."""
+    wanted = fingerprint(cfg)
+    for target in sorted(folder.glob("*/*.json")):
+        if target.parent.name != sweep and (found := load(target))["fingerprint"] == wanted:
+            return target, found
+    return None
 
 
 def _run_entry(run, own: bool) -> dict:
@@ -93,17 +106,19 @@ def load(target: Path) -> dict | None:
     raise ConfigError(f"{target}: not a sweep trial's record: {problem}; delete it, and the trial runs again")
 
 
-def restore(record: dict, name: str, cfg: PipelineConfig, parent: str, trial_id: str) -> dict[str, str]:
+def restore(record: dict, name: str, cfg: PipelineConfig, parent: str, trial_id: str,
+            reused: bool = False) -> dict[str, str]:
     """Put the record's runs in the current store, without their stage keys, and return stage -> run
     id. A run already there is kept: the run itself (the trial ended after its record was written,
     before Tune noted it) or its copy restored for another trial. Otherwise it is created, tagged
     with `name` (the record file's name) and its first id. The trial's own runs are nested under
-    `parent` and tagged `trial_id`; the runs it reused stand alone, as they ran elsewhere."""
+    `parent` and tagged `trial_id`; the runs it reused stand alone, as they ran elsewhere: all of
+    them when the record is `reused` (another sweep's trial)."""
     client = mlflow.MlflowClient()
     out = {}
     for stage, entry in record["runs"].items():
         run_id = _in_store(client, entry["run_id"]) or _create(client, entry, name, cfg, record.get("host"))
-        if entry["own"]:
+        if entry["own"] and not reused:
             for key, value in {tracking.PARENT_TAG: parent, TRIAL_TAG: trial_id}.items():
                 client.set_tag(run_id, key, value)
         out[stage] = run_id

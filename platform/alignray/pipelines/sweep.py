@@ -195,7 +195,8 @@ def _parent_run(cfg: PipelineConfig, name: str, spec: dict) -> str:
 def _trial_runs(cfg: PipelineConfig, overrides: dict, record: Path | None, name: str, parent: str, trial_id: str,
                 say) -> tuple[str, dict[str, str]]:
     """The trial's evaluate run and its stage runs (stage -> run id): restored from its file in
-    `record` when that matches the trial's config, else run by the pipeline (then recorded)."""
+    `record` when that matches the trial's config, else from another sweep's file there of the same
+    config (then recorded as its own), else run by the pipeline (then recorded)."""
     target = record and records.path(record, name, overrides, cfg.evaluate_on)
     found = records.load(target) if target else None
     if found and found["fingerprint"] == records.fingerprint(cfg):
@@ -204,6 +205,11 @@ def _trial_runs(cfg: PipelineConfig, overrides: dict, record: Path | None, name:
         return runs["evaluate"], runs
     if found:
         say(f"trial {trial_id}: {target} records another config of this trial; running it, then replacing that file")
+    elif target and (other := records.elsewhere(record, name, cfg)):
+        say(f"trial {trial_id}: restored from {other[0]}, another sweep's trial of the same config (its runs reused)")
+        runs = records.restore(other[1], other[0].name, cfg, parent, trial_id, reused=True)
+        records.save(target, cfg, overrides, runs, parent, trial_id)
+        return runs["evaluate"], runs
     outcomes = pipeline.run(cfg, say=say)
     last = outcomes[-1]
     if last.output is None or last.stage != "evaluate":
