@@ -31,8 +31,8 @@ from mlflow.exceptions import MlflowException
 from alignray import tracking
 from alignray.config import ConfigError, PipelineConfig
 from alignray.evaluate.summary import TRIAL_TAG, configuration_label
-from alignray.io import write_text
 from alignray.host import cpu_summary
+from alignray.io import write_text
 from alignray.models.precision import resolve_dtype
 from alignray.pipelines.run import KEY_TAG, OUTPUT_TAG
 
