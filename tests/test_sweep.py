@@ -256,10 +256,10 @@ def test_a_trial_without_a_record_of_its_own_takes_another_sweeps_of_the_same_co
     (folder / "theirs" / "a.seed-1.test.json").write_text(json.dumps(record))
     (folder / "unrelated").mkdir()
     (folder / "unrelated" / "a.seed-1.test.json").write_text(json.dumps({**record, "fingerprint": "another"}))
-    assert records.elsewhere(folder, "ours", ours) == (folder / "theirs" / "a.seed-1.test.json", record)
-    assert records.elsewhere(folder, "theirs", theirs) is None  # a sweep's own folder is not "elsewhere"
+    assert records.elsewhere(folder, "ours", records.fingerprint(ours)) == (folder / "theirs" / "a.seed-1.test.json", record)
+    assert records.elsewhere(folder, "theirs", records.fingerprint(theirs)) is None  # a sweep's own folder is not "elsewhere"
     other = trial_config(base, {"arm": "a", "seed": 2}, {"a": {}}, name="ours-a", evaluate_on="test")
-    assert records.elsewhere(folder, "ours", other) is None  # another seed: another config
+    assert records.elsewhere(folder, "ours", records.fingerprint(other)) is None  # another seed: another config
     restored = records.restore(record, "a.seed-1.test.json", ours, parent="p", trial_id="t", reused=True)
     runs = {stage: mlflow.get_run(run_id) for stage, run_id in restored.items()}
     # they ran in the other sweep: standalone here, not nested under this sweep's parent, still naming their CPU

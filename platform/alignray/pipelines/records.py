@@ -56,12 +56,11 @@ def path(folder: Path, sweep: str, overrides: dict, split: str) -> Path:
     return folder / sweep / f"{label}.seed-{overrides.get('seed', '-')}.{split}.json"
 
 
-def elsewhere(folder: Path, sweep: str, cfg: PipelineConfig) -> tuple[Path, dict] | None:
-    """Another sweep's record in `folder` of the same trial config as `cfg` (path, record); None when
-    there is none."""
-    wanted = fingerprint(cfg)
+def elsewhere(folder: Path, sweep: str, key: str) -> tuple[Path, dict] | None:
+    """Another sweep's record in `folder` of the trial config whose fingerprint is `key` (path,
+    record); None when there is none."""
     for target in sorted(folder.glob("*/*.json")):
-        if target.parent.name != sweep and (found := load(target))["fingerprint"] == wanted:
+        if target.parent.name != sweep and (found := load(target))["fingerprint"] == key:
             return target, found
     return None
 

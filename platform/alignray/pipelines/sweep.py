@@ -198,14 +198,14 @@ def _trial_runs(cfg: PipelineConfig, overrides: dict, record: Path | None, name:
     `record` when that matches the trial's config, else from another sweep's file there of the same
     config (then recorded as its own), else run by the pipeline (then recorded)."""
     target = record and records.path(record, name, overrides, cfg.evaluate_on)
-    found = records.load(target) if target else None
-    if found and found["fingerprint"] == records.fingerprint(cfg):
+    found, key = (records.load(target) if target else None), records.fingerprint(cfg)
+    if found and found["fingerprint"] == key:
         say(f"trial {trial_id}: restored from {target}")
         runs = records.restore(found, target.name, cfg, parent, trial_id)
         return runs["evaluate"], runs
     if found:
         say(f"trial {trial_id}: {target} records another config of this trial; running it, then replacing that file")
-    elif target and (other := records.elsewhere(record, name, cfg)):
+    elif target and (other := records.elsewhere(record, name, key)):
         say(f"trial {trial_id}: restored from {other[0]}, another sweep's trial of the same config (its runs reused)")
         runs = records.restore(other[1], other[0].name, cfg, parent, trial_id, reused=True)
         records.save(target, cfg, overrides, runs, parent, trial_id)
